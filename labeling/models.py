@@ -1,0 +1,178 @@
+"""The workspace's tables, as typed SQLAlchemy 2.0 models.
+
+Human answers (`Judgment`, one per pair and annotator) and model outputs (`Response`, with the
+`model_version` that produced it) live in separate tables, as in Argilla. A `Pair` is a prompt and
+two responses; which one a labeler saw on the left is stored on the judgment, so position bias can
+be measured. Training artefacts (`ModelVersion`), background jobs (`Job`, `JobMetric`) and
+evaluation points (`EvalPoint`) are records too, so they survive restarts; the files they point to
+live under the workspace folder.
+
+SQL stays portable (SQLite and PostgreSQL): JSON columns, no dialect-only types.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+
+OUTCOMES = ("a", "b", "tie", "both_bad", "skip")
+SPLITS = ("train", "heldout")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Meta(Base):
+    """Key/value facts about the workspace itself, such as `schema_version`."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Annotator(Base):
+    __tablename__ = "annotators"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(20), default="annotator")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Prompt(Base):
+    """A prompt: a conversation (list of {role, content}) ending where the model should answer."""
+
+    __tablename__ = "prompts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    messages: Mapped[list[Any]]
+    source: Mapped[str] = mapped_column(String(200), index=True)
+    split: Mapped[str] = mapped_column(String(10), default="train", index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Response(Base):
+    """One model output (or imported text) for a prompt."""
+
+    __tablename__ = "responses"
+    __table_args__ = (UniqueConstraint("prompt_id", "model_version", "content_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    # a ModelVersion id, or "imported:<source>" for text that came from a file
+    model_version: Mapped[str] = mapped_column(String(200), index=True)
+    generation: Mapped[dict[str, Any] | None]  # sampling settings, seed, token count
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Pair(Base):
+    """A prompt and two responses to compare. `kind` is "label" or "arena" (blind version votes)."""
+
+    __tablename__ = "pairs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    response_a_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
+    response_b_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
+    source: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(10), default="label")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+    prompt: Mapped[Prompt] = relationship(lazy="joined")
+    response_a: Mapped[Response] = relationship(foreign_keys=[response_a_id], lazy="joined")
+    response_b: Mapped[Response] = relationship(foreign_keys=[response_b_id], lazy="joined")
+
+
+class Judgment(Base):
+    """One annotator's verdict on one pair. `outcome` names the pair's response_a / response_b
+    (not the screen side); `left` says which of the two was shown on the left ("a", "b", or None
+    when it was never shown, as for imported labels)."""
+
+    __tablename__ = "judgments"
+    __table_args__ = (
+        UniqueConstraint("pair_id", "annotator_id"),
+        Index("ix_judgments_annotator_created", "annotator_id", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    outcome: Mapped[str] = mapped_column(String(10))
+    left: Mapped[str | None] = mapped_column(String(1))
+    seconds: Mapped[float | None]
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    annotator: Mapped[Annotator] = relationship(lazy="joined")
+
+
+class ModelVersion(Base):
+    """A trained artefact (policy or reward model) and its lineage."""
+
+    __tablename__ = "model_versions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # "policy" or "reward"
+    method: Mapped[str] = mapped_column(String(10))  # base / dpo / ppo / reward
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    path: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any] | None]
+    judgment_ids: Mapped[list[Any] | None]
+    metrics: Mapped[dict[str, Any] | None]
+    is_current: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """A background round (reward / dpo / ppo / generate / evaluate / sweep) and its progress."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(12), default="queued", index=True)
+    config: Mapped[dict[str, Any] | None]
+    step: Mapped[int] = mapped_column(default=0)
+    total_steps: Mapped[int | None]
+    pid: Mapped[int | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None]
+    log_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class JobMetric(Base):
+    """Metrics logged by a job at one step, e.g. {"loss": 0.61, "kl": 0.02}."""
+
+    __tablename__ = "job_metrics"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    step: Mapped[int]
+    values: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class EvalPoint(Base):
+    """One measured (reward, KL) point of a policy version, scored by one reward version."""
+
+    __tablename__ = "eval_points"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    reward_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    reward: Mapped[float]
+    reward_se: Mapped[float | None]
+    kl: Mapped[float]
+    kl_se: Mapped[float | None]
+    kl_per_token: Mapped[float | None]
+    details: Mapped[dict[str, Any] | None]  # prompts, samples, seeds, sweep id
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

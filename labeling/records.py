@@ -1,0 +1,35 @@
+"""One shape for every prompt: a conversation, a list of {"role", "content"} messages.
+
+Content hashes make imports idempotent: the same prompt, response or pair always hashes the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+
+
+def as_messages(prompt: str | list[dict[str, Any]]) -> list[dict[str, str]]:
+    """A prompt given as plain text or as TRL-style messages, as a list of {role, content}."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+
+
+def content_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys, no whitespace)."""
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def pair_hash(prompt_hash: str, response_hash_a: str, response_hash_b: str) -> str:
+    """Order-free: (x, y) and (y, x) for one prompt are the same pair."""
+    lo, hi = sorted((response_hash_a, response_hash_b))
+    return content_hash([prompt_hash, lo, hi])
+
+
+def last_user_text(messages: list[dict[str, str]]) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else (messages[-1]["content"] if messages else "")
