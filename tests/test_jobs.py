@@ -1,0 +1,74 @@
+import subprocess
+import sys
+
+import pytest
+
+from labeling import db
+from labeling.models import Job
+from training import jobs
+
+
+def _job(status="running", pid=None, kind="dpo"):
+    with db.session() as s:
+        job = Job(kind=kind, status=status, config={}, pid=pid)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def test_reporter_persists_progress_and_metrics(workspace):
+    job_id = _job(status="queued")
+    reporter = jobs.Reporter(job_id)
+    reporter.start(total_steps=4)
+    reporter.step(1, {"loss": 0.7, "kl": 0.01})
+    reporter.step(2, {"loss": 0.5})
+    job = jobs.get_job(job_id)
+    assert (job.status, job.step, job.total_steps) == ("running", 2, 4)
+    assert jobs.job_metrics(job_id) == [{"step": 1, "loss": 0.7, "kl": 0.01}, {"step": 2, "loss": 0.5}]
+
+
+def test_cancel_stops_the_round_at_its_next_step(workspace):
+    job_id = _job(status="queued")
+    with pytest.raises(jobs.Cancelled):
+        with jobs.reporting(job_id) as reporter:
+            reporter.start(10)
+            reporter.step(1, {"loss": 1.0})
+            jobs.cancel(job_id)
+            reporter.step(2, {"loss": 0.9})
+    assert jobs.get_job(job_id).status == "cancelled"
+    assert [m["step"] for m in jobs.job_metrics(job_id)] == [1]
+
+
+def test_a_failing_round_is_recorded_with_its_reason(workspace):
+    job_id = _job(status="queued")
+    with pytest.raises(ValueError):
+        with jobs.reporting(job_id) as reporter:
+            reporter.start(3)
+            raise ValueError("DPO needs at least 8 labeled pairs; you have 2.")
+    job = jobs.get_job(job_id)
+    assert job.status == "failed" and "at least 8 labeled pairs" in job.error
+
+
+def test_a_dead_worker_is_shown_as_failed(workspace):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    job_id = _job(status="running", pid=proc.pid)
+    assert jobs.refresh_stale() == 1
+    job = jobs.get_job(job_id)
+    assert job.status == "failed" and "stopped without reporting" in job.error
+
+
+def test_one_heavy_job_at_a_time(workspace):
+    import os
+
+    _job(status="running", pid=os.getpid())
+    with pytest.raises(jobs.JobError, match="still running"):
+        jobs.start_job("dpo", {"beta": 0.1})
+
+
+def test_start_job_spawns_the_cli_with_its_config(workspace):
+    job_id = jobs.start_job("worker", {"note": "x"})
+    job = jobs.get_job(job_id)
+    assert job.pid and (workspace / "jobs" / str(job_id) / "config.yaml").read_text() == "note: x\n"
+    jobs.wait(job_id, timeout=60)  # the worker command exits without reporting, so it ends failed
+    assert '"kind": "worker"' in (workspace / "jobs" / str(job_id) / "log.txt").read_text()

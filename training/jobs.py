@@ -1,0 +1,265 @@
+"""Background jobs: a round started from the UI runs in its own process, the same code as the CLI.
+
+`start_job("dpo", config)` writes the config to `$PREFLOOP_HOME/jobs/<id>/config.yaml` and spawns
+`python -m training dpo --config that.yaml --job-id <id>`, niced, with its own thread count, so the
+app stays responsive. Inside the round a `Reporter` persists progress (step of total, ETA) and
+per-step metrics to the database, so bars and curves survive reloads and restarts, and raises
+`Cancelled` at the next step once the job is cancelled. One heavy job (training or generation)
+runs at a time per machine: two torch processes on two cores slow each other down ~20x.
+
+A worker that dies without saying so (kill -9, out of memory) is noticed by its stale heartbeat
+and shown as failed the next time anybody looks (`refresh_stale`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from sqlalchemy import select
+
+from labeling import db
+from labeling.models import Job, JobMetric, utcnow
+
+ACTIVE = ("queued", "running")
+HEAVY_KINDS = ("reward", "dpo", "ppo", "generate", "evaluate", "sweep")
+STALE_AFTER = dt.timedelta(seconds=120)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class JobError(RuntimeError):
+    """A job cannot start or be changed; the message is one sentence for the user."""
+
+
+class Cancelled(RuntimeError):
+    pass
+
+
+def threads_for_job() -> int:
+    """Threads a background job may use: PREFLOOP_THREADS, else every core."""
+    return int(os.environ.get("PREFLOOP_THREADS") or os.cpu_count() or 1)
+
+
+def set_threads(n: int | None = None) -> int:
+    """Pin torch's intra- and inter-op thread pools; call once at the start of a process."""
+    import torch
+
+    n = n or threads_for_job()
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process
+        pass
+    return n
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+def refresh_stale() -> int:
+    """Mark as failed the active jobs whose worker is gone. Returns how many were marked."""
+    now = utcnow()
+    marked = 0
+    with db.session() as s:
+        for job in s.scalars(select(Job).where(Job.status.in_(ACTIVE))):
+            # a worker's pid is stored when it is spawned; before that only the age can tell
+            gone = not _pid_alive(job.pid) if job.pid else now - job.created_at > STALE_AFTER
+            if gone:
+                job.status, job.finished_at = "failed", now
+                job.error = job.error or "The worker process stopped without reporting (killed or out of memory)."
+                marked += 1
+    return marked
+
+
+def active_jobs(kinds: tuple[str, ...] = HEAVY_KINDS) -> list[Job]:
+    refresh_stale()
+    with db.session() as s:
+        return list(s.scalars(select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(kinds))))
+
+
+def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> int:
+    """Queue a job of `kind` with `config` and spawn its worker. Returns the job id."""
+    busy = active_jobs()
+    if busy:
+        raise JobError(
+            f"Job #{busy[0].id} ({busy[0].kind}) is still {busy[0].status}; "
+            "wait for it to finish or cancel it first."
+        )
+    with db.session() as s:
+        job = Job(kind=kind, status="queued", config=config)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    folder = db.home() / "jobs" / str(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log_path = folder / "log.txt"
+    env = dict(os.environ, PREFLOOP_THREADS=str(threads or threads_for_job()))
+    env["OMP_NUM_THREADS"] = env["PREFLOOP_THREADS"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "training", kind, "--config", str(config_path), "--job-id", str(job_id)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=lambda: os.nice(10),
+        )
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        job.pid, job.log_path, job.heartbeat_at = proc.pid, str(log_path), utcnow()
+    return job_id
+
+
+def cancel(job_id: int) -> None:
+    """Cancel a queued or running job: the worker stops at its next step, or is terminated."""
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobError(f"There is no job #{job_id}.")
+        if job.status not in ACTIVE:
+            raise JobError(f"Job #{job_id} is already {job.status}.")
+        job.status, job.finished_at = "cancelled", utcnow()
+        pid = job.pid
+    if _pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def get_job(job_id: int) -> Job | None:
+    refresh_stale()
+    with db.session() as s:
+        return s.get(Job, job_id)
+
+
+def list_jobs(limit: int = 50) -> list[Job]:
+    refresh_stale()
+    with db.session() as s:
+        return list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+def job_metrics(job_id: int) -> list[dict[str, Any]]:
+    """Per-step metrics of a job as rows {"step": n, name: value, ...}, in step order."""
+    with db.session() as s:
+        rows = s.scalars(select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.id))
+        return [{"step": m.step, **m.values} for m in rows]
+
+
+def eta_seconds(job: Job) -> float | None:
+    """Linear ETA from the steps done so far."""
+    if not job.started_at or not job.total_steps or job.step <= 0:
+        return None
+    elapsed = (utcnow() - job.started_at).total_seconds()
+    return elapsed / job.step * max(job.total_steps - job.step, 0)
+
+
+class Reporter:
+    """Progress and metrics of one round. With `job_id=None` (a plain CLI run) it only prints."""
+
+    def __init__(self, job_id: int | None = None, log_every: int = 1):
+        self.job_id, self.log_every, self.total = job_id, log_every, None
+
+    def start(self, total_steps: int | None) -> None:
+        self.total = total_steps
+        if self.job_id is None:
+            return
+        with db.session() as s:
+            job = s.get(Job, self.job_id)
+            if job.status == "cancelled":
+                raise Cancelled(f"job {self.job_id} was cancelled")
+            job.status, job.total_steps = "running", total_steps
+            job.started_at = job.started_at or utcnow()
+            job.heartbeat_at, job.pid = utcnow(), os.getpid()
+
+    def step(self, step: int, metrics: dict[str, float] | None = None) -> None:
+        """Record `metrics` at `step`; raise `Cancelled` when the job was cancelled meanwhile."""
+        clean = {k: float(v) for k, v in (metrics or {}).items() if v is not None}
+        if self.job_id is None:
+            if clean and step % self.log_every == 0:
+                print(f"step {step}/{self.total}: " + " ".join(f"{k}={v:.4g}" for k, v in clean.items()),
+                      file=sys.stderr, flush=True)
+            return
+        with db.session() as s:
+            job = s.get(Job, self.job_id)
+            if job.status == "cancelled":
+                raise Cancelled(f"job {self.job_id} was cancelled")
+            job.step, job.heartbeat_at = step, utcnow()
+            if clean:
+                s.add(JobMetric(job_id=self.job_id, step=step, values=clean))
+
+    def finish(self, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> None:
+        if self.job_id is None:
+            return
+        with db.session() as s:
+            job = s.get(Job, self.job_id)
+            if job.status != "cancelled":
+                job.status = status
+            job.result, job.error, job.finished_at = result, error, utcnow()
+
+
+@contextmanager
+def reporting(job_id: int | None) -> Iterator[Reporter]:
+    """Run a round's body under a Reporter: done on success, failed (with the message) on error."""
+    reporter = Reporter(job_id)
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    try:
+        yield reporter
+    except Cancelled:
+        reporter.finish("cancelled")
+        raise
+    except Exception as exc:  # the job row must say why it failed, whatever failed
+        reporter.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        reporter.finish("done", result=getattr(reporter, "result", None))
+
+
+def _raise_cancelled(signum, frame):
+    raise Cancelled("terminated")
+
+
+def wait(job_id: int, timeout: float = 600, poll: float = 0.5) -> Job:
+    """Block until the job leaves queued/running (for tests and the CLI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = get_job(job_id)
+        if job.status not in ACTIVE:
+            return job
+        time.sleep(poll)
+    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training worker list|cancel ID`: look at jobs from the shell."""
+    import json
+
+    if argv[:1] == ["cancel"] and len(argv) == 2:
+        cancel(int(argv[1]))
+        return 0
+    rows = [{"id": j.id, "kind": j.kind, "status": j.status, "step": j.step, "total": j.total_steps,
+             "error": j.error} for j in list_jobs()]
+    print(json.dumps(rows))
+    return 0
