@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import DDL, JSON, ForeignKey, Index, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA_VERSION = 1
@@ -78,6 +78,8 @@ class Pair(Base):
     """A prompt and two responses to compare. `kind` is "label" or "arena" (blind version votes)."""
 
     __tablename__ = "pairs"
+    # The labeling queue reads waiting pairs straight off this index (see labeling/queue.py).
+    __table_args__ = (Index("ix_pairs_queue", "kind", "judgment_count", "created_at", "id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     pair_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
@@ -85,6 +87,9 @@ class Pair(Base):
     response_b_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
     source: Mapped[str] = mapped_column(String(200), index=True)
     kind: Mapped[str] = mapped_column(String(10), default="label")
+    # Judgments of this pair other than skips. Kept by database triggers (below) whoever writes
+    # judgments, as Argilla keeps a record's status, so the queue never counts 100,000 rows.
+    judgment_count: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
     prompt: Mapped[Prompt] = relationship(lazy="joined")
@@ -113,6 +118,40 @@ class Judgment(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     annotator: Mapped[Annotator] = relationship(lazy="joined")
+
+
+# Pair.judgment_count follows every insert, delete and outcome change of a judgment, whether it
+# comes from the app, an import or raw SQL. One statement per trigger for SQLite; PostgreSQL
+# gets the same rule as one plpgsql function.
+_SQLITE_COUNT_TRIGGERS = (
+    """CREATE TRIGGER judgments_count_insert AFTER INSERT ON judgments WHEN NEW.outcome != 'skip'
+    BEGIN UPDATE pairs SET judgment_count = judgment_count + 1 WHERE id = NEW.pair_id; END""",
+    """CREATE TRIGGER judgments_count_delete AFTER DELETE ON judgments WHEN OLD.outcome != 'skip'
+    BEGIN UPDATE pairs SET judgment_count = judgment_count - 1 WHERE id = OLD.pair_id; END""",
+    """CREATE TRIGGER judgments_count_update AFTER UPDATE OF outcome, pair_id ON judgments
+    BEGIN
+      UPDATE pairs SET judgment_count = judgment_count - 1 WHERE id = OLD.pair_id AND OLD.outcome != 'skip';
+      UPDATE pairs SET judgment_count = judgment_count + 1 WHERE id = NEW.pair_id AND NEW.outcome != 'skip';
+    END""",
+)
+_POSTGRES_COUNT_TRIGGER = (
+    """CREATE FUNCTION judgments_count() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.outcome <> 'skip' THEN
+        UPDATE pairs SET judgment_count = judgment_count - 1 WHERE id = OLD.pair_id;
+      END IF;
+      IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.outcome <> 'skip' THEN
+        UPDATE pairs SET judgment_count = judgment_count + 1 WHERE id = NEW.pair_id;
+      END IF;
+      RETURN NULL;
+    END $$""",
+    """CREATE TRIGGER judgments_count AFTER INSERT OR DELETE OR UPDATE OF outcome, pair_id
+    ON judgments FOR EACH ROW EXECUTE FUNCTION judgments_count()""",
+)
+for _sql in _SQLITE_COUNT_TRIGGERS:
+    event.listen(Judgment.__table__, "after_create", DDL(_sql).execute_if(dialect="sqlite"))
+for _sql in _POSTGRES_COUNT_TRIGGER:
+    event.listen(Judgment.__table__, "after_create", DDL(_sql).execute_if(dialect="postgresql"))
 
 
 class ModelVersion(Base):

@@ -1,0 +1,298 @@
+"""The labeling queue: which pair an annotator sees next, and storing what they said about it.
+
+Business functions over `db.session()`, no Streamlit, so the app, the CLI and the benchmark call
+the same code. A judgment's `outcome` names the pair's response_a / response_b; the screen shows
+sides "A" (left) and "B" (right), and which response stands on the left is decided per pair and
+annotator by a hash (`left_side`), so a reload shows the same layout and position bias can be
+measured later (Judgment.left).
+
+The order of the queue lives in one function, `queue_order`, so a later round can put the pairs
+the reward model is least sure of first without touching anything else.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, and_, delete, exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from labeling import db
+from labeling.models import OUTCOMES, Annotator, Job, Judgment, ModelVersion, Pair, Prompt, utcnow
+
+# What a click on the screen means: the left response won, the right one won, or no winner.
+CHOICES = ("left", "right", "tie", "both_bad", "skip")
+ACTIVE_JOB_STATUSES = ("queued", "running")
+MAX_NAME_LENGTH = 200
+
+
+class QueueError(ValueError):
+    """A request the queue cannot honour; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class PairView:
+    """One pair as a given annotator sees it: the conversation and the two sides of the screen."""
+
+    pair_id: int
+    messages: list[dict[str, str]]
+    left: str  # "a" or "b": which of the pair's responses stands on the left (side "A")
+    left_text: str
+    right_text: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    today: int  # this annotator's judgments (skips excluded) since midnight UTC
+    total: int  # this annotator's judgments (skips excluded), ever
+    skipped: int
+    waiting: int  # pairs this annotator could still judge
+
+
+@dataclass(frozen=True)
+class WorkspaceSummary:
+    prompts: int
+    pairs: int
+    pairs_waiting: int  # pairs without any judgment yet (skips do not count)
+    judgments: int  # skips excluded
+    annotators: int
+    current_model: str | None
+    running_jobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_annotator_name(name: str) -> str:
+    """The name stripped of surrounding spaces, or QueueError saying what is wrong with it."""
+    clean = (name or "").strip()
+    if not clean:
+        raise QueueError("The annotator name is empty; type a name such as 'ana'.")
+    if len(clean) > MAX_NAME_LENGTH:
+        raise QueueError(f"The annotator name has {len(clean)} characters; use at most {MAX_NAME_LENGTH}.")
+    if clean.startswith("import:"):
+        raise QueueError("Annotator names starting with 'import:' are reserved for imported labels; pick another name.")
+    return clean
+
+
+def left_side(pair_id: int, annotator: str) -> str:
+    """Which response ("a" or "b") this annotator sees on the left for this pair.
+
+    A hash, not a random draw, so reloads and undo show the same layout; over many pairs each side
+    is on the left about half of the time.
+    """
+    digest = hashlib.sha256(f"{pair_id}:{annotator}".encode("utf-8")).digest()
+    return "a" if digest[0] % 2 == 0 else "b"
+
+
+def stored_outcome(choice: str, left: str) -> str:
+    """Map a click on the screen to the stored outcome. choice: one of CHOICES; left: "a" or "b".
+
+    >>> stored_outcome("left", "b"), stored_outcome("right", "b"), stored_outcome("tie", "a")
+    ('b', 'a', 'tie')
+    """
+    if choice not in CHOICES:
+        raise QueueError(f"Unknown choice {choice!r}; expected one of {', '.join(CHOICES)}.")
+    if left not in ("a", "b"):
+        raise QueueError(f"Unknown left side {left!r}; expected 'a' or 'b'.")
+    right = "b" if left == "a" else "a"
+    return {"left": left, "right": right}.get(choice, choice)
+
+
+def queue_order(stmt: Select) -> Select:
+    """The one place that orders the queue: oldest pair first (ties broken by id)."""
+    return stmt.order_by(Pair.created_at, Pair.id)
+
+
+def _annotator_id(s: Session, name: str, create: bool) -> int | None:
+    found = s.scalar(select(Annotator.id).where(Annotator.name == name))
+    if found is None and create:
+        annotator = Annotator(name=name)
+        s.add(annotator)
+        s.flush()
+        found = annotator.id
+    return found
+
+
+def _waiting_condition(annotator_id: int | None, overlap: int):
+    """Pairs to label that this annotator has not judged (or skipped) and that have fewer than
+    `overlap` real judgments (skips do not count toward overlap)."""
+    # judgment_count is kept by triggers (labeling/models.py) and indexed with kind and created_at,
+    # so this reads only the waiting pairs however many judged ones lie before them.
+    condition = and_(Pair.kind == "label", Pair.judgment_count < overlap)
+    if annotator_id is not None:
+        mine = exists().where(Judgment.pair_id == Pair.id, Judgment.annotator_id == annotator_id)
+        condition = and_(condition, ~mine)
+    return condition
+
+
+def _check_overlap(overlap: int) -> None:
+    if not isinstance(overlap, int) or overlap < 1:
+        raise QueueError(f"overlap must be a whole number of at least 1, got {overlap!r}.")
+
+
+def _view(pair: Pair, annotator: str) -> PairView:
+    left = left_side(pair.id, annotator)
+    texts = {"a": pair.response_a.text, "b": pair.response_b.text}
+    return PairView(
+        pair_id=pair.id,
+        messages=list(pair.prompt.messages),
+        left=left,
+        left_text=texts[left],
+        right_text=texts["b" if left == "a" else "a"],
+        source=pair.source,
+    )
+
+
+def next_pair(annotator: str, overlap: int = 1) -> PairView | None:
+    """The next pair for `annotator`, or None when nothing waits for them.
+
+    A pair qualifies when it is a labeling pair, this annotator has not judged or skipped it, and
+    it has fewer than `overlap` judgments from anyone (k > 1 lets agreement be measured).
+    """
+    name = check_annotator_name(annotator)
+    _check_overlap(overlap)
+    with db.session() as s:
+        annotator_id = _annotator_id(s, name, create=False)
+        stmt = queue_order(select(Pair.id).where(_waiting_condition(annotator_id, overlap))).limit(1)
+        pair_id = s.scalar(stmt)
+        return None if pair_id is None else _view(s.get(Pair, pair_id), name)
+
+
+def pair_view(pair_id: int, annotator: str) -> PairView:
+    """One given pair as `annotator` sees it (to show a pair again after "Undo last")."""
+    name = check_annotator_name(annotator)
+    with db.session() as s:
+        pair = s.get(Pair, pair_id)
+        if pair is None:
+            raise QueueError(f"Pair {pair_id} does not exist; it may have been deleted.")
+        return _view(pair, name)
+
+
+def _upsert(s: Session, annotator_id: int, pair_id: int, values: dict[str, Any]) -> int:
+    judgment = s.scalar(
+        select(Judgment).where(Judgment.pair_id == pair_id, Judgment.annotator_id == annotator_id)
+    )
+    if judgment is None:
+        judgment = Judgment(pair_id=pair_id, annotator_id=annotator_id, **values)
+        s.add(judgment)
+    else:
+        for key, value in values.items():
+            setattr(judgment, key, value)
+        judgment.updated_at = utcnow()
+    s.flush()
+    return judgment.id
+
+
+def submit_judgment(
+    annotator: str,
+    pair_id: int,
+    outcome: str,
+    left: str | None,
+    seconds: float | None = None,
+    comment: str | None = None,
+) -> int:
+    """Store (or replace) this annotator's judgment of this pair and return its id.
+
+    Idempotent: one row per pair and annotator, so a double click or a reload that submits again
+    updates the row instead of adding one. `outcome` is in terms of response_a / response_b.
+    """
+    name = check_annotator_name(annotator)
+    if outcome not in OUTCOMES:
+        raise QueueError(f"Unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}.")
+    if left not in ("a", "b", None):
+        raise QueueError(f"Unknown left side {left!r}; expected 'a', 'b' or None.")
+    values = {
+        "outcome": outcome,
+        "left": left,
+        "seconds": None if seconds is None else round(float(seconds), 3),
+        "comment": (comment or "").strip() or None,
+    }
+    for attempt in range(2):  # a concurrent insert of the same row (PostgreSQL) loses once, then updates
+        try:
+            with db.session() as s:
+                if s.get(Pair, pair_id) is None:
+                    raise QueueError(f"Pair {pair_id} does not exist; reload the page to get the next pair.")
+                return _upsert(s, _annotator_id(s, name, create=True), pair_id, values)
+        except IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def undo_last(annotator: str) -> int | None:
+    """Delete this annotator's most recent judgment; return its pair id, or None if there is none."""
+    name = check_annotator_name(annotator)
+    with db.session() as s:
+        annotator_id = _annotator_id(s, name, create=False)
+        if annotator_id is None:
+            return None
+        last = s.execute(
+            select(Judgment.id, Judgment.pair_id)
+            .where(Judgment.annotator_id == annotator_id)
+            .order_by(Judgment.updated_at.desc(), Judgment.id.desc())
+            .limit(1)
+        ).first()
+        if last is None:
+            return None
+        s.execute(delete(Judgment).where(Judgment.id == last.id))
+        return last.pair_id
+
+
+def _count(s: Session, stmt: Select) -> int:
+    return int(s.scalar(stmt) or 0)
+
+
+def progress(annotator: str, overlap: int = 1) -> Progress:
+    """This annotator's judgments today and in total, skips, and pairs still waiting for them."""
+    name = check_annotator_name(annotator)
+    _check_overlap(overlap)
+    midnight = dt.datetime.combine(utcnow().date(), dt.time())
+    with db.session() as s:
+        annotator_id = _annotator_id(s, name, create=False)
+        waiting = _count(s, select(func.count(Pair.id)).where(_waiting_condition(annotator_id, overlap)))
+        if annotator_id is None:
+            return Progress(today=0, total=0, skipped=0, waiting=waiting)
+        mine = select(func.count(Judgment.id)).where(Judgment.annotator_id == annotator_id)
+        real = mine.where(Judgment.outcome != "skip")
+        return Progress(
+            today=_count(s, real.where(Judgment.created_at >= midnight)),
+            total=_count(s, real),
+            skipped=_count(s, mine.where(Judgment.outcome == "skip")),
+            waiting=waiting,
+        )
+
+
+def pairs_waiting(overlap: int = 1) -> int:
+    """Labeling pairs with fewer than `overlap` judgments (skips excluded), whoever looks."""
+    _check_overlap(overlap)
+    with db.session() as s:
+        return _count(s, select(func.count(Pair.id)).where(_waiting_condition(None, overlap)))
+
+
+def workspace_summary() -> WorkspaceSummary:
+    """What the home view shows: counts, the current model version and the jobs under way."""
+    with db.session() as s:
+        jobs = s.scalars(
+            select(Job).where(Job.status.in_(ACTIVE_JOB_STATUSES)).order_by(Job.created_at)
+        )
+        running = [
+            {"id": j.id, "kind": j.kind, "status": j.status, "step": j.step, "total_steps": j.total_steps}
+            for j in jobs
+        ]
+        current = s.scalar(
+            select(ModelVersion.id)
+            .where(ModelVersion.is_current.is_(True), ModelVersion.kind == "policy")
+            .order_by(ModelVersion.created_at.desc())
+            .limit(1)
+        )
+        return WorkspaceSummary(
+            prompts=_count(s, select(func.count(Prompt.id))),
+            pairs=_count(s, select(func.count(Pair.id)).where(Pair.kind == "label")),
+            pairs_waiting=_count(s, select(func.count(Pair.id)).where(_waiting_condition(None, 1))),
+            judgments=_count(s, select(func.count(Judgment.id)).where(Judgment.outcome != "skip")),
+            annotators=_count(s, select(func.count(Annotator.id))),
+            current_model=current,
+            running_jobs=running,
+        )
