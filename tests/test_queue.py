@@ -16,9 +16,10 @@ def seed_pairs(rows, source: str = "test", kind: str = "label") -> list[int]:
     prompt as text or messages; or an int n for n made-up pairs. Oldest first; returns pair ids."""
     if isinstance(rows, int):
         rows = [(f"Question {i}?", f"Answer {i} one.", f"Answer {i} two.") for i in range(rows)]
-    start = utcnow() - dt.timedelta(hours=1)
     ids = []
     with db.session() as s:
+        # later calls seed newer pairs, so "oldest first" follows the order of the calls
+        start = utcnow() - dt.timedelta(hours=1) + dt.timedelta(seconds=s.scalar(select(func.count(Pair.id))))
         for i, (prompt, text_a, text_b) in enumerate(rows):
             messages = as_messages(prompt)
             created = start + dt.timedelta(seconds=i)
