@@ -16,6 +16,7 @@ from sqlalchemy.orm import aliased
 
 from labeling import db
 from labeling.models import Judgment, Pair, Response
+from labeling.stats import wilson_interval
 
 
 @dataclass(frozen=True)
@@ -25,20 +26,6 @@ class Vote:
     model_a: str
     model_b: str
     winner: str
-
-
-def wilson_interval(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927).
-
-    centre = (p + z²/2n) / (1 + z²/n),  half = z·sqrt(p(1−p)/n + z²/4n²) / (1 + z²/n).
-    """
-    if n == 0:
-        return (0.0, 1.0)
-    p = wins / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _win_matrix(votes: list[Vote], models: list[str], prior: float) -> np.ndarray:
