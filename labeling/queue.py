@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, exists, func, select
@@ -21,12 +22,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labeling import db
-from labeling.models import OUTCOMES, Annotator, Job, Judgment, ModelVersion, Pair, Prompt, utcnow
+from labeling.models import OUTCOMES, Annotator, Job, Judgment, Meta, ModelVersion, Pair, Prompt, utcnow
 
 # What a click on the screen means: the left response won, the right one won, or no winner.
 CHOICES = ("left", "right", "tie", "both_bad", "skip")
 ACTIVE_JOB_STATUSES = ("queued", "running")
 MAX_NAME_LENGTH = 200
+DEFAULT_GUIDELINES = Path(__file__).with_name("guidelines.md")
+GUIDELINES_KEY = "labeling_guidelines"
 
 
 class QueueError(ValueError):
@@ -296,3 +299,28 @@ def workspace_summary() -> WorkspaceSummary:
             current_model=current,
             running_jobs=running,
         )
+
+
+def annotator_names() -> list[str]:
+    """Every annotator's name, alphabetically (imported labels' `import:<source>` included)."""
+    with db.session() as s:
+        return list(s.scalars(select(Annotator.name).order_by(Annotator.name)))
+
+
+def guidelines() -> str:
+    """The workspace's labeling guidelines (markdown): as last saved, else prefloop's defaults."""
+    with db.session() as s:
+        row = s.get(Meta, GUIDELINES_KEY)
+        return row.value if row is not None else DEFAULT_GUIDELINES.read_text(encoding="utf-8")
+
+
+def save_guidelines(text: str) -> None:
+    """Store edited guidelines in the workspace database, where every annotator reads them."""
+    if not text.strip():
+        raise QueueError("The guidelines are empty; write at least one line, or reload to keep the old ones.")
+    with db.session() as s:
+        row = s.get(Meta, GUIDELINES_KEY)
+        if row is None:
+            s.add(Meta(key=GUIDELINES_KEY, value=text))
+        else:
+            row.value = text

@@ -1,0 +1,118 @@
+"""prefloop's app: the one router (`streamlit run app.py`), the home view and who is labeling.
+
+Streamlit runs this file on every rerun of every page: it sets the annotator (kept in
+st.session_state and in the URL as ?annotator=NAME, so a reload or a shared link keeps it), draws
+the sidebar and runs the page picked in the navigation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from labeling import queue
+
+ROOT = Path(__file__).resolve().parent
+# Pages other rounds add (train, evaluate, compare) appear once their file exists; no placeholders.
+PAGE_FILES = [
+    ("pages/label.py", "Label", ":material/thumbs_up_down:"),
+    ("pages/data.py", "Data", ":material/table:"),
+    ("pages/train.py", "Train", ":material/model_training:"),
+    ("pages/evaluate.py", "Evaluate", ":material/monitoring:"),
+    ("pages/compare.py", "Compare", ":material/compare:"),
+]
+
+
+def current_annotator() -> str | None:
+    """The annotator of this browser tab: session first, then the URL; the two kept in step."""
+    name = st.session_state.get("annotator") or st.query_params.get("annotator")
+    if name:
+        try:
+            name = queue.check_annotator_name(name)
+        except queue.QueueError:
+            name = None
+    if name:
+        st.session_state["annotator"] = name
+        if st.query_params.get("annotator") != name:
+            st.query_params["annotator"] = name
+    return name
+
+
+def pick_annotator(where=st) -> None:
+    """The first-visit form: pick a known name or type a new one."""
+    known = [n for n in queue.annotator_names() if not n.startswith("import:")]
+    with where.form("pick-annotator"):
+        st.markdown("**Who is labeling?** Your name is stored with each judgment.")
+        picked = st.selectbox("Pick your name", ["", *known], key="picked-name") if known else ""
+        typed = st.text_input("or type a new name", key="typed-name", placeholder="e.g. ana")
+        if st.form_submit_button("Start labeling", type="primary"):
+            try:
+                name = queue.check_annotator_name(typed or picked)
+            except queue.QueueError as error:
+                st.error(str(error))
+                return
+            st.session_state["annotator"] = name
+            st.query_params["annotator"] = name
+            st.rerun()
+
+
+def sidebar(name: str | None) -> None:
+    with st.sidebar:
+        if name:
+            st.markdown(f"Labeling as **{name}**")
+            if st.button("Switch annotator", key="switch-annotator"):
+                st.session_state.pop("annotator", None)
+                st.query_params.pop("annotator", None)
+                st.rerun()
+
+
+def home() -> None:
+    """The state of the workspace at a glance, and the button that starts a generation job."""
+    st.title("prefloop")
+    st.caption("Generate two responses per prompt, label them, train a reward model, run DPO/PPO rounds.")
+    if not current_annotator():
+        pick_annotator()
+    summary = queue.workspace_summary()
+    cols = st.columns(5)
+    cols[0].metric("Prompts", summary.prompts)
+    cols[1].metric("Pairs waiting", summary.pairs_waiting)
+    cols[2].metric("Judgments", summary.judgments)
+    cols[3].metric("Annotators", summary.annotators)
+    cols[4].metric("Current model", summary.current_model or "base")
+    st.subheader("Running jobs")
+    if summary.running_jobs:
+        st.dataframe(summary.running_jobs, hide_index=True)
+    else:
+        st.caption("No job is running.")
+    generate_form()
+
+
+def generate_form() -> None:
+    with st.form("generate"):
+        prompts = st.number_input("Prompts to generate pairs for", min_value=1, max_value=10_000, value=32)
+        if st.form_submit_button("Generate pairs"):
+            from training import generate  # lazy: the generator's module is only needed on click
+
+            try:
+                job_id = generate.start_generation(int(prompts))
+            except RuntimeError as error:  # e.g. jobs.JobError: another heavy job is running
+                st.error(str(error))
+            else:
+                st.success(f"Generation job #{job_id} started; pairs appear on the Label page as they are made.")
+
+
+def main() -> None:
+    st.set_page_config(page_title="prefloop", page_icon=":material/thumbs_up_down:", layout="wide")
+    name = current_annotator()
+    pages = [st.Page(home, title="Home", icon=":material/home:", default=True)]
+    pages += [st.Page(ROOT / path, title=title, icon=icon) for path, title, icon in PAGE_FILES if (ROOT / path).exists()]
+    page = st.navigation(pages)
+    sidebar(name)
+    if page.title == "Label" and not name:
+        st.title("Label")
+        pick_annotator()
+        return
+    page.run()
+
+
+main()

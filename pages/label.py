@@ -1,0 +1,156 @@
+"""Label: the prompt and two responses side by side, five buttons with keyboard shortcuts.
+
+The pair on screen is kept in st.session_state until it is judged, so typing a comment or
+reloading shows the same pair. Buttons are keyed by pair and carry the pair id they were drawn
+for: a late second click of a double click re-submits that same pair, which the idempotent
+`submit_judgment` turns into an update, never into a judgment of the next pair.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import streamlit as st
+
+from labeling import queue
+
+# (label, what it means on screen, keyboard shortcut)
+BUTTONS = [
+    ("A is better", "left", "1"),
+    ("B is better", "right", "2"),
+    ("Tie", "tie", "3"),
+    ("Both bad", "both_bad", "4"),
+    ("Skip", "skip", "5"),
+]
+UNDO_SHORTCUT = "U"
+LOW_WATER = 20  # ask for generation when fewer pairs than this wait
+GENERATION_CHECK_SECONDS = 30.0
+
+
+def overlap() -> int:
+    """How many annotators judge each pair (PREFLOOP_OVERLAP, default 1; > 1 measures agreement)."""
+    return max(1, int(os.environ.get("PREFLOOP_OVERLAP", "1")))
+
+
+def current_pair(name: str) -> queue.PairView | None:
+    pair_id = st.session_state.get("pair_id")
+    view = queue.pair_view(pair_id, name) if pair_id else queue.next_pair(name, overlap())
+    if view is not None and view.pair_id != pair_id:
+        st.session_state["pair_id"], st.session_state["shown_at"] = view.pair_id, time.monotonic()
+    return view
+
+
+def submit(name: str, view: queue.PairView, choice: str) -> None:
+    """Button callback: store the judgment, then let the rerun fetch the next pair."""
+    seconds = time.monotonic() - st.session_state.get("shown_at", time.monotonic())
+    comment = st.session_state.get(f"comment-{view.pair_id}")
+    outcome = queue.stored_outcome(choice, view.left)
+    queue.submit_judgment(name, view.pair_id, outcome, view.left, seconds=seconds, comment=comment)
+    if st.session_state.get("pair_id") == view.pair_id:
+        st.session_state["pair_id"] = None
+    st.session_state["last_message"] = f"Saved: {dict((c, l) for l, c, _ in BUTTONS)[choice]}."
+
+
+def undo(name: str) -> None:
+    pair_id = queue.undo_last(name)
+    st.session_state["pair_id"] = pair_id or st.session_state.get("pair_id")
+    st.session_state["last_message"] = "Undone; the pair is back." if pair_id else "Nothing to undo."
+
+
+def render_conversation(messages: list[dict[str, str]]) -> None:
+    # st.markdown escapes raw HTML (unsafe_allow_html stays False): markdown and code blocks render,
+    # <script> or onerror= never run.
+    for message in messages:
+        with st.chat_message(message["role"]):
+            st.markdown(message["content"])
+
+
+def render_pair(name: str, view: queue.PairView) -> None:
+    render_conversation(view.messages)
+    left, right = st.columns(2)
+    for column, side, text in ((left, "A", view.left_text), (right, "B", view.right_text)):
+        with column:
+            st.markdown(f"#### Response {side}")
+            st.container(border=True).markdown(text)
+    st.text_input("Comment (optional)", key=f"comment-{view.pair_id}")
+    buttons = st.columns(len(BUTTONS) + 1)
+    for column, (label, choice, key) in zip(buttons, BUTTONS):
+        column.button(label, key=f"{choice}-{view.pair_id}", shortcut=key, on_click=submit,
+                      args=(name, view, choice), type="primary" if choice in ("left", "right") else "secondary",
+                      width="stretch")
+    buttons[-1].button("Undo last", key="undo", shortcut=UNDO_SHORTCUT, on_click=undo, args=(name,), width="stretch")
+    st.caption("Keys: **1** A is better · **2** B is better · **3** Tie · **4** Both bad · **5** Skip · "
+               "**U** Undo last")
+
+
+def keep_pairs_coming(waiting: int) -> None:
+    """Ask the generator for more pairs when the queue runs low, at most every 30 seconds."""
+    last = st.session_state.get("generation_checked_at", 0.0)
+    if waiting >= LOW_WATER or time.monotonic() - last < GENERATION_CHECK_SECONDS:
+        return
+    st.session_state["generation_checked_at"] = time.monotonic()
+    from training import generate  # lazy: only when the queue runs low
+
+    try:
+        job_id = generate.ensure_pairs_waiting(min_waiting=LOW_WATER)
+    except RuntimeError as error:  # e.g. jobs.JobError: a training round holds the machine
+        st.caption(f"No new pairs are being generated: {error}")
+        return
+    if job_id is not None:
+        st.toast(f"Generating more pairs (job #{job_id}).")
+
+
+def render_progress(name: str) -> None:
+    mine = queue.progress(name, overlap())
+    cols = st.columns(3)
+    cols[0].metric("Mine today", mine.today)
+    cols[1].metric("Mine in total", mine.total)
+    cols[2].metric("Pairs waiting", mine.waiting)
+    keep_pairs_coming(mine.waiting)
+
+
+def render_guidelines() -> None:
+    with st.expander("Labeling guidelines"):
+        text = queue.guidelines()
+        if st.toggle("Edit guidelines", key="edit-guidelines"):
+            edited = st.text_area("Guidelines (markdown)", value=text, height=300, key="guidelines-text")
+            if st.button("Save guidelines"):
+                try:
+                    queue.save_guidelines(edited)
+                except queue.QueueError as error:
+                    st.error(str(error))
+                else:
+                    st.success("Guidelines saved for everyone in this workspace.")
+        else:
+            st.markdown(text)
+
+
+@st.fragment(run_every="5s")
+def wait_for_pairs(name: str) -> None:
+    """Shown when nothing waits: looks again every 5 s and brings the next pair as soon as it exists."""
+    if queue.next_pair(name, overlap()) is not None:
+        st.rerun(scope="app")
+    st.info("No pairs are waiting for you right now. New pairs appear here as soon as they are generated.")
+
+
+def main() -> None:
+    st.title("Label")
+    name = st.session_state.get("annotator")
+    if not name:  # app.py asks for a name first; this only shows if the page runs without it
+        st.warning("Pick your name on the Home page first.")
+        return
+    if message := st.session_state.pop("last_message", None):
+        st.toast(message)
+    view = current_pair(name)
+    if view is None:
+        wait_for_pairs(name)
+        if st.button("Undo last", key="undo-empty", shortcut=UNDO_SHORTCUT):
+            undo(name)
+            st.rerun()
+    else:
+        render_pair(name, view)
+    render_progress(name)
+    render_guidelines()
+
+
+main()

@@ -1,0 +1,181 @@
+"""The Label page in AppTest: every button stores the right outcome whichever side each response
+stood on; undo; reloads and double submits make no duplicates; overlap k; comments; first visit."""
+from __future__ import annotations
+
+import functools
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
+
+import training
+from labeling import db
+from labeling.models import Judgment, Pair, Response
+from tests.test_queue import judgments, seed_pairs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def entry_script() -> str:
+    """app.py run from a folder without a `pages/` directory.
+
+    AppTest resets Streamlit's "this app uses the pages/ folder" flag before every run, so with
+    our real `pages/` beside app.py each switched-to page would run alone, without the router
+    (a real server clears that flag for good on the first st.navigation call). From here the
+    router always runs; `views` links to our pages so switch_page finds them.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="prefloop-apptest-"))
+    (folder / "views").symlink_to(ROOT / "pages")
+    (folder / "entry.py").write_text(f"import runpy\nrunpy.run_path({str(ROOT / 'app.py')!r}, run_name='__main__')\n")
+    return str(folder / "entry.py")
+
+
+def open_app(name: str | None = "ana", page: str | None = None) -> AppTest:
+    """A fresh browser session (a reload) with ?annotator=name, on the home view or `page`."""
+    at = AppTest.from_file(entry_script(), default_timeout=30)
+    if name:
+        at.query_params["annotator"] = name
+    at.run()  # the home view first: st.navigation registers the pages on the first run
+    if page:
+        at.switch_page(f"views/{page}")
+        at.run()
+    return at
+EXPECTED = {"A is better": "left", "B is better": "right", "Tie": "tie", "Both bad": "both_bad", "Skip": "skip"}
+
+
+@pytest.fixture
+def generator(monkeypatch):
+    """A stand-in for training.generate that records calls, so no model is ever loaded."""
+    fake = types.ModuleType("training.generate")
+    fake.calls = []
+    fake.ensure_pairs_waiting = lambda min_waiting=20: fake.calls.append(("ensure", min_waiting)) or 7
+    fake.start_generation = lambda prompts: fake.calls.append(("start", prompts)) or 8
+    monkeypatch.setitem(sys.modules, "training.generate", fake)
+    monkeypatch.setattr(training, "generate", fake, raising=False)
+    return fake
+
+
+def open_label(name: str | None = "ana") -> AppTest:
+    return open_app(name, "label.py")
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    next(b for b in at.button if b.label == label).click()
+    return at.run()
+
+
+def shown_sides(at: AppTest) -> tuple[str, str]:
+    """The response texts under the "Response A" and "Response B" headings."""
+    values = [m.value for m in at.markdown]
+    return values[values.index("#### Response A") + 1], values[values.index("#### Response B") + 1]
+
+
+def response_texts(pair_id: int) -> tuple[str, str]:
+    with db.session() as s:
+        pair = s.get(Pair, pair_id)
+        return s.get(Response, pair.response_a_id).text, s.get(Response, pair.response_b_id).text
+
+
+def shown_pair_id(at: AppTest) -> int:
+    left, _ = shown_sides(at)
+    with db.session() as s:
+        response_id = s.scalar(select(Response.id).where(Response.text == left))
+        return s.scalar(select(Pair.id).where((Pair.response_a_id == response_id) | (Pair.response_b_id == response_id)))
+
+
+@pytest.mark.parametrize("label", list(EXPECTED))
+def test_each_button_stores_the_outcome_of_the_response_on_that_side(workspace, generator, label):
+    ids = seed_pairs([(f"Q{i}?", f"alpha {i}", f"beta {i}") for i in range(8)])
+    at = open_label()
+    lefts = set()
+    for pair_id in ids:
+        left_text, right_text = shown_sides(at)
+        text_a, text_b = response_texts(pair_id)
+        assert {left_text, right_text} == {text_a, text_b}
+        left = "a" if left_text == text_a else "b"
+        lefts.add(left)
+        at = click(at, label)
+        expected = {"left": left, "right": "b" if left == "a" else "a"}.get(EXPECTED[label], EXPECTED[label])
+        assert judgments("ana")[-1] == (pair_id, "ana", expected, left)
+    assert lefts == {"a", "b"}, "eight pairs should show response_a on the left at least once and not always"
+    assert not at.exception
+
+
+def test_undo_last_brings_the_pair_back_and_deletes_the_row(workspace, generator):
+    ids = seed_pairs(3)
+    at = click(open_label(), "A is better")
+    assert shown_pair_id(at) == ids[1]
+    at = click(at, "Undo last")
+    assert judgments() == []
+    assert shown_pair_id(at) == ids[0]
+    at = click(at, "Tie")
+    assert [(p, o) for p, _, o, _ in judgments()] == [(ids[0], "tie")]
+
+
+def test_reload_and_double_submit_make_no_duplicates(workspace, generator):
+    ids = seed_pairs(3)
+    at = open_label()
+    first = next(b for b in at.button if b.label == "B is better")
+    first.click()
+    at.run()
+    first.click()  # the second click of a double click, on the button drawn for the first pair
+    at.run()
+    assert [p for p, *_ in judgments()] == [ids[0]]
+    reloaded = open_label()  # a reload is a new session with the same ?annotator=
+    assert shown_pair_id(reloaded) == ids[1]
+    assert shown_pair_id(reloaded.run()) == ids[1]
+    assert len(judgments()) == 1
+
+
+def test_overlap_k_shows_a_pair_to_k_annotators(workspace, generator, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_OVERLAP", "2")
+    ids = seed_pairs(2)
+    assert shown_pair_id(open_label("ana")) == ids[0]
+    click(open_label("ana"), "A is better")
+    ben = open_label("ben")
+    assert shown_pair_id(ben) == ids[0]
+    click(ben, "B is better")
+    assert shown_pair_id(open_label("chen")) == ids[1]
+    assert sorted(n for p, n, *_ in judgments() if p == ids[0]) == ["ana", "ben"]
+
+
+def test_comment_and_seconds_are_stored(workspace, generator):
+    seed_pairs(1)
+    at = open_label()
+    at.text_input[0].input("left one cites a source")
+    at = click(at, "A is better")
+    with db.session() as s:
+        row = s.scalar(select(Judgment))
+        assert row.comment == "left one cites a source"
+        assert row.seconds is not None and row.seconds >= 0
+
+
+def test_first_visit_asks_for_a_name_and_keeps_it_in_the_url(workspace, generator):
+    seed_pairs(1)
+    at = open_label(name=None)
+    assert not any(b.label == "A is better" for b in at.button)
+    at.text_input(key="typed-name").input("  dara ")
+    next(b for b in at.button if b.label == "Start labeling").click()
+    at.run()
+    assert at.session_state["annotator"] == "dara"
+    assert at.query_params["annotator"] == "dara"
+    assert any(b.label == "A is better" for b in at.button)
+
+
+def test_empty_queue_asks_the_generator_and_says_so(workspace, generator):
+    at = open_label()
+    assert ("ensure", 20) in generator.calls
+    assert any("No pairs are waiting" in i.value for i in at.info)
+    assert not at.exception
+
+
+def test_raw_html_is_passed_to_markdown_as_text_not_allowed_html(workspace, generator):
+    seed_pairs([("Say hi", "<script>alert(1)</script>", "<img src=x onerror=alert(1)>")])
+    at = open_label()
+    assert set(shown_sides(at)) == {"<script>alert(1)</script>", "<img src=x onerror=alert(1)>"}
+    assert all(not m.proto.allow_html for m in at.markdown)
