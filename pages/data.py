@@ -1,0 +1,112 @@
+"""Data: pairs and judgments with filters, import, export, and the annotator statistics."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from labeling import stats
+
+TABLE_ROWS = 2_000  # rows drawn in the table; statistics always use every judgment
+EXPORT_FORMATS = {"JSONL": ("jsonl", "application/jsonl"), "Parquet": ("parquet", "application/octet-stream")}
+
+
+def render_table() -> None:
+    values = stats.filter_values()
+    cols = st.columns(3)
+    source = cols[0].selectbox("Source", ["All", *values["source"]])
+    annotator = cols[1].selectbox("Annotator", ["All", *values["annotator"]])
+    outcome = cols[2].selectbox("Outcome", ["All", *stats.VERDICTS, "skip"])
+    chosen = {k: (None if v == "All" else v) for k, v in (("source", source), ("annotator", annotator),
+                                                          ("outcome", outcome))}
+    frame = stats.judgments_frame(**chosen, limit=TABLE_ROWS + 1)
+    shown = frame.head(TABLE_ROWS)
+    st.caption(f"{len(shown)} rows" + (f" (the newest {TABLE_ROWS}; narrow the filters to see others)"
+                                       if len(frame) > TABLE_ROWS else ""))
+    st.dataframe(shown, hide_index=True, column_config={"judged_at": st.column_config.DatetimeColumn("judged at")})
+
+
+def render_import() -> None:
+    from labeling import importers, store  # the same importer as `python -m labeling import`
+
+    with st.form("import", clear_on_submit=True):
+        upload = st.file_uploader("Preference data or prompts (JSONL, JSON, CSV, Parquet, TXT, .gz)")
+        cols = st.columns(2)
+        fmt = cols[0].selectbox("Format", importers.FORMATS)
+        source = cols[1].text_input("Source name (optional)", placeholder="defaults to the file name")
+        if not st.form_submit_button("Import") or upload is None:
+            return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(upload.name).name  # keep the name: format and source come from it
+        path.write_bytes(upload.getvalue())
+        try:
+            result = store.import_file(path, fmt=fmt, source=source.strip() or None)
+        except importers.InputError as error:  # one sentence; the import wrote nothing
+            st.error(str(error).replace(str(path), upload.name))
+            return
+    dropped = sum(result["dropped"].values())
+    st.success(f"{upload.name}: imported {result['imported']} ({result['format']}, source '{result['source']}'), "
+               f"{result['duplicates']} already stored, {dropped} dropped {result['dropped']}.")
+
+
+def render_export() -> None:
+    from labeling import export  # TRL-ready prompt/chosen/rejected rows, as `python -m labeling export`
+
+    cols = st.columns([1, 2])
+    label = cols[0].radio("Export format", list(EXPORT_FORMATS), horizontal=True)
+    fmt, mime = EXPORT_FORMATS[label]
+    if cols[1].button("Prepare export"):
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"prefloop-preferences.{fmt}"
+            try:
+                result = export.export(path, fmt)
+            except export.ExportError as error:
+                st.error(str(error).replace(str(path), path.name))
+                return
+            st.session_state["export"] = (path.name, path.read_bytes(), mime, result)
+    if "export" in st.session_state:
+        name, data, mime, result = st.session_state["export"]
+        st.download_button(f"Download {name}", data=data, file_name=name, mime=mime)
+        st.caption(f"{result['exported']} preference rows; left out: {result['excluded']}")
+
+
+def render_stats() -> None:
+    frame = stats.judgments_frame(include_unjudged=False)
+    if frame.empty:
+        st.info("No judgments yet: statistics appear once pairs are labeled.")
+        return
+    left, right = st.columns(2)
+    left.markdown("**Judgments per annotator**")
+    left.dataframe(stats.judgments_per_annotator(frame), hide_index=True)
+    right.markdown("**Outcome shares**")
+    right.dataframe(stats.outcome_shares(frame), hide_index=True,
+                    column_config={"share": st.column_config.NumberColumn(format="percent")})
+    st.markdown("**Position bias**: share of decisive judgments won by the response shown on the left "
+                "(0.5 = no bias; 95 % Wilson interval)")
+    st.dataframe(stats.position_bias(frame), hide_index=True)
+    agreement = stats.agreement(frame)
+    st.markdown(f"**Agreement** on {agreement['pairs']} pairs with two or more judgments")
+    if agreement["pairs"]:
+        cols = st.columns(3)
+        cols[0].metric("Percent agreement", f"{agreement['percent_agreement']:.1%}")
+        cols[1].metric("Unanimous pairs", f"{agreement['unanimous']:.1%}")
+        cols[2].metric("Fleiss' kappa", f"{agreement['fleiss_kappa']:.3f}")
+    else:
+        st.caption("Set PREFLOOP_OVERLAP=2 (or more) so several annotators judge the same pairs.")
+
+
+def main() -> None:
+    st.title("Data")
+    table, load, statistics = st.tabs(["Pairs and judgments", "Import / export", "Statistics"])
+    with table:
+        render_table()
+    with load:
+        render_import()
+        st.divider()
+        render_export()
+    with statistics:
+        render_stats()
+
+
+main()

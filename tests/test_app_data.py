@@ -1,0 +1,116 @@
+"""The Data page in AppTest: filters, statistics, import (good and bad files) and export."""
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+
+from labeling import db, queue
+from labeling.models import Judgment, Pair, Prompt
+from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
+from tests.test_queue import seed_pairs
+
+
+def open_data():
+    return open_app("ana", "data.py")
+
+
+def select_box(at, label: str, value: str):
+    next(s for s in at.selectbox if s.label == label).select(value)
+    return at.run()
+
+
+def counts() -> tuple[int, int, int]:
+    with db.session() as s:
+        return tuple(s.scalar(select(func.count(m.id))) for m in (Prompt, Pair, Judgment))
+
+
+def seed_judged():
+    hh = seed_pairs([("Q1?", "x1", "y1"), ("Q2?", "x2", "y2")], source="hh")
+    (oasst,) = seed_pairs([("Q3?", "x3", "y3")], source="oasst")
+    queue.submit_judgment("ana", hh[0], "a", "a")
+    queue.submit_judgment("ben", hh[0], "a", "b")
+    queue.submit_judgment("ana", hh[1], "a", "b")
+    queue.submit_judgment("ben", hh[1], "b", "b")
+    queue.submit_judgment("ana", oasst, "tie", "a", comment="same")
+    return hh, oasst
+
+
+def test_table_filters_by_source_annotator_and_outcome(workspace, generator):  # noqa: F811
+    hh, oasst = seed_judged()
+    at = open_data()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 5
+    at = select_box(at, "Source", "hh")
+    assert sorted(at.dataframe[0].value["pair_id"]) == sorted([hh[0], hh[0], hh[1], hh[1]])
+    at = select_box(at, "Annotator", "ben")
+    assert at.dataframe[0].value[["pair_id", "outcome"]].values.tolist() == [[hh[1], "b"], [hh[0], "a"]]
+    at = select_box(select_box(at, "Source", "All"), "Outcome", "tie")
+    assert at.dataframe[0].value["pair_id"].tolist() == []  # ben never said tie
+    at = select_box(at, "Annotator", "ana")
+    assert at.dataframe[0].value[["pair_id", "comment"]].values.tolist() == [[oasst, "same"]]
+
+
+def test_statistics_show_hand_worked_agreement(workspace, generator):  # noqa: F811
+    seed_judged()
+    at = open_data()
+    metrics = {m.label: m.value for m in at.metric}
+    # two pairs judged twice: (a, a) agree, (a, b) disagree -> 50 %; p_a = 3/4, p_b = 1/4,
+    # P_e = 10/16, kappa = (0.5 - 0.625) / 0.375 = -1/3
+    assert metrics["Percent agreement"] == "50.0%"
+    assert metrics["Fleiss' kappa"] == "-0.333"
+    frames = [d.value for d in at.dataframe]
+    per_annotator = next(f for f in frames if "judgments" in f.columns)
+    assert per_annotator[["annotator", "judgments"]].values.tolist() == [["ana", 3], ["ben", 2]]
+    bias = next(f for f in frames if "left_share" in f.columns).set_index("annotator")
+    # ana: (a, left a) left wins, (a, left b) right wins -> 1 of 2; ben: (a, b) right, (b, b) left -> 1 of 2
+    assert bias.loc["ana", "left_wins"] == 1 and bias.loc["ana", "decisive"] == 2
+    assert bias.loc["ben", "left_share"] == 0.5
+
+
+def upload(at, name: str, content: bytes):
+    at.get("file_uploader")[0].upload(name, content)
+    next(b for b in at.button if b.label == "Import").click()
+    return at.run()
+
+
+def test_import_of_a_good_file_stores_its_pairs(workspace, generator):  # noqa: F811
+    rows = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+            {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Rome"}]
+    at = upload(open_data(), "mini.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    assert not at.error, [e.value for e in at.error]
+    assert any("imported 2" in s.value for s in at.success)
+    assert counts() == (2, 2, 2)
+
+
+def test_import_of_a_bad_file_shows_one_sentence_and_stores_nothing(workspace, generator):  # noqa: F811
+    seed_pairs(1)
+    before = counts()
+    at = upload(open_data(), "broken.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": \n')
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "broken.jsonl" in message and "line 2" in message and "/tmp" not in message
+    assert counts() == before
+
+
+def test_export_prepares_a_jsonl_download(workspace, generator):  # noqa: F811
+    seed_judged()
+    at = open_data()
+    next(b for b in at.button if b.label == "Prepare export").click()
+    at = at.run()
+    assert not at.error, [e.value for e in at.error]
+    name, data, _, result = at.session_state["export"]
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    # only the first hh pair has a majority (a, a); (a, b) is unresolved and the tie is left out
+    assert name == "prefloop-preferences.jsonl" and len(rows) == result["exported"] == 1
+    assert {"prompt", "chosen", "rejected"} <= set(rows[0])
+    assert "x1" in json.dumps(rows[0]["chosen"]) and "y1" in json.dumps(rows[0]["rejected"])
+    assert at.get("download_button")
+
+
+def test_export_with_nothing_to_export_says_so(workspace, generator):  # noqa: F811
+    seed_pairs(1)
+    at = open_data()
+    next(b for b in at.button if b.label == "Prepare export").click()
+    at = at.run()
+    assert len(at.error) == 1 and "nothing to export" in at.error[0].value
