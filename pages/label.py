@@ -88,6 +88,8 @@ def keep_pairs_coming(waiting: int) -> None:
     last = st.session_state.get("generation_checked_at", 0.0)
     if waiting >= LOW_WATER or time.monotonic() - last < GENERATION_CHECK_SECONDS:
         return
+    if os.environ.get("PREFLOOP_AUTOGENERATE", "1") == "0":  # e.g. a demo on imported pairs only
+        return
     st.session_state["generation_checked_at"] = time.monotonic()
     from training import generate  # lazy: only when the queue runs low
 

@@ -1,0 +1,148 @@
+"""The app in real Chromium: pick a name, label three pairs with the keyboard, check the rows,
+take a screenshot, and make sure responses carrying <script> and onerror= show as text, never run."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from labeling import db, queue
+from labeling.models import Judgment
+from tests.test_queue import seed_pairs
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+SCRIPT = "<script>alert(1)</script>"
+IMG = "<img src=x onerror=alert(1)>"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)"
+    if os.environ.get("PREFLOOP_REQUIRE_BROWSER") == "1":
+        pytest.fail(message + "; PREFLOOP_REQUIRE_BROWSER=1 makes this a failure.")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(workspace):
+    """`streamlit run app.py` on a free localhost port, on this test's workspace."""
+    require_chromium()
+    db.engine()  # the workspace folder and schema exist before the server opens the database
+    port = free_port()
+    env = {**os.environ, "PREFLOOP_HOME": str(workspace), "PREFLOOP_AUTOGENERATE": "0", "OMP_NUM_THREADS": "1"}
+    log = open(workspace / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start: {(workspace / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def stored() -> list[Judgment]:
+    with db.session() as s:
+        return list(s.scalars(select(Judgment).order_by(Judgment.id)))
+
+
+def wait_for_rows(n: int, timeout: float = 20) -> list[Judgment]:
+    deadline = time.monotonic() + timeout
+    while len(rows := stored()) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return rows
+
+
+def test_label_three_pairs_with_the_keyboard_and_no_script_runs(server, workspace):
+    from playwright.sync_api import expect, sync_playwright
+
+    ids = seed_pairs([
+        ("Show me some HTML.", SCRIPT, IMG),
+        ("Write a Python hello world.", "```python\nprint('hello')\n```", "Use `print`."),
+        ("Name a colour.", "**Blue**", "Red"),
+        ("One more?", "Yes", "No"),
+    ])
+    ARTIFACTS.mkdir(exist_ok=True)
+    dialogs: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(server, wait_until="domcontentloaded")
+
+        page.get_by_label("or type a new name").fill("pat")
+        page.get_by_role("button", name="Start labeling").click()
+        expect(page).to_have_url(f"{server}/?annotator=pat", timeout=15_000)
+        page.get_by_role("link", name="Label").click()
+        expect(page.get_by_text("Response A", exact=True)).to_be_visible(timeout=15_000)
+
+        # The first pair carries the two attacks: both show as literal text.
+        expect(page.get_by_text(SCRIPT, exact=True)).to_be_visible()
+        expect(page.get_by_text(IMG, exact=True)).to_be_visible()
+        assert page.locator("img[src='x']").count() == 0
+        assert page.evaluate("[...document.scripts].some(s => s.textContent.includes('alert(1)'))") is False
+        expect(page.get_by_text("Keys:")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "label_xss_pair.png"), full_page=True)
+
+        for number, key in enumerate(("1", "2", "3"), start=1):
+            if key == "2":  # digits typed into the comment box are text, not shortcuts
+                page.get_by_label("Comment (optional)").click()
+                page.keyboard.type("point 2 is wrong")
+                page.wait_for_timeout(500)
+                assert len(stored()) == 1, "typing a digit in the comment box submitted a judgment"
+            page.get_by_role("heading", name="Label").click()  # focus on the page, not in the comment box
+            page.wait_for_timeout(300)
+            page.keyboard.press(key)
+            assert len(wait_for_rows(number)) == number, f"key {key} stored no judgment"
+            expect(page.get_by_text("Response A", exact=True)).to_be_visible()
+            if number == 1:  # the second pair: its markdown code block renders as code
+                expect(page.locator("pre code").filter(has_text="print('hello')")).to_be_visible()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "label_after_three.png"), full_page=True)
+        browser.close()
+
+    rows = stored()
+    assert [r.pair_id for r in rows] == ids[:3]
+    assert {r.annotator.name for r in rows} == {"pat"}
+    for row, choice in zip(rows, ("left", "right", "tie")):
+        assert row.left == queue.left_side(row.pair_id, "pat")
+        assert row.outcome == queue.stored_outcome(choice, row.left)
+    assert [r.comment for r in rows] == [None, "point 2 is wrong", None]
+    assert dialogs == [], f"a dialog fired: {dialogs}"
