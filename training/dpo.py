@@ -1,0 +1,126 @@
+"""`python -m training dpo`: a DPO round (Rafailov et al. 2023) on the labeled pairs.
+
+TRL's `DPOTrainer` trains a fresh LoRA adapter on the current policy (`load_policy()`, every
+earlier adapter merged in). `ref_model=None` with a peft model makes the reference the same
+network with the adapter disabled, so there is no second copy of the model in memory. Per step
+it reports loss, implicit-reward accuracy and margin and the chosen/rejected log-probs; at the
+end it evaluates on the held-out prompts and saves the adapter (with the tokenizer) as a new
+policy version whose parent is the starting version and whose lineage is the exact judgments used.
+
+Heavy imports (torch, trl, peft) happen inside the functions: the Train page imports
+`check_ready` from here and must stay quick.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from typing import Any
+
+from training import rounds, versions
+from training.dpo_config import DPORoundConfig
+
+MIN_PAIRS = rounds.MIN_PAIRS
+LOGGED = {  # TRL's log key -> our metric name (the curves on the Train page)
+    "loss": "loss", "rewards/accuracies": "accuracy", "rewards/margins": "margin",
+    "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
+    "logps/chosen": "logp_chosen", "logps/rejected": "logp_rejected", "grad_norm": "grad_norm",
+}
+
+
+def check_ready() -> str | None:
+    """None when a DPO round can start, else the sentence that says why not."""
+    return rounds.check_pairs("DPO", MIN_PAIRS)
+
+
+def to_dataset(rows: list[dict], tokenizer, max_prompt_length: int):
+    """TRL's conversational preference columns, prompts trimmed to `max_prompt_length` tokens."""
+    from datasets import Dataset
+
+    def count(messages):
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+    return Dataset.from_list([
+        {"prompt": rounds.trim_prompt(r["prompt"], count, max_prompt_length),
+         "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+
+
+def lora_config(config: DPORoundConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
+    """TRL's DPOConfig for a CPU round: fp32, no checkpointing, no saving, a log line per step."""
+    from trl import DPOConfig
+
+    precompute = {"yes": True, "no": False, "auto": config.epochs > 1}[config.precompute_ref_log_probs]
+    return DPOConfig(
+        output_dir=output_dir, beta=config.beta, loss_type=[config.loss_type],
+        learning_rate=config.learning_rate, num_train_epochs=config.epochs, max_steps=max_steps or -1,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,
+        logging_steps=1, save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False,
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+
+
+def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig, reporter,
+          output_dir: str, max_steps: int | None = None) -> tuple[Any, dict[str, float]]:
+    """Train a LoRA adapter with DPO; return (the peft model, metrics incl. held-out ones)."""
+    from trl import DPOTrainer
+
+    train_set = to_dataset(data.train, tokenizer, config.max_prompt_length)
+    heldout_set = to_dataset(data.heldout, tokenizer, config.max_prompt_length) if data.heldout else None
+    trainer = DPOTrainer(
+        model=model, ref_model=None, args=trl_config(config, output_dir, max_steps),
+        train_dataset=train_set, eval_dataset=heldout_set, processing_class=tokenizer,
+        peft_config=lora_config(config), callbacks=[rounds.progress_callback(reporter, LOGGED)],
+    )
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
+               "pairs": len(data.train)}
+    # pairs actually seen (a --max-steps run stops early), per second of training
+    metrics["pairs_per_second"] = min(trainer.state.global_step * config.batch_size,
+                                      len(data.train) * config.epochs) / seconds
+    last = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
+    if last:
+        metrics["train_accuracy"] = last[-1]["rewards/accuracies"]
+    if heldout_set is not None:
+        ev = trainer.evaluate()
+        metrics.update({"heldout_pairs": len(data.heldout), "heldout_loss": ev["eval_loss"],
+                        "heldout_accuracy": ev["eval_rewards/accuracies"], "heldout_margin": ev["eval_rewards/margins"]})
+    return trainer.model, metrics
+
+
+def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
+              max_pairs: int | None = None) -> dict[str, Any]:
+    """Data → policy → train → save version → metrics. Returns {"version": id, **metrics}."""
+    from training.model import load_policy
+
+    reporter.start(None)
+    data = rounds.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
+    versions.ensure_base_version()
+    parent_id = versions.current_policy_id()
+    model, tokenizer = load_policy(parent_id)
+    with tempfile.TemporaryDirectory(prefix="dpo-", dir=versions.versions_root().parent) as output_dir:
+        peft_model, metrics = train(model, tokenizer, data, config, reporter, output_dir, max_steps)
+    metrics["fallback_split"] = data.fallback_split
+
+    def write(folder):
+        peft_model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    version_id = versions.create_version(
+        "policy", "dpo", parent_id, dataclasses.asdict(config), data.judgment_ids, metrics, write,
+        make_current=config.make_current)
+    return {"version": version_id, "parent": parent_id, **metrics}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training dpo [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
+    return rounds.run_main(argv, DPORoundConfig, run_round, "python -m training dpo")

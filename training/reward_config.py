@@ -1,0 +1,33 @@
+"""Settings of a reward round: one dataclass, from which the CLI flags and the Train page form are built."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BACKBONES = ("policy", "minilm")
+DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 3e-5}  # LoRA on the policy; full fine-tune of MiniLM
+
+
+@dataclass
+class RewardRoundConfig:
+    """A Bradley-Terry reward model trained on the labeled pairs."""
+
+    backbone: str = field(default="policy", metadata={
+        "help": "policy: the policy's base model with LoRA and a scalar head; minilm: the small all-MiniLM-L6-v2 "
+                "encoder, fully fine-tuned.", "choices": BACKBONES})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 3e-5 for MiniLM)."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
+    batch_size: int = field(default=8, metadata={"help": "Pairs per optimizer step."})
+    max_length: int = field(default=512, metadata={
+        "help": "Longest prompt + response in tokens; the oldest part of the prompt is cut first."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (policy backbone)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    center_rewards_coefficient: float = field(default=0.01, metadata={
+        "help": "Pulls mean rewards towards zero (Eisenstein et al. 2023), so scores are comparable across rounds."})
+    heldout_fraction: float = field(default=0.1, metadata={
+        "help": "Share of prompts held out for evaluation when the workspace has no held-out prompts yet."})
+    seed: int = field(default=0, metadata={"help": "Random seed of data order and the head's initialisation."})
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or DEFAULT_LEARNING_RATE[self.backbone]

@@ -1,0 +1,149 @@
+"""What the reward and DPO rounds share: labeled pairs split by prompt, progress reporting from a
+transformers `Trainer`, and the command-line `main`.
+
+Light to import (no torch at module level): the Train page asks `check_ready` before a job starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+MIN_PAIRS = 8  # fewer labeled pairs than this teach a model nothing measurable
+
+
+class NotReady(RuntimeError):
+    """A round cannot run yet (too few pairs, no reward model); one sentence for the user."""
+
+
+@dataclass
+class PreferenceData:
+    """Rows as `labeling.export.preference_rows` gives them: prompt (messages), chosen and
+    rejected ([{"role": "assistant", ...}]), pair_id, prompt_id, split."""
+
+    train: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    judgment_ids: list[int]  # lineage: exactly the judgments behind these rows
+    fallback_split: bool  # True when the workspace's held-out prompts were empty and we split here
+
+
+def _prompt_rank(prompt_id: Any, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{prompt_id}".encode()).hexdigest()
+
+
+def split_by_prompt(rows: list[dict], heldout_fraction: float, seed: int = 0) -> tuple[list, list, bool]:
+    """(train, heldout, fallback): the rows' own `split` column, or, when it leaves either side
+    empty, a split by prompt: a `heldout_fraction` of the prompts (at least one when there are
+    two or more), chosen by a seeded hash, so no prompt is on both sides."""
+    train = [r for r in rows if r.get("split") != "heldout"]
+    heldout = [r for r in rows if r.get("split") == "heldout"]
+    if train and heldout:
+        return train, heldout, False
+    prompts = sorted({r["prompt_id"] for r in rows}, key=lambda p: _prompt_rank(p, seed))
+    n_heldout = min(max(math.ceil(heldout_fraction * len(prompts)), 1), len(prompts) - 1) if len(prompts) > 1 else 0
+    chosen = set(prompts[:n_heldout])
+    return ([r for r in rows if r["prompt_id"] not in chosen], [r for r in rows if r["prompt_id"] in chosen], True)
+
+
+def count_pairs() -> int:
+    """How many labeled pairs a round would train on now."""
+    from labeling.export import preference_rows
+
+    return len(preference_rows().rows)
+
+
+def check_pairs(what: str, min_pairs: int = MIN_PAIRS) -> str | None:
+    """None when there are enough labeled pairs, else the sentence to show."""
+    have = count_pairs()
+    if have < min_pairs:
+        return f"{what} needs at least {min_pairs} labeled pairs; you have {have}. Label more pairs or import labels."
+    return None
+
+
+def _judgments_of(pair_ids: set[int], allowed: list[int]) -> list[int]:
+    """The exported judgment ids that belong to `pair_ids`."""
+    from sqlalchemy import select
+
+    from labeling import db
+    from labeling.models import Judgment
+
+    allowed_set = set(allowed)
+    with db.session() as s:
+        rows = s.execute(select(Judgment.id, Judgment.pair_id).where(Judgment.pair_id.in_(pair_ids)))
+        return sorted(jid for jid, _ in rows if jid in allowed_set)
+
+
+def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int,
+                    min_pairs: int = MIN_PAIRS) -> PreferenceData:
+    """The exported labeled pairs (at most `max_pairs`), split by prompt. Raises NotReady."""
+    from labeling.export import preference_rows
+
+    export = preference_rows()
+    rows = list(export.rows)
+    if max_pairs:
+        rows = rows[:max_pairs]
+    if len(rows) < min_pairs:
+        raise NotReady(f"The {what} round needs at least {min_pairs} labeled pairs; you have {len(rows)}. "
+                       f"Label more pairs or import labels.")
+    judgment_ids = list(export.judgment_ids)
+    if len(rows) < len(export.rows):
+        judgment_ids = _judgments_of({r["pair_id"] for r in rows}, judgment_ids)
+    train, heldout, fallback = split_by_prompt(rows, heldout_fraction, seed)
+    return PreferenceData(train, heldout, judgment_ids, fallback)
+
+
+def trim_prompt(messages: list[dict], count_tokens: Callable[[list[dict]], int], max_tokens: int) -> list[dict]:
+    """Drop the oldest turns of a conversation until it fits `max_tokens` (the last message always
+    stays), so long multi-turn prompts leave room for the responses being compared."""
+    start = 0
+    while start < len(messages) - 1 and count_tokens(messages[start:]) > max_tokens:
+        start += 1
+    return messages[start:]
+
+
+def progress_callback(reporter, rename: dict[str, str]):
+    """A TrainerCallback that reports total steps at the start and `rename`d metrics at every log;
+    `Reporter.step` raises Cancelled when the job was cancelled, which stops the trainer."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            reporter.start(state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            values = {new: logs[old] for old, new in rename.items() if old in (logs or {})}
+            if values and not any(k.startswith("eval_") for k in logs):
+                reporter.step(state.global_step, values)
+
+    return Progress()
+
+
+def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict], prog: str) -> int:
+    """Parse flags and --config onto `config_class`, run the round under a job Reporter, and print
+    its summary as JSON on the last line. User errors print one sentence and return 1."""
+    from training import jobs
+    from training.cli import ConfigError, config_from_args
+    from training.model import ModelPathError
+    from training.versions import VersionError
+
+    try:
+        config, extras = config_from_args(config_class, argv, prog)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        with jobs.reporting(extras["job_id"]) as reporter:
+            jobs.set_threads()
+            summary = run_round(config, reporter, max_steps=extras["max_steps"], max_pairs=extras["max_pairs"])
+            reporter.result = summary
+    except (NotReady, ModelPathError, VersionError) as exc:  # the user's to fix: one sentence, no traceback
+        print(str(exc), file=sys.stderr)
+        return 1
+    except jobs.Cancelled:
+        print(json.dumps({"cancelled": True}))
+        return 130
+    print(json.dumps(summary))
+    return 0

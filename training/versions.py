@@ -1,0 +1,203 @@
+"""Model versions: every trained artefact (policy or reward model) with its lineage.
+
+A version is a row (`labeling.models.ModelVersion`: id, kind, method, parent, config, the exact
+judgment ids it trained on, metrics, time) and a folder `$PREFLOOP_HOME/versions/<id>` holding a
+LoRA adapter or weights as safetensors, with the tokenizer. The folder is written as
+`versions/.tmp-<id>` and renamed only once complete, and the row is committed only after the
+rename, so a crash never leaves half a version. The base model is version 1 (method "base"), whose
+path is the converted base model itself.
+
+One policy version is *current*: generation uses it; rollback is `set_current(older_id)`.
+
+    python -m training versions                       # all versions as JSON
+    python -m training versions --set-current v2-dpo  # rollback / roll forward
+    python -m training versions --export v3-dpo OUT   # merged standalone folder
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import select
+
+from labeling import db
+from labeling.models import ModelVersion
+
+POLICY_METHODS = ("base", "dpo", "ppo")
+KINDS = {"base": "policy", "dpo": "policy", "ppo": "policy", "reward": "reward"}
+
+
+class VersionError(RuntimeError):
+    """A version that cannot be found, made current or exported; one sentence for the user."""
+
+
+def versions_root() -> Path:
+    path = db.home() / "versions"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _next_id(s, method: str) -> str:
+    """v<n>-<method> with n one more than the highest number used so far (rows or folders)."""
+    numbers = [int(m.group(1)) for vid in s.scalars(select(ModelVersion.id))
+               if (m := re.match(r"v(\d+)-", vid))]
+    numbers += [int(m.group(1)) for p in versions_root().iterdir() if (m := re.match(r"(?:\.tmp-)?v(\d+)-", p.name))]
+    return f"v{max(numbers, default=0) + 1}-{method}"
+
+
+def create_version(kind: str, method: str, parent_id: str | None, config: dict[str, Any] | None,
+                   judgment_ids: list[int] | None, metrics: dict[str, Any] | None,
+                   write: Callable[[Path], None], make_current: bool = False) -> str:
+    """Write a version's files with `write(tmp_folder)`, rename the folder, then commit the row.
+
+    If `write` raises, the temporary folder is removed and no row is added. Returns the new id.
+    """
+    if KINDS.get(method) != kind:
+        raise VersionError(f"A '{method}' version must be of kind '{KINDS.get(method)}', not '{kind}'.")
+    if parent_id is not None and get_version(parent_id) is None:
+        raise VersionError(f"The parent version '{parent_id}' does not exist.")
+    with db.session() as s:
+        version_id = _next_id(s, method)
+    tmp, final = versions_root() / f".tmp-{version_id}", versions_root() / version_id
+    tmp.mkdir()
+    try:
+        write(tmp)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        with db.session() as s:
+            s.add(ModelVersion(id=version_id, kind=kind, method=method, parent_id=parent_id, path=str(final),
+                               config=config, judgment_ids=sorted(judgment_ids or []), metrics=metrics))
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    if make_current:
+        set_current(version_id)
+    return version_id
+
+
+def ensure_base_version() -> str:
+    """The base model's version id, registering it first; it becomes current when none is."""
+    from training.model import base_model_path  # converts the default model on first use
+
+    path = str(Path(base_model_path()).resolve())
+    with db.session() as s:
+        row = s.scalar(select(ModelVersion).where(ModelVersion.method == "base", ModelVersion.path == path))
+        if row is None:
+            row = ModelVersion(id=_next_id(s, "base"), kind="policy", method="base", path=path, config=None,
+                               judgment_ids=[], metrics=None)
+            s.add(row)
+        version_id = row.id
+    if current_policy_id() is None:
+        set_current(version_id)
+    return version_id
+
+
+def get_version(version_id: str) -> ModelVersion | None:
+    with db.session() as s:
+        return s.get(ModelVersion, version_id)
+
+
+def list_versions(kind: str | None = None) -> list[ModelVersion]:
+    """All versions (of one kind), oldest first."""
+    stmt = select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.id)
+    if kind:
+        stmt = stmt.where(ModelVersion.kind == kind)
+    with db.session() as s:
+        return list(s.scalars(stmt))
+
+
+def current_policy_id() -> str | None:
+    with db.session() as s:
+        return s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current))
+
+
+def set_current(version_id: str) -> None:
+    """Make a policy version the one generation uses (rollback = an older one)."""
+    with db.session() as s:
+        row = s.get(ModelVersion, version_id)
+        if row is None:
+            raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
+        if row.kind != "policy":
+            raise VersionError(f"Version '{version_id}' is a {row.kind} model; only a policy can be current.")
+        for other in s.scalars(select(ModelVersion).where(ModelVersion.is_current)):
+            other.is_current = False
+        row.is_current = True
+
+
+def latest_reward_id() -> str | None:
+    rewards = list_versions("reward")
+    return rewards[-1].id if rewards else None
+
+
+def lineage(version_id: str) -> list[ModelVersion]:
+    """The chain from the base version to `version_id`, base first."""
+    chain: list[ModelVersion] = []
+    row = get_version(version_id)
+    if row is None:
+        raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
+    while row is not None:
+        chain.append(row)
+        row = get_version(row.parent_id) if row.parent_id else None
+    return chain[::-1]
+
+
+def as_dict(row: ModelVersion) -> dict[str, Any]:
+    return {"id": row.id, "kind": row.kind, "method": row.method, "parent_id": row.parent_id,
+            "path": row.path, "is_current": row.is_current, "created_at": row.created_at.isoformat(),
+            "judgments": len(row.judgment_ids or []), "config": row.config, "metrics": row.metrics}
+
+
+def export_merged(version_id: str, out_folder: str | Path) -> Path:
+    """Write policy `version_id` with every adapter of its lineage merged, as a standalone folder
+    that `AutoModelForCausalLM.from_pretrained(out_folder)` loads."""
+    row = get_version(version_id)
+    if row is None:
+        raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
+    if row.kind != "policy":
+        raise VersionError(f"Version '{version_id}' is a reward model; only policy versions export as causal LMs.")
+    out = Path(out_folder)
+    if out.exists() and any(out.iterdir()):
+        raise VersionError(f"The export folder {out} is not empty; choose a new folder.")
+    from training.model import load_policy
+
+    model, tokenizer = load_policy(version_id)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training versions", description="List model versions.")
+    parser.add_argument("--kind", choices=("policy", "reward"), help="Only versions of this kind.")
+    parser.add_argument("--set-current", metavar="ID", help="Make this policy version current (rollback).")
+    parser.add_argument("--export", nargs=2, metavar=("ID", "OUT"), help="Write a merged standalone folder.")
+    args = parser.parse_args(argv)
+    try:
+        if args.set_current:
+            set_current(args.set_current)
+        if args.export:
+            path = export_merged(*args.export)
+            print(json.dumps({"exported": args.export[0], "path": str(path)}))
+            return 0
+    except VersionError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(json.dumps([as_dict(v) for v in list_versions(args.kind)], indent=1))
+    return 0
