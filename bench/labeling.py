@@ -13,6 +13,7 @@ Last line printed: JSON {"p50_ms": x, "p95_ms": y} (target p95 <= 100 ms).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import random
@@ -38,8 +39,6 @@ def seed(n_pairs: int, n_judged: int, per_pair: int, seed_value: int = 0) -> int
     n_judged pairs, in bulk; return the number of judgments written."""
     rng = random.Random(seed_value)
     now = utcnow()
-    import datetime as dt
-
     prompts, responses, pairs, judgments = [], [], [], []
     for i in range(n_pairs):
         messages = as_messages(f"Benchmark prompt {i}: explain topic {i % 97}.")

@@ -34,7 +34,10 @@ def overlap() -> int:
 
 def current_pair(name: str) -> queue.PairView | None:
     pair_id = st.session_state.get("pair_id")
-    view = queue.pair_view(pair_id, name) if pair_id else queue.next_pair(name, overlap())
+    try:
+        view = queue.pair_view(pair_id, name) if pair_id else queue.next_pair(name, overlap())
+    except queue.QueueError:  # the pair on screen was deleted meanwhile: move on to the next one
+        view = queue.next_pair(name, overlap())
     if view is not None and view.pair_id != pair_id:
         st.session_state["pair_id"], st.session_state["shown_at"] = view.pair_id, time.monotonic()
     return view
@@ -45,10 +48,14 @@ def submit(name: str, view: queue.PairView, choice: str) -> None:
     seconds = time.monotonic() - st.session_state.get("shown_at", time.monotonic())
     comment = st.session_state.get(f"comment-{view.pair_id}")
     outcome = queue.stored_outcome(choice, view.left)
-    queue.submit_judgment(name, view.pair_id, outcome, view.left, seconds=seconds, comment=comment)
+    try:
+        queue.submit_judgment(name, view.pair_id, outcome, view.left, seconds=seconds, comment=comment)
+    except queue.QueueError as error:  # e.g. the pair was deleted meanwhile; nothing was stored
+        st.session_state["last_message"] = str(error)
+    else:
+        st.session_state["last_message"] = f"Saved: {dict((c, l) for l, c, _ in BUTTONS)[choice]}."
     if st.session_state.get("pair_id") == view.pair_id:
         st.session_state["pair_id"] = None
-    st.session_state["last_message"] = f"Saved: {dict((c, l) for l, c, _ in BUTTONS)[choice]}."
 
 
 def undo(name: str) -> None:
