@@ -1,0 +1,246 @@
+"""PPO round: `python -m training ppo`. TRL no longer ships PPO, so this is ours, in the style of
+the seed's objective (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022):
+
+  for each step: sample responses to a batch of training prompts from the policy (a fresh LoRA on the
+  current policy) → score them with the reward model, normalise → per-token reward −β(log π − log π_ref)
+  plus the score at the last token, the reference being the same model with adapters disabled →
+  GAE advantages (whitened) and returns → several epochs of minibatches of the clipped surrogate plus
+  the clipped value loss → optionally adapt β.
+
+The maths lives in `training/losses.py` (pure, tested by hand), the sampling in `training/rollout.py`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from typing import Any, Callable
+
+import torch
+
+from training.losses import (
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    entropy_from_logits,
+    gae,
+    kl_penalty_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+    whiten,
+)
+from training.ppo_config import PPOConfig
+from training.rollout import RewardFn, Rollout, collect_rollout, score_tokens
+
+LOG_KEYS = ("reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "policy_loss", "beta")
+
+
+class PPOError(RuntimeError):
+    """A PPO round cannot run; the message is one sentence for the user."""
+
+
+class ValueHead(torch.nn.Module):
+    """V(s_t): a linear map of the policy backbone's last hidden state to a scalar."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Shape: hidden (B, T, H) -> (B, T, 1)."""
+        return self.linear(hidden.to(self.linear.weight.dtype))
+
+
+def wrap_with_lora(model, config: PPOConfig):
+    """A fresh LoRA adapter on every linear layer of `model`; with it disabled, `model` is π_ref."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def step_rewards(rollout: Rollout, normalised_scores: torch.Tensor, beta: float, config: PPOConfig):
+    """KL-penalised per-token rewards → GAE → whitened advantages and returns.
+
+    Shape: normalised_scores (B,) -> advantages (B, R), returns (B, R), kl per token (B, R).
+    """
+    mask = rollout.response_mask
+    rewards, kl = kl_penalty_rewards(normalised_scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
+    advantages, returns = gae(rewards, rollout.values, mask, config.gamma, config.lam)
+    return whiten(advantages, mask), returns, kl
+
+
+def minibatch_loss(model, value_head, batch: Rollout, advantages, returns, config: PPOConfig):
+    """Clipped surrogate + vf_coef × clipped value loss on one minibatch, with its statistics."""
+    logprobs, values, logits = score_tokens(model, value_head, batch.query_ids, batch.query_mask,
+                                            batch.response_ids, batch.response_mask, config.temperature,
+                                            with_logits=True)
+    mask = batch.response_mask
+    policy_loss, clip_frac, approx_kl = ppo_policy_loss(logprobs, batch.logprobs, advantages, mask, config.clip_eps)
+    value_loss, _ = ppo_value_loss(values, batch.values, returns, mask, config.clip_value)
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits, mask)
+    stats = {"policy_loss": policy_loss, "value_loss": value_loss, "clip_frac": clip_frac,
+             "approx_kl": approx_kl, "entropy": entropy}
+    return policy_loss + config.vf_coef * value_loss, {k: v.item() for k, v in stats.items()}
+
+
+def ppo_update(model, value_head, optimizer, rollout: Rollout, advantages, returns, config: PPOConfig,
+               generator: torch.Generator) -> dict[str, float]:
+    """`ppo_epochs` passes of shuffled minibatches over one rollout; returns the mean statistics."""
+    model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    B = len(rollout.scores)
+    sums: dict[str, float] = {}
+    n = 0
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(B, generator=generator)
+        for start in range(0, B, config.mini_batch_size):
+            index = order[start:start + config.mini_batch_size]
+            loss, stats = minibatch_loss(model, value_head, rollout.select(index), advantages[index],
+                                         returns[index], config)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
+            n += 1
+    return {k: v / n for k, v in sums.items()}
+
+
+def prompt_batches(prompts: list, batch_size: int, generator: torch.Generator):
+    """Endless batches of prompts: a fresh shuffle every pass over the list."""
+    while True:
+        order = torch.randperm(len(prompts), generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield [prompts[i] for i in order[start:start + batch_size]]
+        if len(order) < batch_size:  # fewer prompts than a batch: repeat them
+            yield [prompts[order[i % len(order)]] for i in range(batch_size)]
+
+
+def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, config: PPOConfig,
+              on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train a fresh LoRA adapter on `model` (a plain causal LM, the starting policy) with PPO.
+
+    `reward_fn(prompts, response_texts)` returns one score per response, shape (B,). Returns
+    {"model": the PeftModel (save its adapter), "value_head", "metrics": the last step's, "history"}.
+    """
+    if not prompts:
+        raise PPOError("PPO needs at least one training prompt; import prompts first.")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = wrap_with_lora(model, config)
+    value_head = ValueHead(model.config.hidden_size)
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    kl_ctl = (AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon) if config.adaptive_kl
+              else FixedKLController(config.beta))
+    moments, batches, history = RunningMoments(), prompt_batches(prompts, config.batch_size, generator), []
+    for step in range(1, config.total_steps + 1):
+        rollout = collect_rollout(model, value_head, tokenizer, next(batches), reward_fn, config.max_new_tokens,
+                                  config.temperature, config.max_prompt_tokens)
+        moments.update(rollout.scores)
+        scores = moments.normalise(rollout.scores) if config.normalize_scores else rollout.scores
+        beta = kl_ctl.value
+        advantages, returns, kl = step_rewards(rollout, scores, beta, config)
+        stats = ppo_update(model, value_head, optimizer, rollout, advantages, returns, config, generator)
+        kl_per_response = kl.sum(1).mean().item()
+        kl_ctl.update(kl_per_response, config.batch_size)
+        metrics = {**stats, "reward": rollout.scores.mean().item(), "kl": kl_per_response, "beta": beta,
+                   "response_length": rollout.response_mask.sum(1).float().mean().item()}
+        history.append(metrics)
+        if on_step is not None:
+            on_step(step, metrics)
+    return {"model": model, "value_head": value_head, "metrics": history[-1] if history else {},
+            "history": history}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def load_train_prompts(max_prompts: int | None) -> list[list[dict]]:
+    """Messages of the prompts in the "train" split, oldest first."""
+    from sqlalchemy import select
+
+    from labeling import db
+    from labeling.models import Prompt
+
+    query = select(Prompt.messages).where(Prompt.split == "train").order_by(Prompt.id)
+    if max_prompts:
+        query = query.limit(max_prompts)
+    with db.session() as s:
+        return list(s.scalars(query))
+
+
+def reward_judgment_ids(reward_id: str) -> list[int]:
+    """The judgments the reward model was trained on: the PPO policy's lineage goes through them."""
+    from labeling import db
+    from labeling.models import ModelVersion
+
+    with db.session() as s:
+        row = s.get(ModelVersion, reward_id)
+        return list(row.judgment_ids or []) if row is not None else []
+
+
+def parse_args(argv: list[str]) -> tuple[PPOConfig, dict[str, Any]]:
+    """CLI flags and --config YAML mapped onto PPOConfig (shared with the other rounds via training.cli)."""
+    from training.cli import config_from_args
+
+    config, extras = config_from_args(PPOConfig, argv)
+    extras = extras if isinstance(extras, dict) else vars(extras)
+    if extras.get("max_steps") and not config.max_steps:
+        config.max_steps = extras["max_steps"]
+    if extras.get("max_pairs") and not config.max_prompts:
+        config.max_prompts = extras["max_pairs"]  # for PPO, "pairs" are prompts to roll out on
+    return config, extras
+
+
+def run_round(config: PPOConfig, reporter) -> dict[str, Any]:
+    """Load the current policy and the reward model, train, save a new current policy version."""
+    from training import model as policy_model
+    from training import reward, versions
+
+    reward_id = config.reward_version or reward.latest_reward_id()
+    if reward_id is None:
+        raise PPOError("PPO needs a reward model: train one first.")
+    prompts = load_train_prompts(config.max_prompts)
+    if not prompts:
+        raise PPOError("PPO needs training prompts (split \"train\"): import or generate some first.")
+    scorer = reward.load_scorer(reward_id)
+    parent_id = versions.current_policy_id()
+    model, tokenizer = policy_model.load_policy(parent_id)
+    reporter.start(config.total_steps)
+    result = train_ppo(model, tokenizer, prompts, scorer, config, on_step=reporter.step)
+
+    def write(folder):
+        result["model"].save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    metrics = {k: result["metrics"][k] for k in LOG_KEYS if k in result["metrics"]}
+    metrics["initial_reward"] = result["history"][0]["reward"]
+    version_id = versions.create_version(
+        "policy", "ppo", parent_id, {**asdict(config), "reward_version": reward_id}, reward_judgment_ids(reward_id),
+        metrics, write, make_current=True)
+    return {"version": version_id, **metrics}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training ppo [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
+    from training import jobs
+
+    config, extras = parse_args(argv)
+    try:
+        with jobs.reporting(extras.get("job_id")) as reporter:
+            jobs.set_threads()
+            summary = run_round(config, reporter)
+            reporter.result = summary
+    except PPOError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,128 @@
+"""Rollouts for PPO: sample responses from the policy, then score every response token with the
+policy, the reference (adapters disabled) and the value head.
+
+Queries are left-padded so all responses start at the same column Q; responses are right-padded
+after their first end-of-sequence token, which is itself a real (masked-in) token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+
+from training.losses import token_logprobs
+
+RewardFn = Callable[[list[list[dict]], list[str]], torch.Tensor]
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses and everything PPO needs about them."""
+
+    query_ids: torch.Tensor  # (B, Q) left-padded
+    query_mask: torch.Tensor  # (B, Q)
+    response_ids: torch.Tensor  # (B, R) right-padded
+    response_mask: torch.Tensor  # (B, R) 1 up to and including the first EOS
+    logprobs: torch.Tensor  # (B, R) log π_old(y_t)
+    ref_logprobs: torch.Tensor  # (B, R) log π_ref(y_t)
+    values: torch.Tensor  # (B, R) V_old(s_t)
+    scores: torch.Tensor  # (B,) raw reward-model scores
+    texts: list[str]
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """The rows `index` of every tensor (a minibatch). Shape: index (b,)."""
+        picked = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "texts"}
+        return Rollout(**picked, texts=[self.texts[i] for i in index.tolist()])
+
+
+def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-template the prompts (with the assistant turn opened) and left-pad them.
+
+    Shape: -> ids (B, Q), mask (B, Q).
+    """
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_prompt_tokens,
+                    padding=True, padding_side="left", truncation_side="left", return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a response for this model."""
+    configured = model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """1 on every token up to and including the first stop token of each row, 0 after it.
+
+    Shape: response_ids (B, R) -> (B, R).
+    """
+    is_stop = torch.isin(response_ids, torch.tensor(stop_ids, device=response_ids.device)).long()
+    stops_before = is_stop.cumsum(1) - is_stop  # stop tokens strictly before t
+    return (stops_before == 0).long()
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generation uses them. Shape: mask (B, T) -> (B, T)."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, query_ids, query_mask, max_new_tokens: int, temperature: float):
+    """Sample one response per query from the policy's full distribution (no top-k/top-p, so the
+    samples come from the π_old that PPO's ratio assumes).
+
+    Shape: query_ids (B, Q), query_mask (B, Q) -> response_ids (B, R), response_mask (B, R).
+    """
+    from transformers import GenerationConfig
+
+    stop = eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                              max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad)
+    out = model.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=config)
+    response_ids = out[:, query_ids.shape[1]:]
+    return response_ids, response_mask_from_ids(response_ids, stop)
+
+
+def score_tokens(model, value_head, query_ids, query_mask, response_ids, response_mask, temperature: float,
+                 with_logits: bool = False):
+    """Log π(y_t | x, y_<t) at temperature, V(s_t) from the last hidden state, and optionally the
+    logits, for every response token. `value_head=None` skips the values (for the reference).
+
+    Shape: query_* (B, Q), response_* (B, R) -> logprobs (B, R), values (B, R) | None, logits (B, R, V) | None.
+    """
+    Q, R = query_ids.shape[1], response_ids.shape[1]
+    input_ids = torch.cat([query_ids, response_ids], 1)  # (B, Q + R)
+    mask = torch.cat([query_mask, response_mask], 1)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask),
+                output_hidden_states=value_head is not None, logits_to_keep=R + 1, use_cache=False)
+    logits = out.logits[:, :-1] / temperature  # (B, R, V): the state before each response token
+    logprobs = token_logprobs(logits, response_ids) * response_mask
+    values = None
+    if value_head is not None:
+        hidden = out.hidden_states[-1][:, Q - 1:-1]  # (B, R, H)
+        values = value_head(hidden).squeeze(-1) * response_mask
+    return logprobs, values, logits if with_logits else None
+
+
+@torch.no_grad()
+def collect_rollout(model, value_head, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
+                    max_new_tokens: int, temperature: float, max_prompt_tokens: int) -> Rollout:
+    """Sample, decode and score one batch of prompts. `model` is a PeftModel: its adapters are
+    switched off for the reference log-probs, so no second copy of the model is held."""
+    model.eval()
+    query_ids, query_mask = encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    response_ids, response_mask = sample_responses(model, tokenizer, query_ids, query_mask, max_new_tokens,
+                                                   temperature)
+    args = (query_ids, query_mask, response_ids, response_mask, temperature)
+    logprobs, values, _ = score_tokens(model, value_head, *args)
+    with model.disable_adapter():
+        ref_logprobs, _, _ = score_tokens(model, None, *args)
+    texts = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)]
+    scores = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32).reshape(-1)
+    return Rollout(query_ids, query_mask, response_ids, response_mask, logprobs, ref_logprobs, values,
+                   scores, texts)
+
