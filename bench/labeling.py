@@ -1,6 +1,6 @@
 """Server-side time from a submitted judgment to the next pair ready, with 100,000 judgments stored.
 
-Builds a fresh workspace (a temp PREFLOOP_HOME unless one is given) holding 52,000 labeling pairs,
+Builds a fresh throw-away workspace (a temporary PREFLOOP_HOME, never yours) holding 52,000 labeling pairs,
 of which the oldest 50,000 carry 100,000 judgments from five annotators (two each, so they are
 full at overlap 2), then times what the Label page does on each click: `submit_judgment` for the
 pair on screen, then `next_pair` and `progress` for the page that follows. The newest pairs wait,
@@ -92,7 +92,14 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=300)
     parser.add_argument("--overlap", type=int, default=2)
     args = parser.parse_args()
-    os.environ.setdefault("PREFLOOP_HOME", tempfile.mkdtemp(prefix="prefloop-bench-"))
+    # Always a fresh throw-away workspace: the benchmark writes 100,000 rows with fixed ids.
+    os.environ.pop("PREFLOOP_DB", None)
+    with tempfile.TemporaryDirectory(prefix="prefloop-bench-") as home:
+        os.environ["PREFLOOP_HOME"] = home
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     judged = args.judgments // args.per_pair
     t0 = time.perf_counter()
     written = seed(judged + args.waiting, judged, args.per_pair)
