@@ -1,0 +1,135 @@
+"""The DPO round on a tiny model: parameters move, loss is finite, a version with lineage is written
+and becomes current, a real background job runs end to end; SmolLM2 on real pairs when present."""
+import json
+import math
+
+import pytest
+
+from tests.preference_fixtures import import_pairs, use_tiny_policy
+from training import dpo, jobs, rounds, versions
+from training.dpo_config import DPORoundConfig
+
+
+@pytest.fixture
+def tiny(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+    return workspace
+
+
+def _exported_judgment_ids():
+    from labeling.export import preference_rows
+
+    return sorted(preference_rows().judgment_ids)
+
+
+def _snapshotting_callback(monkeypatch, store):
+    """Wrap rounds.progress_callback so the test sees the trainable parameters before training."""
+    real = rounds.progress_callback
+
+    def wrapped(reporter, rename):
+        callback = real(reporter, rename)
+        begin = callback.on_train_begin
+
+        def on_train_begin(args, state, control, model=None, **kw):
+            store.update({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+            store["__model__"] = model
+            return begin(args, state, control, model=model, **kw)
+
+        callback.on_train_begin = on_train_begin
+        return callback
+
+    monkeypatch.setattr(rounds, "progress_callback", wrapped)
+
+
+def test_dpo_round_trains_every_lora_parameter_and_writes_a_current_version(tiny, tmp_path, monkeypatch):
+    import torch
+
+    import_pairs(tmp_path, 12)
+    before = {}
+    _snapshotting_callback(monkeypatch, before)
+    config = DPORoundConfig(learning_rate=1e-2, batch_size=2, seed=0)
+    summary = dpo.run_round(config, jobs.Reporter(None), max_steps=3)
+
+    model = before.pop("__model__")
+    after = dict(model.named_parameters())
+    assert before and all("lora_" in name for name in before)
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+    assert unchanged == []
+    assert math.isfinite(summary["train_loss"]) and summary["steps"] == 3
+    assert 0.0 <= summary["heldout_accuracy"] <= 1.0 and summary["heldout_pairs"] >= 1
+
+    row = versions.get_version(summary["version"])
+    assert (row.kind, row.method, row.parent_id) == ("policy", "dpo", "v1-base")
+    assert row.judgment_ids == _exported_judgment_ids() and len(row.judgment_ids) == 12
+    assert row.config["beta"] == 0.1 and row.metrics["steps"] == 3
+    assert versions.current_policy_id() == summary["version"]
+    from pathlib import Path
+
+    assert (Path(row.path) / "adapter_model.safetensors").is_file()
+    assert (Path(row.path) / "tokenizer_config.json").is_file()
+
+
+def test_not_enough_pairs_is_one_sentence_and_writes_nothing(tiny, tmp_path, capsys):
+    import_pairs(tmp_path, 3)
+    assert dpo.check_ready() == ("DPO needs at least 8 labeled pairs; you have 3. "
+                                 "Label more pairs or import labels.")
+    assert dpo.main(["--max-steps", "1"]) == 1
+    assert "The DPO round needs at least 8 labeled pairs; you have 3." in capsys.readouterr().err
+    assert versions.list_versions() == []
+
+
+def test_split_by_prompt_keeps_prompts_on_one_side():
+    rows = [{"prompt_id": p, "pair_id": i, "split": "train"} for i, p in enumerate([1, 1, 2, 3, 3, 4, 5, 6, 7, 8])]
+    train, heldout, fallback = rounds.split_by_prompt(rows, 0.2, seed=0)
+    assert fallback and len({r["prompt_id"] for r in heldout}) == 2
+    assert not {r["prompt_id"] for r in train} & {r["prompt_id"] for r in heldout}
+    assert len(train) + len(heldout) == len(rows)
+    rows[0]["split"] = rows[1]["split"] = "heldout"  # the workspace's own split wins when both sides exist
+    assert rounds.split_by_prompt(rows, 0.2)[1:] == ([rows[0], rows[1]], False)
+
+
+def test_trim_prompt_drops_oldest_turns():
+    messages = [{"role": "user", "content": "a" * 10}, {"role": "assistant", "content": "b" * 10},
+                {"role": "user", "content": "c" * 5}]
+    count = lambda ms: sum(len(m["content"]) for m in ms)  # noqa: E731
+    assert rounds.trim_prompt(messages, count, 15) == messages[1:]
+    assert rounds.trim_prompt(messages, count, 2) == messages[2:]  # the last turn always stays
+
+
+def test_dpo_background_job_end_to_end(tiny, tmp_path):
+    import_pairs(tmp_path, 10)
+    job_id = jobs.start_job("dpo", {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 2})
+    seen = {jobs.get_job(job_id).status}
+    import time
+
+    deadline = time.monotonic() + 300
+    while jobs.get_job(job_id).status in jobs.ACTIVE and time.monotonic() < deadline:
+        seen.add(jobs.get_job(job_id).status)
+        time.sleep(0.2)
+    job = jobs.get_job(job_id)
+    log = open(job.log_path).read()
+    assert job.status == "done", log[-2000:]
+    assert {"queued", "running"} <= seen | {"queued"} and "running" in seen
+    assert (job.step, job.total_steps) == (2, 2)
+    metrics = jobs.job_metrics(job_id)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(math.isfinite(m["loss"]) and "accuracy" in m and "logp_chosen" in m for m in metrics)
+    last_line = json.loads(log.strip().splitlines()[-1])
+    assert last_line["version"] == job.result["version"] == versions.current_policy_id()
+
+
+@pytest.mark.slow
+def test_dpo_on_smollm2_with_real_pairs(workspace, shared_data, model_cache_home, monkeypatch, capsys):
+    from labeling.store import import_file
+    from training.model import convert_default_model
+
+    monkeypatch.setenv("PREFLOOP_MODEL", str(convert_default_model(out=model_cache_home / "models" / "base")))
+    import_file(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz", fmt="hh")
+    assert dpo.main(["--max-pairs", "16", "--max-steps", "3", "--batch-size", "2", "--max-length", "256",
+                     "--max-prompt-length", "128"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and math.isfinite(summary["train_loss"])
+    row = versions.get_version(summary["version"])
+    assert row.parent_id == versions.ensure_base_version() and len(row.judgment_ids) == 16
