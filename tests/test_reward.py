@@ -1,0 +1,93 @@
+"""The reward round on a tiny model: Bradley-Terry training moves every trainable parameter, the
+saved version scores like the trained model, lineage is recorded; SmolLM2 on real pairs when present."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.preference_fixtures import import_pairs, use_tiny_policy
+from training import jobs, reward, rounds, versions
+from training.reward_config import RewardRoundConfig
+
+
+@pytest.fixture
+def tiny(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+    return workspace
+
+
+def test_pairwise_accuracy_counts_ties_as_half():
+    import torch
+
+    chosen = torch.tensor([1.0, 0.0, 2.0, 0.5])
+    rejected = torch.tensor([0.0, 1.0, 2.0, 0.1])
+    assert reward.pairwise_accuracy(chosen, rejected) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+
+
+def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypatch):
+    import torch
+
+    import_pairs(tmp_path, 12)
+    snapshot = {}
+    real = rounds.progress_callback
+
+    def wrapped(reporter, rename):
+        callback = real(reporter, rename)
+        begin = callback.on_train_begin
+
+        def on_train_begin(args, state, control, model=None, **kw):
+            snapshot.update({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+            snapshot["__model__"] = model
+            return begin(args, state, control, model=model, **kw)
+
+        callback.on_train_begin = on_train_begin
+        return callback
+
+    monkeypatch.setattr(rounds, "progress_callback", wrapped)
+    summary = reward.run_round(RewardRoundConfig(learning_rate=1e-2, batch_size=4), jobs.Reporter(None), max_steps=4)
+
+    model = snapshot.pop("__model__")
+    after = dict(model.named_parameters())
+    assert any("score" in n for n in snapshot) and any("lora_" in n for n in snapshot)
+    assert [n for n, p in snapshot.items() if torch.equal(p, after[n].detach())] == []
+    assert math.isfinite(summary["train_loss"]) and summary["steps"] == 4
+
+    row = versions.get_version(summary["version"])
+    assert (row.kind, row.method, row.parent_id) == ("reward", "reward", None)
+    assert len(row.judgment_ids) == 12 and versions.latest_reward_id() == row.id
+    assert json.loads((Path(row.path) / "reward.json").read_text())["backbone"] == "policy"
+    assert versions.current_policy_id() is None  # a reward round never changes the policy
+
+    # the stored version scores exactly as the trained model did
+    prompts = [[{"role": "user", "content": "Tell me about tea (5)."}]] * 2
+    responses = ["Sure, here is a short answer about tea.", "No."]
+    live = reward.make_scorer(model, reward.load_backbone(RewardRoundConfig())[1], 512)(prompts, responses)
+    stored = reward.load_scorer(row.id)(prompts, responses)
+    assert stored.shape == (2,) and torch.allclose(live, stored, atol=1e-4)
+    assert stored[0] > stored[1]  # it learned that the polite answer is chosen
+
+
+def test_reward_round_not_ready_and_missing_reward_model(tiny, tmp_path, capsys):
+    import_pairs(tmp_path, 2)
+    assert reward.check_ready() == ("The reward round needs at least 8 labeled pairs; you have 2. "
+                                    "Label more pairs or import labels.")
+    assert reward.main([]) == 1
+    assert "needs at least 8 labeled pairs; you have 2" in capsys.readouterr().err
+    with pytest.raises(reward.RewardError, match="train one first"):
+        reward.load_scorer()
+
+
+@pytest.mark.slow
+def test_reward_on_smollm2_with_real_pairs(workspace, shared_data, model_cache_home, monkeypatch, capsys):
+    from labeling.store import import_file
+    from training.model import convert_default_model
+
+    monkeypatch.setenv("PREFLOOP_MODEL", str(convert_default_model(out=model_cache_home / "models" / "base")))
+    import_file(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz", fmt="hh")
+    assert reward.main(["--max-pairs", "16", "--max-steps", "3", "--batch-size", "4", "--max-length", "256"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and math.isfinite(summary["train_loss"]) and summary["heldout_pairs"] >= 1
+    scores = reward.load_scorer(summary["version"])([[{"role": "user", "content": "Hi"}]], ["Hello! How can I help?"])
+    assert scores.shape == (1,) and math.isfinite(float(scores[0]))
