@@ -79,3 +79,22 @@ def test_switch_annotator_forgets_the_name(workspace, generator):  # noqa: F811
     at = at.run()
     assert "annotator" not in at.query_params
     assert any(b.label == "Start labeling" for b in at.button)
+
+
+def test_app_and_pages_stay_thin():
+    """app.py and pages/ import no torch/trl/transformers/peft/sqlalchemy; labeling never imports torch."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    forbidden = {"torch", "trl", "transformers", "peft", "sqlalchemy"}
+    for path in [root / "app.py", *sorted((root / "pages").glob("*.py")), root / "labeling/queue.py",
+                 root / "labeling/stats.py"]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module.split(".")[0])
+        banned = forbidden - ({"sqlalchemy"} if path.parent.name == "labeling" else set())
+        assert not names & banned, f"{path.name} imports {names & banned}"

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 import training
-from labeling import db
+from labeling import db, queue
 from labeling.models import Judgment, Pair, Response
 from tests.test_queue import judgments, seed_pairs
 
@@ -179,3 +179,18 @@ def test_raw_html_is_passed_to_markdown_as_text_not_allowed_html(workspace, gene
     at = open_label()
     assert set(shown_sides(at)) == {"<script>alert(1)</script>", "<img src=x onerror=alert(1)>"}
     assert all(not m.proto.allow_html for m in at.markdown)
+
+
+def test_guidelines_are_shown_and_edits_are_stored_in_the_workspace(workspace, generator):
+    seed_pairs(1)
+    at = open_label()
+    assert any("How to judge a pair" in m.value for m in at.expander[0].markdown)
+    at.toggle(key="edit-guidelines").set_value(True)
+    at = at.run()
+    at.text_area(key="guidelines-text").input("Prefer **short** answers.")
+    at = click(at, "Save guidelines")
+    assert queue.guidelines() == "Prefer **short** answers."
+    at.text_area(key="guidelines-text").input("   ")
+    at = click(at, "Save guidelines")
+    assert len(at.error) == 1 and "empty" in at.error[0].value
+    assert queue.guidelines() == "Prefer **short** answers."
