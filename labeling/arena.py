@@ -115,3 +115,26 @@ def arena_votes() -> list[Vote]:
     )
     with db.session() as s:
         return [Vote(a, b, outcome) for a, b, outcome in s.execute(query)]
+
+
+def comparisons(version_a: str, version_b: str) -> list[dict]:
+    """Arena pairs between two versions, side by side: the prompt, each version's answer, and the
+    reward score and base-model log-prob stored with each answer. Sides follow the arguments."""
+    ra, rb = aliased(Response), aliased(Response)
+    query = (
+        select(Pair.id, Pair.prompt_id, ra, rb)
+        .join(ra, Pair.response_a_id == ra.id)
+        .join(rb, Pair.response_b_id == rb.id)
+        .where(Pair.kind == "arena", ra.model_version.in_((version_a, version_b)),
+               rb.model_version.in_((version_a, version_b)), ra.model_version != rb.model_version)
+        .order_by(Pair.id)
+    )
+    rows = []
+    with db.session() as s:
+        for pair_id, prompt_id, first, second in s.execute(query):
+            mine = {first.model_version: first, second.model_version: second}
+            a, b = mine[version_a], mine[version_b]
+            rows.append({"pair_id": pair_id, "prompt_id": prompt_id, "text_a": a.text, "text_b": b.text,
+                         **{f"{k}_{side}": (r.generation or {}).get(k) for side, r in (("a", a), ("b", b))
+                            for k in ("reward", "base_logprob", "tokens")}})
+    return rows

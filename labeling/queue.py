@@ -118,12 +118,13 @@ def _annotator_id(s: Session, name: str, create: bool) -> int | None:
     return found
 
 
-def _waiting_condition(annotator_id: int | None, overlap: int):
-    """Pairs to label that this annotator has not judged (or skipped) and that have fewer than
-    `overlap` real judgments (skips do not count toward overlap)."""
+def _waiting_condition(annotator_id: int | None, overlap: int, kind: str = "label"):
+    """Pairs of `kind` ("label", or "arena" for blind votes between versions) that this annotator
+    has not judged (or skipped) and that have fewer than `overlap` real judgments (skips do not
+    count toward overlap)."""
     # judgment_count is kept by triggers (labeling/models.py) and indexed with kind and created_at,
     # so this reads only the waiting pairs however many judged ones lie before them.
-    condition = and_(Pair.kind == "label", Pair.judgment_count < overlap)
+    condition = and_(Pair.kind == kind, Pair.judgment_count < overlap)
     if annotator_id is not None:
         mine = exists().where(Judgment.pair_id == Pair.id, Judgment.annotator_id == annotator_id)
         condition = and_(condition, ~mine)
@@ -148,17 +149,17 @@ def _view(pair: Pair, annotator: str) -> PairView:
     )
 
 
-def next_pair(annotator: str, overlap: int = 1) -> PairView | None:
+def next_pair(annotator: str, overlap: int = 1, kind: str = "label") -> PairView | None:
     """The next pair for `annotator`, or None when nothing waits for them.
 
-    A pair qualifies when it is a labeling pair, this annotator has not judged or skipped it, and
+    A pair qualifies when it is of `kind` (a labeling pair, or an arena pair), this annotator has not judged or skipped it, and
     it has fewer than `overlap` judgments from anyone (k > 1 lets agreement be measured).
     """
     name = check_annotator_name(annotator)
     _check_overlap(overlap)
     with db.session() as s:
         annotator_id = _annotator_id(s, name, create=False)
-        stmt = queue_order(select(Pair.id).where(_waiting_condition(annotator_id, overlap))).limit(1)
+        stmt = queue_order(select(Pair.id).where(_waiting_condition(annotator_id, overlap, kind))).limit(1)
         pair_id = s.scalar(stmt)
         return None if pair_id is None else _view(s.get(Pair, pair_id), name)
 

@@ -13,6 +13,7 @@ COMMANDS = {
     "versions": "training.versions",
     "evaluate": "training.evaluate",
     "sweep": "training.sweep",
+    "arena": "training.arena",
     "worker": "training.jobs",
 }
 

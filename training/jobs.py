@@ -29,7 +29,7 @@ from labeling import db
 from labeling.models import Job, JobMetric, utcnow
 
 ACTIVE = ("queued", "running")
-HEAVY_KINDS = ("reward", "dpo", "ppo", "generate", "evaluate", "sweep")
+HEAVY_KINDS = ("reward", "dpo", "ppo", "generate", "evaluate", "sweep", "arena")
 STALE_AFTER = dt.timedelta(seconds=120)
 ROOT = Path(__file__).resolve().parent.parent
 

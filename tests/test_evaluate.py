@@ -1,0 +1,118 @@
+"""Evaluation, β sweep and arena on tiny models: real sampling, real KL, a real (tiny) reward model."""
+import json
+
+import pytest
+import torch
+
+from tests.preference_fixtures import import_pairs, use_tiny_policy
+from training import jobs, points, versions
+from training.evaluate_config import EvaluateConfig
+
+
+@pytest.fixture
+def trained(workspace, tmp_path, monkeypatch):
+    """A workspace with 24 labeled pairs, a tiny base policy, a tiny reward model and a DPO version."""
+    from training import dpo, reward
+    from training.dpo_config import DPORoundConfig
+    from training.reward_config import RewardRoundConfig
+
+    torch.manual_seed(0)
+    use_tiny_policy(tmp_path, monkeypatch)
+    import_pairs(tmp_path, 24)
+    base = versions.ensure_base_version()
+    reward_id = reward.run_round(RewardRoundConfig(max_length=64), jobs.Reporter(None), max_steps=2)["version"]
+    tuned = dpo.run_round(DPORoundConfig(beta=0.1, learning_rate=5e-2, max_length=64, max_prompt_length=32),
+                          jobs.Reporter(None), max_steps=4)["version"]
+    return {"base": base, "reward": reward_id, "tuned": tuned}
+
+
+def _models(version_id):
+    from training.model import load_policy
+
+    return load_policy(version_id)
+
+
+def test_kl_is_zero_for_identical_models_and_positive_after_training(trained):
+    from training.evaluate import heldout_prompts, measure
+    from training.reward import load_scorer
+
+    base, tokenizer = _models(trained["base"])
+    tuned, _ = _models(trained["tuned"])
+    prompts = [m for _, m in heldout_prompts(4)]
+    config = EvaluateConfig(prompts=4, samples=2, max_new_tokens=12)
+    scorer = load_scorer(trained["reward"])
+    same = measure(base, base, tokenizer, prompts, scorer, config)
+    assert same["kl"] == 0.0 and same["kl_per_token"] == 0.0 and same["samples"] == 8
+    moved = measure(tuned, base, tokenizer, prompts, scorer, config)
+    assert moved["kl"] > 0 and moved["kl_per_token"] > 0 and moved["kl_se"] >= 0
+
+
+def test_sequence_logprobs_ignore_left_padding(trained):
+    from training.evaluate import sequence_logprobs
+
+    model, _ = _models(trained["base"])
+    ids = torch.tensor([[7, 8, 9, 10, 11]])
+    padded = torch.tensor([[0, 0, 7, 8, 9, 10, 11]])
+    one = sequence_logprobs(model, ids, torch.ones_like(ids), torch.tensor([[0, 0, 0, 1, 1]]))
+    two = sequence_logprobs(model, padded, torch.tensor([[0, 0, 1, 1, 1, 1, 1]]), torch.tensor([[0, 0, 0, 0, 0, 1, 1]]))
+    assert torch.allclose(one, two, atol=1e-5)
+
+
+def test_evaluate_cli_stores_points_that_the_chart_shows(trained, capsys):
+    from training.evaluate import main
+
+    assert main(["--prompts", "4", "--samples", "2", "--max-new-tokens", "12"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    measured = {p["version"]: p for p in result["points"]}
+    assert set(measured) == {trained["base"], trained["tuned"]}
+    assert measured[trained["base"]]["kl"] == 0.0 and measured[trained["tuned"]]["kl"] > 0
+    shown = {p["version"]: p for p in points.latest_points()}
+    for version, p in measured.items():
+        assert (shown[version]["reward"], shown[version]["kl"]) == (p["reward"], p["kl"])
+        assert shown[version]["reward_version"] == trained["reward"]
+    with open(result["plot"], "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_without_reward_model_is_one_sentence(workspace, tmp_path, monkeypatch, capsys):
+    from training.evaluate import main
+
+    use_tiny_policy(tmp_path, monkeypatch)
+    assert main(["--prompts", "2"]) == 1
+    assert "needs a reward model" in capsys.readouterr().err
+
+
+def test_sweep_makes_one_tagged_version_per_beta_and_a_frontier(trained):
+    from training.sweep import SweepConfig, run_sweep
+
+    result = run_sweep(SweepConfig(betas="0.05,0.5", prompts=3, samples=1, max_new_tokens=8, max_steps=2))
+    assert len(result["versions"]) == 2
+    tags = {versions.get_version(v).config["sweep"] for v in result["versions"]}
+    assert tags == {result["sweep"]}
+    assert versions.current_policy_id() == trained["tuned"]  # a sweep does not move the current policy
+    rows = points.latest_points(trained["reward"])
+    assert len([p for p in rows if p["sweep"] == result["sweep"]]) == 2 and len(rows) >= 4
+    assert points.frontier(rows)[0]["kl"] == min(p["kl"] for p in rows)
+
+
+def test_arena_pairs_carry_scores_and_votes_become_ratings_and_training_pairs(trained):
+    from labeling import arena, queue
+    from labeling.export import preference_rows
+    from training.arena import ArenaConfig, run_arena
+
+    before = len(preference_rows().rows)
+    result = run_arena(ArenaConfig(prompts=4, max_new_tokens=12), jobs.Reporter(None))
+    assert (result["version_a"], result["version_b"]) == (trained["base"], trained["tuned"])
+    assert result["pairs"] >= 2
+    comparisons = arena.comparisons(trained["base"], trained["tuned"])
+    assert len(comparisons) == result["pairs"]
+    assert all(c["reward_a"] is not None and c["base_logprob_b"] < 0 for c in comparisons)
+    for _ in range(result["pairs"]):
+        view = queue.next_pair("ana", kind="arena")
+        queue.submit_judgment("ana", view.pair_id, "b", view.left, seconds=1.0)
+    assert queue.next_pair("ana", kind="arena") is None
+    votes = arena.arena_votes()
+    assert len(votes) == result["pairs"]
+    ratings = arena.bradley_terry(votes)
+    assert ratings[trained["tuned"]] > ratings[trained["base"]]
+    assert len(preference_rows().rows) == before + result["pairs"]

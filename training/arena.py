@@ -1,0 +1,122 @@
+"""`python -m training arena --version-a base --version-b v2-dpo --prompts 8`: both versions answer the
+same held-out prompts; each answer is scored by the latest reward model and by its log-probability
+under the base model, and each prompt's two answers are stored as an arena pair. The Compare page
+shows them side by side, and its blind arena serves them (names hidden, sides shuffled per
+annotator) to be voted like any other pair, so every vote is also a training pair.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from labeling import db
+from labeling.store import add_generated_pair
+from training.rounds import NotReady
+
+
+@dataclass
+class ArenaConfig:
+    """Answers of two policy versions to the same held-out prompts, for side-by-side and blind votes."""
+
+    version_a: str = field(default="", metadata={"help": "First version (default: the base model)."})
+    version_b: str = field(default="", metadata={"help": "Second version (default: the current policy)."})
+    prompts: int = field(default=8, metadata={"help": "Held-out prompts both versions answer."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest answer, in tokens."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of both versions."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling of both versions."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed, the same for both versions."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts answered per batch."})
+
+
+class ArenaError(NotReady):
+    """An arena run cannot start; one sentence for the user."""
+
+
+def response_logprobs(model, tokenizer, prompts: list[list[dict]], texts: list[str]) -> list[tuple[float, int]]:
+    """(Σ log π(y_t | ·), token count) of each text as the answer to its prompt, EOS included."""
+    import torch
+
+    from training.evaluate import sequence_logprobs
+
+    out = []
+    for prompt, text in zip(prompts, texts):
+        p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        y_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([p_ids + y_ids])
+        mask = torch.ones_like(ids)
+        response = torch.tensor([[0] * len(p_ids) + [1] * len(y_ids)])
+        with torch.inference_mode():
+            out.append((float(sequence_logprobs(model, ids, mask, response)[0]), len(y_ids)))
+    return out
+
+
+def answer(version_id: str, prompts: list[list[dict]], config: ArenaConfig) -> list[str]:
+    from training.generate import sample_rows
+    from training.model import load_policy
+
+    model, tokenizer = load_policy(version_id)
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    answers = []
+    for lo in range(0, len(texts), config.batch_size):
+        rows = sample_rows(model, tokenizer, texts[lo:lo + config.batch_size], max_new_tokens=config.max_new_tokens,
+                           temperature=config.temperature, top_p=config.top_p, seed=config.seed + lo)
+        answers += [text for text, _, _ in rows]
+    return answers
+
+
+def run_arena(config: ArenaConfig, reporter) -> dict[str, Any]:
+    """Answer, score and store; returns {"pairs": n, "version_a": a, "version_b": b, ...}."""
+    from training import reward, versions
+    from training.evaluate import heldout_prompts
+    from training.model import load_policy
+
+    base = versions.ensure_base_version()
+    a, b = config.version_a or base, config.version_b or versions.current_policy_id()
+    for v in (a, b):
+        if versions.get_version(v) is None or versions.get_version(v).kind != "policy":
+            raise ArenaError(f"There is no policy version {v!r}; see the versions table for the ids.")
+    if a == b:
+        raise ArenaError(f"Both sides are {a!r}; pick two different versions (train one first if there is only the base).")
+    prompts = heldout_prompts(config.prompts)
+    if not prompts:
+        raise ArenaError("There are no prompts to compare on: import prompts or pairs first.")
+    reporter.start(4)
+    messages = [m for _, m in prompts]
+    texts = {a: answer(a, messages, config)}
+    reporter.step(1)
+    texts[b] = answer(b, messages, config)
+    reporter.step(2)
+    reward_id = versions.latest_reward_id()
+    scorer = reward.load_scorer(reward_id) if reward_id else None
+    base_model, tokenizer = load_policy(base)
+    settings = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
+                "max_new_tokens": config.max_new_tokens, "reward_version": reward_id}
+    scores = {v: _scores(scorer, base_model, tokenizer, messages, texts[v], settings) for v in (a, b)}
+    reporter.step(3)
+    stored = 0
+    with db.session() as s:
+        for k, (prompt_id, _) in enumerate(prompts):
+            pair = add_generated_pair(s, prompt_id, texts[a][k], texts[b][k], (a, b),
+                                      (scores[a][k], scores[b][k]), kind="arena")
+            stored += pair is not None
+    reporter.step(4, {"pairs": stored})
+    return {"pairs": stored, "version_a": a, "version_b": b, "reward_version": reward_id}
+
+
+def _scores(scorer, base_model, tokenizer, prompts, texts, settings: dict) -> list[dict]:
+    """Per answer: the sampling settings, its reward score and its log-prob under the base model."""
+    logps = response_logprobs(base_model, tokenizer, prompts, texts)
+    rewards = scorer(prompts, texts).tolist() if scorer else [None] * len(texts)
+    return [{**settings, "reward": r, "base_logprob": lp, "tokens": n}
+            for r, (lp, n) in zip(rewards, logps)]
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training arena [--version-a A] [--version-b B] [--prompts N] [--job-id N]`."""
+    from training import rounds
+
+    def run(config, reporter, **_):
+        return run_arena(config, reporter)
+
+    return rounds.run_main(argv, ArenaConfig, run, "python -m training arena")

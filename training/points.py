@@ -1,0 +1,101 @@
+"""The stored reward-vs-KL points, ready for a table, an interactive chart or a PNG. No torch here,
+so the Evaluate page can read points without loading a model library."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from labeling import db
+from labeling.models import EvalPoint, ModelVersion
+
+
+def plot_path() -> Path:
+    return db.home() / "plots" / "reward_vs_kl.png"
+
+
+def trained_versions() -> list[str]:
+    """Ids of the policy versions, newest first."""
+    with db.session() as s:
+        return list(s.scalars(select(ModelVersion.id).where(ModelVersion.kind == "policy")
+                              .order_by(ModelVersion.created_at.desc())))
+
+
+def latest_points(reward_version: str | None = None) -> list[dict]:
+    """The newest point of each policy version, with its method, β, parent and sweep for tooltips.
+
+    With `reward_version` only points scored by that reward model are returned; otherwise the newest
+    point per version whatever scored it (the `reward_version` column tells them apart)."""
+    query = select(EvalPoint, ModelVersion).join(ModelVersion, EvalPoint.version_id == ModelVersion.id)
+    if reward_version:
+        query = query.where(EvalPoint.reward_version_id == reward_version)
+    newest: dict[str, dict] = {}
+    with db.session() as s:
+        for point, version in s.execute(query.order_by(EvalPoint.id)):
+            config = version.config or {}
+            newest[point.version_id] = {
+                "version": point.version_id, "method": version.method, "parent": version.parent_id,
+                "beta": config.get("beta"), "sweep": config.get("sweep"),
+                "reward": point.reward, "reward_se": point.reward_se or 0.0,
+                "kl": point.kl, "kl_se": point.kl_se or 0.0, "kl_per_token": point.kl_per_token,
+                "reward_version": point.reward_version_id, "samples": (point.details or {}).get("samples"),
+                "measured_at": point.created_at.isoformat(timespec="seconds"),
+            }
+    return sorted(newest.values(), key=lambda p: p["kl"])
+
+
+def frontier(points: list[dict]) -> list[dict]:
+    """The upper-left Pareto frontier: points no other point beats on both higher reward and lower KL,
+    in order of KL."""
+    best, out = float("-inf"), []
+    for p in sorted(points, key=lambda p: (p["kl"], -p["reward"])):
+        if p["reward"] > best:
+            out.append(p)
+            best = p["reward"]
+    return out
+
+
+def plot_reward_vs_kl(points: list[dict], path: Path) -> Path:
+    """Draw the measured points with ±1 standard-error bars, the frontier through sweep points, and
+    save a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colours = {"base": "black", "dpo": "tab:blue", "ppo": "tab:orange"}
+    for p in points:
+        ax.errorbar(p["kl"], p["reward"], xerr=p["kl_se"], yerr=p["reward_se"], fmt="o",
+                    color=colours.get(p["method"], "tab:gray"), capsize=3)
+        label = p["version"] + (f" β={p['beta']:g}" if p.get("beta") is not None else "")
+        ax.annotate(label, (p["kl"], p["reward"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    sweeps = {p["sweep"] for p in points if p.get("sweep")}
+    base = [p for p in points if p["method"] == "base"]
+    for sweep in sorted(sweeps):
+        line = frontier(base + [p for p in points if p.get("sweep") == sweep])
+        ax.plot([p["kl"] for p in line], [p["reward"] for p in line], "--", color="tab:green", alpha=0.7,
+                label=f"frontier ({sweep})")
+    ax.set_xlabel("KL(π ‖ π_base) per sequence, nats (measured)")
+    ax.set_ylabel("mean reward (reward model score)")
+    ax.set_title("Reward vs KL per model version")
+    ax.grid(alpha=0.3)
+    if sweeps:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def training_curves(version_id: str) -> list[dict]:
+    """Per-step metrics of the job that trained `version_id` (empty when it was trained elsewhere)."""
+    from labeling.models import Job, JobMetric
+
+    with db.session() as s:
+        for job in s.scalars(select(Job).where(Job.status == "done").order_by(Job.id.desc())):
+            if (job.result or {}).get("version") == version_id:
+                rows = s.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id))
+                return [{"step": m.step, **m.values} for m in rows]
+    return []

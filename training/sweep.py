@@ -1,0 +1,100 @@
+"""`python -m training sweep --method dpo --betas 0.01,0.05,0.1,0.5`: one round per β from the same
+starting policy, each then measured by `training.evaluate`, which traces the reward-vs-KL frontier.
+For PPO the swept value is the KL coefficient β of its per-token penalty.
+
+Sweep versions are not made current (the starting policy stays current); each carries the sweep's
+id in its config so the Evaluate page can draw the frontier through them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from labeling import db
+from labeling.models import ModelVersion
+from training import jobs
+from training.rounds import NotReady
+
+
+@dataclass
+class SweepConfig:
+    """A β sweep: one round per β from the same start, each evaluated."""
+
+    method: str = field(default="dpo", metadata={"help": "Round to sweep.", "choices": ("dpo", "ppo")})
+    betas: str = field(default="0.01,0.1,0.5", metadata={"help": "Comma-separated β values, one round each."})
+    prompts: int = field(default=16, metadata={"help": "Held-out prompts to evaluate each version on."})
+    samples: int = field(default=2, metadata={"help": "Responses sampled per prompt in evaluation."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest response sampled in evaluation."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per round (None: the round's own)."})
+    max_pairs: int | None = field(default=None, metadata={"help": "Labeled pairs per DPO round (None: all)."})
+
+
+def parse_betas(text: str) -> list[float]:
+    try:
+        betas = [float(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise SweepError(f"betas must be comma-separated numbers such as 0.01,0.1,0.5; got {text!r}.") from None
+    if len(betas) < 2 or any(b <= 0 for b in betas):
+        raise SweepError(f"A sweep needs at least two positive β values; got {text!r}.")
+    return betas
+
+
+class SweepError(NotReady):
+    """A sweep cannot run; one sentence for the user."""
+
+
+def _tag(version_id: str, sweep: str) -> None:
+    with db.session() as s:
+        row = s.get(ModelVersion, version_id)
+        row.config = {**(row.config or {}), "sweep": sweep}
+
+
+def _round(method: str, beta: float, config: SweepConfig, reporter) -> dict[str, Any]:
+    """One round at `beta` from the current policy, not made current."""
+    if method == "dpo":
+        from training import dpo
+        from training.dpo_config import DPORoundConfig
+
+        round_config = DPORoundConfig(beta=beta, make_current=False)
+        return dpo.run_round(round_config, reporter, max_steps=config.max_steps, max_pairs=config.max_pairs)
+    from training import ppo
+    from training.ppo_config import PPOConfig
+
+    round_config = PPOConfig(beta=beta, make_current=False)
+    if config.max_steps:
+        round_config = dataclasses.replace(round_config, steps=config.max_steps)
+    return ppo.run_round(round_config, reporter)
+
+
+def run_sweep(config: SweepConfig, reporter: jobs.Reporter | None = None) -> dict[str, Any]:
+    """Train one version per β, tag them with the sweep id, and evaluate them with the start."""
+    from training import evaluate, versions
+
+    betas = parse_betas(config.betas)
+    reporter = reporter or jobs.Reporter(None)
+    versions.ensure_base_version()
+    start = versions.current_policy_id()
+    sweep = f"{config.method}-sweep-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    made = []
+    for beta in betas:
+        result = _round(config.method, beta, config, reporter)
+        _tag(result["version"], sweep)
+        made.append(result["version"])
+    base = versions.ensure_base_version()
+    ids = list(dict.fromkeys([base, start, *made]))
+    eval_config = evaluate.EvaluateConfig(versions=",".join(ids), prompts=config.prompts,
+                                          samples=config.samples, max_new_tokens=config.max_new_tokens)
+    measured = evaluate.evaluate(eval_config, reporter)
+    return {"sweep": sweep, "start": start, "versions": made, **measured}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training sweep [--method dpo|ppo] [--betas 0.01,0.1,0.5] [--job-id N] ...`."""
+    from training import rounds
+
+    def run(config, reporter, **_):
+        return run_sweep(config, reporter)
+
+    return rounds.run_main(argv, SweepConfig, run, "python -m training sweep")
