@@ -1,9 +1,10 @@
 """Label: the prompt and two responses side by side, five buttons with keyboard shortcuts.
 
-The pair on screen is kept in st.session_state until it is judged, so typing a comment or
-reloading shows the same pair. Buttons are keyed by pair and carry the pair id they were drawn
-for: a late second click of a double click re-submits that same pair, which the idempotent
-`submit_judgment` turns into an update, never into a judgment of the next pair.
+The pair on screen is kept in st.session_state until it is judged, so typing a comment shows
+the same pair. Buttons are keyed by pair and carry the pair they were drawn for: the late half of
+a double click names a pair that is no longer on screen and is ignored, never taken as a judgment
+of the next pair; and `submit_judgment` is an upsert (one row per pair and annotator), so a
+reload that submits again updates instead of adding.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ BUTTONS = [
     ("Both bad", "both_bad", "4"),
     ("Skip", "skip", "5"),
 ]
+LABELS = {choice: label for label, choice, _ in BUTTONS}
 UNDO_SHORTCUT = "U"
 LOW_WATER = 20  # ask for generation when fewer pairs than this wait
 GENERATION_CHECK_SECONDS = 30.0
@@ -45,6 +47,8 @@ def current_pair(name: str) -> queue.PairView | None:
 
 def submit(name: str, view: queue.PairView, choice: str) -> None:
     """Button callback: store the judgment, then let the rerun fetch the next pair."""
+    if view.pair_id != st.session_state.get("pair_id"):
+        return  # the late half of a double click: this pair is already stored (and the upsert would hold anyway)
     seconds = time.monotonic() - st.session_state.get("shown_at", time.monotonic())
     comment = st.session_state.get(f"comment-{view.pair_id}")
     outcome = queue.stored_outcome(choice, view.left)
@@ -53,9 +57,8 @@ def submit(name: str, view: queue.PairView, choice: str) -> None:
     except queue.QueueError as error:  # e.g. the pair was deleted meanwhile; nothing was stored
         st.session_state["last_message"] = str(error)
     else:
-        st.session_state["last_message"] = f"Saved: {dict((c, l) for l, c, _ in BUTTONS)[choice]}."
-    if st.session_state.get("pair_id") == view.pair_id:
-        st.session_state["pair_id"] = None
+        st.session_state["last_message"] = f"Saved: {LABELS[choice]}."
+    st.session_state["pair_id"] = None
 
 
 def undo(name: str) -> None:
