@@ -1,0 +1,122 @@
+"""Train: pick a round (reward model, DPO, PPO), fill its form, press Train, watch it run; the
+versions table with lineage, make-current and export.
+
+The form comes from the round's config dataclass (the same one the CLI reads); the round runs as
+a background job, so its progress survives reloads. Nothing heavy is imported here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import pandas as pd
+import streamlit as st
+
+from pages.widgets import config_form, job_panel, start
+from training import jobs, rounds, versions
+
+ROUNDS = {  # label -> (job kind, config module, config class, curves to draw)
+    "Reward model": ("reward", "training.reward_config", "RewardRoundConfig", ("loss", "accuracy", "margin")),
+    "DPO": ("dpo", "training.dpo_config", "DPORoundConfig", ("loss", "accuracy", "margin")),
+    "PPO": ("ppo", "training.ppo_config", "PPOConfig", ("reward", "kl", "loss", "entropy")),
+}
+PAIR_ROUNDS = {"reward": "The reward round", "dpo": "DPO"}
+
+
+def not_ready(kind: str) -> str | None:
+    """The sentence that says why a round cannot run now, or None (cheap checks only)."""
+    if kind == "ppo":
+        return None if versions.latest_reward_id() else "PPO needs a reward model: train one first."
+    return rounds.check_pairs(PAIR_ROUNDS[kind])
+
+
+def quick_limits(kind: str) -> dict[str, int]:
+    """Optional caps for a quick try, passed to the round as --max-pairs / --max-steps."""
+    if kind == "ppo":  # PPOConfig has its own max_steps and max_prompts fields
+        return {}
+    with st.expander("Quick run (optional limits)"):
+        cols = st.columns(2)
+        pairs = cols[0].number_input("max pairs (0 = all)", min_value=0, value=0, step=1, key=f"{kind}-max-pairs")
+        steps = cols[1].number_input("max steps (0 = all)", min_value=0, value=0, step=1, key=f"{kind}-max-steps")
+    return {k: int(v) for k, v in (("max_pairs", pairs), ("max_steps", steps)) if v}
+
+
+def last_job_id(kind: str) -> int | None:
+    """This session's job of that kind, else the newest one in the workspace (after a reload)."""
+    if st.session_state.get(f"job-{kind}"):
+        return st.session_state[f"job-{kind}"]
+    return next((j.id for j in jobs.list_jobs() if j.kind == kind), None)
+
+
+def round_section() -> None:
+    label = st.radio("Round", list(ROUNDS), horizontal=True, key="round")
+    kind, module, class_name, curves = ROUNDS[label]
+    config_class = getattr(importlib.import_module(module), class_name)
+    reason = not_ready(kind)
+    if reason:
+        st.warning(reason)
+    limits = quick_limits(kind)
+    config = config_form(config_class, key=f"form-{kind}", submit_label="Train")
+    if config is not None:
+        if reason:
+            st.error(reason)
+        else:
+            start(kind, {**dataclasses.asdict(config), **limits})
+    job_id = last_job_id(kind)
+    if job_id:
+        st.subheader("Progress")
+        job_panel(job_id, curves=curves)
+
+
+def versions_frame() -> pd.DataFrame:
+    rows = []
+    for v in versions.list_versions():
+        metrics = v.metrics or {}
+        rows.append({
+            "version": v.id, "kind": v.kind, "method": v.method, "current": v.is_current,
+            "lineage": " → ".join(x.id for x in versions.lineage(v.id)), "judgments": len(v.judgment_ids or []),
+            "held-out accuracy": metrics.get("heldout_accuracy"), "created": v.created_at.strftime("%Y-%m-%d %H:%M"),
+        })
+    return pd.DataFrame(rows)
+
+
+def versions_section() -> None:
+    st.subheader("Versions")
+    frame = versions_frame()
+    if frame.empty:
+        st.caption("No versions yet: the base model is registered by the first round.")
+        return
+    st.dataframe(frame, hide_index=True)
+    policies = list(frame[frame.kind == "policy"].version)
+    if not policies:
+        return
+    cols = st.columns(2)
+    with cols[0].form("make-current"):
+        chosen = st.selectbox("Policy version", policies, key="current-choice")
+        if st.form_submit_button("Make current"):
+            versions.set_current(chosen)
+            st.success(f"{chosen} is now the current policy; generation uses it.")
+            st.rerun()
+    with cols[1].form("export"):
+        chosen = st.selectbox("Policy version", policies, key="export-choice")
+        folder = st.text_input("Export to folder", placeholder="/path/to/new/folder")
+        if st.form_submit_button("Export merged model"):
+            export(chosen, folder.strip())
+
+
+def export(version_id: str, folder: str) -> None:
+    if not folder:
+        st.error("Type a folder to export to.")
+        return
+    try:
+        path = versions.export_merged(version_id, folder)
+    except RuntimeError as error:  # VersionError, ModelPathError: one sentence each
+        st.error(str(error))
+    else:
+        st.success(f"Exported {version_id} to {path}: AutoModelForCausalLM.from_pretrained loads it.")
+
+
+st.title("Train")
+st.caption("Labeled pairs → a reward model, DPO and PPO rounds, each a new model version.")
+round_section()
+versions_section()

@@ -1,0 +1,102 @@
+"""The Train page in AppTest: the form comes from the round's dataclass, not-ready sentences, the
+Train button starts a job with the form's config, progress from job rows, the versions table."""
+from __future__ import annotations
+
+import pytest
+
+from tests.preference_fixtures import import_pairs
+from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
+from training import cli, jobs, versions
+from training.dpo_config import DPORoundConfig
+from labeling import db
+from labeling.models import Job, JobMetric
+
+
+def open_train():
+    return open_app("ana", "train.py")
+
+
+def pick_round(at, label: str):
+    at.radio(key="round").set_value(label)
+    return at.run()
+
+
+def press_train(at):
+    next(b for b in at.button if b.label == "Train").click()
+    return at.run()
+
+
+@pytest.fixture
+def started(monkeypatch):
+    calls = []
+
+    def fake_start(kind, config, threads=None):
+        calls.append((kind, config))
+        return 41
+
+    monkeypatch.setattr(jobs, "start_job", fake_start)
+    return calls
+
+
+def test_form_is_built_from_the_dataclass(workspace, generator):  # noqa: F811
+    at = pick_round(open_train(), "DPO")
+    labels = {w.label for w in [*at.number_input, *at.selectbox, *at.checkbox, *at.text_input]}
+    for field in cli.form_fields(DPORoundConfig):
+        assert field.name.replace("_", " ") in labels
+    beta = next(w for w in at.number_input if w.label == "beta")
+    assert beta.value == 0.1 and "β" in beta.help
+    assert next(w for w in at.selectbox if w.label == "loss type").value == "sigmoid"
+
+
+def test_not_ready_sentences_and_no_job(workspace, generator, started):  # noqa: F811
+    at = pick_round(open_train(), "DPO")
+    assert "DPO needs at least 8 labeled pairs; you have 0." in at.warning[0].value
+    at = press_train(at)
+    assert started == [] and "DPO needs at least 8 labeled pairs" in at.error[0].value
+    at = pick_round(at, "PPO")
+    assert at.warning[0].value == "PPO needs a reward model: train one first."
+    at = pick_round(at, "Reward model")
+    assert "The reward round needs at least 8 labeled pairs; you have 0." in at.warning[0].value
+
+
+def test_train_button_starts_a_job_with_the_form_values(workspace, generator, started, tmp_path):  # noqa: F811
+    import_pairs(tmp_path, 9)
+    at = pick_round(open_train(), "DPO")
+    assert not at.warning
+    next(w for w in at.number_input if w.label == "beta").set_value(0.25)
+    next(w for w in at.selectbox if w.label == "loss type").select("ipo")
+    next(w for w in at.number_input if w.label == "max steps (0 = all)").set_value(5)
+    at = press_train(at)
+    assert len(started) == 1
+    kind, config = started[0]
+    assert kind == "dpo" and config["beta"] == 0.25 and config["loss_type"] == "ipo" and config["max_steps"] == 5
+    assert "max_pairs" not in config and config["epochs"] == 1.0
+    assert "Job #41 (dpo) started." in at.success[0].value
+
+
+def test_progress_panel_and_versions_table(workspace, generator):  # noqa: F811
+    with db.session() as s:  # a finished job as the worker leaves it
+        job = Job(kind="reward", status="done", step=2, total_steps=2, result={"version": "v1-reward"})
+        s.add(job)
+        s.flush()
+        s.add_all([JobMetric(job_id=job.id, step=1, values={"loss": 0.7, "accuracy": 0.5}),
+                   JobMetric(job_id=job.id, step=2, values={"loss": 0.6, "accuracy": 0.75})])
+    versions.create_version("reward", "reward", None, {}, [1, 2], {"heldout_accuracy": 0.8},
+                            lambda folder: (folder / "x").write_text("x"))
+    at = pick_round(open_train(), "Reward model")
+    assert at.get("progress")[0].proto.value == 100  # 2 of 2 steps
+    table = at.dataframe[0].value
+    assert list(table.version) == ["v1-reward"] and table["held-out accuracy"].iloc[0] == 0.8
+    assert table.lineage.iloc[0] == "v1-reward"
+
+
+def test_make_current_from_the_versions_table(workspace, generator):  # noqa: F811
+    write = lambda folder: (folder / "x").write_text("x")  # noqa: E731
+    first = versions.create_version("policy", "dpo", None, {}, [], {}, write, make_current=True)
+    second = versions.create_version("policy", "dpo", first, {}, [], {}, write, make_current=True)
+    at = open_train()
+    assert at.dataframe[0].value.lineage.iloc[1] == f"{first} → {second}"
+    at.selectbox(key="current-choice").select(first)
+    next(b for b in at.button if b.label == "Make current").click()
+    at.run()
+    assert versions.current_policy_id() == first
