@@ -7,14 +7,17 @@ to give it the logit range of a trained model. Each run takes a few seconds on o
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.tiny_models import make_tiny_policy
 from training.losses import token_logprobs
-from training.ppo import LOG_KEYS, PPOError, train_ppo
+from training.ppo import LOG_KEYS, train_ppo
+from training.rounds import NotReady
 from training.ppo_config import PPOConfig
 from training.rollout import encode_prompts, eos_ids, response_mask_from_ids, score_tokens
 
@@ -134,10 +137,83 @@ def test_adaptive_kl_raises_beta_when_kl_exceeds_its_target(tiny_folder):
 
 def test_no_prompts_is_a_clear_error(tiny_folder):
     model, tok = load(tiny_folder)
-    with pytest.raises(PPOError, match="at least one training prompt"):
+    with pytest.raises(NotReady, match="at least one training prompt"):
         train_ppo(model, tok, [], target_share_reward(tok), config())
 
 
 def test_max_steps_caps_the_run():
     assert config(steps=20, max_steps=3).total_steps == 3
     assert config(steps=2, max_steps=3).total_steps == 2
+
+
+# ---------------------------------------------------------------- the round, as the CLI and a job run it
+
+ROUND_FLAGS = {"batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6, "learning_rate": 1e-3}
+
+
+@pytest.fixture
+def round_workspace(workspace, tmp_path, monkeypatch):
+    """A workspace with 12 imported pairs (their prompts are the PPO prompts) and a tiny base policy."""
+    from tests.preference_fixtures import import_pairs, use_tiny_policy
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+    import_pairs(tmp_path, 12)
+    return workspace
+
+
+def train_tiny_reward_model(capsys) -> str:
+    from training import reward
+
+    assert reward.main(["--max-steps", "2", "--batch-size", "4"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"]
+
+
+def flags(values: dict) -> list[str]:
+    return [x for k, v in values.items() for x in ("--" + k.replace("_", "-"), str(v))]
+
+
+def test_ppo_without_a_reward_model_is_one_sentence_and_writes_nothing(round_workspace, capsys):
+    from training import ppo, versions
+
+    assert ppo.main(["--max-steps", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "PPO needs a reward model: train one first." and captured.out == ""
+    assert [v.method for v in versions.list_versions()] in ([], ["base"])
+
+
+def test_ppo_round_writes_a_current_policy_version_with_lineage(round_workspace, capsys):
+    from training import ppo, versions
+    from training.model import load_policy
+
+    reward_id = train_tiny_reward_model(capsys)
+    assert ppo.main(["--max-steps", "2", *flags(ROUND_FLAGS)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(math.isfinite(summary[k]) for k in LOG_KEYS) and summary["reward_version"] == reward_id
+    row = versions.get_version(summary["version"])
+    assert (row.kind, row.method, versions.get_version(row.parent_id).method) == ("policy", "ppo", "base")
+    assert row.judgment_ids == versions.get_version(reward_id).judgment_ids and len(row.judgment_ids) == 12
+    assert row.config["max_steps"] == 2 and row.config["beta"] == 0.05
+    assert versions.current_policy_id() == summary["version"]
+    assert (Path(row.path) / "adapter_model.safetensors").is_file()
+    # the saved adapter changes the policy: merged weights differ from the base model's
+    trained, _ = load_policy(summary["version"])
+    base, _ = load_policy("base")
+    differ = [n for n, p in trained.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert differ and all("proj" in n for n in differ)
+
+
+def test_ppo_background_job_reports_every_step(round_workspace, capsys):
+    from training import jobs, versions
+
+    train_tiny_reward_model(capsys)
+    job_id = jobs.start_job("ppo", {**ROUND_FLAGS, "max_steps": 2})
+    job = jobs.wait(job_id, timeout=300, poll=0.2)
+    log = Path(job.log_path).read_text()
+    assert job.status == "done", log[-2000:]
+    assert (job.step, job.total_steps) == (2, 2)
+    metrics = jobs.job_metrics(job_id)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(set(LOG_KEYS) <= set(m) and math.isfinite(m["kl"]) for m in metrics)
+    assert json.loads(log.strip().splitlines()[-1])["version"] == job.result["version"] == versions.current_policy_id()

@@ -11,55 +11,18 @@ The maths lives in `training/losses.py` (pure, tested by hand), the sampling in 
 """
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import asdict
-from typing import Any, Callable
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
-from training.losses import (
-    AdaptiveKLController,
-    FixedKLController,
-    RunningMoments,
-    entropy_from_logits,
-    gae,
-    kl_penalty_rewards,
-    ppo_policy_loss,
-    ppo_value_loss,
-    whiten,
-)
 from training.ppo_config import PPOConfig
-from training.rollout import RewardFn, Rollout, collect_rollout, score_tokens
+from training.rounds import NotReady
+
+if TYPE_CHECKING:  # torch is imported inside the functions: the Train page imports check_ready from here
+    import torch
+
+    from training.rollout import RewardFn, Rollout
 
 LOG_KEYS = ("reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "policy_loss", "beta")
-
-
-class PPOError(RuntimeError):
-    """A PPO round cannot run; the message is one sentence for the user."""
-
-
-class ValueHead(torch.nn.Module):
-    """V(s_t): a linear map of the policy backbone's last hidden state to a scalar."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear = torch.nn.Linear(hidden_size, 1)
-        torch.nn.init.zeros_(self.linear.weight)
-        torch.nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Shape: hidden (B, T, H) -> (B, T, 1)."""
-        return self.linear(hidden.to(self.linear.weight.dtype))
-
-
-def wrap_with_lora(model, config: PPOConfig):
-    """A fresh LoRA adapter on every linear layer of `model`; with it disabled, `model` is π_ref."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
 
 
 def step_rewards(rollout: Rollout, normalised_scores: torch.Tensor, beta: float, config: PPOConfig):
@@ -67,6 +30,8 @@ def step_rewards(rollout: Rollout, normalised_scores: torch.Tensor, beta: float,
 
     Shape: normalised_scores (B,) -> advantages (B, R), returns (B, R), kl per token (B, R).
     """
+    from training.losses import gae, kl_penalty_rewards, whiten
+
     mask = rollout.response_mask
     rewards, kl = kl_penalty_rewards(normalised_scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
     advantages, returns = gae(rewards, rollout.values, mask, config.gamma, config.lam)
@@ -75,6 +40,11 @@ def step_rewards(rollout: Rollout, normalised_scores: torch.Tensor, beta: float,
 
 def minibatch_loss(model, value_head, batch: Rollout, advantages, returns, config: PPOConfig):
     """Clipped surrogate + vf_coef × clipped value loss on one minibatch, with its statistics."""
+    import torch
+
+    from training.losses import entropy_from_logits, ppo_policy_loss, ppo_value_loss
+    from training.rollout import score_tokens
+
     logprobs, values, logits = score_tokens(model, value_head, batch.query_ids, batch.query_mask,
                                             batch.response_ids, batch.response_mask, config.temperature,
                                             with_logits=True)
@@ -91,6 +61,8 @@ def minibatch_loss(model, value_head, batch: Rollout, advantages, returns, confi
 def ppo_update(model, value_head, optimizer, rollout: Rollout, advantages, returns, config: PPOConfig,
                generator: torch.Generator) -> dict[str, float]:
     """`ppo_epochs` passes of shuffled minibatches over one rollout; returns the mean statistics."""
+    import torch
+
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     B = len(rollout.scores)
@@ -113,6 +85,8 @@ def ppo_update(model, value_head, optimizer, rollout: Rollout, advantages, retur
 
 def prompt_batches(prompts: list, batch_size: int, generator: torch.Generator):
     """Endless batches of prompts: a fresh shuffle every pass over the list."""
+    import torch
+
     while True:
         order = torch.randperm(len(prompts), generator=generator).tolist()
         for start in range(0, len(order) - batch_size + 1, batch_size):
@@ -128,13 +102,18 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
     `reward_fn(prompts, response_texts)` returns one score per response, shape (B,). Returns
     {"model": the PeftModel (save its adapter), "value_head", "metrics": the last step's, "history"}.
     """
+    import torch
+
+    from training.losses import AdaptiveKLController, FixedKLController, RunningMoments
+    from training.rollout import ValueHead, collect_rollout, wrap_with_lora
+
     if not prompts:
-        raise PPOError("PPO needs at least one training prompt; import prompts first.")
+        raise NotReady("PPO needs at least one training prompt; import prompts first.")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = wrap_with_lora(model, config)
+    model = wrap_with_lora(model, config.lora_r, config.lora_alpha)
     value_head = ValueHead(model.config.hidden_size)
     trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
@@ -160,7 +139,7 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
             "history": history}
 
 
-# ---------------------------------------------------------------- CLI
+# ---------------------------------------------------------------- the round
 
 
 def load_train_prompts(max_prompts: int | None) -> list[list[dict]]:
@@ -177,70 +156,56 @@ def load_train_prompts(max_prompts: int | None) -> list[list[dict]]:
         return list(s.scalars(query))
 
 
-def reward_judgment_ids(reward_id: str) -> list[int]:
-    """The judgments the reward model was trained on: the PPO policy's lineage goes through them."""
-    from labeling import db
-    from labeling.models import ModelVersion
+def check_ready(reward_version: str | None = None) -> str | None:
+    """None when a PPO round can start, else the sentence that says why not."""
+    from training import versions
 
-    with db.session() as s:
-        row = s.get(ModelVersion, reward_id)
-        return list(row.judgment_ids or []) if row is not None else []
-
-
-def parse_args(argv: list[str]) -> tuple[PPOConfig, dict[str, Any]]:
-    """CLI flags and --config YAML mapped onto PPOConfig (shared with the other rounds via training.cli)."""
-    from training.cli import config_from_args
-
-    config, extras = config_from_args(PPOConfig, argv)
-    extras = extras if isinstance(extras, dict) else vars(extras)
-    if extras.get("max_steps") and not config.max_steps:
-        config.max_steps = extras["max_steps"]
-    if extras.get("max_pairs") and not config.max_prompts:
-        config.max_prompts = extras["max_pairs"]  # for PPO, "pairs" are prompts to roll out on
-    return config, extras
+    if reward_version is None and versions.latest_reward_id() is None:
+        return "PPO needs a reward model: train one first."
+    if reward_version is not None:
+        row = versions.get_version(reward_version)
+        if row is None or row.kind != "reward":
+            return (f"PPO's reward_version '{reward_version}' is not a reward model; "
+                    "leave it empty for the latest or pick one from `python -m training versions`.")
+    if not load_train_prompts(1):
+        return 'PPO needs training prompts (split "train"): import some on the Data page first.'
+    return None
 
 
-def run_round(config: PPOConfig, reporter) -> dict[str, Any]:
-    """Load the current policy and the reward model, train, save a new current policy version."""
-    from training import model as policy_model
+def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
+              max_pairs: int | None = None) -> dict[str, Any]:
+    """Reward model and prompts → current policy → train → save a new policy version → metrics.
+    `max_pairs` caps the prompts rolled out on (PPO has no pairs). Returns {"version": id, **metrics}."""
     from training import reward, versions
+    from training.model import load_policy
 
-    reward_id = config.reward_version or reward.latest_reward_id()
-    if reward_id is None:
-        raise PPOError("PPO needs a reward model: train one first.")
+    config = replace(config, max_steps=max_steps or config.max_steps, max_prompts=max_pairs or config.max_prompts)
+    problem = check_ready(config.reward_version)
+    if problem:
+        raise NotReady(problem)
+    reward_id = config.reward_version or versions.latest_reward_id()
     prompts = load_train_prompts(config.max_prompts)
-    if not prompts:
-        raise PPOError("PPO needs training prompts (split \"train\"): import or generate some first.")
     scorer = reward.load_scorer(reward_id)
+    versions.ensure_base_version()
     parent_id = versions.current_policy_id()
-    model, tokenizer = policy_model.load_policy(parent_id)
+    model, tokenizer = load_policy(parent_id)
     reporter.start(config.total_steps)
     result = train_ppo(model, tokenizer, prompts, scorer, config, on_step=reporter.step)
 
     def write(folder):
-        result["model"].save_pretrained(folder)
+        result["model"].save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
 
-    metrics = {k: result["metrics"][k] for k in LOG_KEYS if k in result["metrics"]}
-    metrics["initial_reward"] = result["history"][0]["reward"]
-    version_id = versions.create_version(
-        "policy", "ppo", parent_id, {**asdict(config), "reward_version": reward_id}, reward_judgment_ids(reward_id),
-        metrics, write, make_current=True)
-    return {"version": version_id, **metrics}
+    metrics = {k: result["metrics"][k] for k in LOG_KEYS}
+    metrics.update(initial_reward=result["history"][0]["reward"], prompts=len(prompts), reward_version=reward_id)
+    with_judgments = versions.get_version(reward_id).judgment_ids  # lineage runs through the reward model
+    version_id = versions.create_version("policy", "ppo", parent_id, asdict(config), with_judgments, metrics,
+                                         write, make_current=config.make_current)
+    return {"version": version_id, "parent": parent_id, **metrics}
 
 
 def main(argv: list[str]) -> int:
     """`python -m training ppo [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    from training import jobs
+    from training import rounds
 
-    config, extras = parse_args(argv)
-    try:
-        with jobs.reporting(extras.get("job_id")) as reporter:
-            jobs.set_threads()
-            summary = run_round(config, reporter)
-            reporter.result = summary
-    except PPOError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+    return rounds.run_main(argv, PPOConfig, run_round, "python -m training ppo")

@@ -32,6 +32,7 @@ class PPOConfig:
     max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many training prompts (all if empty)."})
     seed: int = field(default=0, metadata={"help": "Random seed of prompt order, sampling and the adapter's initialisation."})
     max_steps: int | None = field(default=None, metadata={"help": "Cap on steps, for quick runs (overrides steps when smaller)."})
+    make_current: bool = field(default=True, metadata={"help": "Make the trained policy the one generation uses."})
     reward_version: str | None = field(default=None, metadata={"help": "Reward model version to score with (the latest if empty)."})
 
     @property

@@ -36,6 +36,29 @@ class Rollout:
         return Rollout(**picked, texts=[self.texts[i] for i in index.tolist()])
 
 
+class ValueHead(torch.nn.Module):
+    """V(s_t): a linear map of the policy backbone's last hidden state to a scalar, zero at the start."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Shape: hidden (B, T, H) -> (B, T, 1)."""
+        return self.linear(hidden.to(self.linear.weight.dtype))
+
+
+def wrap_with_lora(model, r: int, alpha: int):
+    """A fresh LoRA adapter on every linear layer of `model`; with it disabled, `model` is π_ref.
+    No dropout, so π_old and π agree exactly before the first update."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
 def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-template the prompts (with the assistant turn opened) and left-pad them.
 
