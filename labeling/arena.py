@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from labeling import db
-from labeling.models import Judgment, Pair, Response
+from labeling.models import Judgment, Pair, Prompt, Response
 from labeling.stats import wilson_interval
 
 
@@ -122,7 +122,8 @@ def comparisons(version_a: str, version_b: str) -> list[dict]:
     reward score and base-model log-prob stored with each answer. Sides follow the arguments."""
     ra, rb = aliased(Response), aliased(Response)
     query = (
-        select(Pair.id, Pair.prompt_id, ra, rb)
+        select(Pair.id, Pair.prompt_id, Prompt.messages, ra, rb)
+        .join(Prompt, Pair.prompt_id == Prompt.id)
         .join(ra, Pair.response_a_id == ra.id)
         .join(rb, Pair.response_b_id == rb.id)
         .where(Pair.kind == "arena", ra.model_version.in_((version_a, version_b)),
@@ -131,10 +132,10 @@ def comparisons(version_a: str, version_b: str) -> list[dict]:
     )
     rows = []
     with db.session() as s:
-        for pair_id, prompt_id, first, second in s.execute(query):
+        for pair_id, prompt_id, messages, first, second in s.execute(query):
             mine = {first.model_version: first, second.model_version: second}
             a, b = mine[version_a], mine[version_b]
-            rows.append({"pair_id": pair_id, "prompt_id": prompt_id, "text_a": a.text, "text_b": b.text,
+            rows.append({"pair_id": pair_id, "prompt_id": prompt_id, "messages": messages, "text_a": a.text, "text_b": b.text,
                          **{f"{k}_{side}": (r.generation or {}).get(k) for side, r in (("a", a), ("b", b))
                             for k in ("reward", "base_logprob", "tokens")}})
     return rows

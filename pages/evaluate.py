@@ -1,0 +1,92 @@
+"""Evaluate: the measured reward-vs-KL chart of every policy version, a β sweep, training curves."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages.widgets import config_form, job_panel, start
+from training import points
+from training.evaluate_config import EvaluateConfig
+from training.sweep import SweepConfig
+
+TOOLTIP = ["version", "method", "beta", "parent", "reward", "reward_se", "kl", "kl_se", "kl_per_token",
+           "samples", "reward_version", "measured_at"]
+
+
+def chart(frame: pd.DataFrame):
+    """Points with ±1 SE bars on both axes; a dashed frontier through each sweep's points."""
+    import altair as alt
+
+    frame = frame.assign(r_lo=frame.reward - frame.reward_se, r_hi=frame.reward + frame.reward_se,
+                         k_lo=frame.kl - frame.kl_se, k_hi=frame.kl + frame.kl_se)
+    base = alt.Chart(frame)
+    x = alt.X("kl:Q", title="KL(π ‖ π_base) per sequence (nats)")
+    y = alt.Y("reward:Q", title="mean reward", scale=alt.Scale(zero=False))
+    dots = base.mark_circle(size=90).encode(x=x, y=y, color=alt.Color("method:N"), tooltip=TOOLTIP)
+    ybars = base.mark_rule().encode(x="kl:Q", y="r_lo:Q", y2="r_hi:Q", color="method:N")
+    xbars = base.mark_rule().encode(y="reward:Q", x="k_lo:Q", x2="k_hi:Q", color="method:N")
+    labels = base.mark_text(dx=8, dy=-8, align="left").encode(x="kl:Q", y="reward:Q", text="version:N")
+    layers = [ybars, xbars, dots, labels]
+    sweep_rows = [p for p in frame.to_dict("records") if p.get("sweep")]
+    base_rows = [p for p in frame.to_dict("records") if p["method"] == "base"]
+    for sweep in sorted({p["sweep"] for p in sweep_rows}):
+        line = pd.DataFrame(points.frontier(base_rows + [p for p in sweep_rows if p["sweep"] == sweep]))
+        layers.append(alt.Chart(line).mark_line(strokeDash=[6, 4], color="green").encode(x="kl:Q", y="reward:Q"))
+    return alt.layer(*layers).properties(height=420)
+
+
+def show_points() -> None:
+    rows = points.latest_points()
+    if not rows:
+        st.info("No measured points yet. Train a reward model and a policy round, then press Measure.")
+        return
+    frame = pd.DataFrame(rows)
+    scorers = sorted({r["reward_version"] for r in rows})
+    if len(scorers) > 1:
+        st.warning(f"These points were scored by different reward models ({', '.join(scorers)}); "
+                   "rewards are only comparable within one. Measure again to score all with the latest.")
+    st.altair_chart(chart(frame), width="stretch")
+    st.dataframe(frame, hide_index=True)
+    png = points.plot_reward_vs_kl(rows, points.plot_path())
+    left, right = st.columns(2)
+    left.download_button("Download PNG", png.read_bytes(), file_name="reward_vs_kl.png", mime="image/png")
+    right.download_button("Download CSV", frame.to_csv(index=False), file_name="reward_vs_kl.csv", mime="text/csv")
+
+
+def show_curves() -> None:
+    versions = [r["version"] for r in points.latest_points()] or points.trained_versions()
+    if not versions:
+        return
+    version = st.selectbox("Training curves of version", versions, key="curves-version")
+    rows = points.training_curves(version)
+    if rows:
+        frame = pd.DataFrame(rows).set_index("step")
+        st.line_chart(frame[[c for c in frame.columns if frame[c].notna().any()]])
+    else:
+        st.caption(f"{version} has no recorded training curves (the base model, or trained outside the app).")
+
+
+def main() -> None:
+    st.title("Evaluate")
+    st.caption("Each point is measured: K samples per held-out prompt from the version, scored by the reward "
+               "model, and KL = mean Σ_t log π_v − log π_base over those samples.")
+    show_points()
+    measure, sweep = st.columns(2)
+    with measure:
+        st.subheader("Measure versions")
+        config = config_form(EvaluateConfig, "evaluate-form", "Measure")
+        if config is not None:
+            start("evaluate", config.__dict__)
+    with sweep:
+        st.subheader("β sweep")
+        config = config_form(SweepConfig, "sweep-form", "Run sweep")
+        if config is not None:
+            start("sweep", config.__dict__)
+    for kind in ("evaluate", "sweep"):
+        if job_id := st.session_state.get(f"job-{kind}"):
+            job_panel(job_id, curves=("reward", "kl", "loss"))
+    st.subheader("Training curves")
+    show_curves()
+
+
+main()

@@ -1,0 +1,114 @@
+"""Pieces several pages draw: a form built from a round's config dataclass, and a job's live
+progress panel. Not a page itself (app.py lists the pages it routes to)."""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from training import jobs
+from training.cli import ConfigError, config_from_dict, form_fields
+
+
+def config_form(config_class: type, key: str, submit_label: str, hidden: tuple[str, ...] = ()) -> Any | None:
+    """A form with one widget per field of `config_class` (defaults and help from the dataclass).
+    Returns the config when submitted and valid, else None (an invalid value shows one sentence)."""
+    values: dict[str, Any] = {}
+    with st.form(key):
+        for f in form_fields(config_class):
+            if f.name in hidden:
+                continue
+            label, widget_key = f.name.replace("_", " "), f"{key}-{f.name}"
+            if f.choices:
+                values[f.name] = st.selectbox(label, f.choices, index=f.choices.index(f.default), help=f.help, key=widget_key)
+            elif f.type is bool:
+                values[f.name] = st.checkbox(label, value=bool(f.default), help=f.help, key=widget_key)
+            elif f.type is int and not f.optional:
+                values[f.name] = st.number_input(label, value=int(f.default), step=1, help=f.help, key=widget_key)
+            elif f.type is float and not f.optional:
+                values[f.name] = st.number_input(label, value=float(f.default), format="%g", help=f.help, key=widget_key)
+            else:  # text, or an optional number typed as text ("" = None)
+                default = "" if f.default is None else str(f.default)
+                values[f.name] = st.text_input(label, value=default, help=f.help, key=widget_key)
+        submitted = st.form_submit_button(submit_label, type="primary")
+    if not submitted:
+        return None
+    try:
+        return config_from_dict(config_class, values, where="form")
+    except ConfigError as error:
+        st.error(str(error))
+        return None
+
+
+def start(kind: str, config: dict[str, Any]) -> int | None:
+    """Start a background job and say so; one sentence when it cannot start."""
+    try:
+        job_id = jobs.start_job(kind, config)
+    except jobs.JobError as error:
+        st.error(str(error))
+        return None
+    st.session_state[f"job-{kind}"] = job_id
+    st.success(f"Job #{job_id} ({kind}) started.")
+    return job_id
+
+
+@st.fragment(run_every=2)
+def job_panel(job_id: int, curves: tuple[str, ...] = ()) -> None:
+    """Progress bar with ETA, status, cancel, and the job's metric curves; refreshes every 2 s."""
+    job = jobs.get_job(job_id)
+    if job is None:
+        return
+    done = job.step / job.total_steps if job.total_steps else 0.0
+    eta = jobs.eta_seconds(job)
+    text = f"Job #{job.id} {job.kind}: {job.status}, step {job.step}" + (f" of {job.total_steps}" if job.total_steps else "")
+    st.progress(min(done, 1.0), text=text + (f", about {eta:.0f} s left" if eta is not None and job.status == "running" else ""))
+    if job.status in jobs.ACTIVE and st.button("Cancel", key=f"cancel-{job.id}"):
+        jobs.cancel(job.id)
+        st.rerun(scope="fragment")
+    if job.status == "failed":
+        st.error(job.error or "The job failed; see its log.")
+    rows = jobs.job_metrics(job.id)
+    shown = [c for c in curves if any(c in r for r in rows)]
+    if shown:
+        import pandas as pd
+
+        st.line_chart(pd.DataFrame(rows).set_index("step")[shown])
+    if job.status == "done" and job.result:
+        st.json(job.result, expanded=False)
+
+
+# (label, what it means on screen, keyboard shortcut): the Label page and the blind arena share them
+VOTE_BUTTONS = [
+    ("A is better", "left", "1"),
+    ("B is better", "right", "2"),
+    ("Tie", "tie", "3"),
+    ("Both bad", "both_bad", "4"),
+    ("Skip", "skip", "5"),
+]
+VOTE_KEYS_CAPTION = "Keys: **1** A is better · **2** B is better · **3** Tie · **4** Both bad · **5** Skip"
+
+
+def render_conversation(messages: list[dict[str, str]]) -> None:
+    # st.markdown escapes raw HTML (unsafe_allow_html stays False): markdown and code blocks render,
+    # <script> or onerror= never run.
+    for message in messages:
+        with st.chat_message(message["role"]):
+            st.markdown(message["content"])
+
+
+def render_sides(left_text: str, right_text: str, titles: tuple[str, str] = ("Response A", "Response B")) -> None:
+    """Two responses side by side (Streamlit stacks the columns on a narrow screen)."""
+    for column, title, text in zip(st.columns(2), titles, (left_text, right_text)):
+        with column:
+            st.markdown(f"#### {title}")
+            st.container(border=True).markdown(text)
+
+
+def vote_buttons(key: str, on_vote, args: tuple = ()) -> list:
+    """The five vote buttons with shortcuts; `on_vote(*args, choice)` runs on click. Returns the
+    columns, one more than buttons, so a page can put its own button (Undo) in the last one."""
+    columns = st.columns(len(VOTE_BUTTONS) + 1)
+    for column, (label, choice, shortcut) in zip(columns, VOTE_BUTTONS):
+        column.button(label, key=f"{choice}-{key}", shortcut=shortcut, on_click=on_vote, args=(*args, choice),
+                      type="primary" if choice in ("left", "right") else "secondary", width="stretch")
+    return columns

@@ -1,0 +1,74 @@
+"""The Evaluate page in AppTest: the chart's data equals the stored points; a note when points were
+scored by different reward models; the forms start the right jobs."""
+from __future__ import annotations
+
+import pytest
+
+from labeling import db
+from labeling.models import EvalPoint, ModelVersion
+from tests.test_app_label import open_app
+from training import jobs, points
+
+
+def seed_points(reward_versions=("v2-reward", "v2-reward")):
+    with db.session() as s:
+        s.add(ModelVersion(id="v1-base", kind="policy", method="base", path="/m", is_current=False))
+        s.add(ModelVersion(id="v2-reward", kind="reward", method="reward", path="/r"))
+        s.add(ModelVersion(id="v3-reward", kind="reward", method="reward", path="/r3"))
+        s.add(ModelVersion(id="v4-dpo", kind="policy", method="dpo", parent_id="v1-base", path="/d",
+                           config={"beta": 0.1}, is_current=True))
+        s.flush()
+        s.add(EvalPoint(version_id="v1-base", reward_version_id=reward_versions[0], reward=-0.20, reward_se=0.05,
+                        kl=0.0, kl_se=0.0, kl_per_token=0.0, details={"samples": 32}))
+        s.add(EvalPoint(version_id="v4-dpo", reward_version_id=reward_versions[1], reward=0.35, reward_se=0.06,
+                        kl=4.2, kl_se=0.8, kl_per_token=0.07, details={"samples": 32}))
+
+
+def chart_rows(at) -> list[dict]:
+    """The rows the Vega-Lite chart on the page plots, decoded from its Arrow dataset."""
+    import pyarrow as pa
+
+    (chart,) = at.get("vega_lite_chart")
+    (dataset,) = chart.proto.datasets
+    return pa.ipc.open_stream(dataset.data.data).read_all().to_pylist()
+
+
+def test_chart_and_table_show_the_stored_points(workspace):
+    seed_points()
+    at = open_app(page="evaluate.py")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["version"]) == ["v1-base", "v4-dpo"]
+    assert list(table["reward"]) == [-0.20, 0.35] and list(table["kl"]) == [0.0, 4.2]
+    assert list(table["beta"].fillna(-1)) == [-1, 0.1] and list(table["parent"].fillna("")) == ["", "v1-base"]
+    plotted = {r["version"]: (r["reward"], r["kl"], r["reward_se"], r["kl_se"]) for r in chart_rows(at)}
+    assert plotted == {"v1-base": (-0.20, 0.0, 0.05, 0.0), "v4-dpo": (0.35, 4.2, 0.06, 0.8)}
+    assert not at.warning
+    assert (workspace / "plots" / "reward_vs_kl.png").read_bytes()[:4] == b"\x89PNG"
+    assert {b.label for b in at.get("download_button")} == {"Download PNG", "Download CSV"}
+
+
+def test_points_scored_by_different_reward_models_get_a_note(workspace):
+    seed_points(("v2-reward", "v3-reward"))
+    at = open_app(page="evaluate.py")
+    assert "different reward models" in at.warning[0].value
+
+
+def test_measure_button_starts_an_evaluate_job_with_the_form_values(workspace, monkeypatch):
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, config: started.append((kind, config)) or 41)
+    monkeypatch.setattr("pages.widgets.job_panel", lambda *a, **k: None)
+    at = open_app(page="evaluate.py")
+    assert "No measured points yet" in at.info[0].value
+    at.number_input(key="evaluate-form-prompts").set_value(5)
+    at.button(key="FormSubmitter:evaluate-form-Measure").click().run()
+    assert started and started[0][0] == "evaluate" and started[0][1]["prompts"] == 5
+    at.text_input(key="sweep-form-betas").set_value("0.01,0.1,1.0")
+    at.button(key="FormSubmitter:sweep-form-Run sweep").click().run()
+    assert started[1] == ("sweep", {**started[1][1], "betas": "0.01,0.1,1.0", "method": "dpo"})
+
+
+def test_frontier_keeps_only_points_no_other_beats():
+    rows = [{"kl": 0.0, "reward": 0.0}, {"kl": 1.0, "reward": 0.5}, {"kl": 2.0, "reward": 0.4},
+            {"kl": 3.0, "reward": 0.9}]
+    assert [p["kl"] for p in points.frontier(rows)] == [0.0, 1.0, 3.0]
