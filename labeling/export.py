@@ -1,0 +1,149 @@
+"""Judgments out as TRL-ready preference rows, in conversational form with an explicit prompt:
+
+    {"prompt": [{"role": "user", "content": ...}, ...],
+     "chosen": [{"role": "assistant", "content": ...}],
+     "rejected": [{"role": "assistant", "content": ...}],
+     "pair_id": 12, "prompt_id": 5, "split": "train"}
+
+which `trl.DPOTrainer` and `trl.RewardTrainer` (1.16) take as they are: both join prompt + chosen
+and prompt + rejected through the tokenizer's chat template. Each pair is decided by the majority
+of its non-skip judgments; ties, both-bad verdicts, skip-only pairs and pairs whose annotators
+disagree with no majority are left out and counted. Training uses `preference_rows` directly.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import aliased
+
+from labeling import db
+from labeling.models import Judgment, Pair, Prompt, Response
+
+EXPORT_FORMATS = ("jsonl", "parquet", "hf")
+EXCLUDED_KINDS = ("tie", "both_bad", "skip", "unresolved")
+
+
+class ExportError(ValueError):
+    """An export prefloop cannot write; the message is one sentence for the user."""
+
+
+@dataclass
+class ExportResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXCLUDED_KINDS, 0))
+    judgment_ids: list[int] = field(default_factory=list)  # the votes that decided the rows
+
+
+def majority(outcomes: list[str]) -> str | None:
+    """The outcome with strictly more votes than any other among the non-skip ones; "skip" when
+    there are only skips; None when the top outcomes are level (unresolved).
+
+    majority(["a", "a", "b"]) == "a"; majority(["a", "b"]) is None; majority(["a", "tie", "a"]) == "a".
+    """
+    votes = Counter(o for o in outcomes if o != "skip")
+    if not votes:
+        return "skip" if outcomes else None
+    (top, n), *rest = votes.most_common(2)
+    return None if rest and rest[0][1] == n else top
+
+
+def decide(judgments: list[tuple[int, int, str]]) -> tuple[dict[int, str], dict[int, list[int]], dict[str, int]]:
+    """Judgments (id, pair_id, outcome) -> ({pair_id: "a" | "b"}, {pair_id: deciding judgment ids},
+    counts of the pairs left out by reason)."""
+    by_pair: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for judgment_id, pair_id, outcome in judgments:
+        by_pair[pair_id].append((judgment_id, outcome))
+    winners, deciders, excluded = {}, {}, dict.fromkeys(EXCLUDED_KINDS, 0)
+    for pair_id, votes in by_pair.items():
+        verdict = majority([o for _, o in votes])
+        if verdict in ("a", "b"):
+            winners[pair_id] = verdict
+            deciders[pair_id] = [j for j, o in votes if o == verdict]
+        else:
+            excluded[verdict or "unresolved"] += 1
+    return winners, deciders, excluded
+
+
+def preference_rows(kinds: tuple[str, ...] = ("label", "arena")) -> ExportResult:
+    """Every decided pair of the given kinds as a preference row, ordered by pair id."""
+    ra, rb = aliased(Response), aliased(Response)
+    with db.session() as s:
+        judged = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
+                           .join(Pair, Pair.id == Judgment.pair_id).where(Pair.kind.in_(kinds))).all()
+        winners, deciders, excluded = decide(judged)
+        content = s.execute(
+            select(Pair.id, Pair.prompt_id, Prompt.messages, Prompt.split, ra.text, rb.text)
+            .join(Prompt, Prompt.id == Pair.prompt_id)
+            .join(ra, ra.id == Pair.response_a_id).join(rb, rb.id == Pair.response_b_id)
+            .where(Pair.kind.in_(kinds)).order_by(Pair.id)).all()
+    result = ExportResult(excluded=excluded)
+    for pair_id, prompt_id, messages, split, text_a, text_b in content:
+        verdict = winners.get(pair_id)
+        if verdict is None:
+            continue
+        chosen, rejected = (text_a, text_b) if verdict == "a" else (text_b, text_a)
+        result.rows.append({"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
+                            "rejected": [{"role": "assistant", "content": rejected}],
+                            "pair_id": pair_id, "prompt_id": prompt_id, "split": split})
+        result.judgment_ids.extend(deciders[pair_id])
+    result.judgment_ids.sort()
+    return result
+
+
+def _arrow_table(rows: list[dict[str, Any]]):
+    import pyarrow as pa
+
+    message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    schema = pa.schema([("prompt", message), ("chosen", message), ("rejected", message),
+                        ("pair_id", pa.int64()), ("prompt_id", pa.int64()), ("split", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(_arrow_table(rows), path)
+
+
+def _write_hf(rows: list[dict[str, Any]], path: Path) -> None:
+    import datasets
+
+    if path.is_dir() and any(path.iterdir()) and not (path / "dataset_info.json").exists():
+        raise ExportError(f"{path}: the folder exists and is not a dataset written by prefloop; "
+                          f"give a new or empty folder.")
+    if path.is_dir():
+        shutil.rmtree(path)
+    datasets.Dataset(_arrow_table(rows)).save_to_disk(str(path))
+
+
+WRITERS = {"jsonl": _write_jsonl, "parquet": _write_parquet, "hf": _write_hf}
+
+
+def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("label", "arena")) -> dict[str, Any]:
+    """Write the preference rows to `path` as JSONL, Parquet or a `datasets` folder ("hf");
+    return {"exported": n, "excluded": {...}}."""
+    path = Path(path)
+    if fmt not in WRITERS:
+        raise ExportError(f"{path}: unknown export format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}.")
+    if not path.parent.is_dir():
+        raise ExportError(f"{path}: the folder {path.parent} does not exist; create it or pick another path.")
+    if fmt != "hf" and path.is_dir():
+        raise ExportError(f"{path}: is a folder; give a file name for the {fmt} export.")
+    result = preference_rows(kinds)
+    if not result.rows:
+        raise ExportError(f"{path}: nothing to export, no pair has a majority for one response yet "
+                          f"(left out: {json.dumps(result.excluded)}); label or import some pairs first.")
+    WRITERS[fmt](result.rows, path)
+    return {"exported": len(result.rows), "excluded": result.excluded}
