@@ -90,6 +90,7 @@ def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig,
     last = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
     if last:
         metrics["train_accuracy"] = last[-1]["rewards/accuracies"]
+        metrics["tokens"] = int(last[-1].get("num_tokens", 0))  # prompt + responses seen in training
     if heldout_set is not None:
         ev = trainer.evaluate()
         metrics.update({"heldout_pairs": len(data.heldout), "heldout_loss": ev["eval_loss"],
