@@ -133,3 +133,19 @@ def test_dpo_on_smollm2_with_real_pairs(workspace, shared_data, model_cache_home
     assert summary["steps"] == 3 and math.isfinite(summary["train_loss"])
     row = versions.get_version(summary["version"])
     assert row.parent_id == versions.ensure_base_version() and len(row.judgment_ids) == 16
+
+
+def test_cancelled_dpo_job_stops_and_writes_no_version(tiny, tmp_path):
+    import time
+
+    import_pairs(tmp_path, 12)
+    job_id = jobs.start_job("dpo", {"batch_size": 1, "epochs": 50.0})  # hundreds of steps: it must be stopped
+    deadline = time.monotonic() + 240
+    while jobs.get_job(job_id).step < 1 and time.monotonic() < deadline:
+        assert jobs.get_job(job_id).status in jobs.ACTIVE, open(jobs.get_job(job_id).log_path).read()[-2000:]
+        time.sleep(0.2)
+    jobs.cancel(job_id)
+    job = jobs.wait(job_id, timeout=120)
+    assert job.status == "cancelled" and job.step < job.total_steps
+    assert [v.method for v in versions.list_versions()] in ([], ["base"])
+    assert not [p for p in (tiny / "versions").iterdir() if p.name.startswith(".tmp")]
