@@ -22,17 +22,18 @@ def parser() -> argparse.ArgumentParser:
     commands = p.add_subparsers(dest="command", required=True)
     imp = commands.add_parser("import", help="import prompts, pairs or labeled pairs from a file")
     imp.add_argument("path", help="a .jsonl(.gz), .csv, .parquet or .txt file, a datasets folder, or a hub name")
-    imp.add_argument("--format", default="auto", choices=FORMATS,
+    imp.add_argument("--format", default="auto", metavar="|".join(FORMATS),
                      help="what the file holds; auto decides from the extension and the first record")
     imp.add_argument("--source", default=None, help="name recorded with the data (default: the file name)")
     exp = commands.add_parser("export", help="write the judged pairs as TRL-ready prompt/chosen/rejected rows")
     exp.add_argument("path", help="output file (jsonl, parquet) or folder (hf)")
-    exp.add_argument("--format", default="jsonl", choices=EXPORT_FORMATS,
+    exp.add_argument("--format", default="jsonl", metavar="|".join(EXPORT_FORMATS),
                      help="hf writes a folder that datasets.load_from_disk reads")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Formats are checked by import_file / export, so a wrong one gets the same one-sentence error.
     args = parser().parse_args(argv)
     try:
         if args.command == "import":
