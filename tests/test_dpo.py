@@ -149,3 +149,21 @@ def test_cancelled_dpo_job_stops_and_writes_no_version(tiny, tmp_path):
     assert job.status == "cancelled" and job.step < job.total_steps
     assert [v.method for v in versions.list_versions()] in ([], ["base"])
     assert not [p for p in (tiny / "versions").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_bad_config_fails_the_job_with_one_sentence(workspace, tmp_path, capsys):
+    from labeling import db
+    from labeling.models import Job
+
+    with db.session() as s:
+        job = Job(kind="dpo", status="queued")
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    path = tmp_path / "dpo.yaml"
+    path.write_text("beta: lots\n")
+    assert dpo.main(["--config", str(path), "--job-id", str(job_id)]) == 2
+    message = f"{path}: field 'beta' must be float, got 'lots'."
+    assert capsys.readouterr().err.strip() == message
+    job = jobs.get_job(job_id)
+    assert (job.status, job.error) == ("failed", message)

@@ -133,6 +133,7 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
         config, extras = config_from_args(config_class, argv, prog)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
+        _fail_job(argv, str(exc))
         return 2
     try:
         with jobs.reporting(extras["job_id"]) as reporter:
@@ -147,3 +148,16 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
         return 130
     print(json.dumps(summary))
     return 0
+
+
+def _fail_job(argv: list[str], message: str) -> None:
+    """Mark the job failed with `message` when the round could not even read its config."""
+    import argparse
+
+    from training import jobs
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--job-id", type=int)
+    job_id = parser.parse_known_args(argv)[0].job_id
+    if job_id is not None:
+        jobs.Reporter(job_id).finish("failed", error=message)
