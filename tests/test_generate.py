@@ -1,0 +1,149 @@
+"""The generator on a tiny model: batched sampling, pairs stored with their settings, the CLI's
+last JSON line, and the background job that keeps pairs waiting."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from labeling import db, store
+from labeling.models import Job, Pair, Response, utcnow
+from tests.tiny_models import make_tiny_policy
+from training import generate, jobs
+from training import model as models
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write a short poem about the sea."}],
+    [{"role": "user", "content": "How do I sort a list in Python? Explain photosynthesis simply, too."}],
+    [{"role": "user", "content": "Give me three tips for sleeping better."}],
+]
+
+
+@pytest.fixture
+def tiny(workspace, tmp_path, monkeypatch):
+    folder = make_tiny_policy(tmp_path / "tiny")
+    monkeypatch.setenv("PREFLOOP_MODEL", str(folder))
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    return folder
+
+
+def test_module_does_not_import_torch():
+    """The app imports this module for its buttons; torch must load only in the worker."""
+    code = "import sys, training.generate; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_new_token_counts_stop_at_the_first_eos():
+    new = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0], [4, 9, 3, 2]])
+    assert generate.new_token_counts(new, [2]) == [2, 4, 1, 4]
+    assert generate.new_token_counts(new, [2, 9]) == [2, 4, 1, 2]
+
+
+def test_generate_pairs_batched_sides_differ(tiny):
+    model, tokenizer = models.load_policy()
+    batches = []
+    pairs = generate.generate_pairs(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=4, seed=5,
+                                    on_batch=lambda done, total: batches.append((done, total)))
+    assert batches == [(1, 3), (2, 3), (3, 3)]  # 5 prompts, 2 per batch of 4 rows
+    assert [s["prompt_index"] for _, _, s in pairs] == list(range(len(PROMPTS)))
+    for a, b, settings in pairs:
+        assert a != b
+        assert settings["temperature"] == 0.8 and settings["top_p"] == 0.95 and settings["max_new_tokens"] == 10
+        assert 1 <= settings["tokens_a"] <= 10 and 1 <= settings["tokens_b"] <= 10
+        assert settings["eos_a"] or settings["tokens_a"] == 10  # stopped at EOS or at the limit
+        assert settings["eos_b"] or settings["tokens_b"] == 10
+    # the batch seed reproduces the samples; another seed gives others
+    again = generate.generate_pairs(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=4, seed=5)
+    assert [p[:2] for p in again] == [p[:2] for p in pairs]
+    other = generate.generate_pairs(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=4, seed=6)
+    assert [p[:2] for p in other] != [p[:2] for p in pairs]
+
+
+def test_batched_rows_match_one_at_a_time_greedy(tiny):
+    """Left padding changes nothing: near-greedy rows in a padded batch equal unpadded runs."""
+    model, tokenizer = models.load_policy()
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in PROMPTS]
+    batched = generate.sample_rows(model, tokenizer, texts, max_new_tokens=8, temperature=1e-6, top_p=1.0, seed=0)
+    assert len(batched) == len(texts)
+    single = [generate.sample_rows(model, tokenizer, [t], max_new_tokens=8, temperature=1e-6, top_p=1.0, seed=0)[0]
+              for t in texts]
+    assert batched == single
+
+
+def test_identical_pairs_are_dropped(tiny):
+    model, tokenizer = models.load_policy()
+    # at a vanishing temperature both sides are the greedy answer: identical, re-sampled, dropped
+    assert generate.generate_pairs(model, tokenizer, PROMPTS, max_new_tokens=6, temperature=1e-6, batch_size=4) == []
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_command_stores_pairs_with_settings(tiny, capsys):
+    store.add_prompts([p for p in PROMPTS], "test")
+    assert generate.main(["--prompts", "4", "--max-new-tokens", "8", "--batch-size", "4", "--seed", "3"]) == 0
+    result = _last_json(capsys)
+    assert result["pairs"] == 4 and result["tokens_per_s"] > 0
+    with db.session() as s:
+        pairs = list(s.scalars(select(Pair)))
+        assert len(pairs) == 4 and all(p.kind == "label" and p.source == "base" for p in pairs)
+        for p in pairs:
+            assert p.response_a.text != p.response_b.text and p.prompt.split == "train"
+            assert p.response_a.model_version == "base"
+            gen_a, gen_b = p.response_a.generation, p.response_b.generation
+            assert (gen_a["side"], gen_b["side"]) == ("a", "b") and gen_a["seed"] == gen_b["seed"]
+            assert gen_a["temperature"] == 0.8 and 1 <= gen_a["new_tokens"] <= 8
+        first_prompts = {p.prompt_id for p in pairs}
+    # the next run answers prompts that have no pairs yet
+    assert generate.main(["--prompts", "4", "--max-new-tokens", "8", "--seed", "3"]) == 0
+    assert _last_json(capsys)["pairs"] == 4
+    with db.session() as s:
+        second = set(s.scalars(select(Pair.prompt_id).where(Pair.prompt_id.not_in(first_prompts))))
+        assert len(second) == 4
+        assert s.scalar(select(func.count(Response.id))) == 16
+
+
+def test_command_with_wrong_model_or_flag_says_so(workspace, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PREFLOOP_MODEL", str(tmp_path / "missing"))
+    assert generate.main(["--prompts", "2"]) == 2
+    assert "PREFLOOP_MODEL=" in capsys.readouterr().err
+    assert generate.main(["--prompts", "many"]) == 2
+    assert "field 'prompts' must be int" in capsys.readouterr().err
+    with db.session() as s:
+        assert s.scalar(select(func.count(Pair.id))) == 0
+
+
+def test_ensure_pairs_waiting_runs_a_real_job(tiny):
+    with db.session() as s:  # a heavy job under way (this very process): nothing is started
+        busy = Job(kind="dpo", status="running", pid=os.getpid(), heartbeat_at=utcnow())
+        s.add(busy)
+    assert generate.ensure_pairs_waiting(min_waiting=5) is None
+    with db.session() as s:
+        s.get(Job, busy.id).status = "done"
+
+    job_id = generate.ensure_pairs_waiting(min_waiting=5)
+    assert job_id is not None
+    job = jobs.wait(job_id, timeout=300)
+    assert job.status == "done", open(job.log_path).read()[-2000:]
+    assert job.config["prompts"] == 32 and job.result["pairs"] >= 5
+    last = open(job.log_path).read().strip().splitlines()[-1]
+    assert json.loads(last) == {"pairs": job.result["pairs"], "tokens_per_s": job.result["tokens_per_s"]}
+    with db.session() as s:
+        assert s.scalar(select(func.count(Pair.id))) == job.result["pairs"]
+    assert generate.ensure_pairs_waiting(min_waiting=5) is None  # enough pairs waiting now
+
+
+def test_failed_generation_is_not_restarted_at_once(tiny):
+    with db.session() as s:
+        s.add(Job(kind="generate", status="failed", finished_at=utcnow(), error="boom"))
+    assert generate.ensure_pairs_waiting() is None

@@ -1,0 +1,240 @@
+"""Pairs to label: two sampled responses per prompt from the current policy, with its chat template.
+
+Batched the way a CPU likes it: prompts sorted by length (little padding), left padding, the KV
+cache, each row stopping at EOS. Both sides of a prompt sit in the same batch as two rows, so
+they share the padding. Sampling uses torch's one global generator, seeded per batch: rows of a
+batch draw different random numbers, so the two sides of a prompt are independent samples (two
+different "seeds" in effect), and the batch seed stored with each response reproduces the batch.
+A pair whose sides came out identical is sampled once more, then dropped.
+
+`python -m training generate --prompts 32` runs it from the shell; the app calls
+`ensure_pairs_waiting()`, which starts that same command as a background job when the labeling
+queue runs low. This module imports torch only inside the functions that generate, so the app
+can import it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from labeling import db
+from training import jobs
+
+RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
+RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
+
+
+@dataclass
+class GenerateConfig:
+    """Defaults give short, varied answers from SmolLM2 at a few seconds per pair on a CPU."""
+
+    prompts: int = field(default=32, metadata={"help": "Prompts to answer (training split, those with the fewest pairs first)."})
+    version: str | None = field(default=None, metadata={"help": "Policy version to sample from (default: the current one)."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest response, in tokens."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling: keep the smallest token set with this much probability."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per batch (two per prompt)."})
+    seed: int | None = field(default=None, metadata={"help": "Seed of the sampling (default: a new one each run, stored with every response)."})
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def new_token_counts(new_tokens, eos_ids: list[int]) -> list[int]:
+    """Real new tokens per row: up to and including the first EOS, or all of them when none.
+
+    Shape: new_tokens (B, T) generated ids after the prompt (padded after EOS); returns B ints.
+    """
+    import torch
+
+    is_eos = torch.isin(new_tokens, torch.tensor(eos_ids, device=new_tokens.device))  # (B, T)
+    first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, new_tokens.shape[1])  # (B,)
+    return first.tolist()
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
+
+
+def sample_rows(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
+                seed: int) -> list[tuple[str, int, bool]]:
+    """One sampled continuation per text, all in one batch: (response, new tokens, stopped at EOS)."""
+    import torch
+
+    eos_ids = _eos_ids(model, tokenizer)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(
+            **enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+            eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+        )
+    new = out[:, enc["input_ids"].shape[1]:]  # (B, T_new)
+    counts = new_token_counts(new, eos_ids)
+    rows = []
+    for ids, n in zip(new, counts):
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+        rows.append((text, n, bool(n and int(ids[n - 1]) in eos_ids)))
+    return rows
+
+
+def _batches(order: list[int], per_batch: int) -> list[list[int]]:
+    return [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
+
+
+def generate_pairs(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 128,
+                   temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 16, seed: int = 0,
+                   on_batch: Callable[[int, int], None] | None = None) -> list[tuple[str, str, dict]]:
+    """Two sampled responses per prompt (a conversation of {role, content} messages).
+
+    Returns (response_a, response_b, settings) per kept pair, in prompt order; settings holds
+    temperature, top_p, max_new_tokens, the batch seed, the new token counts of each side
+    (`tokens_a`, `tokens_b`, EOS included) and `prompt_index`, the prompt's place in `prompts`.
+    A pair whose sides are identical is re-sampled once and dropped if still identical, so
+    fewer pairs than prompts may come back. `on_batch(done, total)` is called after each batch.
+    """
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])  # similar lengths share a batch
+    batches = _batches(order, max(1, batch_size // 2))
+    settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    results: dict[int, tuple[str, str, dict]] = {}
+    for b, batch in enumerate(batches):
+        results.update(_sample_pairs(model, tokenizer, texts, batch, settings, seed + b))
+        if on_batch:
+            on_batch(b + 1, len(batches))
+    identical = [i for i in order if results[i][0] == results[i][1]]
+    for b, batch in enumerate(_batches(identical, max(1, batch_size // 2))):
+        retry = _sample_pairs(model, tokenizer, texts, batch, settings, seed + RESAMPLE_SEED_OFFSET + b)
+        results.update({i: r for i, r in retry.items()})
+    return [results[i] for i in range(len(prompts)) if results[i][0] != results[i][1]]
+
+
+def _sample_pairs(model, tokenizer, texts, batch: list[int], settings: dict, seed: int) -> dict[int, tuple]:
+    """Both sides of each prompt in `batch` as rows 2k (side a) and 2k+1 (side b) of one batch."""
+    rows = sample_rows(model, tokenizer, [texts[i] for i in batch for _ in (0, 1)], seed=seed, **settings)
+    out = {}
+    for k, i in enumerate(batch):
+        (a, n_a, eos_a), (b, n_b, eos_b) = rows[2 * k], rows[2 * k + 1]
+        out[i] = (a, b, {**settings, "seed": seed, "tokens_a": n_a, "tokens_b": n_b, "eos_a": eos_a,
+                         "eos_b": eos_b, "prompt_index": i})
+    return out
+
+
+# ---------------------------------------------------------------- the command
+
+
+def pick_prompts(n: int) -> list[tuple[int, list[dict]]]:
+    """(id, messages) of `n` training prompts, those with the fewest labeling pairs first."""
+    from sqlalchemy import func, select
+
+    from labeling.models import Pair, Prompt
+
+    pairs = (select(Pair.prompt_id, func.count(Pair.id).label("n")).where(Pair.kind == "label")
+             .group_by(Pair.prompt_id).subquery())
+    stmt = (select(Prompt.id, Prompt.messages).outerjoin(pairs, pairs.c.prompt_id == Prompt.id)
+            .where(Prompt.split == "train").order_by(func.coalesce(pairs.c.n, 0), Prompt.id).limit(n))
+    with db.session() as s:
+        return [(row.id, row.messages) for row in s.execute(stmt)]
+
+
+def side_settings(settings: dict) -> tuple[dict, dict]:
+    """The generation record stored with each response of a pair."""
+    shared = {k: settings[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
+    return ({**shared, "side": "a", "new_tokens": settings["tokens_a"], "eos": settings["eos_a"]},
+            {**shared, "side": "b", "new_tokens": settings["tokens_b"], "eos": settings["eos_b"]})
+
+
+def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[str, Any]:
+    """Generate and store pairs for `config.prompts` prompts; return {"pairs", "tokens_per_s", ...}."""
+    from labeling import store
+    from training import model as models, versions
+
+    store.ensure_builtin_prompts()
+    reporter = reporter or jobs.Reporter(None)
+    chosen = pick_prompts(config.prompts)
+    seed = config.seed if config.seed is not None else time.time_ns() % 2**31
+    version = config.version or versions.current_policy_id() or "base"
+    model, tokenizer = models.load_policy(config.version)
+    per_batch = max(1, config.batch_size // 2)
+    chunks = _batches(list(range(len(chosen))), per_batch)
+    reporter.start(len(chunks))
+    stored, tokens, seconds = 0, 0, 0.0
+    for step, chunk in enumerate(chunks, 1):
+        t0 = time.perf_counter()
+        pairs = generate_pairs(model, tokenizer, [chosen[i][1] for i in chunk], max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, top_p=config.top_p, batch_size=config.batch_size,
+                               seed=seed + step * 1000)
+        seconds += time.perf_counter() - t0
+        tokens += sum(p[2]["tokens_a"] + p[2]["tokens_b"] for p in pairs)
+        with db.session() as s:
+            for a, b, settings in pairs:
+                prompt_id = chosen[chunk[settings["prompt_index"]]][0]
+                stored += store.add_generated_pair(s, prompt_id, a, b, version, side_settings(settings)) is not None
+        reporter.step(step, {"pairs": stored, "tokens_per_s": tokens / max(seconds, 1e-9)})
+    return {"pairs": stored, "tokens_per_s": round(tokens / max(seconds, 1e-9), 2), "prompts": len(chosen),
+            "version": version, "seed": seed}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training generate [--prompts N] [--version V] [--job-id ID] [--config FILE.yaml]`."""
+    from training import model as models
+    from training.cli import ConfigError, config_from_args
+
+    try:
+        config, extras = config_from_args(GenerateConfig, argv, prog="python -m training generate")
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    jobs.set_threads()
+    try:
+        with jobs.reporting(extras.get("job_id")) as reporter:
+            result = run(config, reporter)
+            reporter.result = result
+    except models.ModelPathError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(json.dumps({"pairs": result["pairs"], "tokens_per_s": result["tokens_per_s"]}))
+    return 0
+
+
+# ---------------------------------------------------------------- for the app (no torch here)
+
+
+def start_generation(prompts: int = 32, version: str | None = None) -> int:
+    """Start `python -m training generate` as a background job; return its id (JobError when
+    another heavy job is running)."""
+    return jobs.start_job("generate", asdict(GenerateConfig(prompts=prompts, version=version)))
+
+
+def ensure_pairs_waiting(min_waiting: int = 20) -> int | None:
+    """Start a generation job when fewer than `min_waiting` labeling pairs have no judgment and
+    no heavy job is running; return its id, or None when nothing was started."""
+    from labeling import queue
+
+    waiting = queue.pairs_waiting()
+    if waiting >= min_waiting or jobs.active_jobs() or _failed_recently():
+        return None
+    try:
+        return start_generation(prompts=max(GenerateConfig.prompts, min_waiting - waiting))
+    except jobs.JobError:  # another page started one a moment ago
+        return None
+
+
+def _failed_recently() -> bool:
+    """The last generation job failed less than RETRY_AFTER_FAILURE ago (its error is on the Jobs view)."""
+    from sqlalchemy import select
+
+    from labeling.models import Job, utcnow
+
+    with db.session() as s:
+        last = s.scalar(select(Job).where(Job.kind == "generate").order_by(Job.id.desc()).limit(1))
+        return bool(last and last.status == "failed" and last.finished_at
+                    and utcnow() - last.finished_at < RETRY_AFTER_FAILURE)
