@@ -217,3 +217,46 @@ def test_ppo_background_job_reports_every_step(round_workspace, capsys):
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(set(LOG_KEYS) <= set(m) and math.isfinite(m["kl"]) for m in metrics)
     assert json.loads(log.strip().splitlines()[-1])["version"] == job.result["version"] == versions.current_policy_id()
+
+
+def test_a_setting_ppo_cannot_use_names_the_field(tiny_folder):
+    from training.ppo import config_problem
+
+    assert config_problem(config()) is None
+    assert config_problem(config(temperature=0.0)) == "PPO setting 'temperature' must be greater than 0; got 0.0."
+    assert config_problem(config(lam=1.5)) == "PPO setting 'lam' must be between 0 and 1; got 1.5."
+    model, tok = load(tiny_folder)
+    with pytest.raises(NotReady, match="'mini_batch_size' must be greater than 0"):
+        train_ppo(model, tok, PROMPTS, target_share_reward(tok), config(mini_batch_size=0))
+
+
+@pytest.mark.slow
+def test_ppo_on_smollm2_with_a_reward_model_from_real_pairs(workspace, shared_data, model_cache_home, monkeypatch,
+                                                            capsys):
+    from labeling.store import import_file
+    from training import ppo, versions
+    from training.model import convert_default_model
+
+    monkeypatch.setenv("PREFLOOP_MODEL", str(convert_default_model(out=model_cache_home / "models" / "base")))
+    import_file(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz", fmt="hh")
+    from training import reward
+
+    assert reward.main(["--max-pairs", "16", "--max-steps", "2", "--batch-size", "4", "--max-length", "256"]) == 0
+    reward_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"]
+    assert ppo.main(["--max-steps", "2", "--max-pairs", "8", *flags({**ROUND_FLAGS, "max_new_tokens": 16})]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(math.isfinite(summary[k]) for k in LOG_KEYS) and summary["reward_version"] == reward_id
+    assert summary["prompts"] == 8 and versions.current_policy_id() == summary["version"]
+    assert versions.get_version(summary["version"]).parent_id == versions.ensure_base_version()
+
+
+def test_first_update_starts_on_policy_and_a_bad_reward_function_is_named(tiny_folder):
+    """One minibatch, one epoch: π equals π_old when the update starts (no dropout, same positions),
+    so the ratio is exactly 1: nothing is clipped and the approximate KL is 0."""
+    model, tok = load(tiny_folder)
+    row = train_ppo(model, tok, PROMPTS, target_share_reward(tok),
+                    config(steps=1, ppo_epochs=1, mini_batch_size=8))["metrics"]
+    assert row["clip_frac"] == 0.0 and row["approx_kl"] < 1e-10 and row["kl"] == 0.0  # a fresh LoRA is π_ref
+    model, tok = load(tiny_folder)
+    with pytest.raises(ValueError, match="one finite score per response"):
+        train_ppo(model, tok, PROMPTS, lambda prompts, texts: torch.zeros(3), config(steps=1))

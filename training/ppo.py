@@ -25,6 +25,22 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the Train page impo
 LOG_KEYS = ("reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "policy_loss", "beta")
 
 
+def config_problem(config: PPOConfig) -> str | None:
+    """The first setting PPO cannot run with, as one sentence naming the field, else None."""
+    positive = ("learning_rate", "steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
+                "max_prompt_tokens", "temperature", "kl_target", "kl_horizon", "clip_eps", "lora_r", "lora_alpha")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            return f"PPO setting '{name}' must be greater than 0; got {getattr(config, name)}."
+    for name in ("beta", "clip_value", "vf_coef", "max_grad_norm"):
+        if getattr(config, name) < 0:
+            return f"PPO setting '{name}' must not be negative; got {getattr(config, name)}."
+    for name in ("gamma", "lam"):
+        if not 0 <= getattr(config, name) <= 1:
+            return f"PPO setting '{name}' must be between 0 and 1; got {getattr(config, name)}."
+    return None
+
+
 def step_rewards(rollout: Rollout, normalised_scores: torch.Tensor, beta: float, config: PPOConfig):
     """KL-penalised per-token rewards → GAE → whitened advantages and returns.
 
@@ -109,6 +125,8 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
 
     if not prompts:
         raise NotReady("PPO needs at least one training prompt; import prompts first.")
+    if config_problem(config):
+        raise NotReady(config_problem(config))
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if tokenizer.pad_token is None:
@@ -156,10 +174,15 @@ def load_train_prompts(max_prompts: int | None) -> list[list[dict]]:
         return list(s.scalars(query))
 
 
-def check_ready(reward_version: str | None = None) -> str | None:
+def check_ready(config: PPOConfig | None = None) -> str | None:
     """None when a PPO round can start, else the sentence that says why not."""
     from training import versions
 
+    config = config or PPOConfig()
+    problem = config_problem(config)
+    if problem:
+        return problem
+    reward_version = config.reward_version
     if reward_version is None and versions.latest_reward_id() is None:
         return "PPO needs a reward model: train one first."
     if reward_version is not None:
@@ -180,7 +203,7 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     from training.model import load_policy
 
     config = replace(config, max_steps=max_steps or config.max_steps, max_prompts=max_pairs or config.max_prompts)
-    problem = check_ready(config.reward_version)
+    problem = check_ready(config)
     if problem:
         raise NotReady(problem)
     reward_id = config.reward_version or versions.latest_reward_id()

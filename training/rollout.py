@@ -146,6 +146,9 @@ def collect_rollout(model, value_head, tokenizer, prompts: list[list[dict]], rew
         ref_logprobs, _, _ = score_tokens(model, None, *args)
     texts = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)]
     scores = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32).reshape(-1)
+    if len(scores) != len(texts) or not torch.isfinite(scores).all():
+        raise ValueError(f"The reward function must return one finite score per response ({len(texts)}); "
+                         f"got {scores.tolist()}.")
     return Rollout(query_ids, query_mask, response_ids, response_mask, logprobs, ref_logprobs, values,
                    scores, texts)
 
