@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.orm import aliased
 
 from labeling import db
@@ -61,7 +61,8 @@ def decide(judgments: list[tuple[int, int, str]]) -> tuple[dict[int, str], dict[
         by_pair[pair_id].append((judgment_id, outcome))
     winners, deciders, excluded = {}, {}, dict.fromkeys(EXCLUDED_KINDS, 0)
     for pair_id, votes in by_pair.items():
-        verdict = majority([o for _, o in votes])
+        # one vote decides alone (most imported pairs); the vote count only when there are more
+        verdict = votes[0][1] if len(votes) == 1 else majority([o for _, o in votes])
         if verdict in ("a", "b"):
             winners[pair_id] = verdict
             deciders[pair_id] = [j for j, o in votes if o == verdict]
@@ -70,24 +71,31 @@ def decide(judgments: list[tuple[int, int, str]]) -> tuple[dict[int, str], dict[
     return winners, deciders, excluded
 
 
+def _parse_all(values: list[Any]) -> list[Any]:
+    """JSON texts -> values with one json.loads call for all of them (per-call overhead dominated
+    100,000 small loads); values a driver has already parsed pass through."""
+    if not all(isinstance(v, str) for v in values):
+        return [json.loads(v) if isinstance(v, str) else v for v in values]
+    return json.loads("[" + ",".join(values) + "]") if values else []
+
+
 def preference_rows(kinds: tuple[str, ...] = ("label", "arena")) -> ExportResult:
     """Every decided pair of the given kinds as a preference row, ordered by pair id."""
     ra, rb = aliased(Response), aliased(Response)
-    with db.session() as s:
+    with db.session() as session:
+        s = session.connection()  # Core rows: no ORM bookkeeping for 100,000 of them
         judged = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
                            .join(Pair, Pair.id == Judgment.pair_id).where(Pair.kind.in_(kinds))).all()
         winners, deciders, excluded = decide(judged)
-        content = s.execute(
-            select(Pair.id, Pair.prompt_id, Prompt.messages, Prompt.split, ra.text, rb.text)
+        content = [row for row in s.execute(
+            select(Pair.id, Pair.prompt_id, type_coerce(Prompt.messages, Text), Prompt.split, ra.text, rb.text)
             .join(Prompt, Prompt.id == Pair.prompt_id)
             .join(ra, ra.id == Pair.response_a_id).join(rb, rb.id == Pair.response_b_id)
-            .where(Pair.kind.in_(kinds)).order_by(Pair.id)).all()
+            .where(Pair.kind.in_(kinds)).order_by(Pair.id)).all() if row[0] in winners]
     result = ExportResult(excluded=excluded)
-    for pair_id, prompt_id, messages, split, text_a, text_b in content:
-        verdict = winners.get(pair_id)
-        if verdict is None:
-            continue
-        chosen, rejected = (text_a, text_b) if verdict == "a" else (text_b, text_a)
+    prompts = _parse_all([row[2] for row in content])
+    for (pair_id, prompt_id, _, split, text_a, text_b), messages in zip(content, prompts):
+        chosen, rejected = (text_a, text_b) if winners[pair_id] == "a" else (text_b, text_a)
         result.rows.append({"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
                             "rejected": [{"role": "assistant", "content": rejected}],
                             "pair_id": pair_id, "prompt_id": prompt_id, "split": split})

@@ -90,25 +90,28 @@ def plan_import(records: Iterable[PairRecord | PromptRecord]) -> ImportPlan:
     prompt count as one pair; the first occurrence wins.
     """
     plan, seen = ImportPlan(), set()
-    text_hashes: dict[str, str] = {}
+    dropped = plan.dropped
     for rec in records:
-        if _is_empty(rec.prompt) or (isinstance(rec, PairRecord) and not (rec.response_a.strip() and rec.response_b.strip())):
-            plan.dropped["empty"] += 1
+        if _is_empty(rec.prompt):
+            dropped["empty"] += 1
             continue
         p_hash = content_hash(rec.prompt)
         if isinstance(rec, PromptRecord):
             if p_hash in plan.prompts:
-                plan.dropped["duplicate_in_file"] += 1
+                dropped["duplicate_in_file"] += 1
             plan.prompts[p_hash] = rec.prompt
             continue
-        if rec.response_a.strip() == rec.response_b.strip():
-            plan.dropped["identical"] += 1
+        a, b = rec.response_a.strip(), rec.response_b.strip()
+        if not a or not b:
+            dropped["empty"] += 1
             continue
-        h_a = text_hashes.get(rec.response_a) or text_hashes.setdefault(rec.response_a, content_hash(rec.response_a))
-        h_b = text_hashes.get(rec.response_b) or text_hashes.setdefault(rec.response_b, content_hash(rec.response_b))
+        if a == b:
+            dropped["identical"] += 1
+            continue
+        h_a, h_b = content_hash(rec.response_a), content_hash(rec.response_b)
         ph = pair_hash(p_hash, h_a, h_b)
         if ph in seen:
-            plan.dropped["duplicate_in_file"] += 1
+            dropped["duplicate_in_file"] += 1
             continue
         seen.add(ph)
         plan.prompts.setdefault(p_hash, rec.prompt)
@@ -180,8 +183,9 @@ def _sqlite_executemany(conn, table, rows: list[dict[str, Any]]) -> None:
 
 def _write_prompts(s: Session, prompts: dict[str, list[dict[str, str]]], source: str, now) -> tuple[dict[str, int], set[int]]:
     """Store the prompts not yet stored; return ({hash: id} for all of them, ids of the new ones)."""
-    ids = {h: row.id for h, row in _existing(s, Prompt.content_hash, prompts, Prompt.id).items()}
     (next_id,) = _next_ids(s, Prompt)
+    stored = _existing(s, Prompt.content_hash, prompts, Prompt.id) if next_id > 1 else {}
+    ids = {h: row.id for h, row in stored.items()}
     rows = []
     for h, messages in prompts.items():
         if h not in ids:
@@ -193,22 +197,26 @@ def _write_prompts(s: Session, prompts: dict[str, list[dict[str, str]]], source:
     return ids, {row["id"] for row in rows}
 
 
+def _stored_responses(s: Session, version: str, prompt_ids: list[int]) -> dict[tuple[int, str], int]:
+    """{(prompt id, content hash): response id} of this model version's responses to these prompts."""
+    found: dict[tuple[int, str], int] = {}
+    for start in range(0, len(prompt_ids), LOOKUP_CHUNK):
+        stmt = select(Response.prompt_id, Response.content_hash, Response.id).where(
+            Response.model_version == version, Response.prompt_id.in_(prompt_ids[start:start + LOOKUP_CHUNK]))
+        found.update({(r.prompt_id, r.content_hash): r.id for r in s.execute(stmt)})
+    return found
+
+
 def _write_pairs(s: Session, plan: ImportPlan, source: str, prompt_ids: dict[str, int], new_prompts: set[int],
                  now) -> tuple[int, int]:
     """Store the new pairs, their responses and (when labeled) one judgment each by
     `import:<source>`; return (pairs added, pairs already stored)."""
-    stored = _existing(s, Pair.pair_hash, (p.pair_hash for p in plan.pairs))
+    next_response, next_pair, next_judgment = _next_ids(s, Response, Pair, Judgment)
+    stored = _existing(s, Pair.pair_hash, (p.pair_hash for p in plan.pairs)) if next_pair > 1 else {}
     new = [p for p in plan.pairs if p.pair_hash not in stored]
     version = f"imported:{source}"
     # Only prompts stored before this import can already have responses from this source.
-    old_prompts = list({prompt_ids[p.prompt_hash] for p in new} - new_prompts)
-    responses: dict[tuple[int, str], int] = {}
-    for start in range(0, len(old_prompts), LOOKUP_CHUNK):
-        chunk = old_prompts[start:start + LOOKUP_CHUNK]
-        stmt = select(Response.prompt_id, Response.content_hash, Response.id).where(
-            Response.model_version == version, Response.prompt_id.in_(chunk))
-        responses.update({(r.prompt_id, r.content_hash): r.id for r in s.execute(stmt)})
-    next_response, next_pair, next_judgment = _next_ids(s, Response, Pair, Judgment)
+    responses = _stored_responses(s, version, list({prompt_ids[p.prompt_hash] for p in new} - new_prompts))
     annotator = get_or_create_annotator(s, f"import:{source}").id if any(p.record.labeled for p in new) else None
     response_rows, pair_rows, judgment_rows = [], [], []
     for p in new:

@@ -177,6 +177,11 @@ def test_add_prompts_and_builtin_prompts_once(workspace):
         assert s.get(Meta, "builtin_prompts").value == str(len(builtin))
 
 
+def test_pair_hash_is_the_canonical_json_hash_either_way_round():
+    p, a, b = content_hash("prompt"), content_hash("a"), content_hash("b")
+    assert pair_hash(p, a, b) == pair_hash(p, b, a) == content_hash([p, min(a, b), max(a, b)])
+
+
 def test_add_generated_pair(workspace):
     store.add_prompts(["Name a fruit."], "mine")
     with db.session() as s:
@@ -254,3 +259,19 @@ def test_shared_data_integration(workspace, shared_data):
     assert store.import_file(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz")["imported"] == 0
     assert store.import_file(shared_data / "oasst-en-trees-70.jsonl")["imported"] == 0
     assert counts() == before
+
+
+def test_new_pair_reuses_stored_prompt_and_response(workspace, tmp_path):
+    first = tmp_path / "first.jsonl"
+    first.write_text(json.dumps({"prompt": "Pick a colour.", "chosen": "Blue.", "rejected": "Grey."}) + "\n")
+    second = tmp_path / "second.jsonl"
+    second.write_text(json.dumps({"prompt": "Pick a colour.", "chosen": "Blue.", "rejected": "Mauve."}) + "\n"
+                      + json.dumps({"prompt": "Pick a number.", "chosen": "Seven.", "rejected": "Blue."}) + "\n")
+    store.import_file(first, source="colours")
+    assert store.import_file(second, source="colours")["imported"] == 2
+    assert counts() == {"prompts": 2, "responses": 5, "pairs": 3, "judgments": 3, "annotators": 1}
+    with db.session() as s:
+        pairs = s.scalars(select(Pair).order_by(Pair.id)).all()
+        assert pairs[1].response_a_id == pairs[0].response_a_id  # the stored "Blue." for that prompt
+        assert pairs[2].prompt_id != pairs[0].prompt_id and pairs[2].response_b.text == "Blue."
+        assert [p.judgment_count for p in pairs] == [1, 1, 1]
