@@ -81,6 +81,8 @@ def test_import_of_a_good_file_stores_its_pairs(workspace, generator):  # noqa: 
     assert not at.error, [e.value for e in at.error]
     assert any("imported 2" in s.value for s in at.success)
     assert counts() == (2, 2, 2)
+    assert queue.pairs_waiting() == 0  # imported labels count as judgments: nothing waits in the queue
+    assert queue.pairs_waiting(overlap=2) == 2
 
 
 def test_import_of_a_bad_file_shows_one_sentence_and_stores_nothing(workspace, generator):  # noqa: F811
