@@ -275,3 +275,11 @@ def test_new_pair_reuses_stored_prompt_and_response(workspace, tmp_path):
         assert pairs[1].response_a_id == pairs[0].response_a_id  # the stored "Blue." for that prompt
         assert pairs[2].prompt_id != pairs[0].prompt_id and pairs[2].response_b.text == "Blue."
         assert [p.judgment_count for p in pairs] == [1, 1, 1]
+
+
+def test_hub_name_offline_is_a_clear_error(workspace, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(InputError, match="cannot load it as a datasets folder or hub dataset"):
+        store.import_file("someone/no-such-preference-set")
+    assert counts()["prompts"] == 0
