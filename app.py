@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeling import queue
+from labeling import access, queue, store
 
 ROOT = Path(__file__).resolve().parent
 # Pages other rounds add (train, evaluate, compare) appear once their file exists; no placeholders.
@@ -23,8 +23,38 @@ PAGE_FILES = [
 ]
 
 
+@st.cache_resource
+def load_builtin_prompts() -> int:
+    """Once per server: the built-in prompts, so a new workspace has something to generate for."""
+    return store.ensure_builtin_prompts()
+
+
+def sign_in() -> None:
+    """The sign-in form, shown instead of every page while sign-in is on and nobody is signed in."""
+    st.title("prefloop")
+    with st.form("sign-in"):
+        name = st.text_input("Name", key="sign-in-name")
+        password = st.text_input("Password", type="password", key="sign-in-password")
+        if st.form_submit_button("Sign in", type="primary"):
+            try:
+                user = access.sign_in(name, password)
+            except access.AccessError as error:
+                st.error(str(error))
+                return
+            if user is None:
+                st.error("Wrong name or password.")
+                return
+            st.session_state["user"], st.session_state["annotator"] = user, user.name
+            st.query_params["annotator"] = user.name
+            st.rerun()
+
+
 def current_annotator() -> str | None:
-    """The annotator of this browser tab: session first, then the URL; the two kept in step."""
+    """The annotator of this browser tab: session first, then the URL; the two kept in step.
+    With sign-in on, only the signed-in name counts."""
+    if access.enabled():
+        user = st.session_state.get("user")
+        return user.name if user else None
     name = st.session_state.get("annotator") or st.query_params.get("annotator")
     if name:
         try:
@@ -60,7 +90,8 @@ def sidebar(name: str | None) -> None:
     with st.sidebar:
         if name:
             st.markdown(f"Labeling as **{name}**")
-            if st.button("Switch annotator", key="switch-annotator"):
+            if st.button("Sign out" if access.enabled() else "Switch annotator", key="switch-annotator"):
+                st.session_state.pop("user", None)
                 st.session_state.pop("annotator", None)
                 st.query_params.pop("annotator", None)
                 st.rerun()
@@ -103,6 +134,10 @@ def generate_form() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="prefloop", page_icon=":material/thumbs_up_down:", layout="wide")
+    load_builtin_prompts()
+    if access.enabled() and "user" not in st.session_state:
+        st.navigation([st.Page(sign_in, title="Sign in", default=True)], position="hidden").run()
+        return
     name = current_annotator()
     pages = [st.Page(home, title="Home", icon=":material/home:", default=True)]
     pages += [st.Page(ROOT / path, title=title, icon=icon) for path, title, icon in PAGE_FILES if (ROOT / path).exists()]

@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from labeling import stats
+from pages.widgets import is_admin
 
 TABLE_ROWS = 2_000  # rows drawn in the table; statistics always use every judgment
 EXPORT_FORMATS = {"JSONL": ("jsonl", "application/jsonl"), "Parquet": ("parquet", "application/octet-stream")}
@@ -16,7 +17,9 @@ def render_table() -> None:
     values = stats.filter_values()
     cols = st.columns(3)
     source = cols[0].selectbox("Source", ["All", *values["source"]])
-    annotator = cols[1].selectbox("Annotator", ["All", *values["annotator"]])
+    # an annotator sees only their own judgments, so nobody is swayed by others' before judging a pair
+    mine = [] if is_admin() else [st.session_state.get("annotator", "")]
+    annotator = cols[1].selectbox("Annotator", mine or ["All", *values["annotator"]])
     outcome = cols[2].selectbox("Outcome", ["All", *stats.VERDICTS, "skip"])
     chosen = {k: (None if v == "All" else v) for k, v in (("source", source), ("annotator", annotator),
                                                           ("outcome", outcome))}
@@ -98,9 +101,12 @@ def render_stats() -> None:
 
 def main() -> None:
     st.title("Data")
-    table, load, statistics = st.tabs(["Pairs and judgments", "Import / export", "Statistics"])
+    names = ["Pairs and judgments", "Import / export", "Statistics"] if is_admin() else ["My judgments"]
+    table, load, statistics = (*st.tabs(names), None, None)[:3]
     with table:
         render_table()
+    if not is_admin():
+        return
     with load:
         render_import()
         st.divider()

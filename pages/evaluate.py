@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.widgets import config_form, job_panel, start
+from pages.widgets import admin_only, config_form, job_panel, start
 from training import points
 from training.evaluate_config import EvaluateConfig
 from training.sweep import SweepConfig
@@ -79,9 +79,10 @@ def main() -> None:
             start("evaluate", config.__dict__)
     with sweep:
         st.subheader("β sweep")
-        config = config_form(SweepConfig, "sweep-form", "Run sweep")
-        if config is not None:
-            start("sweep", config.__dict__)
+        if admin_only("run a β sweep (it trains one version per β)"):
+            config = config_form(SweepConfig, "sweep-form", "Run sweep")
+            if config is not None:
+                start("sweep", config.__dict__)
     for kind in ("evaluate", "sweep"):
         if job_id := st.session_state.get(f"job-{kind}"):
             job_panel(job_id, curves=("reward", "kl", "loss"))

@@ -14,16 +14,9 @@ import time
 import streamlit as st
 
 from labeling import queue
+from pages.widgets import VOTE_BUTTONS, VOTE_KEYS_CAPTION, render_conversation, render_sides, vote_buttons
 
-# (label, what it means on screen, keyboard shortcut)
-BUTTONS = [
-    ("A is better", "left", "1"),
-    ("B is better", "right", "2"),
-    ("Tie", "tie", "3"),
-    ("Both bad", "both_bad", "4"),
-    ("Skip", "skip", "5"),
-]
-LABELS = {choice: label for label, choice, _ in BUTTONS}
+LABELS = {choice: label for label, choice, _ in VOTE_BUTTONS}
 UNDO_SHORTCUT = "U"
 LOW_WATER = 20  # ask for generation when fewer pairs than this wait
 GENERATION_CHECK_SECONDS = 30.0
@@ -67,30 +60,13 @@ def undo(name: str) -> None:
     st.session_state["last_message"] = "Undone; the pair is back." if pair_id else "Nothing to undo."
 
 
-def render_conversation(messages: list[dict[str, str]]) -> None:
-    # st.markdown escapes raw HTML (unsafe_allow_html stays False): markdown and code blocks render,
-    # <script> or onerror= never run.
-    for message in messages:
-        with st.chat_message(message["role"]):
-            st.markdown(message["content"])
-
-
 def render_pair(name: str, view: queue.PairView) -> None:
     render_conversation(view.messages)
-    left, right = st.columns(2)
-    for column, side, text in ((left, "A", view.left_text), (right, "B", view.right_text)):
-        with column:
-            st.markdown(f"#### Response {side}")
-            st.container(border=True).markdown(text)
+    render_sides(view.left_text, view.right_text)
     st.text_input("Comment (optional)", key=f"comment-{view.pair_id}")
-    buttons = st.columns(len(BUTTONS) + 1)
-    for column, (label, choice, key) in zip(buttons, BUTTONS):
-        column.button(label, key=f"{choice}-{view.pair_id}", shortcut=key, on_click=submit,
-                      args=(name, view, choice), type="primary" if choice in ("left", "right") else "secondary",
-                      width="stretch")
+    buttons = vote_buttons(str(view.pair_id), submit, (name, view))
     buttons[-1].button("Undo last", key="undo", shortcut=UNDO_SHORTCUT, on_click=undo, args=(name,), width="stretch")
-    st.caption("Keys: **1** A is better · **2** B is better · **3** Tie · **4** Both bad · **5** Skip · "
-               "**U** Undo last")
+    st.caption(f"{VOTE_KEYS_CAPTION} · **U** Undo last")
 
 
 def keep_pairs_coming(waiting: int) -> None:

@@ -12,7 +12,7 @@ import importlib
 import pandas as pd
 import streamlit as st
 
-from pages.widgets import config_form, job_panel, start
+from pages.widgets import admin_only, config_form, job_panel, start
 from training import jobs, rounds, versions
 
 ROUNDS = {  # label -> (job kind, config module, config class, curves to draw)
@@ -55,6 +55,8 @@ def round_section() -> None:
     reason = not_ready(kind)
     if reason:
         st.warning(reason)
+    if not admin_only("start training rounds"):
+        return
     limits = quick_limits(kind)
     config = config_form(config_class, key=f"form-{kind}", submit_label="Train")
     if config is not None:
@@ -88,7 +90,7 @@ def versions_section() -> None:
         return
     st.dataframe(frame, hide_index=True)
     policies = list(frame[frame.kind == "policy"].version)
-    if not policies:
+    if not policies or not admin_only("change the current version or export models"):
         return
     cols = st.columns(2)
     with cols[0].form("make-current"):

@@ -6,8 +6,23 @@ from typing import Any
 
 import streamlit as st
 
+from labeling import access
 from training import jobs
 from training.cli import ConfigError, config_from_dict, form_fields
+
+
+def is_admin() -> bool:
+    """Admins start training and change the current version; without sign-in everyone is one."""
+    user = st.session_state.get("user")
+    return not access.enabled() or bool(user and user.is_admin)
+
+
+def admin_only(what: str) -> bool:
+    """True for admins; otherwise a note saying `what` needs an admin."""
+    if is_admin():
+        return True
+    st.info(f"Only admins can {what}; you are signed in as an annotator.")
+    return False
 
 
 def config_form(config_class: type, key: str, submit_label: str, hidden: tuple[str, ...] = ()) -> Any | None:
