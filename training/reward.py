@@ -85,13 +85,14 @@ def load_backbone(config: RewardRoundConfig):
 
 def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
     """Token ids of prompt + response. Chat models read it through their chat template, keeping the
-    last `max_length` tokens; encoders read (prompt text, response) with the prompt cut first."""
+    last `max_length` tokens; encoders read (prompt text, response) as a text pair, the longer of
+    the two cut first (a long response alone may exceed `max_length`)."""
     if tokenizer.chat_template:
         ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
                                             tokenize=True, return_dict=False)
         return ids[-max_length:]
     prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-    return tokenizer(prompt_text, response, truncation="only_first", max_length=max_length)["input_ids"]
+    return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
 
 
 def to_dataset(rows: list[dict], tokenizer, max_length: int):
