@@ -7,7 +7,7 @@ in-file duplicate pairs are dropped and counted.
 
 `import_file` returns
     {"imported": n,        # new pairs (or new prompts, for a prompts-only file)
-     "duplicates": d,      # already in the workspace, left alone
+     "duplicates": d,      # already in the workspace (same content hash): left alone, labels too
      "dropped": {"empty": x, "identical": y, "duplicate_in_file": z},
      "format": fmt, "source": source}
 
