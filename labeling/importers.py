@@ -32,6 +32,9 @@ FORMATS = ("auto", "pairs", "unlabeled", "prompts", "hh", "oasst")
 MESSAGES_HELP = "a string or a list of {role, content} messages"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
+# NUL cannot be stored in a PostgreSQL text column, and a lone surrogate (a "\ud800" JSON escape)
+# cannot be encoded as UTF-8 by any driver: both are refused up front, with the line and field.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class InputError(ValueError):
@@ -366,8 +369,24 @@ def detect(first: dict[str, Any], path: Path) -> str:
 
 
 def _text_prompts(path: Path) -> Iterator[Record]:
-    for line in _read_text(path).splitlines():
-        yield PromptRecord([{"role": "user", "content": line.strip()}])
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        record = PromptRecord([{"role": "user", "content": line.strip()}])
+        _check_storable(record, path, f"line {n}")
+        yield record
+
+
+def _check_storable(record: Record, path: Path, where: str) -> None:
+    """InputError when a text holds a character no database column can store (NUL, lone surrogate)."""
+    texts = [("prompt", m["content"]) for m in record.prompt]
+    if isinstance(record, PairRecord):
+        names = ("chosen", "rejected") if record.labeled else ("response_a", "response_b")
+        texts += [(names[0], record.response_a), (names[1], record.response_b)]
+    for field, value in texts:
+        found = _UNSTORABLE.search(value)
+        if found:
+            what = "a NUL character" if found.group() == "\x00" else "a lone UTF-16 surrogate"
+            raise InputError(f"{path}, {where}, field '{field}': the text holds {what} at position "
+                             f"{found.start()}, which cannot be stored; remove it from the file.")
 
 
 def read(path: str | Path, fmt: str = "auto") -> tuple[str, list[Record]]:
@@ -385,7 +404,9 @@ def read(path: str | Path, fmt: str = "auto") -> tuple[str, list[Record]]:
         if convert is None:
             fmt = detect(row, path)
             convert = CONVERTERS[fmt]
-        records.extend(convert(row, path, where))
+        for record in convert(row, path, where):
+            _check_storable(record, path, where)
+            records.append(record)
     if convert is None:
         raise InputError(f"{path}: the file holds no records; give a file with at least one row.")
     return fmt, records

@@ -35,3 +35,34 @@ def shared_data():
 def model_cache_home(tmp_path_factory):
     """A workspace kept for the whole session, so the SmolLM2 conversion runs at most once."""
     return Path(os.environ.get("PREFLOOP_TEST_MODEL_HOME", tmp_path_factory.mktemp("model-home")))
+
+
+@pytest.fixture
+def postgres_url(monkeypatch):
+    """A fresh, empty PostgreSQL database on the server named by PREFLOOP_TEST_PG (a SQLAlchemy URL,
+    set by .ci/run), dropped after the test; skips when unset unless PREFLOOP_REQUIRE_POSTGRES=1."""
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text
+
+    base = os.environ.get("PREFLOOP_TEST_PG")
+    if not base:
+        if os.environ.get("PREFLOOP_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PREFLOOP_TEST_PG is not set but PREFLOOP_REQUIRE_POSTGRES=1; start a server (.ci/postgres start).")
+        pytest.skip("PREFLOOP_TEST_PG is not set; .ci/postgres start prints a server URL to set it to")
+    name = f"prefloop_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    monkeypatch.setenv("PREFLOOP_DB", url)
+    yield url
+    with admin.connect() as conn:  # FORCE ends the connections a cached engine still holds
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_workspace(workspace, postgres_url):
+    """A workspace folder (versions, jobs) whose database is a fresh PostgreSQL database."""
+    return workspace

@@ -1,0 +1,85 @@
+"""The storage tests again, on a real PostgreSQL server: import idempotency and all-or-nothing
+imports, export, the queue and the triggers that keep `Pair.judgment_count`, versions, plus what
+only PostgreSQL can get wrong (id sequences after bulk imports with given ids, text that
+PostgreSQL refuses to store).
+
+Each test gets a fresh database on the server named by PREFLOOP_TEST_PG (tests/conftest.py
+`postgres_url`); without it they skip, and CI (.ci/run) starts a server so they run there.
+The shared tests are imported from their own modules and run here with `workspace` overridden.
+"""
+import json
+
+import pytest
+from sqlalchemy import func, select, text
+
+from labeling import db, queue, store
+from labeling.importers import InputError
+from labeling.models import Judgment, Pair, Prompt, Response
+from tests.conftest import FIXTURES
+from tests.test_export import (  # noqa: F401  (fixtures and tests collected again in this module)
+    judged, test_both_bad_is_left_out, test_export_errors,
+    test_kinds_filter_arena_pairs, test_preference_rows_majority_and_exclusions)
+from tests.test_import import (  # noqa: F401
+    counts, test_add_generated_pair, test_add_prompts_and_builtin_prompts_once, test_bad_input_names_the_problem_and_writes_nothing,
+    test_conversational_explicit_and_implicit_prompt, test_csv_with_quotes_newlines_and_message_cells,
+    test_error_on_a_late_line_rolls_back_everything, test_labeled_jsonl_drops_and_counts,
+    test_new_pair_reuses_stored_prompt_and_response, test_non_utf8_and_truncated_gzip, test_oasst_tree_ranked_siblings,
+    test_prompts_only, test_reimport_adds_nothing, test_unlabeled_pairs_wait_for_labels)
+from tests.test_queue import (  # noqa: F401
+    seed_pairs, test_arena_pairs_are_not_in_the_label_queue, test_bad_input_raises_one_sentence_and_stores_nothing,
+    test_judgment_count_follows_inserts_updates_and_deletes, test_oldest_first_and_not_twice_for_the_same_annotator,
+    test_overlap_k_lets_k_annotators_judge_a_pair_and_no_more, test_progress_counts_today_total_and_waiting,
+    test_skip_hides_the_pair_from_me_but_not_from_others, test_submit_twice_updates_one_row,
+    test_undo_last_removes_only_my_latest_judgment, test_workspace_summary)
+from tests.test_versions import (  # noqa: F401
+    test_create_version_renames_complete_folder_and_records_lineage, test_failed_write_leaves_no_folder_and_no_row)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, postgres_url):
+    """Overrides conftest's `workspace` for this module: files in tmp_path, rows in PostgreSQL."""
+    home = tmp_path / "workspace"
+    monkeypatch.setenv("PREFLOOP_HOME", str(home))
+    return home
+
+
+def test_the_database_really_is_postgresql(workspace):
+    assert db.engine().dialect.name == "postgresql"
+    with db.session() as s:
+        assert s.scalar(text("SELECT count(*) FROM pg_trigger WHERE tgname = 'judgments_count'")) == 1
+
+
+def test_orm_inserts_after_a_bulk_import_get_fresh_ids(workspace):
+    """The import gives ids itself; the sequences must be moved past them, or the next app insert collides."""
+    store.import_file(FIXTURES / "pairs.jsonl")
+    with db.session() as s:
+        before = s.scalar(select(func.max(Judgment.id)))
+    pair_id = seed_pairs(1)[0]  # ORM inserts of a prompt, two responses and a pair
+    judgment_id = queue.submit_judgment("ana", pair_id, "a", "a")
+    assert judgment_id == before + 1
+    store.import_file(FIXTURES / "unlabeled.jsonl")  # and an import after ORM inserts continues after them
+    with db.session() as s:
+        assert s.scalar(select(func.count(Pair.id))) == s.scalar(select(func.count(func.distinct(Pair.id))))
+        assert s.get(Pair, pair_id).judgment_count == 1
+
+
+def test_nul_characters_are_refused_with_one_sentence_and_nothing_written(workspace, tmp_path):
+    """PostgreSQL text cannot hold U+0000; the importer must say so instead of failing in the driver."""
+    store.import_file(FIXTURES / "pairs.jsonl")
+    before = counts()
+    path = tmp_path / "nul.jsonl"
+    rows = [{"prompt": "fine", "chosen": "good", "rejected": "bad"},
+            {"prompt": "hi", "chosen": "a\u0000b", "rejected": "c"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match=r"line 2, field 'chosen'.*NUL"):
+        store.import_file(path)
+    assert counts() == before
+
+
+def test_judgment_count_is_right_after_an_import_with_labels(workspace):
+    summary = store.import_file(FIXTURES / "pairs.jsonl")
+    with db.session() as s:
+        stored = s.execute(select(Pair.id, Pair.judgment_count)).all()
+        per_pair = dict(s.execute(select(Judgment.pair_id, func.count()).group_by(Judgment.pair_id)).all())
+        assert s.scalar(select(func.count(Prompt.id))) >= 1 and s.scalar(select(func.count(Response.id))) >= 2
+    assert len(stored) == summary["imported"] and all(count == per_pair.get(pid, 0) for pid, count in stored)
