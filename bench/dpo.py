@@ -132,7 +132,8 @@ def main() -> None:
     for arm in ("prefloop", "baseline"):
         cmd = [sys.executable, __file__, "--arm", arm, "--pairs", str(args.pairs), "--heldout", str(args.heldout),
                "--home", str(home)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,  # stderr: the arm's log, as is
+                             env=dict(os.environ, TQDM_DISABLE="1"))
         results[arm] = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(results[arm]), flush=True)
     ours, base = results["prefloop"], results["baseline"]
