@@ -134,6 +134,7 @@ def generate_form() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="prefloop", page_icon=":material/thumbs_up_down:", layout="wide")
+    st.session_state["prefloop-routed"] = True  # pages check it (pages/widgets.require_router)
     load_builtin_prompts()
     if access.enabled() and "user" not in st.session_state:
         st.navigation([st.Page(sign_in, title="Sign in", default=True)], position="hidden").run()

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from labeling import arena, queue
-from pages.widgets import VOTE_KEYS_CAPTION, config_form, job_panel, render_conversation, render_sides, start, vote_buttons
+from pages.widgets import VOTE_KEYS_CAPTION, config_form, job_panel, render_conversation, render_sides, require_router, start, vote_buttons
 from training import versions
 from training.arena import ArenaConfig
 
@@ -98,4 +98,5 @@ def main() -> None:
     ratings()
 
 
+require_router()
 main()

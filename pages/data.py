@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from labeling import stats
-from pages.widgets import is_admin
+from pages.widgets import is_admin, require_router
 
 TABLE_ROWS = 2_000  # rows drawn in the table; statistics always use every judgment
 EXPORT_FORMATS = {"JSONL": ("jsonl", "application/jsonl"), "Parquet": ("parquet", "application/octet-stream")}
@@ -115,4 +115,5 @@ def main() -> None:
         render_stats()
 
 
+require_router()
 main()

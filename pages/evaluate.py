@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.widgets import admin_only, config_form, job_panel, start
+from pages.widgets import admin_only, config_form, job_panel, require_router, start
 from training import points
 from training.evaluate_config import EvaluateConfig
 from training.sweep import SweepConfig
@@ -90,4 +90,5 @@ def main() -> None:
     show_curves()
 
 
+require_router()
 main()

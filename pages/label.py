@@ -14,7 +14,7 @@ import time
 import streamlit as st
 
 from labeling import queue
-from pages.widgets import VOTE_BUTTONS, VOTE_KEYS_CAPTION, render_conversation, render_sides, vote_buttons
+from pages.widgets import VOTE_BUTTONS, VOTE_KEYS_CAPTION, render_conversation, render_sides, require_router, vote_buttons
 
 LABELS = {choice: label for label, choice, _ in VOTE_BUTTONS}
 UNDO_SHORTCUT = "U"
@@ -141,4 +141,5 @@ def main() -> None:
     render_guidelines()
 
 
+require_router()
 main()

@@ -12,7 +12,7 @@ import importlib
 import pandas as pd
 import streamlit as st
 
-from pages.widgets import admin_only, config_form, job_panel, start
+from pages.widgets import admin_only, config_form, job_panel, require_router, start
 from training import jobs, rounds, versions
 
 ROUNDS = {  # label -> (job kind, config module, config class, curves to draw)
@@ -118,6 +118,7 @@ def export(version_id: str, folder: str) -> None:
         st.success(f"Exported {version_id} to {path}: AutoModelForCausalLM.from_pretrained loads it.")
 
 
+require_router()
 st.title("Train")
 st.caption("Labeled pairs → a reward model, DPO and PPO rounds, each a new model version.")
 round_section()

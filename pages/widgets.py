@@ -11,6 +11,21 @@ from training import jobs
 from training.cli import ConfigError, config_from_dict, form_fields
 
 
+ROUTED = "prefloop-routed"
+
+
+def require_router() -> None:
+    """Send a page that runs without app.py's router to the router first.
+
+    Until app.py has called st.navigation once, a Streamlit server treats `pages/` as an old-style
+    pages folder, so the very first request for /data or /train after a start would run that page
+    alone: no sign-in, no annotator. app.py marks every run it routes; an unmarked page run goes
+    to app.py, which signs in and routes as usual.
+    """
+    if not st.session_state.get(ROUTED):
+        st.switch_page("app.py")
+
+
 def is_admin() -> bool:
     """Admins start training and change the current version; without sign-in everyone is one."""
     user = st.session_state.get("user")
