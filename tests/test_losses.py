@@ -94,7 +94,8 @@ def test_dpo_loss_matches_trl(loss_type):
     losses, chosen, rejected = dpo_loss(*logps, beta=beta, loss_type=loss_type)
     assert close(losses.mean(), trl_loss, 1e-5)
     if loss_type != "ipo":
-        assert close(chosen.mean(), metrics["rewards/chosen"][0]) and close(rejected.mean(), metrics["rewards/rejected"][0])
+        assert close(chosen.mean(), metrics["rewards/chosen"][0])
+        assert close(rejected.mean(), metrics["rewards/rejected"][0])
 
 
 def test_token_logprobs_matches_trl_selective_log_softmax():

@@ -120,7 +120,8 @@ def test_value_head_learns_the_return_of_each_prompt(tiny_folder):
     def by_prompt(prompts, texts):
         return torch.tensor([1.0 if "France" in p[0]["content"] else -1.0 for p in prompts])
 
-    history = train_ppo(model, tok, PROMPTS[:2], by_prompt, config(beta=0.0, steps=15, max_new_tokens=8, vf_coef=1.0))["history"]
+    cfg = config(beta=0.0, steps=15, max_new_tokens=8, vf_coef=1.0)
+    history = train_ppo(model, tok, PROMPTS[:2], by_prompt, cfg)["history"]
     # measured (seeds 0–2): 0.32 at the first step → 0.006–0.02 by the last
     assert history[0]["value_loss"] > 0.2
     assert mean(history, "value_loss", slice(-3, None)) < 0.25 * history[0]["value_loss"]

@@ -8,32 +8,43 @@ from dataclasses import dataclass, field
 class PPOConfig:
     """Defaults suit SmolLM2-135M on a CPU: short responses, small batches, a LoRA adapter."""
 
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA adapter and value head."})
-    steps: int = field(default=20, metadata={"help": "Number of PPO iterations (each: one rollout batch, then several epochs on it)."})
+    learning_rate: float = field(default=1e-4, metadata={
+        "help": "AdamW learning rate of the LoRA adapter and value head."})
+    steps: int = field(default=20, metadata={
+        "help": "Number of PPO iterations (each: one rollout batch, then several epochs on it)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per rollout batch."})
     mini_batch_size: int = field(default=4, metadata={"help": "Sequences per gradient step within a batch."})
     ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
     max_new_tokens: int = field(default=48, metadata={"help": "Longest response sampled in a rollout, in tokens."})
-    max_prompt_tokens: int = field(default=256, metadata={"help": "Prompts longer than this keep only their last tokens."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts (log-probs use the same one)."})
-    beta: float = field(default=0.05, metadata={"help": "KL coefficient β: per-token penalty β·(log π − log π_ref) against the starting policy."})
+    max_prompt_tokens: int = field(default=256, metadata={
+        "help": "Prompts longer than this keep only their last tokens."})
+    temperature: float = field(default=1.0, metadata={
+        "help": "Sampling temperature of the rollouts (log-probs use the same one)."})
+    beta: float = field(default=0.05, metadata={
+        "help": "KL coefficient β: per-token penalty β·(log π − log π_ref) against the starting policy."})
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt β towards kl_target (Ziegler et al. 2019)."})
-    kl_target: float = field(default=6.0, metadata={"help": "KL per response the adaptive controller aims for, in nats."})
+    kl_target: float = field(default=6.0, metadata={
+        "help": "KL per response the adaptive controller aims for, in nats."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller, in samples."})
     gamma: float = field(default=1.0, metadata={"help": "Discount γ of GAE."})
     lam: float = field(default=0.95, metadata={"help": "λ of GAE: bias/variance trade-off of the advantages."})
     clip_eps: float = field(default=0.2, metadata={"help": "Clip range ε of the policy ratio π/π_old."})
     clip_value: float = field(default=0.2, metadata={"help": "Clip range of the value head's change per batch."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
-    normalize_scores: bool = field(default=True, metadata={"help": "Normalise reward-model scores by their running mean and std."})
+    normalize_scores: bool = field(default=True, metadata={
+        "help": "Normalise reward-model scores by their running mean and std."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient norm clip."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the new adapter."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many training prompts (all if empty)."})
-    seed: int = field(default=0, metadata={"help": "Random seed of prompt order, sampling and the adapter's initialisation."})
-    max_steps: int | None = field(default=None, metadata={"help": "Cap on steps, for quick runs (overrides steps when smaller)."})
+    max_prompts: int | None = field(default=None, metadata={
+        "help": "Use at most this many training prompts (all if empty)."})
+    seed: int = field(default=0, metadata={
+        "help": "Random seed of prompt order, sampling and the adapter's initialisation."})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "Cap on steps, for quick runs (overrides steps when smaller)."})
     make_current: bool = field(default=True, metadata={"help": "Make the trained policy the one generation uses."})
-    reward_version: str | None = field(default=None, metadata={"help": "Reward model version to score with (the latest if empty)."})
+    reward_version: str | None = field(default=None, metadata={
+        "help": "Reward model version to score with (the latest if empty)."})
 
     @property
     def total_steps(self) -> int:
