@@ -2,6 +2,7 @@
 
     python -m labeling import PATH [--format auto|pairs|unlabeled|prompts|hh|oasst] [--source NAME]
     python -m labeling export PATH [--format jsonl|parquet|hf]
+    python -m labeling add-user NAME [--role annotator|admin] [--users FILE]   (password on stdin)
 
 The last line printed is a JSON summary. Bad input exits with code 2 and one sentence on stderr,
 and nothing is written.
@@ -9,9 +10,13 @@ and nothing is written.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import sys
+from pathlib import Path
 
+from labeling import access
 from labeling.export import EXPORT_FORMATS, ExportError, export
 from labeling.importers import FORMATS, InputError
 from labeling.store import import_file
@@ -29,18 +34,33 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("path", help="output file (jsonl, parquet) or folder (hf)")
     exp.add_argument("--format", default="jsonl", metavar="|".join(EXPORT_FORMATS),
                      help="hf writes a folder that datasets.load_from_disk reads")
+    user = commands.add_parser("add-user", help="add or replace a user of the sign-in (password read from stdin)")
+    user.add_argument("name")
+    user.add_argument("--role", default="annotator", choices=access.ROLES)
+    user.add_argument("--users", default=None, help="users file (default: $PREFLOOP_USERS)")
     return p
+
+
+def add_user(args) -> dict:
+    path = args.users or os.environ.get("PREFLOOP_USERS")
+    if not path:
+        raise access.AccessError("Name the users file with --users FILE or PREFLOOP_USERS.")
+    password = getpass.getpass(f"Password for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    access.add_user(Path(path), args.name, password, args.role)
+    return {"user": args.name, "role": args.role, "users": str(path)}
 
 
 def main(argv: list[str] | None = None) -> int:
     # Formats are checked by import_file / export, so a wrong one gets the same one-sentence error.
     args = parser().parse_args(argv)
     try:
-        if args.command == "import":
+        if args.command == "add-user":
+            summary = add_user(args)
+        elif args.command == "import":
             summary = import_file(args.path, fmt=args.format, source=args.source)
         else:
             summary = export(args.path, fmt=args.format)
-    except (InputError, ExportError) as e:
+    except (InputError, ExportError, access.AccessError) as e:
         print(str(e), file=sys.stderr)
         return 2
     print(json.dumps(summary))

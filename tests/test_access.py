@@ -52,3 +52,18 @@ def test_bad_users_file_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFLOOP_USERS", str(path))
     with pytest.raises(access.AccessError, match="user 'ana' needs a 'password' hash and a 'role'"):
         access.sign_in("ana", "x")
+
+
+def test_add_user_cli_reads_the_password_from_stdin(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "users.yaml"
+    done = subprocess.run([sys.executable, "-m", "labeling", "add-user", "ana", "--role", "admin", "--users", str(path)],
+                          input="pw-ana\n", capture_output=True, text=True, cwd=access.Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert access.read_users(path)["ana"]["role"] == "admin"
+    assert access.check_password("pw-ana", access.read_users(path)["ana"]["password"])
+    bad = subprocess.run([sys.executable, "-m", "labeling", "add-user", "bo"], input="x\n", capture_output=True,
+                         text=True, cwd=access.Path(__file__).parent.parent, env={"PATH": "/usr/bin"})
+    assert bad.returncode == 2 and "Name the users file" in bad.stderr
