@@ -22,6 +22,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -93,11 +94,15 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
                 except json.JSONDecodeError as e:
                     raise InputError(f"{path}, line {n}: malformed JSON ({e.msg} at column {e.colno}); "
                                      f"each line must hold one JSON object.") from None
+                except (RecursionError, ValueError) as e:  # nesting deeper than Python's stack, 5000-digit numbers
+                    reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+                    raise InputError(f"{path}, line {n}: the JSON cannot be read ({reason}); each line must "
+                                     f"hold one JSON object of ordinary depth and numbers.") from None
                 if not isinstance(obj, dict):
                     raise InputError(f"{path}, line {n}: expected a JSON object with named fields, "
                                      f"got a {type(obj).__name__}.")
                 yield f"line {n}", obj
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise InputError(f"{path}, line {n + 1}: cannot read the file ({e}); check that it is not "
                              f"truncated or corrupt.") from None
 
@@ -106,7 +111,7 @@ def _read_text(path: Path) -> str:
     with _open_bytes(path) as f:
         try:
             raw = f.read()
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise InputError(f"{path}: cannot read the file ({e}); check that it is not corrupt.") from None
     try:
         return raw.decode("utf-8-sig")
@@ -117,6 +122,7 @@ def _read_text(path: Path) -> str:
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # 128 KB by default: a long response is fine
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     try:
         for row in reader:
@@ -131,7 +137,7 @@ def _maybe_messages(cell: str | None) -> Any:
     if cell and cell.startswith("[{") and cell.rstrip().endswith("}]"):
         try:
             value = json.loads(cell)
-        except json.JSONDecodeError:
+        except (RecursionError, ValueError):  # not JSON after all (or absurdly nested): keep the text
             return cell
         if all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
             return value
@@ -222,11 +228,18 @@ def _describe(value: Any) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
+def _field_names(keys) -> str:
+    """A record's field names for a message: at most 10, each shortened, on one line."""
+    names = [repr(k)[1:-1] for k in sorted(map(str, keys))]
+    shown = [n if len(n) <= 40 else n[:37] + "..." for n in names[:10]]
+    return ", ".join(shown) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
+
+
 def _require(row: dict[str, Any], fields: tuple[str, ...], path: Path, where: str, fmt: str) -> None:
     for field in fields:
         if field not in row:
             raise InputError(f"{path}, {where}: missing field '{field}'; the {fmt} format needs "
-                             f"{', '.join(fields)} (found {', '.join(sorted(map(str, row))) or 'none'}).")
+                             f"{', '.join(fields)} (found {_field_names(row)}).")
 
 
 def split_conversations(chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> tuple[list, str, str]:
@@ -329,7 +342,11 @@ def _oasst(row: dict[str, Any], path: Path, where: str) -> Iterator[Record]:
         node, history = stack.pop()
         role = "user" if node.get("role") == "prompter" else "assistant"
         conversation = history + [{"role": role, "content": str(node.get("text") or "")}]
-        replies = [r for r in node.get("replies") or [] if isinstance(r, dict) and not r.get("deleted")]
+        replies = node.get("replies") or []
+        if not isinstance(replies, list):
+            raise InputError(f"{path}, {where}, field 'replies': expected a list of reply messages, "
+                             f"got {_describe(replies)}.")
+        replies = [r for r in replies if isinstance(r, dict) and not r.get("deleted")]
         if role == "user":
             yield from _ranked_pairs(conversation, replies)
         stack.extend((r, conversation) for r in reversed(replies))
@@ -364,7 +381,7 @@ def detect(first: dict[str, Any], path: Path) -> str:
     if "prompt" in keys:
         return "prompts"
     raise InputError(f"{path}: cannot tell the format from the first record's fields "
-                     f"({', '.join(sorted(map(str, keys))) or 'none'}); expected prompt/chosen/rejected, "
+                     f"({_field_names(keys)}); expected prompt/chosen/rejected, "
                      f"prompt/response_a/response_b or prompt, or pass --format.")
 
 
