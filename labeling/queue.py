@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ def check_annotator_name(name: str) -> str:
         raise QueueError("The annotator name is empty; type a name such as 'ana'.")
     if len(clean) > MAX_NAME_LENGTH:
         raise QueueError(f"The annotator name has {len(clean)} characters; use at most {MAX_NAME_LENGTH}.")
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF or ord(c) == 127 for c in clean):
+        raise QueueError("The annotator name holds a control character; use letters, digits, spaces and punctuation.")
     if clean.startswith("import:"):
         raise QueueError("Annotator names starting with 'import:' are reserved for imported labels; pick another name.")
     return clean
@@ -211,7 +214,8 @@ def submit_judgment(
         "outcome": outcome,
         "left": left,
         "seconds": None if seconds is None else round(float(seconds), 3),
-        "comment": (comment or "").strip() or None,
+        # NUL cannot be stored in PostgreSQL text, nor a lone surrogate anywhere: a pasted one is dropped
+        "comment": re.sub("[\x00\ud800-\udfff]", "", comment or "").strip() or None,
     }
     for attempt in range(2):  # a concurrent insert of the same row (PostgreSQL) loses once, then updates
         try:

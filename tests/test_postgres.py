@@ -83,3 +83,49 @@ def test_judgment_count_is_right_after_an_import_with_labels(workspace):
         per_pair = dict(s.execute(select(Judgment.pair_id, func.count()).group_by(Judgment.pair_id)).all())
         assert s.scalar(select(func.count(Prompt.id))) >= 1 and s.scalar(select(func.count(Response.id))) >= 2
     assert len(stored) == summary["imported"] and all(count == per_pair.get(pid, 0) for pid, count in stored)
+
+
+def test_hostile_queue_input_is_refused_or_cleaned_before_postgresql_sees_it(workspace):
+    (pair_id,) = seed_pairs(1)
+    with pytest.raises(queue.QueueError, match="control character"):
+        queue.submit_judgment("an\x00a", pair_id, "a", "a")
+    judgment_id = queue.submit_judgment("ana", pair_id, "a", "a", comment="fine\x00 \ud800text \u202eok")
+    with db.session() as s:
+        assert s.get(Judgment, judgment_id).comment == "fine text \u202eok"
+        assert s.get(Pair, pair_id).judgment_count == 1
+
+
+def test_kill_9_mid_import_on_postgresql_writes_nothing(workspace, tmp_path):
+    """The import holds its table locks only while it writes: kill the client then, and the server
+    rolls the whole transaction back; the same file then imports to the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_crash import judgment_rows, table_counts, wait_for, write_big_pairs
+
+    store.import_file(FIXTURES / "pairs.jsonl")
+    queue.submit_judgment("ana", 1, "b", "a")
+    before_counts, before_rows = table_counts(), judgment_rows()
+    big = tmp_path / "big.jsonl"
+    write_big_pairs(big, 20_000)
+    proc = subprocess.Popen([sys.executable, "-m", "labeling", "import", str(big), "--source", "big"],
+                            cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    writing = text("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                   "WHERE c.relname = 'judgments' AND l.mode = 'ShareRowExclusiveLock' AND l.granted")
+    with db.engine().connect() as conn:
+        wait_for(lambda: proc.poll() is not None or conn.execute(writing).scalar() > 0, 240,
+                 "the import to lock the tables for writing", poll=0.01)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    with db.engine().connect() as conn:  # the server notices the dead client and rolls back
+        wait_for(lambda: conn.execute(writing).scalar() == 0, 60, "the server to release the locks")
+    assert table_counts() == before_counts and judgment_rows() == before_rows
+    assert store.import_file(big, source="big")["imported"] == 20_000
+    assert table_counts()["judgments"] == before_counts["judgments"] + 20_000
+    last_id = max(row.id for row in judgment_rows())
+    assert queue.submit_judgment("ben", 2, "a", "a") == last_id + 1  # the sequence continues after the import
