@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 PORT   ?= 8501
 
-.PHONY: run test test-fast bench install clean-workspace
+.PHONY: run test test-fast test-postgres bench install clean-workspace
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not browser"
+
+# The PostgreSQL tests against a throw-away server on 127.0.0.1 (Debian's postgresql package), as CI runs them.
+test-postgres: $(STAMP)
+	out=$$(bash .ci/postgres start) || exit 1; dir=$${out%% *}; \
+	PREFLOOP_TEST_PG=$${out#* } PREFLOOP_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest tests/test_postgres.py tests/test_concurrency.py; \
+	rc=$$?; bash .ci/postgres stop $$dir; exit $$rc
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -39,8 +39,9 @@ def model_cache_home(tmp_path_factory):
 
 @pytest.fixture
 def postgres_url(monkeypatch):
-    """A fresh, empty PostgreSQL database on the server named by PREFLOOP_TEST_PG (a SQLAlchemy URL,
-    set by .ci/run), dropped after the test; skips when unset unless PREFLOOP_REQUIRE_POSTGRES=1."""
+    """PREFLOOP_DB pointing at a fresh, empty schema on the PostgreSQL server named by PREFLOOP_TEST_PG
+    (a SQLAlchemy URL, set by .ci/run), dropped after the test; skips when unset unless
+    PREFLOOP_REQUIRE_POSTGRES=1. A schema (search_path) rather than a database: milliseconds to make."""
     import uuid
 
     from sqlalchemy import create_engine, make_url, text
@@ -50,15 +51,19 @@ def postgres_url(monkeypatch):
         if os.environ.get("PREFLOOP_REQUIRE_POSTGRES") == "1":
             pytest.fail("PREFLOOP_TEST_PG is not set but PREFLOOP_REQUIRE_POSTGRES=1; start a server (.ci/postgres start).")
         pytest.skip("PREFLOOP_TEST_PG is not set; .ci/postgres start prints a server URL to set it to")
-    name = f"prefloop_{uuid.uuid4().hex[:16]}"
+    name = f"test_{uuid.uuid4().hex[:16]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={name}"})
+    url = url.render_as_string(hide_password=False)
     monkeypatch.setenv("PREFLOOP_DB", url)
     yield url
-    with admin.connect() as conn:  # FORCE ends the connections a cached engine still holds
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    from labeling import db
+
+    db._engine_for(url).dispose()  # cached per URL: close its pooled connections before the drop
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
     admin.dispose()
 
 

@@ -1,9 +1,9 @@
 """The storage tests again, on a real PostgreSQL server: import idempotency and all-or-nothing
-imports, export, the queue and the triggers that keep `Pair.judgment_count`, versions, plus what
-only PostgreSQL can get wrong (id sequences after bulk imports with given ids, text that
+imports, export, the queue and the triggers that keep `Pair.judgment_count`, versions, jobs, and a
+DPO round in a background worker process, plus what only PostgreSQL can get wrong (id sequences after bulk imports with given ids, text that
 PostgreSQL refuses to store).
 
-Each test gets a fresh database on the server named by PREFLOOP_TEST_PG (tests/conftest.py
+Each test gets a fresh schema on the server named by PREFLOOP_TEST_PG (tests/conftest.py
 `postgres_url`); without it they skip, and CI (.ci/run) starts a server so they run there.
 The shared tests are imported from their own modules and run here with `workspace` overridden.
 """
@@ -31,6 +31,11 @@ from tests.test_queue import (  # noqa: F401
     test_overlap_k_lets_k_annotators_judge_a_pair_and_no_more, test_progress_counts_today_total_and_waiting,
     test_skip_hides_the_pair_from_me_but_not_from_others, test_submit_twice_updates_one_row,
     test_undo_last_removes_only_my_latest_judgment, test_workspace_summary)
+from tests.test_dpo import test_dpo_background_job_end_to_end, tiny  # noqa: F401  (a worker process on PostgreSQL)
+from tests.test_jobs import (  # noqa: F401
+    test_a_dead_worker_is_shown_as_failed, test_a_failing_round_is_recorded_with_its_reason,
+    test_cancel_stops_the_round_at_its_next_step, test_reporter_persists_progress_and_metrics)
+from tests.test_stats import test_judgments_frame_reads_and_filters_the_workspace  # noqa: F401
 from tests.test_versions import (  # noqa: F401
     test_create_version_renames_complete_folder_and_records_lineage, test_failed_write_leaves_no_folder_and_no_row)
 
@@ -46,7 +51,10 @@ def workspace(tmp_path, monkeypatch, postgres_url):
 def test_the_database_really_is_postgresql(workspace):
     assert db.engine().dialect.name == "postgresql"
     with db.session() as s:
-        assert s.scalar(text("SELECT count(*) FROM pg_trigger WHERE tgname = 'judgments_count'")) == 1
+        assert s.scalar(text("SELECT current_schema()")).startswith("test_")  # this test's own schema
+        assert s.scalar(text("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                             "WHERE t.tgname = 'judgments_count' AND c.relname = 'judgments' "
+                             "AND c.relnamespace = current_schema()::regnamespace")) == 1
 
 
 def test_orm_inserts_after_a_bulk_import_get_fresh_ids(workspace):
