@@ -211,7 +211,10 @@ def _write_pairs(s: Session, plan: ImportPlan, source: str, prompt_ids: dict[str
                  now) -> tuple[int, int]:
     """Store the new pairs, their responses and (when labeled) one judgment each by
     `import:<source>`; return (pairs added, pairs already stored)."""
-    next_response, next_pair, next_judgment = _next_ids(s, Response, Pair, Judgment)
+    # Lock order judgments before pairs, as the count trigger takes them on every submit (and
+    # responses before pairs, as the generator does): otherwise a submit and an import on
+    # PostgreSQL can each hold what the other waits for.
+    next_response, next_judgment, next_pair = _next_ids(s, Response, Judgment, Pair)
     stored = _existing(s, Pair.pair_hash, (p.pair_hash for p in plan.pairs)) if next_pair > 1 else {}
     new = [p for p in plan.pairs if p.pair_hash not in stored]
     version = f"imported:{source}"

@@ -137,3 +137,36 @@ def test_kill_9_mid_import_on_postgresql_writes_nothing(workspace, tmp_path):
     assert table_counts()["judgments"] == before_counts["judgments"] + 20_000
     last_id = max(row.id for row in judgment_rows())
     assert queue.submit_judgment("ben", 2, "a", "a") == last_id + 1  # the sequence continues after the import
+
+
+def test_an_import_waiting_for_a_judgment_writer_does_not_deadlock_it(workspace):
+    """A submit holds the judgments table, then its count trigger updates pairs. An import that
+    took pairs first and then waited for judgments would deadlock with it (PostgreSQL aborts one)."""
+    import threading
+
+    store.import_file(FIXTURES / "unlabeled.jsonl")
+    queue.submit_judgment("ana", 1, "skip", "a")
+    outcome: dict = {}
+
+    def run_import():
+        try:
+            outcome["import"] = store.import_file(FIXTURES / "pairs.jsonl")
+        except Exception as e:  # reported below
+            outcome["import"] = e
+
+    with db.engine().connect() as writer:
+        writer.execute(text("UPDATE judgments SET comment = 'holding the table' WHERE pair_id = 1"))
+        worker = threading.Thread(target=run_import)
+        worker.start()
+        with db.engine().connect() as watch:
+            from tests.test_crash import wait_for
+
+            wait_for(lambda: watch.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar() > 0,
+                     60, "the import to wait for the judgments table")
+        writer.execute(text("UPDATE judgments SET outcome = 'a' WHERE pair_id = 1"))  # the trigger updates pairs
+        writer.commit()
+    worker.join(timeout=60)
+    assert isinstance(outcome["import"], dict), outcome["import"]
+    with db.session() as s:
+        assert s.get(Pair, 1).judgment_count == 1
+        assert s.scalar(select(func.count(Judgment.id))) == 1 + outcome["import"]["imported"]
