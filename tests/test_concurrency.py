@@ -26,13 +26,14 @@ def run_bench(env_db: str | None, tmp_path) -> dict:
 
 def assert_nothing_lost(result: dict, database: str) -> None:
     assert result["database"] == database
-    assert (result["lost"], result["duplicated"], result["wrong_outcome"], result["count_mismatch"]) == (0, 0, 0, 0)
-    assert (result["errors"], result["crashed_processes"]) == (0, 0)
+    checks = ("lost", "duplicated", "wrong_outcome", "count_mismatch", "errors", "crashed_processes")
+    assert {key: result[key] for key in checks} == dict.fromkeys(checks, 0), result
     # every private judgment is stored (4 annotators x 50 pairs) plus one row per pair the shared tab sent
-    assert result["pairs"] == 50 and 200 < result["stored"] <= 250
-    assert result["submits"] > result["stored"]  # the repeats really were sent
-    assert result["races"] >= 1  # two processes really submitted one pair for one annotator at once
-    assert 0 < result["p50_ms"] <= result["p95_ms"]
+    assert result["pairs"] == 50 and 200 < result["stored"] <= 250, result
+    assert result["submits"] > result["stored"], result  # the repeats really were sent
+    assert 0 < result["p50_ms"] <= result["p95_ms"], result
+    if database == "postgresql":  # SQLite runs one writer at a time; PostgreSQL must survive real races
+        assert result["races"] >= 1, result  # two processes submitted one pair for one annotator at once
 
 
 def test_four_annotator_processes_on_sqlite(tmp_path):

@@ -12,7 +12,8 @@ import io
 import json
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis.control import currently_in_test_context, event
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -63,9 +64,9 @@ def import_or_refuse(path, fmt: str = "auto"):
         assert str(path) in message and message.endswith(".") and "\n" not in message, message
         assert len(message) < 600 + len(str(path)), message[:300]
         assert counts() == before
-        event("refused")  # pytest --hypothesis-show-statistics shows how often each way was taken
+        note("refused")
         return None
-    event(f"imported as {summary['format']}")
+    note(f"imported as {summary['format']}")
     after = counts()
     if summary["format"] == "prompts":
         assert after["prompts"] - before["prompts"] == summary["imported"]
@@ -75,6 +76,12 @@ def import_or_refuse(path, fmt: str = "auto"):
         labeled = summary["format"] in LABELED_FORMATS
         assert after["judgments"] - before["judgments"] == (summary["imported"] if labeled else 0)
     return summary
+
+
+def note(what: str) -> None:
+    """Count outcomes for `pytest --hypothesis-show-statistics` (outside a property test: nothing)."""
+    if currently_in_test_context():
+        event(what)
 
 
 def write(path, data: bytes, gz: bool = False):
