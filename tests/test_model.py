@@ -112,8 +112,13 @@ def test_bad_versions_are_one_sentence(tiny, tmp_path):
     with pytest.raises(models.ModelPathError, match="is a reward model, not a policy"):
         models.load_policy("rm")
     _add_version("gone", tmp_path / "gone", parent=None)
-    with pytest.raises(models.ModelPathError, match="of model version 'gone' holds neither a LoRA adapter"):
+    with pytest.raises(models.ModelPathError, match="of model version 'gone' is missing"):
         models.load_policy("gone")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "adapter_model.bin").write_bytes(b"pickles are never loaded")
+    _add_version("odd", tmp_path / "odd", parent=None)
+    with pytest.raises(models.ModelPathError, match="of model version 'odd' holds neither a LoRA adapter"):
+        models.load_policy("odd")
 
 
 @pytest.mark.slow

@@ -206,6 +206,9 @@ def _version_rows(version_id: str | None) -> list[dict]:
 
 
 def _folder_kind(folder: Path, version_id: str) -> str:
+    if not folder.is_dir():
+        raise ModelPathError(f"The folder {folder} of model version '{version_id}' is missing; restore it or make "
+                             f"another version current (python -m training versions --set-current ID).")
     if (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file():
         return "adapter"
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
