@@ -53,9 +53,13 @@ def test_a_dead_worker_is_shown_as_failed(workspace):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     job_id = _job(status="running", pid=proc.pid)
+    partial = workspace / "versions" / ".tmp-v3-dpo"
+    partial.mkdir(parents=True)
+    (partial / "adapter_model.safetensors").write_bytes(b"half")
     assert jobs.refresh_stale() == 1
     job = jobs.get_job(job_id)
     assert job.status == "failed" and "stopped without reporting" in job.error
+    assert not partial.exists()  # the dead worker's half-written version is cleaned up
 
 
 def test_one_heavy_job_at_a_time(workspace):

@@ -91,13 +91,33 @@ def refresh_stale() -> int:
                 job.status, job.finished_at = "failed", now
                 job.error = job.error or "The worker process stopped without reporting (killed or out of memory)."
                 marked += 1
+    if marked:
+        _remove_partial_versions()
     return marked
 
 
-def active_jobs(kinds: tuple[str, ...] = HEAVY_KINDS) -> list[Job]:
-    refresh_stale()
+def _remove_partial_versions() -> None:
+    """Delete the half-written `versions/.tmp-*` folders a killed worker left. Safe because one
+    heavy job runs at a time, and the one that could be writing has just been found dead."""
+    import shutil
+
+    from training.versions import versions_root
+
+    if active_jobs_rows():
+        return
+    for folder in versions_root().glob(".tmp-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def active_jobs_rows() -> list[Job]:
     with db.session() as s:
-        return list(s.scalars(select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(kinds))))
+        return list(s.scalars(select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(HEAVY_KINDS))))
+
+
+def active_jobs() -> list[Job]:
+    """Heavy jobs queued or running, after marking dead workers as failed."""
+    refresh_stale()
+    return active_jobs_rows()
 
 
 def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> int:
