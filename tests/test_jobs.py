@@ -76,3 +76,11 @@ def test_start_job_spawns_the_cli_with_its_config(workspace):
     assert job.pid and (workspace / "jobs" / str(job_id) / "config.yaml").read_text() == "note: x\n"
     jobs.wait(job_id, timeout=60)  # the worker command exits without reporting, so it ends failed
     assert '"kind": "worker"' in (workspace / "jobs" / str(job_id) / "log.txt").read_text()
+
+
+def test_a_failed_job_says_our_sentence_plainly_and_names_library_errors(workspace):
+    from training.rounds import NotReady
+
+    assert jobs.describe(NotReady("DPO needs at least 8 labeled pairs; you have 2.")) == (
+        "DPO needs at least 8 labeled pairs; you have 2.")
+    assert jobs.describe(KeyError("x")) == "KeyError: 'x'"

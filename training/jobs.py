@@ -251,10 +251,17 @@ def reporting(job_id: int | None) -> Iterator[Reporter]:
         reporter.finish("cancelled")
         raise
     except Exception as exc:  # the job row must say why it failed, whatever failed
-        reporter.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        reporter.finish("failed", error=describe(exc))
         raise
     else:
         reporter.finish("done", result=getattr(reporter, "result", None))
+
+
+def describe(exc: BaseException) -> str:
+    """What a failed job says: our own errors are one sentence for the user as they are; anything
+    else (a library's) keeps its class name so it can be looked up."""
+    own = type(exc).__module__.split(".")[0] in ("training", "labeling")
+    return str(exc) if own else f"{type(exc).__name__}: {exc}"
 
 
 def _raise_cancelled(signum, frame):
