@@ -147,3 +147,17 @@ def test_failed_generation_is_not_restarted_at_once(tiny):
     with db.session() as s:
         s.add(Job(kind="generate", status="failed", finished_at=utcnow(), error="boom"))
     assert generate.ensure_pairs_waiting() is None
+
+
+def test_first_chunk_is_small_so_the_first_pairs_arrive_early(tiny):
+    store.add_prompts([f"Question number {i}?" for i in range(12)], "test")
+    steps = []
+
+    class Recorder(jobs.Reporter):
+        def step(self, step, metrics=None):
+            steps.append((step, metrics["pairs"]))
+
+    result = generate.run(generate.GenerateConfig(prompts=12, max_new_tokens=4, batch_size=16, seed=1), Recorder(None))
+    # 4 prompts first, then the other 8 in one batch (an identical pair may rarely be dropped)
+    assert len(steps) == 2 and 3 <= steps[0][1] <= generate.FIRST_CHUNK_PROMPTS
+    assert result["pairs"] >= 10 and result["prompts"] == 12

@@ -25,7 +25,8 @@ from labeling import db
 from training import jobs
 
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
-RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
+RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)
+FIRST_CHUNK_PROMPTS = 4  # a broken model path must not spawn a job per page view
 
 
 @dataclass
@@ -179,7 +180,9 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
     model, tokenizer = models.load_policy(config.version)
     # one chunk per batch, stored as soon as it is sampled; shortest prompts together, as within a batch
     order = length_order(tokenizer, chat_texts(tokenizer, [messages for _, messages in chosen]))
-    chunks = _batches(order, max(1, config.batch_size // 2))
+    # a small first chunk, so a labeler waiting on an empty queue sees pairs within a minute
+    first = min(FIRST_CHUNK_PROMPTS, len(order))
+    chunks = ([order[:first]] if first else []) + _batches(order[first:], max(1, config.batch_size // 2))
     reporter.start(len(chunks))
     stored, tokens, seconds = 0, 0, 0.0
     for step, chunk in enumerate(chunks, 1):
