@@ -2,6 +2,7 @@
 hh-rlhf file and on the OASST pairs (never trained on), with training time.
 
     python bench/reward.py [--backbones policy minilm] [--max-pairs N] [--max-length 512] [--epochs 1]
+                           [--learning-rate LR] [--max-heldout N] [--max-oasst N]
 
 Each backbone trains with prefloop's reward round (`training.reward.train`, TRL RewardTrainer,
 Bradley-Terry loss) and its default settings. One JSON line per backbone, then the last line for
@@ -38,13 +39,15 @@ def run_backbone(backbone: str, data, oasst: list[dict], args) -> dict:
     from training import jobs, reward
     from training.reward_config import RewardRoundConfig
 
-    config = RewardRoundConfig(backbone=backbone, epochs=args.epochs, max_length=args.max_length)
+    config = RewardRoundConfig(backbone=backbone, epochs=args.epochs, max_length=args.max_length,
+                               learning_rate=args.learning_rate)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         model, tokenizer, _, metrics = reward.train(config, data, jobs.Reporter(None), out)
         train_s = time.perf_counter() - started
     scorer = reward.make_scorer(model, tokenizer, config.max_length, batch_size=16)
-    return {"backbone": backbone, "hh_acc": metrics["heldout_accuracy"],
+    return {"backbone": backbone, "hh_acc": metrics["heldout_accuracy"], "lr": config.lr, "epochs": config.epochs,
+            "max_length": config.max_length,
             "oasst_acc": reward.heldout_accuracy(scorer, oasst), "train_s": train_s,
             "train_pairs": len(data.train), "hh_heldout_pairs": len(data.heldout), "oasst_pairs": len(oasst)}
 
@@ -55,6 +58,9 @@ def main() -> None:
     parser.add_argument("--max-pairs", type=int, help="Train on at most this many hh pairs (a quicker run).")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--learning-rate", type=float, help="AdamW learning rate; default: the backbone's own.")
+    parser.add_argument("--max-heldout", type=int, help="Score only the first N held-out hh pairs (a quicker run).")
+    parser.add_argument("--max-oasst", type=int, help="Score only the first N OASST pairs (a quicker run).")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace"), help="Workspace for data and models.")
     args = parser.parse_args()
     if not (HH.is_file() and OASST.is_file()):
@@ -63,10 +69,10 @@ def main() -> None:
 
     jobs.set_threads()
     home = Path(args.home)
-    oasst = rows_of(OASST, "oasst", home / "oasst")
+    oasst = rows_of(OASST, "oasst", home / "oasst")[: args.max_oasst]
     hh = rows_of(HH, "hh", home / "hh")  # the last workspace set stays: the models live in it
     train, heldout, _ = rounds.split_by_prompt(hh, 0.2, seed=0)
-    data = rounds.PreferenceData(train[: args.max_pairs] if args.max_pairs else train, heldout, [], True)
+    data = rounds.PreferenceData(train[: args.max_pairs], heldout[: args.max_heldout], [], True)
     results = []
     for backbone in args.backbones:
         results.append(run_backbone(backbone, data, oasst, args))
