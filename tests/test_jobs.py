@@ -84,3 +84,13 @@ def test_a_failed_job_says_our_sentence_plainly_and_names_library_errors(workspa
     assert jobs.describe(NotReady("DPO needs at least 8 labeled pairs; you have 2.")) == (
         "DPO needs at least 8 labeled pairs; you have 2.")
     assert jobs.describe(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_a_worker_gives_way_to_the_app_also_across_autogroups():
+    code = ("import os; from training.jobs import lower_priority; lower_priority(); "
+            "print(os.nice(0)); print(open('/proc/self/autogroup').read() if os.path.exists('/proc/self/autogroup') else '')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, start_new_session=True,
+                         cwd=jobs.ROOT).stdout.splitlines()
+    assert int(out[0]) >= 10
+    if len(out) > 1 and out[1]:
+        assert out[1].rstrip().endswith("nice 10")
