@@ -31,3 +31,33 @@ def use_tiny_policy(tmp_path: Path, monkeypatch) -> Path:
     folder = make_tiny_policy(tmp_path / "tiny-policy")
     monkeypatch.setenv("PREFLOOP_MODEL", str(folder))
     return folder
+
+
+def snapshot_trainable(monkeypatch, store: dict) -> None:
+    """Wrap rounds.progress_callback so a test sees the trainable parameters as training begins:
+    `store` gets {name: copy of the tensor} and "__model__", the model being trained."""
+    from training import rounds
+
+    real = rounds.progress_callback
+
+    def wrapped(reporter, rename):
+        callback = real(reporter, rename)
+        begin = callback.on_train_begin
+
+        def on_train_begin(args, state, control, model=None, **kw):
+            store.update({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+            store["__model__"] = model
+            return begin(args, state, control, model=model, **kw)
+
+        callback.on_train_begin = on_train_begin
+        return callback
+
+    monkeypatch.setattr(rounds, "progress_callback", wrapped)
+
+
+def tiny_single_thread(workspace: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A workspace whose base policy is the tiny model, with jobs on one thread."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+    return workspace

@@ -2,7 +2,6 @@
 scored by different reward models; the forms start the right jobs."""
 from __future__ import annotations
 
-import pytest
 
 from labeling import db
 from labeling.models import EvalPoint, ModelVersion

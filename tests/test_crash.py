@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from labeling import db, queue, store
 from labeling.models import Annotator, Judgment, ModelVersion, Pair, Prompt, Response
 from tests.conftest import ROOT
-from tests.preference_fixtures import import_pairs, use_tiny_policy
+from tests.preference_fixtures import import_pairs, tiny_single_thread
 from training import jobs, versions
 
 
@@ -49,10 +49,7 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
 
 @pytest.fixture
 def tiny(workspace, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PREFLOOP_THREADS", "1")
-    use_tiny_policy(tmp_path, monkeypatch)
-    return workspace
+    return tiny_single_thread(workspace, tmp_path, monkeypatch)
 
 
 def test_kill_9_mid_training_leaves_no_version_and_the_next_job_runs(tiny, tmp_path):

@@ -5,17 +5,14 @@ import math
 
 import pytest
 
-from tests.preference_fixtures import import_pairs, use_tiny_policy
+from tests.preference_fixtures import import_pairs, snapshot_trainable, tiny_single_thread
 from training import dpo, jobs, rounds, versions
 from training.dpo_config import DPORoundConfig
 
 
 @pytest.fixture
 def tiny(workspace, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PREFLOOP_THREADS", "1")
-    use_tiny_policy(tmp_path, monkeypatch)
-    return workspace
+    return tiny_single_thread(workspace, tmp_path, monkeypatch)
 
 
 def _exported_judgment_ids():
@@ -24,23 +21,6 @@ def _exported_judgment_ids():
     return sorted(preference_rows().judgment_ids)
 
 
-def _snapshotting_callback(monkeypatch, store):
-    """Wrap rounds.progress_callback so the test sees the trainable parameters before training."""
-    real = rounds.progress_callback
-
-    def wrapped(reporter, rename):
-        callback = real(reporter, rename)
-        begin = callback.on_train_begin
-
-        def on_train_begin(args, state, control, model=None, **kw):
-            store.update({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
-            store["__model__"] = model
-            return begin(args, state, control, model=model, **kw)
-
-        callback.on_train_begin = on_train_begin
-        return callback
-
-    monkeypatch.setattr(rounds, "progress_callback", wrapped)
 
 
 def test_dpo_round_trains_every_lora_parameter_and_writes_a_current_version(tiny, tmp_path, monkeypatch):
@@ -48,7 +28,7 @@ def test_dpo_round_trains_every_lora_parameter_and_writes_a_current_version(tiny
 
     import_pairs(tmp_path, 12)
     before = {}
-    _snapshotting_callback(monkeypatch, before)
+    snapshot_trainable(monkeypatch, before)
     config = DPORoundConfig(learning_rate=1e-2, batch_size=2, seed=0)
     summary = dpo.run_round(config, jobs.Reporter(None), max_steps=3)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.preference_fixtures import import_pairs, use_tiny_policy
-from training import jobs, reward, rounds, versions
+from tests.preference_fixtures import import_pairs, snapshot_trainable, use_tiny_policy
+from training import jobs, reward, versions
 from training.reward_config import RewardRoundConfig
 
 
@@ -31,21 +31,7 @@ def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypa
 
     import_pairs(tmp_path, 12)
     snapshot = {}
-    real = rounds.progress_callback
-
-    def wrapped(reporter, rename):
-        callback = real(reporter, rename)
-        begin = callback.on_train_begin
-
-        def on_train_begin(args, state, control, model=None, **kw):
-            snapshot.update({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
-            snapshot["__model__"] = model
-            return begin(args, state, control, model=model, **kw)
-
-        callback.on_train_begin = on_train_begin
-        return callback
-
-    monkeypatch.setattr(rounds, "progress_callback", wrapped)
+    snapshot_trainable(monkeypatch, snapshot)
     summary = reward.run_round(RewardRoundConfig(learning_rate=1e-2, batch_size=4), jobs.Reporter(None), max_steps=4)
 
     model = snapshot.pop("__model__")
