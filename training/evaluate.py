@@ -20,6 +20,8 @@ from sqlalchemy import select
 from labeling import db
 from labeling.models import EvalPoint, Prompt
 from training import jobs
+from training.losses import token_logprobs
+from training.rollout import position_ids, response_mask_from_ids
 from training.evaluate_config import EvaluateConfig
 from training.rounds import NotReady
 
@@ -31,10 +33,10 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     Shape: input_ids, attention_mask, response_mask (B, T); returns (B,).
     """
     # positions count real tokens only, as in generation, so left padding does not shift them
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, :-1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids(attention_mask)).logits[:, :-1]  # (B, T-1, V)
     targets = input_ids[:, 1:]  # (B, T-1)
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logps = token_logprobs(logits.float(), targets)  # (B, T-1)
     return (logps * response_mask[:, 1:]).sum(-1)
 
 
@@ -51,11 +53,11 @@ def sample(model, tokenizer, prompts: list[list[dict]], samples: int, max_new_to
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     P = enc["input_ids"].shape[1]
     response = out[:, P:]  # (B, R)
-    eos = tokenizer.eos_token_id
     # keep tokens up to and including the first EOS; everything after is padding
-    after_eos = (response == eos).int().cumsum(-1) - (response == eos).int() > 0
-    response_mask = torch.cat([torch.zeros_like(enc["input_ids"]), (~after_eos).long()], dim=1)
-    attention_mask = torch.cat([enc["attention_mask"], (~after_eos).long()], dim=1)
+    kept = response_mask_from_ids(response, [tokenizer.eos_token_id])  # (B, R)
+    after_eos = kept == 0
+    response_mask = torch.cat([torch.zeros_like(enc["input_ids"]), kept], dim=1)
+    attention_mask = torch.cat([enc["attention_mask"], kept], dim=1)
     decoded = tokenizer.batch_decode(response.masked_fill(after_eos, tokenizer.pad_token_id), skip_special_tokens=True)
     return out, attention_mask, response_mask, [d.strip() for d in decoded]
 

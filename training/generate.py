@@ -59,18 +59,14 @@ def new_token_counts(new_tokens, eos_ids: list[int]) -> list[int]:
     return first.tolist()
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    ids = eos if isinstance(eos, list) else [eos]
-    return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
-
-
 def sample_rows(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
                 seed: int) -> list[tuple[str, int, bool]]:
     """One sampled continuation per text, all in one batch: (response, new tokens, stopped at EOS)."""
     import torch
 
-    eos_ids = _eos_ids(model, tokenizer)
+    from training.rollout import eos_ids as stop_ids
+
+    eos_ids = stop_ids(model, tokenizer)
     tokenizer.padding_side = "left"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
