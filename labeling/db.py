@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,12 +70,25 @@ def _ensure_schema(eng: Engine) -> None:
         row = s.get(Meta, "schema_version")
         if row is None:
             s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-        elif int(row.value) > SCHEMA_VERSION:
+            return
+        if int(row.value) > SCHEMA_VERSION:
             raise SchemaError(
                 f"The database at {eng.url!r} has schema version {row.value}, newer than this "
                 f"prefloop ({SCHEMA_VERSION}); upgrade prefloop or point PREFLOOP_DB elsewhere."
             )
-        # Migrations from older versions go here, one function per step, when there are any.
+        for version in range(int(row.value), SCHEMA_VERSION):
+            for sql in MIGRATIONS[version]:
+                s.execute(text(sql))
+        row.value = str(SCHEMA_VERSION)
+
+
+# MIGRATIONS[v]: the statements that take a version-v workspace to version v + 1.
+MIGRATIONS = {
+    # Indexes that repeat the first column of a unique constraint, or that no query uses: each
+    # one slowed every import row.
+    1: [f"DROP INDEX IF EXISTS {name}" for name in (
+        "ix_responses_prompt_id", "ix_responses_model_version", "ix_judgments_pair_id", "ix_prompts_source")],
+}
 
 
 @contextmanager

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import orjson
+
 from labeling.records import ROLES
 
 FORMATS = ("auto", "pairs", "unlabeled", "prompts", "hh", "oasst")
@@ -87,17 +89,9 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
                 if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(raw)  # bytes: json decodes UTF-8 itself (and a BOM)
-                except UnicodeDecodeError:
-                    _decode(raw, path, f"line {n}")
-                    raise
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}, line {n}: malformed JSON ({e.msg} at column {e.colno}); "
-                                     f"each line must hold one JSON object.") from None
-                except (RecursionError, ValueError) as e:  # nesting deeper than Python's stack, 5000-digit numbers
-                    reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
-                    raise InputError(f"{path}, line {n}: the JSON cannot be read ({reason}); each line must "
-                                     f"hold one JSON object of ordinary depth and numbers.") from None
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    obj = _json_line(raw, path, n)
                 if not isinstance(obj, dict):
                     raise InputError(f"{path}, line {n}: expected a JSON object with named fields, "
                                      f"got a {type(obj).__name__}.")
@@ -105,6 +99,23 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
         except (OSError, EOFError, zlib.error) as e:
             raise InputError(f"{path}, line {n + 1}: cannot read the file ({e}); check that it is not "
                              f"truncated or corrupt.") from None
+
+
+def _json_line(raw: bytes, path: Path, n: int) -> Any:
+    """A line orjson refused, read by the standard library: it also takes a BOM, NaN and lone
+    surrogate escapes, and its errors name the column. InputError when it fails too."""
+    try:
+        return json.loads(raw)  # bytes: json decodes UTF-8 itself (and a BOM)
+    except UnicodeDecodeError:
+        _decode(raw, path, f"line {n}")
+        raise
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {n}: malformed JSON ({e.msg} at column {e.colno}); "
+                         f"each line must hold one JSON object.") from None
+    except (RecursionError, ValueError) as e:  # nesting deeper than Python's stack, 5000-digit numbers
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise InputError(f"{path}, line {n}: the JSON cannot be read ({reason}); each line must "
+                         f"hold one JSON object of ordinary depth and numbers.") from None
 
 
 def _read_text(path: Path) -> str:

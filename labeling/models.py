@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import DDL, JSON, ForeignKey, Index, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # labeling/db.py migrates older workspaces
 
 OUTCOMES = ("a", "b", "tie", "both_bad", "skip")
 SPLITS = ("train", "heldout")
@@ -54,7 +54,7 @@ class Prompt(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
     messages: Mapped[list[Any]]
-    source: Mapped[str] = mapped_column(String(200), index=True)
+    source: Mapped[str] = mapped_column(String(200))
     split: Mapped[str] = mapped_column(String(10), default="train", index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -65,11 +65,11 @@ class Response(Base):
     __tablename__ = "responses"
     __table_args__ = (UniqueConstraint("prompt_id", "model_version", "content_hash"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))  # indexed by the unique constraint
     text: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(64))
     # a ModelVersion id, or "imported:<source>" for text that came from a file
-    model_version: Mapped[str] = mapped_column(String(200), index=True)
+    model_version: Mapped[str] = mapped_column(String(200))
     generation: Mapped[dict[str, Any] | None]  # sampling settings, seed, token count
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -108,7 +108,7 @@ class Judgment(Base):
         Index("ix_judgments_annotator_created", "annotator_id", "created_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
-    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"), index=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"))  # indexed by the unique constraint
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
     outcome: Mapped[str] = mapped_column(String(10))
     left: Mapped[str | None] = mapped_column(String(1))
