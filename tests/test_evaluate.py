@@ -85,10 +85,12 @@ def test_evaluate_without_reward_model_is_one_sentence(workspace, tmp_path, monk
 def test_sweep_makes_one_tagged_version_per_beta_and_a_frontier(trained):
     from training.sweep import SweepConfig, run_sweep
 
-    result = run_sweep(SweepConfig(betas="0.05,0.5", prompts=3, samples=1, max_new_tokens=8, max_steps=2))
+    result = run_sweep(SweepConfig(betas="0.05,0.5", prompts=3, samples=1, max_new_tokens=8, max_steps=2,
+                                   learning_rate=3e-4, max_length=96))
     assert len(result["versions"]) == 2
-    tags = {versions.get_version(v).config["sweep"] for v in result["versions"]}
-    assert tags == {result["sweep"]}
+    configs = [versions.get_version(v).config for v in result["versions"]]
+    assert {c["sweep"] for c in configs} == {result["sweep"]}
+    assert [(c["beta"], c["learning_rate"], c["max_length"]) for c in configs] == [(0.05, 3e-4, 96), (0.5, 3e-4, 96)]
     assert versions.current_policy_id() == trained["tuned"]  # a sweep does not move the current policy
     rows = points.latest_points(trained["reward"])
     assert len([p for p in rows if p["sweep"] == result["sweep"]]) == 2 and len(rows) >= 4

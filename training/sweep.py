@@ -7,7 +7,6 @@ id in its config so the Evaluate page can draw the frontier through them.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,10 @@ class SweepConfig:
     max_new_tokens: int = field(default=64, metadata={"help": "Longest response sampled in evaluation."})
     max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per round (None: the round's own)."})
     max_pairs: int | None = field(default=None, metadata={"help": "Labeled pairs per DPO round (None: all)."})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of every round (None: the round's own default)."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "DPO: longest prompt + response in tokens; PPO: longest response sampled (None: the round's own)."})
 
 
 def parse_betas(text: str) -> list[float]:
@@ -53,19 +56,24 @@ def _tag(version_id: str, sweep: str) -> None:
 
 def _round(method: str, beta: float, config: SweepConfig, reporter) -> dict[str, Any]:
     """One round at `beta` from the current policy, not made current."""
+    settings: dict[str, Any] = {"beta": beta, "make_current": False}
+    if config.learning_rate:
+        settings["learning_rate"] = config.learning_rate
     if method == "dpo":
         from training import dpo
         from training.dpo_config import DPORoundConfig
 
-        round_config = DPORoundConfig(beta=beta, make_current=False)
-        return dpo.run_round(round_config, reporter, max_steps=config.max_steps, max_pairs=config.max_pairs)
+        if config.max_length:
+            settings["max_length"] = config.max_length
+        return dpo.run_round(DPORoundConfig(**settings), reporter, max_steps=config.max_steps, max_pairs=config.max_pairs)
     from training import ppo
     from training.ppo_config import PPOConfig
 
-    round_config = PPOConfig(beta=beta, make_current=False)
+    if config.max_length:
+        settings["max_new_tokens"] = config.max_length
     if config.max_steps:
-        round_config = dataclasses.replace(round_config, steps=config.max_steps)
-    return ppo.run_round(round_config, reporter)
+        settings["steps"] = config.max_steps
+    return ppo.run_round(PPOConfig(**settings), reporter)
 
 
 def run_sweep(config: SweepConfig, reporter: jobs.Reporter | None = None) -> dict[str, Any]:
