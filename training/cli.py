@@ -70,8 +70,8 @@ def form_fields(config_class: type) -> list[FormField]:
 
 def coerce(field: FormField, value: Any, where: str) -> Any:
     """`value` as the field's type, or ConfigError naming `where` and the field."""
-    if value is None and field.optional:
-        return None
+    if field.optional and (value is None or isinstance(value, str) and not value.strip()):
+        return None  # an empty box of the form, or an empty flag
     if isinstance(value, str) and field.type is not str:
         text = value.strip().lower()
         if field.optional and text in ("", "none", "null"):
