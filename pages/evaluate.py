@@ -13,10 +13,11 @@ TOOLTIP = ["version", "method", "beta", "parent", "reward", "reward_se", "kl", "
            "samples", "reward_version", "measured_at"]
 
 
-def chart(frame: pd.DataFrame):
+def chart(rows: list[dict]):
     """Points with ±1 SE bars on both axes; a dashed frontier through each sweep's points."""
     import altair as alt
 
+    frame = pd.DataFrame(rows)
     frame = frame.assign(r_lo=frame.reward - frame.reward_se, r_hi=frame.reward + frame.reward_se,
                          k_lo=frame.kl - frame.kl_se, k_hi=frame.kl + frame.kl_se)
     base = alt.Chart(frame)
@@ -27,8 +28,9 @@ def chart(frame: pd.DataFrame):
     xbars = base.mark_rule().encode(y="reward:Q", x="k_lo:Q", x2="k_hi:Q", color="method:N")
     labels = base.mark_text(dx=8, dy=-8, align="left").encode(x="kl:Q", y="reward:Q", text="version:N")
     layers = [ybars, xbars, dots, labels]
-    sweep_rows = [p for p in frame.to_dict("records") if p.get("sweep")]
-    base_rows = [p for p in frame.to_dict("records") if p["method"] == "base"]
+    # from the rows, not the frame: pandas turns a missing sweep into NaN, which is truthy
+    sweep_rows = [p for p in rows if p.get("sweep")]
+    base_rows = [p for p in rows if p["method"] == "base"]
     for sweep in sorted({p["sweep"] for p in sweep_rows}):
         line = pd.DataFrame(points.frontier(base_rows + [p for p in sweep_rows if p["sweep"] == sweep]))
         layers.append(alt.Chart(line).mark_line(strokeDash=[6, 4], color="green").encode(x="kl:Q", y="reward:Q"))
@@ -45,7 +47,7 @@ def show_points() -> None:
     if len(scorers) > 1:
         st.warning(f"These points were scored by different reward models ({', '.join(scorers)}); "
                    "rewards are only comparable within one. Measure again to score all with the latest.")
-    st.altair_chart(chart(frame), width="stretch")
+    st.altair_chart(chart(rows), width="stretch")
     st.dataframe(frame, hide_index=True)
     png = points.plot_reward_vs_kl(rows, points.plot_path())
     left, right = st.columns(2)
