@@ -105,7 +105,7 @@ def test_arena_pairs_carry_scores_and_votes_become_ratings_and_training_pairs(tr
     before = len(preference_rows().rows)
     result = run_arena(ArenaConfig(prompts=4, max_new_tokens=12), jobs.Reporter(None))
     assert (result["version_a"], result["version_b"]) == (trained["base"], trained["tuned"])
-    assert result["pairs"] >= 2
+    assert result["pairs"] >= 2 and result["pairs"] + result["skipped"] == 4
     comparisons = arena.comparisons(trained["base"], trained["tuned"])
     assert len(comparisons) == result["pairs"]
     assert all(c["reward_a"] is not None and c["base_logprob_b"] < 0 for c in comparisons)

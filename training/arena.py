@@ -101,7 +101,9 @@ def run_arena(config: ArenaConfig, reporter) -> dict[str, Any]:
                                       (scores[a][k], scores[b][k]), kind="arena")
             stored += pair is not None
     reporter.step(4, {"pairs": stored})
-    return {"pairs": stored, "version_a": a, "version_b": b, "reward_version": reward_id}
+    # skipped: an answer was empty, both were the same, or the pair was stored by an earlier run
+    return {"pairs": stored, "skipped": len(prompts) - stored, "version_a": a, "version_b": b,
+            "reward_version": reward_id}
 
 
 def _scores(scorer, base_model, tokenizer, prompts, texts, settings: dict) -> list[dict]:
