@@ -59,13 +59,13 @@ def bench_data(home: Path, pairs: int, heldout: int):
     return rounds.PreferenceData(train[:pairs], held[:heldout], [], True)
 
 
-def run_prefloop(data, out: str) -> dict:
+def run_prefloop(data, out: str, checkpointing: bool) -> dict:
     from training import dpo, jobs
     from training.dpo_config import DPORoundConfig
     from training.model import load_policy
 
     model, tokenizer = load_policy("base")
-    config = DPORoundConfig()
+    config = DPORoundConfig(gradient_checkpointing=checkpointing)
     started = time.perf_counter()
     peft_model, metrics = dpo.train(model, tokenizer, data, config, jobs.Reporter(None), out)
     return {"seconds": time.perf_counter() - started, "acc": metrics.get("heldout_accuracy"),
@@ -98,13 +98,13 @@ def run_baseline(data, out: str) -> dict:
             "tokens": _tokens(trainer.state), "flops_per_param_token": 2 + 4 + 2}
 
 
-def arm_main(arm: str, home: Path, pairs: int, heldout: int) -> None:
+def arm_main(arm: str, home: Path, pairs: int, heldout: int, checkpointing: bool) -> None:
     from training import jobs
 
     threads = jobs.set_threads()
     data = bench_data(home, pairs, heldout)
     with tempfile.TemporaryDirectory() as out:
-        result = run_prefloop(data, out) if arm == "prefloop" else run_baseline(data, out)
+        result = run_prefloop(data, out, checkpointing) if arm == "prefloop" else run_baseline(data, out)
     result.update(arm=arm, pairs=len(data.train), heldout=len(data.heldout), threads=threads,
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   matmul_flops=matmul_flops())
@@ -120,18 +120,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--heldout", type=int, default=64)
-    parser.add_argument("--arm", choices=("prefloop", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="Run prefloop's round with gradient checkpointing (the baseline always has it).")
+    parser.add_argument("--arm", choices=("prefloop", "baseline"), help="Run one arm only and print its JSON.")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace"), help="Workspace for the bench data and model.")
     args = parser.parse_args()
     if not HH.is_file():
         sys.exit(f"{HH} is absent; the benchmark needs the shared hh-rlhf file beside the checkout.")
     home = Path(args.home)
     if args.arm:
-        return arm_main(args.arm, home, args.pairs, args.heldout)
+        return arm_main(args.arm, home, args.pairs, args.heldout, args.gradient_checkpointing)
     results = {}
     for arm in ("prefloop", "baseline"):
         cmd = [sys.executable, __file__, "--arm", arm, "--pairs", str(args.pairs), "--heldout", str(args.heldout),
-               "--home", str(home)]
+               "--home", str(home)] + ["--gradient-checkpointing"] * args.gradient_checkpointing
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,  # stderr: the arm's log, as is
                              env=dict(os.environ, TQDM_DISABLE="1"))
         results[arm] = json.loads(out.stdout.strip().splitlines()[-1])

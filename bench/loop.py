@@ -141,6 +141,7 @@ def main() -> int:
                     submit.get_by_role("button", name="Train").click()
                     wait_for_job(page, kind)
                     page.wait_for_timeout(2500)  # one more refresh of the panel: curves and result
+                    page.get_by_role("heading", name="Progress").scroll_into_view_if_needed()
                     page.screenshot(path=str(out / f"2-train-{kind}.png"), full_page=True)
                     stage(kind, began)
 

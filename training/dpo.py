@@ -53,7 +53,7 @@ def lora_config(config: DPORoundConfig):
 
 
 def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
-    """TRL's DPOConfig for a CPU round: fp32, no checkpointing, no saving, a log line per step."""
+    """TRL's DPOConfig for a CPU round: fp32, no saving, a log line per step."""
     from trl import DPOConfig
 
     precompute = {"yes": True, "no": False, "auto": config.epochs > 1}[config.precompute_ref_log_probs]
@@ -62,7 +62,8 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
         learning_rate=config.learning_rate, num_train_epochs=config.epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,
-        logging_steps=1, save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False,
+        logging_steps=1, save_strategy="no", report_to=[], bf16=False,
+        gradient_checkpointing=config.gradient_checkpointing,
         disable_tqdm=True, dataloader_num_workers=0,
     )
 
