@@ -120,8 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--heldout", type=int, default=64)
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="Run prefloop's round with gradient checkpointing (the baseline always has it).")
+    parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+                        help="Run prefloop's round without gradient checkpointing (on by default, as in the baseline).")
     parser.add_argument("--arm", choices=("prefloop", "baseline"), help="Run one arm only and print its JSON.")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace"), help="Workspace for the bench data and model.")
     args = parser.parse_args()
@@ -133,7 +133,7 @@ def main() -> None:
     results = {}
     for arm in ("prefloop", "baseline"):
         cmd = [sys.executable, __file__, "--arm", arm, "--pairs", str(args.pairs), "--heldout", str(args.heldout),
-               "--home", str(home)] + ["--gradient-checkpointing"] * args.gradient_checkpointing
+               "--home", str(home)] + ["--no-gradient-checkpointing"] * (not args.gradient_checkpointing)
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,  # stderr: the arm's log, as is
                              env=dict(os.environ, TQDM_DISABLE="1"))
         results[arm] = json.loads(out.stdout.strip().splitlines()[-1])

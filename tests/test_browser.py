@@ -3,16 +3,14 @@ take a screenshot, and make sure responses carrying <script> and onerror= show a
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from bench.loop import start_server
 from labeling import db, queue
 from labeling.models import Judgment
 from tests.test_queue import seed_pairs
@@ -37,37 +35,14 @@ def require_chromium() -> None:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(workspace):
     """`streamlit run app.py` on a free localhost port, on this test's workspace."""
     require_chromium()
     db.engine()  # the workspace folder and schema exist before the server opens the database
-    port = free_port()
     env = {**os.environ, "PREFLOOP_HOME": str(workspace), "PREFLOOP_AUTOGENERATE": "0", "OMP_NUM_THREADS": "1"}
-    log = open(workspace / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(workspace, env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(workspace / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.3)
         yield url
     finally:
         proc.terminate()
@@ -75,7 +50,6 @@ def server(workspace):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 def stored() -> list[Judgment]:

@@ -85,8 +85,21 @@ def test_evaluate_without_reward_model_is_one_sentence(workspace, tmp_path, monk
 def test_sweep_makes_one_tagged_version_per_beta_and_a_frontier(trained):
     from training.sweep import SweepConfig, run_sweep
 
+    class Recorder:
+        def __init__(self):
+            self.total, self.steps = None, []
+
+        def start(self, total):
+            self.total = total
+
+        def step(self, step, metrics=None):
+            self.steps.append(step)
+
+    bar = Recorder()
     result = run_sweep(SweepConfig(betas="0.05,0.5", prompts=3, samples=1, max_new_tokens=8, max_steps=2,
-                                   learning_rate=3e-4, max_length=96))
+                                   learning_rate=3e-4, max_length=96), bar)
+    # one bar for the whole sweep: two rounds and the evaluation, never going back
+    assert bar.total == 300 and bar.steps == sorted(bar.steps) and bar.steps[-1] == 300 and 100 in bar.steps
     assert len(result["versions"]) == 2
     configs = [versions.get_version(v).config for v in result["versions"]]
     assert {c["sweep"] for c in configs} == {result["sweep"]}

@@ -48,6 +48,31 @@ class SweepError(NotReady):
     """A sweep cannot run; one sentence for the user."""
 
 
+class StageReporter:
+    """One progress bar for a job made of stages (a sweep's rounds, then its evaluation): stage i
+    of n fills the bar from i/n to (i+1)/n, whatever step counts the stage itself reports."""
+
+    STEPS = 100  # bar steps per stage
+
+    def __init__(self, reporter, stages: int):
+        self.reporter, self.stages, self.index, self.total = reporter, stages, -1, None
+
+    def next_stage(self) -> "StageReporter":
+        self.index, self.total = self.index + 1, None
+        if self.index == 0:
+            self.reporter.start(self.stages * self.STEPS)
+        else:
+            self.reporter.step(self.index * self.STEPS)
+        return self
+
+    def start(self, total_steps: int | None) -> None:
+        self.total = total_steps
+
+    def step(self, step: int, metrics: dict[str, float] | None = None) -> None:
+        done = min(step / self.total, 1.0) if self.total else 0.0
+        self.reporter.step(self.index * self.STEPS + round(done * self.STEPS), metrics)
+
+
 def _tag(version_id: str, sweep: str) -> None:
     with db.session() as s:
         row = s.get(ModelVersion, version_id)
@@ -81,20 +106,20 @@ def run_sweep(config: SweepConfig, reporter: jobs.Reporter | None = None) -> dic
     from training import evaluate, versions
 
     betas = parse_betas(config.betas)
-    reporter = reporter or jobs.Reporter(None)
+    stages = StageReporter(reporter or jobs.Reporter(None), len(betas) + 1)  # the rounds, then evaluation
     versions.ensure_base_version()
     start = versions.current_policy_id()
     sweep = f"{config.method}-sweep-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     made = []
     for beta in betas:
-        result = _round(config.method, beta, config, reporter)
+        result = _round(config.method, beta, config, stages.next_stage())
         _tag(result["version"], sweep)
         made.append(result["version"])
     base = versions.ensure_base_version()
     ids = list(dict.fromkeys([base, start, *made]))
     eval_config = evaluate.EvaluateConfig(versions=",".join(ids), prompts=config.prompts,
                                           samples=config.samples, max_new_tokens=config.max_new_tokens)
-    measured = evaluate.evaluate(eval_config, reporter)
+    measured = evaluate.evaluate(eval_config, stages.next_stage())
     return {"sweep": sweep, "start": start, "versions": made, **measured}
 
 
