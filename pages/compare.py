@@ -41,8 +41,8 @@ def side_by_side(a: str, b: str) -> None:
             left, right = st.columns(2)
             for column, side in ((left, "a"), (right, "b")):
                 reward, logp = row[f"reward_{side}"], row[f"base_logprob_{side}"]
-                column.caption(f"reward {reward:.3f} · " if reward is not None else "no reward model · ")
-                column.caption(f"log-prob under base {logp:.1f} over {row[f'tokens_{side}']} tokens")
+                scored = f"reward {reward:.3f}" if reward is not None else "no reward model"
+                column.caption(f"{scored} · log-prob under base {logp:.1f} over {row[f'tokens_{side}']} tokens")
 
 
 def vote(name: str, view: queue.PairView, choice: str) -> None:

@@ -30,7 +30,7 @@ def test_side_by_side_shows_both_versions_with_scores(workspace):
     assert (at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value) == ("v1-base", "v2-dpo")
     assert len(at.expander) >= 3
     captions = " ".join(c.value for c in at.caption)
-    assert "reward 2.000" in captions and "reward -1.000" in captions and "over 7 tokens" in captions
+    assert "reward 2.000 · log-prob under base -25.0 over 7 tokens" in captions and "reward -1.000" in captions
 
 
 def test_blind_votes_store_the_winner_and_feed_ratings(workspace):
