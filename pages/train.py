@@ -18,7 +18,7 @@ from training import jobs, rounds, versions
 ROUNDS = {  # label -> (job kind, config module, config class, curves to draw)
     "Reward model": ("reward", "training.reward_config", "RewardRoundConfig", ("loss", "accuracy", "margin")),
     "DPO": ("dpo", "training.dpo_config", "DPORoundConfig", ("loss", "accuracy", "margin")),
-    "PPO": ("ppo", "training.ppo_config", "PPOConfig", ("reward", "kl", "loss", "entropy")),
+    "PPO": ("ppo", "training.ppo_config", "PPOConfig", ("reward", "kl", "policy_loss", "value_loss", "entropy")),
 }
 PAIR_ROUNDS = {"reward": "The reward round", "dpo": "DPO"}
 

@@ -110,3 +110,17 @@ def test_empty_optional_boxes_of_the_ppo_form_mean_none(workspace, generator, st
     kind, config = started[0]
     assert kind == "ppo"
     assert (config["reward_version"], config["max_prompts"], config["max_steps"]) == (None, None, None)
+
+
+def test_ppo_curves_are_the_metrics_the_ppo_round_logs():
+    # the page runs when imported, so its ROUNDS table is read from the source
+    import ast
+    from pathlib import Path
+
+    from training import ppo
+
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "pages" / "train.py").read_text())
+    rounds_table = next(ast.literal_eval(n.value) for n in tree.body
+                        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ROUNDS")
+    curves = rounds_table["PPO"][3]
+    assert set(curves) <= set(ppo.LOG_KEYS) and {"policy_loss", "reward", "kl"} <= set(curves)
