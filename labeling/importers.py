@@ -81,6 +81,9 @@ def _open_bytes(path: Path):
         raise InputError(f"{path}: cannot open the file ({e.strerror or e}); check the path and permissions.") from None
 
 
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
 def _jsonl_rows(path: Path) -> Iterator[Row]:
     with _open_bytes(path) as f:
         n = 0
@@ -89,7 +92,8 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
                 if not raw.strip():
                     continue
                 try:
-                    obj = orjson.loads(raw)
+                    # orjson reads integers past 64 bits as floats; json keeps them exact
+                    obj = orjson.loads(raw) if not _LONG_NUMBER.search(raw) else _json_line(raw, path, n)
                 except orjson.JSONDecodeError:
                     obj = _json_line(raw, path, n)
                 if not isinstance(obj, dict):

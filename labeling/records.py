@@ -28,9 +28,10 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 def canonical_json(obj: Any) -> bytes:
     """`obj` as JSON with sorted keys, no whitespace and UTF-8 text unescaped.
 
-    orjson writes exactly these bytes for strings, lists and string-keyed dicts (tested against
-    the standard encoder, tests/test_records.py) at several times the speed; what it refuses
-    (lone surrogates, integers past 64 bits) goes through the standard encoder.
+    For what prefloop hashes (text, and lists and dicts of text) orjson writes exactly the bytes
+    of the standard encoder (tests/test_records.py) at several times the speed; what it refuses
+    (lone surrogates, integers past 64 bits) goes through the standard encoder. Floats differ
+    (1e-07 vs 1e-7, NaN), so never hash them through here.
     """
     try:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

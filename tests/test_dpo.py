@@ -78,6 +78,13 @@ def test_trim_prompt_drops_oldest_turns():
     assert rounds.trim_prompt(messages, count, 2) == messages[2:]  # the last turn always stays
 
 
+def test_prompts_keep_at_most_half_of_max_length():
+    # TRL cuts a pair at max_length from the end: a 256-token prompt in a 192-token pair would
+    # leave both responses empty (a sweep at --max-length 192 did exactly this)
+    assert dpo.prompt_budget(DPORoundConfig(max_length=192)) == 96
+    assert dpo.prompt_budget(DPORoundConfig()) == 256  # the defaults: 512 and 256
+
+
 def test_dpo_background_job_end_to_end(tiny, tmp_path):
     import_pairs(tmp_path, 10)
     job_id = jobs.start_job("dpo", {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 2})
