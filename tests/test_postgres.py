@@ -57,6 +57,25 @@ def test_the_database_really_is_postgresql(workspace):
                              "AND c.relnamespace = current_schema()::regnamespace")) == 1
 
 
+def test_version_1_workspace_is_migrated_on_postgresql(workspace):
+    from labeling.models import SCHEMA_VERSION
+
+    store.import_file(FIXTURES / "pairs.jsonl")
+    with db.session() as s:  # put back what a version-1 workspace had
+        s.execute(text("CREATE INDEX ix_responses_prompt_id ON responses (prompt_id)"))
+        s.execute(text("CREATE INDEX ix_judgments_pair_id ON judgments (pair_id)"))
+        s.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+        pairs = s.scalar(select(func.count(Pair.id)))
+    url = db.database_url()
+    db._engine_for(url).dispose()
+    db._engine_for.cache_clear()
+    assert db.schema_version() == SCHEMA_VERSION == 2
+    with db.session() as s:
+        names = set(s.scalars(text("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")))
+        assert not names & {"ix_responses_prompt_id", "ix_judgments_pair_id"} and "ix_pairs_queue" in names
+        assert s.scalar(select(func.count(Pair.id))) == pairs
+
+
 def test_orm_inserts_after_a_bulk_import_get_fresh_ids(workspace):
     """The import gives ids itself; the sequences must be moved past them, or the next app insert collides."""
     store.import_file(FIXTURES / "pairs.jsonl")
