@@ -21,8 +21,6 @@ def _exported_judgment_ids():
     return sorted(preference_rows().judgment_ids)
 
 
-
-
 def test_dpo_round_trains_every_lora_parameter_and_writes_a_current_version(tiny, tmp_path, monkeypatch):
     import torch
 

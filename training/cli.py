@@ -74,7 +74,7 @@ def coerce(field: FormField, value: Any, where: str) -> Any:
         return None  # an empty box of the form, or an empty flag
     if isinstance(value, str) and field.type is not str:
         text = value.strip().lower()
-        if field.optional and text in ("", "none", "null"):
+        if field.optional and text in ("none", "null"):  # an empty box was handled above
             return None
         try:
             value = {"true": True, "false": False}[text] if field.type is bool else field.type(text)
