@@ -1,9 +1,9 @@
 """Writing prompts, responses, pairs and imported labels: one transaction per import, idempotent.
 
-An import reads and checks the whole file first (labeling/importers.py), plans what is new by
-content hash (`plan_import`, a pure function), and only then writes, in bulk, inside one
-transaction: all or nothing. Re-importing a file adds nothing. Empty, identical-response and
-in-file duplicate pairs are dropped and counted.
+An import is read, checked and hashed in chunks (labeling/planning.py); each chunk is written, in
+bulk, as soon as it is planned, all inside one transaction: a bad line anywhere rolls back
+everything. On a large file the planning runs in a second process, beside the writes. Re-importing
+a file adds nothing. Empty, identical-response and in-file duplicate pairs are dropped and counted.
 
 `import_file` returns
     {"imported": n,        # new pairs (or new prompts, for a prompts-only file)
@@ -12,36 +12,32 @@ in-file duplicate pairs are dropped and counted.
      "format": fmt, "source": source}
 
 Speed: row ids are assigned here, inside the write transaction, so every table is one
-`executemany` without RETURNING round trips. On SQLite db.py takes the write lock up front
-(BEGIN IMMEDIATE); on PostgreSQL the tables are locked and the id sequences moved past the rows.
+`executemany` of plain tuples without RETURNING round trips. On SQLite db.py takes the write lock
+up front (BEGIN IMMEDIATE); on PostgreSQL the tables are locked and the id sequences moved past
+the rows.
 """
 from __future__ import annotations
 
 import re
-from collections import Counter
-from dataclasses import dataclass, field
-from operator import itemgetter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from sqlalchemy import func, insert, select, text
+import orjson
+from sqlalchemy import JSON, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from labeling import db
-from labeling.importers import InputError, PairRecord, PromptRecord, read
+from labeling.importers import InputError, PromptRecord
 from labeling.models import Annotator, Judgment, Meta, Pair, Prompt, Response, utcnow
+from labeling.planning import PlannedChunk, Planner, planned, split_for  # noqa: F401 (split_for: the store's rule)
 from labeling.records import as_messages, content_hash, pair_hash
 
 BUILTIN_PROMPTS = Path(__file__).with_name("builtin_prompts.txt")
-HELDOUT_EVERY = 10  # one prompt in ten, chosen by its hash, is kept for evaluation
 CHUNK = 20_000  # rows per executemany: bounded memory for the driver, few round trips
 LOOKUP_CHUNK = 500  # hashes per IN (...) query, well under every database's parameter limit
 MAX_SOURCE_LENGTH = 180  # leaves room for "imported:" / "import:" in 200-character columns
-
-
-def split_for(prompt_hash: str) -> str:
-    """ "heldout" for about one prompt in ten, always the same ones; "train" for the rest."""
-    return "heldout" if int(prompt_hash[:8], 16) % HELDOUT_EVERY == 0 else "train"
+IMPORT_CACHE_KIB = 256 * 1024  # an upper bound: pages are only cached as the import touches them
 
 
 def default_source(path: str | Path) -> str:
@@ -56,67 +52,6 @@ def check_source(source: str) -> str:
         raise InputError(f"The source name '{source}' must have 1 to {MAX_SOURCE_LENGTH} characters; "
                          f"pass another --source.")
     return clean
-
-
-# ---------------------------------------------------------------- planning (pure)
-
-
-@dataclass
-class PlannedPair:
-    prompt_hash: str
-    hash_a: str
-    hash_b: str
-    pair_hash: str
-    record: PairRecord
-
-
-@dataclass
-class ImportPlan:
-    """What a file holds once empty, identical and repeated entries are set aside."""
-
-    prompts: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # hash -> messages
-    pairs: list[PlannedPair] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=lambda: {"empty": 0, "identical": 0, "duplicate_in_file": 0})
-
-
-def _is_empty(messages: list[dict[str, str]]) -> bool:
-    return not messages or not any(m["content"].strip() for m in messages)
-
-
-def plan_import(records: Iterable[PairRecord | PromptRecord]) -> ImportPlan:
-    """Hash every record and set aside the empty, identical and in-file duplicate ones.
-
-    Pair hashes are order-free, so the same two responses given twice (in either order) for one
-    prompt count as one pair; the first occurrence wins.
-    """
-    plan, seen = ImportPlan(), set()
-    dropped = plan.dropped
-    for rec in records:
-        if _is_empty(rec.prompt):
-            dropped["empty"] += 1
-            continue
-        p_hash = content_hash(rec.prompt)
-        if isinstance(rec, PromptRecord):
-            if p_hash in plan.prompts:
-                dropped["duplicate_in_file"] += 1
-            plan.prompts[p_hash] = rec.prompt
-            continue
-        a, b = rec.response_a.strip(), rec.response_b.strip()
-        if not a or not b:
-            dropped["empty"] += 1
-            continue
-        if a == b:
-            dropped["identical"] += 1
-            continue
-        h_a, h_b = content_hash(rec.response_a), content_hash(rec.response_b)
-        ph = pair_hash(p_hash, h_a, h_b)
-        if ph in seen:
-            dropped["duplicate_in_file"] += 1
-            continue
-        seen.add(ph)
-        plan.prompts.setdefault(p_hash, rec.prompt)
-        plan.pairs.append(PlannedPair(p_hash, h_a, h_b, ph, rec))
-    return plan
 
 
 # ---------------------------------------------------------------- writing (bulk)
@@ -141,129 +76,169 @@ def _next_ids(s: Session, *tables) -> list[int]:
     return [(s.scalar(select(func.max(t.id))) or 0) + 1 for t in tables]
 
 
-def _bulk_insert(s: Session, model, rows: list[dict[str, Any]]) -> None:
-    """INSERT every row (dicts with the same keys, ids included) in a few executemany calls."""
+def _bulk_insert(s: Session, model, keys: tuple[str, ...], rows: list[tuple], **constants: Any) -> None:
+    """INSERT rows given as tuples in `keys` order, with `constants` the same in every row, in a
+    few executemany calls. JSON columns among `keys` arrive as JSON text."""
     if not rows:
         return
     conn, table = s.connection(), model.__table__
-    if conn.dialect.name == "sqlite":
-        _sqlite_executemany(conn, table, rows)
+    if conn.dialect.name != "sqlite":
+        json_keys = [k for k in keys if isinstance(table.c[k].type, JSON)]
+        dicts = [dict(zip(keys, row), **constants) for row in rows]
+        for row in dicts:  # the driver's JSON handling wants objects
+            row.update((k, orjson.loads(row[k])) for k in json_keys)
+        for start in range(0, len(dicts), CHUNK):
+            conn.execute(insert(table), dicts[start:start + CHUNK])
+        if conn.dialect.name == "postgresql":  # ids were given, so move the sequence past them
+            name = table.name
+            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"))
         return
-    for start in range(0, len(rows), CHUNK):
-        conn.execute(insert(table), rows[start:start + CHUNK])
-    if conn.dialect.name == "postgresql":  # ids were given, so move the sequence past them
-        name = table.name
-        conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"))
-
-
-def _sqlite_executemany(conn, table, rows: list[dict[str, Any]]) -> None:
-    """The INSERT SQLAlchemy compiles for SQLite, with the values bound by the driver directly.
-
-    SQLAlchemy's per-row parameter handling cost as much as SQLite itself; here each column's
-    own bind processor (JSON, DateTime) still converts the values, but a repeated value, such as
-    the one `created_at` of an import, is converted once.
-    """
-    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(rows[0]))
-    keys = list(compiled.positiontup)
-    for key in keys:
-        process = table.c[key].type._cached_bind_processor(conn.dialect)
-        if process is None:
-            continue
-        memo: dict[Any, Any] = {}
-        for row in rows:
-            value = row[key]
-            if isinstance(value, (dict, list)):
-                row[key] = process(value)
-            else:
-                row[key] = memo[value] if value in memo else memo.setdefault(value, process(value))
-    values = list(map(itemgetter(*keys), rows)) if len(keys) > 1 else [(row[keys[0]],) for row in rows]
+    # SQLAlchemy's per-row parameter handling cost as much as SQLite itself: the driver gets the
+    # tuples directly, and only the constants go through their columns' bind processors (once).
+    quote = conn.dialect.identifier_preparer.quote
+    names = ", ".join(quote(k) for k in (*keys, *constants))
+    sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join('?' * (len(keys) + len(constants)))})"
+    tail = tuple(_bound(table.c[k].type, conn.dialect, v) for k, v in constants.items())
+    values = [row + tail for row in rows] if tail else rows
     for start in range(0, len(values), CHUNK):
-        conn.exec_driver_sql(compiled.string, values[start:start + CHUNK])
+        conn.exec_driver_sql(sql, values[start:start + CHUNK])
 
 
-def _write_prompts(s: Session, prompts: dict[str, list[dict[str, str]]], source: str, now) -> tuple[dict[str, int], set[int]]:
-    """Store the prompts not yet stored; return ({hash: id} for all of them, ids of the new ones)."""
-    (next_id,) = _next_ids(s, Prompt)
-    stored = _existing(s, Prompt.content_hash, prompts, Prompt.id) if next_id > 1 else {}
-    ids = {h: row.id for h, row in stored.items()}
-    rows = []
-    for h, messages in prompts.items():
-        if h not in ids:
-            ids[h] = next_id
-            rows.append({"id": next_id, "content_hash": h, "messages": messages, "source": source,
-                         "split": split_for(h), "created_at": now})
-            next_id += 1
-    _bulk_insert(s, Prompt, rows)
-    return ids, {row["id"] for row in rows}
+def _bound(column_type, dialect, value: Any) -> Any:
+    process = column_type._cached_bind_processor(dialect)
+    return value if process is None else process(value)
 
 
-def _stored_responses(s: Session, version: str, prompt_ids: list[int]) -> dict[tuple[int, str], int]:
-    """{(prompt id, content hash): response id} of this model version's responses to these prompts."""
-    found: dict[tuple[int, str], int] = {}
-    for start in range(0, len(prompt_ids), LOOKUP_CHUNK):
-        stmt = select(Response.prompt_id, Response.content_hash, Response.id).where(
-            Response.model_version == version, Response.prompt_id.in_(prompt_ids[start:start + LOOKUP_CHUNK]))
-        found.update({(r.prompt_id, r.content_hash): r.id for r in s.execute(stmt)})
-    return found
+class _ImportWriter:
+    """Writes planned chunks inside the caller's transaction: new prompts, responses, pairs and,
+    for labeled pairs, one judgment each by `import:<source>`. Ids are assigned here."""
 
+    def __init__(self, s: Session, source: str, now) -> None:
+        self.s, self.source, self.now = s, source, now
+        self.version = f"imported:{source}"
+        (self.next_prompt,) = _next_ids(s, Prompt)
+        self.had_prompts = self.next_prompt > 1  # else nothing can be stored already: no lookups
+        self.prompt_ids: dict[str, int] = {}
+        self.new_prompts: set[int] = set()
+        self.responses: dict[tuple[int, str], int] = {}  # (prompt id, content hash) -> response id
+        self.looked_up: set[int] = set()  # stored prompts whose responses from this source are known
+        self.next_response = None  # locked and read when the first pair arrives
+        self.annotator: int | None = None
+        self.pairs_added = self.pairs_stored = 0
 
-def _write_pairs(s: Session, plan: ImportPlan, source: str, prompt_ids: dict[str, int], new_prompts: set[int],
-                 now) -> tuple[int, int]:
-    """Store the new pairs, their responses and (when labeled) one judgment each by
-    `import:<source>`; return (pairs added, pairs already stored)."""
-    # Lock order judgments before pairs, as the count trigger takes them on every submit (and
-    # responses before pairs, as the generator does): otherwise a submit and an import on
-    # PostgreSQL can each hold what the other waits for.
-    next_response, next_judgment, next_pair = _next_ids(s, Response, Judgment, Pair)
-    stored = _existing(s, Pair.pair_hash, (p.pair_hash for p in plan.pairs)) if next_pair > 1 else {}
-    new = [p for p in plan.pairs if p.pair_hash not in stored]
-    version = f"imported:{source}"
-    # Only prompts stored before this import can already have responses from this source.
-    responses = _stored_responses(s, version, list({prompt_ids[p.prompt_hash] for p in new} - new_prompts))
-    annotator = get_or_create_annotator(s, f"import:{source}").id if any(p.record.labeled for p in new) else None
-    response_rows, pair_rows, judgment_rows = [], [], []
-    for p in new:
-        prompt_id = prompt_ids[p.prompt_hash]
-        ids = []
-        for h, body in ((p.hash_a, p.record.response_a), (p.hash_b, p.record.response_b)):
-            key = (prompt_id, h)
-            if key not in responses:
-                responses[key] = next_response
-                response_rows.append({"id": next_response, "prompt_id": prompt_id, "text": body, "content_hash": h,
-                                      "model_version": version, "generation": None, "created_at": now})
+    def write(self, chunk: PlannedChunk) -> None:
+        self._write_prompts(chunk.prompts)
+        if chunk.pairs:
+            self._write_pairs(chunk.pairs)
+
+    def _write_prompts(self, prompts: list[tuple[str, str, str]]) -> None:
+        stored = _existing(self.s, Prompt.content_hash, (h for h, _, _ in prompts), Prompt.id) if self.had_prompts else {}
+        rows = []
+        for h, messages, split in prompts:
+            if h in stored:
+                self.prompt_ids[h] = stored[h].id
+                continue
+            self.prompt_ids[h] = self.next_prompt
+            self.new_prompts.add(self.next_prompt)
+            rows.append((self.next_prompt, h, messages, split))
+            self.next_prompt += 1
+        _bulk_insert(self.s, Prompt, ("id", "content_hash", "messages", "split"), rows,
+                     source=self.source, created_at=self.now)
+
+    def _start_pairs(self) -> None:
+        # Lock order judgments before pairs, as the count trigger takes them on every submit (and
+        # responses before pairs, as the generator does): otherwise a submit and an import on
+        # PostgreSQL can each hold what the other waits for.
+        self.next_response, self.next_judgment, self.next_pair = _next_ids(self.s, Response, Judgment, Pair)
+        self.had_pairs = self.next_pair > 1
+
+    def _write_pairs(self, pairs: list[tuple]) -> None:
+        if self.next_response is None:
+            self._start_pairs()
+        stored = _existing(self.s, Pair.pair_hash, (p[0] for p in pairs)) if self.had_pairs else {}
+        new = [p for p in pairs if p[0] not in stored]
+        self.pairs_stored += len(pairs) - len(new)
+        self._look_up_responses({self.prompt_ids[p[1]] for p in new})
+        if self.annotator is None and any(p[6] for p in new):
+            self.annotator = get_or_create_annotator(self.s, f"import:{self.source}").id
+        responses, prompt_ids, response_rows, pair_rows, judgment_rows = self.responses, self.prompt_ids, [], [], []
+        next_response, next_pair, next_judgment = self.next_response, self.next_pair, self.next_judgment
+        for pair_h, prompt_h, hash_a, text_a, hash_b, text_b, labeled in new:
+            prompt_id = prompt_ids[prompt_h]
+            id_a = responses.get((prompt_id, hash_a))
+            if id_a is None:
+                id_a = responses[prompt_id, hash_a] = next_response
+                response_rows.append((next_response, prompt_id, text_a, hash_a))
                 next_response += 1
-            ids.append(responses[key])
-        pair_rows.append({"id": next_pair, "pair_hash": p.pair_hash, "prompt_id": prompt_id, "response_a_id": ids[0],
-                          "response_b_id": ids[1], "source": source, "kind": "label", "created_at": now})
-        if p.record.labeled:
-            judgment_rows.append({"id": next_judgment, "pair_id": next_pair, "annotator_id": annotator,
-                                  "outcome": "a", "left": None, "seconds": None, "comment": None,
-                                  "created_at": now, "updated_at": now})
-            next_judgment += 1
-        next_pair += 1
-    _insert_pairs_and_judgments(s, response_rows, pair_rows, judgment_rows)
-    return len(pair_rows), len(plan.pairs) - len(new)
+            id_b = responses.get((prompt_id, hash_b))
+            if id_b is None:
+                id_b = responses[prompt_id, hash_b] = next_response
+                response_rows.append((next_response, prompt_id, text_b, hash_b))
+                next_response += 1
+            # the last value is the pair's judgment count: the one judgment written here, if labeled
+            pair_rows.append((next_pair, pair_h, prompt_id, id_a, id_b, int(labeled)))
+            if labeled:
+                judgment_rows.append((next_judgment, next_pair))
+                next_judgment += 1
+            next_pair += 1
+        self.next_response, self.next_pair, self.next_judgment = next_response, next_pair, next_judgment
+        self.pairs_added += len(pair_rows)
+        s, now = self.s, self.now
+        _bulk_insert(s, Response, ("id", "prompt_id", "text", "content_hash"), response_rows,
+                     model_version=self.version, generation=None, created_at=now)
+        judgments = (("id", "pair_id"), judgment_rows)
+        pairs_keys = ("id", "pair_hash", "prompt_id", "response_a_id", "response_b_id")
+        pair_constants = dict(source=self.source, kind="label", created_at=now)
+        judgment_constants = dict(annotator_id=self.annotator, outcome="a", left=None, seconds=None, comment=None,
+                                  created_at=now, updated_at=now)
+        if s.bind.dialect.name == "sqlite":
+            # The judgments go in first, with foreign keys checked at commit (the pragma ends with
+            # the transaction): the count trigger then finds no pair row to update, and the pairs
+            # are written with their count already set. 100,000 trigger updates cost more than all
+            # the pair inserts together. Elsewhere the pairs go first and the trigger counts.
+            s.execute(text("PRAGMA defer_foreign_keys = ON"))
+            _bulk_insert(s, Judgment, *judgments, **judgment_constants)
+            _bulk_insert(s, Pair, (*pairs_keys, "judgment_count"), pair_rows, **pair_constants)
+        else:
+            _bulk_insert(s, Pair, pairs_keys, [row[:-1] for row in pair_rows], **pair_constants)
+            _bulk_insert(s, Judgment, *judgments, **judgment_constants)
+
+    def _look_up_responses(self, prompt_ids: set[int]) -> None:
+        """Learn this source's stored responses to prompts stored before this import (only those
+        can have any), each prompt once."""
+        wanted = sorted(prompt_ids - self.new_prompts - self.looked_up)
+        self.looked_up.update(wanted)
+        for start in range(0, len(wanted), LOOKUP_CHUNK):
+            stmt = select(Response.prompt_id, Response.content_hash, Response.id).where(
+                Response.model_version == self.version, Response.prompt_id.in_(wanted[start:start + LOOKUP_CHUNK]))
+            self.responses.update({(r.prompt_id, r.content_hash): r.id for r in self.s.execute(stmt)})
 
 
-def _insert_pairs_and_judgments(s: Session, responses: list[dict], pairs: list[dict], judgments: list[dict]) -> None:
-    """Write the rows so that Pair.judgment_count comes out right.
+def _import_chunks(chunks: Iterable[PlannedChunk], source: str) -> tuple[_ImportWriter, PlannedChunk]:
+    """Write every chunk in one transaction; return the writer (its counts) and the last chunk
+    (the format and the final dropped counts)."""
+    last = None
+    with db.session() as s, _import_cache(s):
+        writer = _ImportWriter(s, source, utcnow())
+        for last in chunks:
+            writer.write(last)
+    return writer, last
 
-    On SQLite the judgments go in first, with foreign keys checked at commit (the pragma ends
-    with the transaction): the count trigger then finds no pair row to update, and the pairs are
-    written with their count already set. 100,000 trigger updates cost more than all the pair
-    inserts together. Elsewhere the pairs go first and the trigger counts as usual.
-    """
-    _bulk_insert(s, Response, responses)
-    if s.bind.dialect.name == "sqlite":
-        s.execute(text("PRAGMA defer_foreign_keys = ON"))
-        counted = Counter(j["pair_id"] for j in judgments)
-        for row in pairs:
-            row["judgment_count"] = counted.get(row["id"], 0)
-        _bulk_insert(s, Judgment, judgments)
-        _bulk_insert(s, Pair, pairs)
-    else:
-        _bulk_insert(s, Pair, pairs)
-        _bulk_insert(s, Judgment, judgments)
+
+@contextmanager
+def _import_cache(s: Session) -> Iterator[None]:
+    """A large SQLite page cache for the import's connection, back to its old size afterwards.
+    With SQLite's 2 MB default, every insert into a hash index re-read pages it had just written."""
+    if s.bind.dialect.name != "sqlite":
+        yield
+        return
+    conn = s.connection()
+    size = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
+    try:
+        yield
+    finally:  # not transactional: it stays until set back, whatever happened to the import
+        conn.exec_driver_sql(f"PRAGMA cache_size = {size}")
 
 
 def import_file(path: str | Path, fmt: str = "auto", source: str | None = None) -> dict[str, Any]:
@@ -272,16 +247,13 @@ def import_file(path: str | Path, fmt: str = "auto", source: str | None = None) 
     Raises InputError, with nothing written, when the file cannot be read or a record is wrong.
     """
     source = check_source(source if source is not None else default_source(path))
-    fmt, records = read(path, fmt)
-    plan = plan_import(records)
-    now = utcnow()
-    with db.session() as s:
-        prompt_ids, new_prompts = _write_prompts(s, plan.prompts, source, now)
-        if fmt == "prompts":
-            imported, duplicates = len(new_prompts), len(plan.prompts) - len(new_prompts)
-        else:
-            imported, duplicates = _write_pairs(s, plan, source, prompt_ids, new_prompts, now)
-    return {"imported": imported, "duplicates": duplicates, "dropped": plan.dropped, "format": fmt, "source": source}
+    writer, last = _import_chunks(planned(path, fmt), source)
+    if last.fmt == "prompts":
+        imported, duplicates = len(writer.new_prompts), len(writer.prompt_ids) - len(writer.new_prompts)
+    else:
+        imported, duplicates = writer.pairs_added, writer.pairs_stored
+    return {"imported": imported, "duplicates": duplicates, "dropped": last.dropped, "format": last.fmt,
+            "source": source}
 
 
 # ---------------------------------------------------------------- for the rest of prefloop
@@ -289,9 +261,9 @@ def import_file(path: str | Path, fmt: str = "auto", source: str | None = None) 
 
 def add_prompts(prompts: list[str | list[dict[str, str]]], source: str) -> int:
     """Store the prompts (text or conversations) not stored yet; return how many were new."""
-    plan = plan_import(PromptRecord(as_messages(p)) for p in prompts)
-    with db.session() as s:
-        return len(_write_prompts(s, plan.prompts, check_source(source), utcnow())[1])
+    chunk = Planner().plan("prompts", (PromptRecord(as_messages(p)) for p in prompts))
+    writer, _ = _import_chunks([chunk], check_source(source))
+    return len(writer.new_prompts)
 
 
 def builtin_prompts() -> list[str]:
