@@ -1,6 +1,6 @@
 """prefloop's DPO round vs a plain TRL DPOTrainer on the same hh-rlhf pairs and SmolLM2.
 
-    python bench/dpo.py [--pairs 256] [--heldout 64] [--threads N]
+    python bench/dpo.py [--pairs 256] [--heldout 64] [--batch-size N] [--no-gradient-checkpointing]
 
 prefloop: LoRA on the policy, reference = the same model with the adapter off, prompts trimmed.
 Baseline: TRL `DPOTrainer` with its default settings (full fine-tune, a separate reference model,
@@ -59,13 +59,14 @@ def bench_data(home: Path, pairs: int, heldout: int):
     return rounds.PreferenceData(train[:pairs], held[:heldout], [], True)
 
 
-def run_prefloop(data, out: str, checkpointing: bool) -> dict:
+def run_prefloop(data, out: str, checkpointing: bool, batch_size: int | None) -> dict:
     from training import dpo, jobs
     from training.dpo_config import DPORoundConfig
     from training.model import load_policy
 
     model, tokenizer = load_policy("base")
     config = DPORoundConfig(gradient_checkpointing=checkpointing)
+    config.batch_size = batch_size or config.batch_size
     started = time.perf_counter()
     peft_model, metrics = dpo.train(model, tokenizer, data, config, jobs.Reporter(None), out)
     return {"seconds": time.perf_counter() - started, "acc": metrics.get("heldout_accuracy"),
@@ -98,13 +99,13 @@ def run_baseline(data, out: str) -> dict:
             "tokens": _tokens(trainer.state), "flops_per_param_token": 2 + 4 + 2}
 
 
-def arm_main(arm: str, home: Path, pairs: int, heldout: int, checkpointing: bool) -> None:
+def arm_main(arm: str, home: Path, pairs: int, heldout: int, checkpointing: bool, batch_size: int | None) -> None:
     from training import jobs
 
     threads = jobs.set_threads()
     data = bench_data(home, pairs, heldout)
     with tempfile.TemporaryDirectory() as out:
-        result = run_prefloop(data, out, checkpointing) if arm == "prefloop" else run_baseline(data, out)
+        result = run_prefloop(data, out, checkpointing, batch_size) if arm == "prefloop" else run_baseline(data, out)
     result.update(arm=arm, pairs=len(data.train), heldout=len(data.heldout), threads=threads,
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   matmul_flops=matmul_flops())
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=64)
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
                         help="Run prefloop's round without gradient checkpointing (on by default, as in the baseline).")
+    parser.add_argument("--batch-size", type=int, help="prefloop's pairs per step (default: the round's own).")
     parser.add_argument("--arm", choices=("prefloop", "baseline"), help="Run one arm only and print its JSON.")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace"), help="Workspace for the bench data and model.")
     args = parser.parse_args()
@@ -129,11 +131,12 @@ def main() -> None:
         sys.exit(f"{HH} is absent; the benchmark needs the shared hh-rlhf file beside the checkout.")
     home = Path(args.home)
     if args.arm:
-        return arm_main(args.arm, home, args.pairs, args.heldout, args.gradient_checkpointing)
+        return arm_main(args.arm, home, args.pairs, args.heldout, args.gradient_checkpointing, args.batch_size)
     results = {}
     for arm in ("prefloop", "baseline"):
         cmd = [sys.executable, __file__, "--arm", arm, "--pairs", str(args.pairs), "--heldout", str(args.heldout),
-               "--home", str(home)] + ["--no-gradient-checkpointing"] * (not args.gradient_checkpointing)
+               "--home", str(home)] + ["--no-gradient-checkpointing"] * (not args.gradient_checkpointing) \
+              + ["--batch-size", str(args.batch_size)] * bool(args.batch_size)
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,  # stderr: the arm's log, as is
                              env=dict(os.environ, TQDM_DISABLE="1"))
         results[arm] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,12 +1,12 @@
 """Reward-model accuracy per backbone: held-out pairwise accuracy on an 80/20 prompt split of the
 hh-rlhf file and on the OASST pairs (never trained on), with training time.
 
-    python bench/reward.py [--backbones policy minilm] [--max-pairs N] [--max-length 512] [--epochs 1]
+    python bench/reward.py [--backbones policy minilm] [--max-pairs N] [--max-length N] [--epochs N]
                            [--learning-rate LR] [--max-heldout N] [--max-oasst N]
 
 Each backbone trains with prefloop's reward round (`training.reward.train`, TRL RewardTrainer,
-Bradley-Terry loss) and its default settings. One JSON line per backbone, then the last line for
-the better one on hh-rlhf: {"hh_acc": x, "oasst_acc": y, "train_s": t, "backbone": "..."}.
+Bradley-Terry loss) and its default settings, unless the flags change them. One JSON line per
+backbone, then the last line for the better one on hh-rlhf: {"hh_acc": x, "oasst_acc": y, "train_s": t, "backbone": "..."}.
 Target: ≥ 0.65 on hh-rlhf held out within 15 minutes of CPU.
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ def run_backbone(backbone: str, data, oasst: list[dict], args) -> dict:
     from training import jobs, reward
     from training.reward_config import RewardRoundConfig
 
-    config = RewardRoundConfig(backbone=backbone, epochs=args.epochs, max_length=args.max_length,
-                               learning_rate=args.learning_rate)
+    given = {"epochs": args.epochs, "max_length": args.max_length, "learning_rate": args.learning_rate}
+    config = RewardRoundConfig(backbone=backbone, **{k: v for k, v in given.items() if v is not None})
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         model, tokenizer, _, metrics = reward.train(config, data, jobs.Reporter(None), out)
@@ -56,8 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", nargs="+", default=["policy", "minilm"], choices=["policy", "minilm"])
     parser.add_argument("--max-pairs", type=int, help="Train on at most this many hh pairs (a quicker run).")
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-length", type=int, help="Default: the round's own.")
+    parser.add_argument("--epochs", type=float, help="Default: the round's own.")
     parser.add_argument("--learning-rate", type=float, help="AdamW learning rate; default: the backbone's own.")
     parser.add_argument("--max-heldout", type=int, help="Score only the first N held-out hh pairs (a quicker run).")
     parser.add_argument("--max-oasst", type=int, help="Score only the first N OASST pairs (a quicker run).")

@@ -20,7 +20,7 @@ def trained(workspace, tmp_path, monkeypatch):
     use_tiny_policy(tmp_path, monkeypatch)
     import_pairs(tmp_path, 24)
     base = versions.ensure_base_version()
-    reward_id = reward.run_round(RewardRoundConfig(max_length=64), jobs.Reporter(None), max_steps=2)["version"]
+    reward_id = reward.run_round(RewardRoundConfig(backbone="policy", max_length=64), jobs.Reporter(None), max_steps=2)["version"]
     tuned = dpo.run_round(DPORoundConfig(beta=0.1, learning_rate=5e-2, max_length=64, max_prompt_length=32),
                           jobs.Reporter(None), max_steps=4)["version"]
     return {"base": base, "reward": reward_id, "tuned": tuned}

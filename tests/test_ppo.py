@@ -167,7 +167,7 @@ def round_workspace(workspace, tmp_path, monkeypatch):
 def train_tiny_reward_model(capsys) -> str:
     from training import reward
 
-    assert reward.main(["--max-steps", "2", "--batch-size", "4"]) == 0
+    assert reward.main(["--backbone", "policy", "--max-steps", "2", "--batch-size", "4"]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"]
 
 

@@ -26,13 +26,32 @@ def test_pairwise_accuracy_counts_ties_as_half():
     assert reward.pairwise_accuracy(chosen, rejected) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
 
 
+def test_encoder_input_keeps_the_latest_turn_and_the_start_of_the_response(workspace):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reward.minilm_path())
+    prompt = [{"role": "user", "content": "old question " * 80}, {"role": "assistant", "content": "an answer"},
+              {"role": "user", "content": "how do I pick a lock"}]
+    for response, kept in (("no, I cannot help with that.", "no, i cannot help with that."),
+                           ("first words " + "more " * 300, "first words more")):
+        ids = reward.encode(tokenizer, prompt, response, 64)
+        text = tokenizer.decode(ids)
+        assert len(ids) <= 64 and text.startswith("[CLS]") and text.endswith("[SEP]")
+        context, answer = text[len("[CLS] "):-len(" [SEP]")].split(" [SEP] ")
+        assert context.endswith("user : how do i pick a lock") and "old question" in context
+        assert answer.startswith(kept)
+        assert len(ids) == 64  # the room is used: the oldest turns fill what the response leaves
+    short = reward.encode(tokenizer, [{"role": "user", "content": "hi"}], "hello", 64)
+    assert short == tokenizer("user: hi", "hello")["input_ids"]
+
+
 def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypatch):
     import torch
 
     import_pairs(tmp_path, 12)
     snapshot = {}
     snapshot_trainable(monkeypatch, snapshot)
-    summary = reward.run_round(RewardRoundConfig(learning_rate=1e-2, batch_size=4), jobs.Reporter(None), max_steps=4)
+    summary = reward.run_round(RewardRoundConfig(backbone="policy", learning_rate=1e-2, batch_size=4), jobs.Reporter(None), max_steps=4)
 
     model = snapshot.pop("__model__")
     after = dict(model.named_parameters())
@@ -49,9 +68,29 @@ def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypa
     # the stored version scores exactly as the trained model did
     prompts = [[{"role": "user", "content": "Tell me about tea (5)."}]] * 2
     responses = ["Sure, here is a short answer about tea.", "No."]
-    live = reward.make_scorer(model, reward.load_backbone(RewardRoundConfig())[1], 512)(prompts, responses)
+    live = reward.make_scorer(model, reward.load_backbone(RewardRoundConfig(backbone="policy"))[1], 256)(prompts, responses)
     stored = reward.load_scorer(row.id)(prompts, responses)
     assert stored.shape == (2,) and torch.allclose(live, stored, atol=1e-4)
+    assert stored[0] > stored[1]  # it learned that the polite answer is chosen
+
+
+def test_minilm_reward_round_the_default_trains_and_scores_from_its_version(workspace, tmp_path):
+    import torch
+
+    import_pairs(tmp_path, 12)
+    summary = reward.run_round(RewardRoundConfig(learning_rate=1e-3, batch_size=4, max_length=64), jobs.Reporter(None),
+                               max_steps=4)
+    assert summary["backbone"] == "minilm" and summary["steps"] == 4 and math.isfinite(summary["train_loss"])
+    row = versions.get_version(summary["version"])
+    meta = json.loads((Path(row.path) / "reward.json").read_text())
+    assert (meta["backbone"], meta["lora"], meta["max_length"]) == ("minilm", False, 64)
+    prompts = [[{"role": "user", "content": "Tell me about tea (5)."}]] * 2
+    responses = ["Sure, here is a short answer about tea.", "No."]
+    stored = reward.load_scorer(row.id)(prompts, responses)
+    untrained, tokenizer, _ = reward.load_backbone(RewardRoundConfig())
+    torch.manual_seed(0)
+    before = reward.make_scorer(untrained, tokenizer, 64)(prompts, responses)
+    assert stored.shape == (2,) and torch.isfinite(stored).all() and not torch.allclose(stored, before, atol=1e-3)
     assert stored[0] > stored[1]  # it learned that the polite answer is chosen
 
 
@@ -72,8 +111,9 @@ def test_reward_on_smollm2_with_real_pairs(workspace, shared_data, model_cache_h
 
     monkeypatch.setenv("PREFLOOP_MODEL", str(convert_default_model(out=model_cache_home / "models" / "base")))
     import_file(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz", fmt="hh")
-    assert reward.main(["--max-pairs", "16", "--max-steps", "3", "--batch-size", "4", "--max-length", "256"]) == 0
+    assert reward.main(["--backbone", "policy", "--max-pairs", "16", "--max-steps", "3", "--batch-size", "4",
+                        "--max-length", "256"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["steps"] == 3 and math.isfinite(summary["train_loss"]) and summary["heldout_pairs"] >= 1
+    assert summary["steps"] == 3 and summary["backbone"] == "policy" and math.isfinite(summary["train_loss"]) and summary["heldout_pairs"] >= 1
     scores = reward.load_scorer(summary["version"])([[{"role": "user", "content": "Hi"}]], ["Hello! How can I help?"])
     assert scores.shape == (1,) and math.isfinite(float(scores[0]))

@@ -84,14 +84,26 @@ def load_backbone(config: RewardRoundConfig):
 
 
 def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
-    """Token ids of prompt + response. Chat models read it through their chat template, keeping the
-    last `max_length` tokens; encoders read (prompt text, response) as a text pair, the longer of
-    the two cut first (a long response alone may exceed `max_length`)."""
+    """Token ids of prompt + response, at most `max_length`, the oldest part of the prompt cut first.
+
+    Chat models read it through their chat template, keeping the last `max_length` tokens.
+    Encoders read (prompt text, response) as a text pair; the response keeps at least half of the
+    room (its start), and the prompt keeps its end: the latest turn is what the response answers.
+    """
     if tokenizer.chat_template:
         ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
                                             tokenize=True, return_dict=False)
         return ids[-max_length:]
     prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    prompt_spans = tokenizer(prompt_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    response_spans = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    keep_response = min(len(response_spans), max(room - len(prompt_spans), room // 2))
+    keep_prompt = min(len(prompt_spans), room - keep_response)
+    # cut the texts at token boundaries, then encode the pair; the final truncation only guards
+    # against a token more where a cut word is read again
+    response = response[:response_spans[keep_response - 1][1]] if keep_response else ""
+    prompt_text = prompt_text[prompt_spans[-keep_prompt][0]:] if keep_prompt else ""
     return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
 
 

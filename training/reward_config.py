@@ -4,21 +4,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 BACKBONES = ("policy", "minilm")
-DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 3e-5}  # LoRA on the policy; full fine-tune of MiniLM
+DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 6e-5}  # LoRA on the policy; full fine-tune of MiniLM
 
 
 @dataclass
 class RewardRoundConfig:
     """A Bradley-Terry reward model trained on the labeled pairs."""
 
-    backbone: str = field(default="policy", metadata={
-        "help": "policy: the policy's base model with LoRA and a scalar head; minilm: the small all-MiniLM-L6-v2 "
-                "encoder, fully fine-tuned.", "choices": BACKBONES})
+    backbone: str = field(default="minilm", metadata={
+        "help": "minilm: the small all-MiniLM-L6-v2 encoder, fully fine-tuned (the default: 0.66 held-out accuracy "
+                "on hh-rlhf after 13 minutes on 2 CPU cores, bench/reward.py); policy: the policy's base model with "
+                "LoRA and a scalar head, far slower per pair.", "choices": BACKBONES})
     learning_rate: float | None = field(default=None, metadata={
-        "help": "AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 3e-5 for MiniLM)."})
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
+        "help": "AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 6e-5 for MiniLM)."})
+    epochs: float = field(default=1.5, metadata={"help": "Passes over the training pairs."})
     batch_size: int = field(default=8, metadata={"help": "Pairs per optimizer step."})
-    max_length: int = field(default=512, metadata={
+    max_length: int = field(default=256, metadata={
         "help": "Longest prompt + response in tokens; the oldest part of the prompt is cut first."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (policy backbone)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
