@@ -19,6 +19,7 @@ from pathlib import Path
 from labeling import access
 from labeling.export import EXPORT_FORMATS, ExportError, export
 from labeling.importers import FORMATS, InputError
+from labeling.planning import ReaderError
 from labeling.store import import_file
 
 
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ExportError, access.AccessError) as e:
         print(str(e), file=sys.stderr)
         return 2
+    except ReaderError as e:  # the reader process died: not the file's fault, nothing written
+        print(str(e), file=sys.stderr)
+        return 1
     print(json.dumps(summary))
     return 0
 

@@ -9,6 +9,7 @@ processes.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -48,6 +49,19 @@ class PlannedChunk:
 
 def _is_empty(messages: list[dict[str, str]]) -> bool:
     return not messages or not any(m["content"].strip() for m in messages)
+
+
+def _json_text(messages: list[dict[str, str]]) -> str:
+    """Messages as the JSON column stores them (keys in their order; the hash sorted them). The
+    standard encoder takes what orjson refuses, such as a lone surrogate from generated text."""
+    try:
+        return orjson.dumps(messages).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(messages)
+
+
+class ReaderError(RuntimeError):
+    """The reader process failed or died: not the file's fault, one sentence for the user."""
 
 
 class Planner:
@@ -96,8 +110,7 @@ class Planner:
 
     def _add_prompt(self, chunk: PlannedChunk, p_hash: str, messages: list[dict[str, str]]) -> None:
         self.prompts.add(p_hash)
-        # stored as the JSON column holds it (keys in their order); the hash used sorted keys
-        chunk.prompts.append((p_hash, orjson.dumps(messages).decode(), split_for(p_hash)))
+        chunk.prompts.append((p_hash, _json_text(messages), split_for(p_hash)))
 
 
 def planned_chunks(path: str | Path, fmt: str = "auto") -> Iterator[PlannedChunk]:
@@ -118,22 +131,28 @@ def planned_chunks(path: str | Path, fmt: str = "auto") -> Iterator[PlannedChunk
 
 def serve(path: str, fmt: str, out) -> None:
     """The worker's whole life: pickle the file's chunks into `out`, then None; or the error that
-    stopped it."""
+    stopped it. Quiet when the caller has gone (a broken pipe): there is no one to tell."""
     try:
-        for chunk in planned_chunks(path, fmt):
-            pickle.dump(chunk, out, protocol=pickle.HIGHEST_PROTOCOL)
-            out.flush()
-        result = None
-    except InputError as e:
-        result = InputError(str(e))
-    except Exception as e:  # a bug or MemoryError: reported by the parent, never hidden
-        result = RuntimeError(f"The import's reader process failed: {type(e).__name__}: {e}")
-    pickle.dump(result, out)
-    out.flush()
+        try:
+            for chunk in planned_chunks(path, fmt):
+                pickle.dump(chunk, out, protocol=pickle.HIGHEST_PROTOCOL)
+                out.flush()
+            result = None
+        except InputError as e:
+            result = InputError(str(e))
+        except BrokenPipeError:
+            raise
+        except Exception as e:  # a bug or MemoryError: reported by the parent, never hidden
+            result = ReaderError(f"The import's reader process failed on {path}: {type(e).__name__}: {e}.")
+        pickle.dump(result, out)
+        out.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # so that the exit's own flush is quiet too
 
 
 def _worker_command(path: str | Path, fmt: str) -> list[str]:
-    return [sys.executable, "-m", "labeling.planning", str(path), fmt]
+    # -P: the caller's working folder is not put on sys.path, so nothing there shadows prefloop
+    return [sys.executable, "-P", "-m", "labeling.planning", str(path), fmt]
 
 
 def _worker_env() -> dict[str, str]:
@@ -149,14 +168,16 @@ def planned_in_worker(path: str | Path, fmt: str = "auto") -> Iterator[PlannedCh
     A fresh interpreter (`python -m labeling.planning`), not a fork: a forked child would hold
     the caller's database sockets open, so a killed import would keep its locks on PostgreSQL.
     """
-    worker = subprocess.Popen(_worker_command(path, fmt), stdout=subprocess.PIPE, env=_worker_env())
+    # its own session: a Ctrl-C at the terminal reaches the caller only, which then stops it
+    worker = subprocess.Popen(_worker_command(path, fmt), stdout=subprocess.PIPE, env=_worker_env(),
+                              start_new_session=True)
     try:
         while True:
             try:
                 item = pickle.load(worker.stdout)
             except (EOFError, pickle.UnpicklingError):  # it ended, or was killed mid-chunk
-                raise RuntimeError(f"The import's reader process stopped (exit code {worker.wait()}) "
-                                   f"while reading {path}.") from None
+                raise ReaderError(f"The import's reader process stopped (exit code {worker.wait()}) while "
+                                  f"reading {path}; nothing was imported. Try again, or check memory.") from None
             if item is None:
                 return
             if isinstance(item, Exception):
@@ -179,10 +200,7 @@ def planned(path: str | Path, fmt: str = "auto") -> Iterator[PlannedChunk]:
 
 
 if __name__ == "__main__":  # python -m labeling.planning PATH FORMAT: the worker of planned_in_worker
-    import signal
-
     from labeling import planning  # under its own name, so that the chunks unpickle in the caller
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle: it stops this worker
     out, sys.stdout = sys.stdout.buffer, sys.stderr  # nothing but chunks may reach the pipe
     planning.serve(sys.argv[1], sys.argv[2], out)

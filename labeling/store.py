@@ -183,25 +183,9 @@ class _ImportWriter:
             next_pair += 1
         self.next_response, self.next_pair, self.next_judgment = next_response, next_pair, next_judgment
         self.pairs_added += len(pair_rows)
-        s, now = self.s, self.now
-        _bulk_insert(s, Response, ("id", "prompt_id", "text", "content_hash"), response_rows,
-                     model_version=self.version, generation=None, created_at=now)
-        judgments = (("id", "pair_id"), judgment_rows)
-        pairs_keys = ("id", "pair_hash", "prompt_id", "response_a_id", "response_b_id")
-        pair_constants = dict(source=self.source, kind="label", created_at=now)
-        judgment_constants = dict(annotator_id=self.annotator, outcome="a", left=None, seconds=None, comment=None,
-                                  created_at=now, updated_at=now)
-        if s.bind.dialect.name == "sqlite":
-            # The judgments go in first, with foreign keys checked at commit (the pragma ends with
-            # the transaction): the count trigger then finds no pair row to update, and the pairs
-            # are written with their count already set. 100,000 trigger updates cost more than all
-            # the pair inserts together. Elsewhere the pairs go first and the trigger counts.
-            s.execute(text("PRAGMA defer_foreign_keys = ON"))
-            _bulk_insert(s, Judgment, *judgments, **judgment_constants)
-            _bulk_insert(s, Pair, (*pairs_keys, "judgment_count"), pair_rows, **pair_constants)
-        else:
-            _bulk_insert(s, Pair, pairs_keys, [row[:-1] for row in pair_rows], **pair_constants)
-            _bulk_insert(s, Judgment, *judgments, **judgment_constants)
+        _bulk_insert(self.s, Response, ("id", "prompt_id", "text", "content_hash"), response_rows,
+                     model_version=self.version, generation=None, created_at=self.now)
+        _insert_pairs_and_judgments(self.s, pair_rows, judgment_rows, self.source, self.annotator, self.now)
 
     def _look_up_responses(self, prompt_ids: set[int]) -> None:
         """Learn this source's stored responses to prompts stored before this import (only those
@@ -214,14 +198,43 @@ class _ImportWriter:
             self.responses.update({(r.prompt_id, r.content_hash): r.id for r in self.s.execute(stmt)})
 
 
+def _insert_pairs_and_judgments(s: Session, pair_rows: list[tuple], judgment_rows: list[tuple], source: str,
+                                annotator: int | None, now) -> None:
+    """Pairs (id, hash, prompt, response a, response b, judgment count) and their imported
+    judgments (id, pair id), written so that Pair.judgment_count comes out right."""
+    pairs_keys = ("id", "pair_hash", "prompt_id", "response_a_id", "response_b_id")
+    pair_constants = dict(source=source, kind="label", created_at=now)
+    judgment_constants = dict(annotator_id=annotator, outcome="a", left=None, seconds=None, comment=None,
+                              created_at=now, updated_at=now)
+    if s.bind.dialect.name == "sqlite":
+        # The judgments go in first, with foreign keys checked at commit (the pragma ends with
+        # the transaction): the count trigger then finds no pair row to update, and the pairs
+        # are written with their count already set. 100,000 trigger updates cost more than all
+        # the pair inserts together. Elsewhere the pairs go first and the trigger counts.
+        s.execute(text("PRAGMA defer_foreign_keys = ON"))
+        _bulk_insert(s, Judgment, ("id", "pair_id"), judgment_rows, **judgment_constants)
+        _bulk_insert(s, Pair, (*pairs_keys, "judgment_count"), pair_rows, **pair_constants)
+    else:
+        _bulk_insert(s, Pair, pairs_keys, [row[:-1] for row in pair_rows], **pair_constants)
+        _bulk_insert(s, Judgment, ("id", "pair_id"), judgment_rows, **judgment_constants)
+
+
 def _import_chunks(chunks: Iterable[PlannedChunk], source: str) -> tuple[_ImportWriter, PlannedChunk]:
     """Write every chunk in one transaction; return the writer (its counts) and the last chunk
     (the format and the final dropped counts)."""
-    last = None
-    with db.session() as s, _import_cache(s):
-        writer = _ImportWriter(s, source, utcnow())
-        for last in chunks:
+    chunks = iter(chunks)
+    try:
+        # The first chunk before the write lock: a hub dataset is fetched, a worker started, and a
+        # file that is wrong from its first line fails, while the app's writers go on.
+        last = next(chunks)
+        with db.session() as s, _import_cache(s):
+            writer = _ImportWriter(s, source, utcnow())
             writer.write(last)
+            for last in chunks:
+                writer.write(last)
+    finally:
+        if hasattr(chunks, "close"):  # a generator: a worker process behind it stops now, not when collected
+            chunks.close()
     return writer, last
 
 

@@ -31,7 +31,7 @@ def render_table() -> None:
 
 
 def render_import() -> None:
-    from labeling import importers, store  # the same importer as `python -m labeling import`
+    from labeling import importers, planning, store  # the same importer as `python -m labeling import`
 
     with st.form("import", clear_on_submit=True):
         upload = st.file_uploader("Preference data or prompts (JSONL, JSON, CSV, Parquet, TXT, .gz)")
@@ -45,7 +45,7 @@ def render_import() -> None:
         path.write_bytes(upload.getvalue())
         try:
             result = store.import_file(path, fmt=fmt, source=source.strip() or None)
-        except importers.InputError as error:  # one sentence; the import wrote nothing
+        except (importers.InputError, planning.ReaderError) as error:  # one sentence; the import wrote nothing
             st.error(str(error).replace(str(path), upload.name))
             return
     dropped = sum(result["dropped"].values())

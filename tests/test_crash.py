@@ -123,21 +123,27 @@ def write_big_pairs(path: Path, n: int) -> None:
 
 
 def test_kill_9_mid_import_writes_nothing_and_the_next_import_works(workspace, tmp_path):
-    """SQLite in WAL mode: the import's one transaction spills pages to the -wal file while it
-    writes; kill -9 then, and the database must read exactly as before."""
+    """SQLite in WAL mode: kill -9 the import while its one transaction holds the write lock and
+    writes, and the database must read exactly as before."""
     store.import_file(ROOT / "tests" / "fixtures" / "pairs.jsonl")
     queue.submit_judgment("ana", 1, "b", "a")
     before_counts, before_rows = table_counts(), judgment_rows()
     big = tmp_path / "big.jsonl"
     write_big_pairs(big, 60_000)
-    wal = workspace / "prefloop.db-wal"
-    wal_before = wal.stat().st_size if wal.exists() else 0
-
     proc = subprocess.Popen([sys.executable, "-m", "labeling", "import", str(big), "--source", "big"],
                             cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # the write phase has started once uncommitted pages spill into the WAL (after the whole file was read)
-    wait_for(lambda: proc.poll() is not None or (wal.exists() and wal.stat().st_size > wal_before + 2_000_000),
-             240, "the import to start writing")
+
+    def writing() -> bool:  # the import takes the write lock (BEGIN IMMEDIATE) when it starts writing
+        with sqlite3.connect(workspace / "prefloop.db", timeout=0) as con:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return True
+            con.rollback()
+            return False
+
+    wait_for(lambda: proc.poll() is not None or writing(), 240, "the import to start writing", poll=0.01)
+    time.sleep(0.5)  # a few chunks in: 60,000 pairs take seconds to write
     assert proc.poll() is None, "the import finished before it could be killed; use a bigger file"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)

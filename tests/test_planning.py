@@ -1,6 +1,8 @@
 """Imports planned chunk by chunk, in this process or in a worker process, store the same rows;
 a bad line, a dead worker or a failed write leaves the database untouched and no process behind."""
 import json
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,20 +97,26 @@ def test_a_bad_line_found_by_the_worker_rolls_back_everything(workspace, tmp_pat
     assert workers() == []
 
 
-def test_a_worker_that_dies_is_reported_and_nothing_is_written(workspace, tmp_path, monkeypatch):
+def test_a_worker_that_dies_is_reported_and_nothing_is_written(workspace, tmp_path, monkeypatch, capsys):
     path = tmp_path / "pairs.jsonl"
     write_pairs(path, 50)
     monkeypatch.setattr(planning, "WORKER_MIN_BYTES", 0)
     monkeypatch.setattr(planning, "_worker_command", lambda *args: [sys.executable, "-c", "import sys; sys.exit(3)"])
-    with pytest.raises(RuntimeError, match=r"reader process stopped \(exit code 3\)"):
+    with pytest.raises(planning.ReaderError, match=r"reader process stopped \(exit code 3\)"):
         store.import_file(path)
     assert stored_rows()["pairs"] == []
+    from labeling.__main__ import main  # the CLI says it in one sentence, no traceback
+
+    assert main(["import", str(path)]) == 1
+    assert capsys.readouterr().err.strip().endswith("nothing was imported. Try again, or check memory.")
 
 
-def test_a_failed_write_stops_the_worker(workspace, tmp_path, monkeypatch, small_chunks):
+def test_a_failed_write_stops_the_worker(workspace, tmp_path, monkeypatch):
     path = tmp_path / "pairs.jsonl"
-    write_pairs(path, 1200)
+    write_pairs(path, 20_000)  # far more than a pipe holds: the worker is still sending when the write fails
     monkeypatch.setattr(planning, "WORKER_MIN_BYTES", 0)
+    started, popen = [], subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
     writes = []
 
     def write_then_fail(self, chunk):
@@ -119,13 +127,28 @@ def test_a_failed_write_stops_the_worker(workspace, tmp_path, monkeypatch, small
 
     original = store._ImportWriter.write
     monkeypatch.setattr(store._ImportWriter, "write", write_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full") as failure:
         store.import_file(path)
-    assert workers() == []
-    assert stored_rows()["pairs"] == []
+    (worker,) = started
+    # stopped and reaped at once, not when the generator is collected (the traceback, kept alive
+    # here in `failure` as a caller's error handler would, still holds it)
+    assert failure.traceback and worker.returncode == -signal.SIGKILL
+    assert workers() == [] and stored_rows()["pairs"] == []
 
 
-def test_the_import_cache_is_given_back(workspace):
+def test_the_import_gets_a_large_cache_and_gives_it_back(workspace, monkeypatch):
+    seen = []
+    original = store._ImportWriter.write
+
+    def write(self, chunk):
+        conn = self.s.connection()
+        seen.append((conn.connection.dbapi_connection, conn.exec_driver_sql("PRAGMA cache_size").scalar()))
+        original(self, chunk)
+
+    monkeypatch.setattr(store._ImportWriter, "write", write)
     store.add_prompts(["One?", "Two?"], "test")
+    (used, size), = seen
+    assert size == -store.IMPORT_CACHE_KIB
     with db.engine().connect() as conn:  # the pool's one idle connection: the import's
+        assert conn.connection.dbapi_connection is used
         assert conn.execute(text("PRAGMA cache_size")).scalar() == -2000

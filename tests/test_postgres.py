@@ -123,7 +123,7 @@ def test_hostile_queue_input_is_refused_or_cleaned_before_postgresql_sees_it(wor
 
 
 def test_kill_9_mid_import_on_postgresql_writes_nothing(workspace, tmp_path):
-    """The import holds its table locks only while it writes: kill the client then, and the server
+    """The import holds its table locks while it reads and writes the file: kill the client then, and the server
     rolls the whole transaction back; the same file then imports to the end."""
     import os
     import signal

@@ -84,13 +84,18 @@ def test_minilm_reward_round_the_default_trains_and_scores_from_its_version(work
     row = versions.get_version(summary["version"])
     meta = json.loads((Path(row.path) / "reward.json").read_text())
     assert (meta["backbone"], meta["lora"], meta["max_length"]) == ("minilm", False, 64)
+    # fully fine-tuned: every weight of the encoder moved away from the shipped MiniLM
+    from safetensors.torch import load_file
+
+    base = load_file(reward.minilm_path() / "model.safetensors")
+    trained = load_file(Path(row.path) / "model.safetensors")
+    shared = [k for k in trained if k.removeprefix("bert.") in base and "position_ids" not in k]
+    assert len(shared) > 90
+    assert all(not torch.equal(trained[k], base[k.removeprefix("bert.")]) for k in shared)
     prompts = [[{"role": "user", "content": "Tell me about tea (5)."}]] * 2
     responses = ["Sure, here is a short answer about tea.", "No."]
     stored = reward.load_scorer(row.id)(prompts, responses)
-    untrained, tokenizer, _ = reward.load_backbone(RewardRoundConfig())
-    torch.manual_seed(0)
-    before = reward.make_scorer(untrained, tokenizer, 64)(prompts, responses)
-    assert stored.shape == (2,) and torch.isfinite(stored).all() and not torch.allclose(stored, before, atol=1e-3)
+    assert stored.shape == (2,) and torch.isfinite(stored).all()
     assert stored[0] > stored[1]  # it learned that the polite answer is chosen
 
 

@@ -95,6 +95,8 @@ def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> lis
                                             tokenize=True, return_dict=False)
         return ids[-max_length:]
     prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    if not tokenizer.is_fast:  # no offsets to cut at: the tokenizer cuts, the longer text first
+        return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
     prompt_spans = tokenizer(prompt_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     response_spans = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
