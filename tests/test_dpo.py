@@ -83,6 +83,20 @@ def test_prompts_keep_at_most_half_of_max_length():
     assert dpo.prompt_budget(DPORoundConfig()) == 256  # the defaults: 512 and 256
 
 
+def test_batches_hold_pairs_of_similar_length_in_a_seeded_random_order():
+    rows = [{"prompt": [{"role": "user", "content": "q" * n}], "chosen": [{"role": "assistant", "content": "a" * n}],
+             "rejected": [{"role": "assistant", "content": "b"}], "pair_id": n} for n in range(1, 13)]
+    shuffled = rows[::-1]
+    first = dpo.batched_by_length(shuffled, 4, seed=0)
+    assert sorted(r["pair_id"] for r in first) == list(range(1, 13))
+    batches = [[r["pair_id"] for r in first[i:i + 4]] for i in range(0, 12, 4)]
+    assert sorted(batches) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]  # each padded to little
+    assert first == dpo.batched_by_length(shuffled, 4, seed=0)
+    orders = {tuple(b[0] for b in [[r["pair_id"] for r in dpo.batched_by_length(rows, 4, seed)[i:i + 4]]
+                                   for i in range(0, 12, 4)]) for seed in range(20)}
+    assert len(orders) > 1  # the batches come in random order, not shortest first
+
+
 def test_dpo_background_job_end_to_end(tiny, tmp_path):
     import_pairs(tmp_path, 10)
     job_id = jobs.start_job("dpo", {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 2})

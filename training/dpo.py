@@ -45,6 +45,22 @@ def to_dataset(rows: list[dict], tokenizer, max_prompt_length: int):
          "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
 
 
+def batched_by_length(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
+    """The rows in batches of similar length, the batches in random order: a batch is padded to
+    its longest pair, so mixing lengths computes on padding (as transformers' group_by_length,
+    which TRL's DPO dataset does not take)."""
+    import random
+
+    def length(row: dict) -> int:  # characters of the prompt and the longer response
+        prompt = sum(len(m["content"]) for m in row["prompt"])
+        return prompt + max(len(row["chosen"][-1]["content"]), len(row["rejected"][-1]["content"]))
+
+    ordered = sorted(rows, key=length)
+    batches = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return [row for batch in batches for row in batch]
+
+
 def prompt_budget(config: DPORoundConfig) -> int:
     """Tokens a prompt may keep: max_prompt_length, but at most half of max_length. TRL cuts a pair
     at max_length from the end, so a prompt as long as max_length would leave no response to compare."""
@@ -70,6 +86,7 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
         max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,
         logging_steps=1, save_strategy="no", report_to=[], bf16=False,
         gradient_checkpointing=config.gradient_checkpointing,
+        train_sampling_strategy="sequential",  # the order batched_by_length chose
         disable_tqdm=True, dataloader_num_workers=0,
     )
 
@@ -97,7 +114,7 @@ def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig,
     small_logprob_chunks()
 
     prompt_tokens = prompt_budget(config)
-    train_set = to_dataset(data.train, tokenizer, prompt_tokens)
+    train_set = to_dataset(batched_by_length(data.train, config.batch_size, config.seed), tokenizer, prompt_tokens)
     heldout_set = to_dataset(data.heldout, tokenizer, prompt_tokens) if data.heldout else None
     trainer = DPOTrainer(
         model=model, ref_model=None, args=trl_config(config, output_dir, max_steps),
