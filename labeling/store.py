@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from labeling import db
 from labeling.importers import InputError, PromptRecord
 from labeling.models import Annotator, Judgment, Meta, Pair, Prompt, Response, utcnow
-from labeling.planning import PlannedChunk, Planner, planned, split_for  # noqa: F401 (split_for: the store's rule)
+from labeling.planning import PlannedChunk, Planner, planned
 from labeling.records import as_messages, content_hash, pair_hash
 
 BUILTIN_PROMPTS = Path(__file__).with_name("builtin_prompts.txt")

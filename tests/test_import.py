@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import FIXTURES
-from labeling import db, importers, store
+from labeling import db, importers, planning, store
 from labeling.importers import InputError
 from labeling.models import Annotator, Judgment, Meta, Pair, Prompt, Response
 from labeling.records import as_messages, content_hash, pair_hash
@@ -161,7 +161,7 @@ def test_split_is_deterministic_and_about_one_in_ten(workspace):
         splits = dict(s.execute(select(Prompt.content_hash, Prompt.split)).all())
     heldout = sum(v == "heldout" for v in splits.values())
     assert 140 <= heldout <= 260
-    assert all(v == store.split_for(h) for h, v in splits.items())
+    assert all(v == planning.split_for(h) for h, v in splits.items())
 
 
 def test_add_prompts_and_builtin_prompts_once(workspace):
