@@ -8,6 +8,9 @@ gradient checkpointing, lr 1e-6, batch 8, max_length 1024), fp32 as ours. Each a
 process, so peak RSS is that arm's own. Both train one epoch on the same pairs and are evaluated
 on the same held-out prompts (implicit-reward accuracy, as TRL reports it).
 
+Seconds are the trainer's training loop in both arms (`trainer.train()`): building the datasets,
+loading the models and the held-out evaluation are left out of both.
+
 MFU = model FLOPs / (seconds × this machine's measured fp32 matmul rate). Model FLOPs per token:
 forward 2·N, backward 4·N with weight gradients (full fine-tune) or 2·N without (LoRA: only the
 activations' gradients flow through the frozen weights), plus 2·N for the reference forward; a
@@ -67,9 +70,8 @@ def run_prefloop(data, out: str, checkpointing: bool, batch_size: int | None) ->
     model, tokenizer = load_policy("base")
     config = DPORoundConfig(gradient_checkpointing=checkpointing)
     config.batch_size = batch_size or config.batch_size
-    started = time.perf_counter()
     peft_model, metrics = dpo.train(model, tokenizer, data, config, jobs.Reporter(None), out)
-    return {"seconds": time.perf_counter() - started, "acc": metrics.get("heldout_accuracy"),
+    return {"seconds": metrics["train_seconds"], "acc": metrics.get("heldout_accuracy"),
             "params": sum(p.numel() for p in peft_model.base_model.model.parameters()),
             "tokens": metrics["tokens"], "flops_per_param_token": 2 + 2 + 2}
 
