@@ -19,7 +19,7 @@ from training.losses import token_logprobs
 from training.ppo import LOG_KEYS, train_ppo
 from training.rounds import NotReady
 from training.ppo_config import PPOConfig
-from training.rollout import encode_prompts, eos_ids, response_mask_from_ids, score_tokens
+from training.rollout import VALUE_HEAD_FILE, encode_prompts, eos_ids, response_mask_from_ids, score_tokens
 
 PROMPTS = [[{"role": "user", "content": c}] for c in
            ["What is the capital of France?", "Write a short poem about the sea.", "How do I sort a list?",
@@ -59,6 +59,18 @@ def config(**overrides) -> PPOConfig:
 def mean(history, key, part):
     rows = history[part]
     return sum(r[key] for r in rows) / len(rows)
+
+
+def test_a_long_prompt_keeps_its_last_turn_and_the_opened_answer(tiny_folder):
+    _, tok = load(tiny_folder)
+    long = [{"role": "user", "content": "an old question " * 40}, {"role": "assistant", "content": "an answer"},
+            {"role": "user", "content": "What is the capital of France?"}]
+    full = tok.apply_chat_template(long, tokenize=False, add_generation_prompt=True)
+    full_ids = tok(full, add_special_tokens=False)["input_ids"]
+    ids, mask = encode_prompts(tok, [long, PROMPTS[1]], max_prompt_tokens=24)
+    assert len(full_ids) > 24 and ids.shape[1] == 24
+    assert ids[0].tolist() == full_ids[-24:]  # the end kept: the latest turn and the assistant header
+    assert tok.truncation_side == "right"  # the tokenizer's own setting is given back
 
 
 def test_response_mask_keeps_the_first_stop_token_and_nothing_after():
@@ -197,12 +209,40 @@ def test_ppo_round_writes_a_current_policy_version_with_lineage(round_workspace,
     assert row.judgment_ids == versions.get_version(reward_id).judgment_ids and len(row.judgment_ids) == 12
     assert row.config["max_steps"] == 2 and row.config["beta"] == 0.05
     assert versions.current_policy_id() == summary["version"]
-    assert (Path(row.path) / "adapter_model.safetensors").is_file()
+    assert (Path(row.path) / "adapter_model.safetensors").is_file() and (Path(row.path) / VALUE_HEAD_FILE).is_file()
     # the saved adapter changes the policy: merged weights differ from the base model's
     trained, _ = load_policy(summary["version"])
     base, _ = load_policy("base")
     differ = [n for n, p in trained.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert differ and all("proj" in n for n in differ)
+
+
+def test_a_round_from_a_ppo_version_starts_from_its_saved_value_head(round_workspace, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    from training import ppo, versions
+
+    train_tiny_reward_model(capsys)
+    assert ppo.main(["--max-steps", "1", *flags(ROUND_FLAGS)]) == 0
+    first = versions.get_version(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"])
+    saved = load_file(str(Path(first.path) / VALUE_HEAD_FILE))
+    assert saved["linear.weight"].abs().sum() > 0  # trained: a fresh head is all zeros
+
+    heads = []
+    original = ppo.train_ppo
+
+    def recording(*args, value_head=None, **kwargs):
+        heads.append({k: v.clone() for k, v in value_head.state_dict().items()})
+        return original(*args, value_head=value_head, **kwargs)
+
+    monkeypatch.setattr(ppo, "train_ppo", recording)
+    assert ppo.main(["--max-steps", "1", *flags(ROUND_FLAGS)]) == 0  # from the current policy: the PPO version
+    second = versions.get_version(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"])
+    assert second.parent_id == first.id
+    assert all(torch.equal(heads[0][k], saved[k]) for k in saved)
+    versions.set_current(first.parent_id)  # the base: a policy without a value head gives a fresh one
+    assert ppo.main(["--max-steps", "1", *flags(ROUND_FLAGS)]) == 0
+    assert all(not v.any() for v in heads[1].values())
 
 
 def test_ppo_background_job_reports_every_step(round_workspace, capsys):

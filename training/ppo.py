@@ -7,6 +7,9 @@ the seed's objective (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2
   GAE advantages (whitened) and returns → several epochs of minibatches of the clipped surrogate plus
   the clipped value loss → optionally adapt β.
 
+The value head is saved beside the adapter; a round that starts from a PPO version starts from its
+value head (trained on that very policy's states) instead of a fresh one.
+
 The maths lives in `training/losses.py` (pure, tested by hand), the sampling in `training/rollout.py`.
 """
 from __future__ import annotations
@@ -112,10 +115,11 @@ def prompt_batches(prompts: list, batch_size: int, generator: torch.Generator):
 
 
 def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, config: PPOConfig,
-              on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+              on_step: Callable[[int, dict], None] | None = None, value_head=None) -> dict[str, Any]:
     """Train a fresh LoRA adapter on `model` (a plain causal LM, the starting policy) with PPO.
 
-    `reward_fn(prompts, response_texts)` returns one score per response, shape (B,). Returns
+    `reward_fn(prompts, response_texts)` returns one score per response, shape (B,). `value_head`
+    is the critic to start from (default: a fresh one, zero everywhere). Returns
     {"model": the PeftModel (save its adapter), "value_head", "metrics": the last step's, "history"}.
     """
     import torch
@@ -132,7 +136,7 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = wrap_with_lora(model, config.lora_r, config.lora_alpha)
-    value_head = ValueHead(model.config.hidden_size)
+    value_head = value_head if value_head is not None else ValueHead(model.config.hidden_size)
     trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
     kl_ctl = (AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon) if config.adaptive_kl
@@ -201,6 +205,7 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     `max_pairs` caps the prompts rolled out on (PPO has no pairs). Returns {"version": id, **metrics}."""
     from training import reward, versions
     from training.model import load_policy
+    from training.rollout import load_value_head, save_value_head
 
     config = replace(config, max_steps=max_steps or config.max_steps, max_prompts=max_pairs or config.max_prompts)
     problem = check_ready(config)
@@ -212,11 +217,14 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     versions.ensure_base_version()
     parent_id = versions.current_policy_id()
     model, tokenizer = load_policy(parent_id)
+    parent = versions.get_version(parent_id)
+    value_head = load_value_head(model.config.hidden_size, parent.path if parent.method == "ppo" else None)
     reporter.start(config.total_steps)
-    result = train_ppo(model, tokenizer, prompts, scorer, config, on_step=reporter.step)
+    result = train_ppo(model, tokenizer, prompts, scorer, config, on_step=reporter.step, value_head=value_head)
 
     def write(folder):
         result["model"].save_pretrained(folder, safe_serialization=True)
+        save_value_head(result["value_head"], folder)
         tokenizer.save_pretrained(folder)
 
     metrics = {k: result["metrics"][k] for k in LOG_KEYS}
@@ -224,7 +232,10 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     with_judgments = versions.get_version(reward_id).judgment_ids  # lineage runs through the reward model
     version_id = versions.create_version("policy", "ppo", parent_id, asdict(config), with_judgments, metrics,
                                          write, make_current=config.make_current)
-    return {"version": version_id, "parent": parent_id, **metrics}
+    # current: whether the new version is now the current policy (not when make_current is off, or
+    # when someone made another version current while this round ran)
+    return {"version": version_id, "parent": parent_id, "current": versions.current_policy_id() == version_id,
+            **metrics}
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ after their first end-of-sequence token, which is itself a real (masked-in) toke
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -50,6 +51,29 @@ class ValueHead(torch.nn.Module):
         return self.linear(hidden.to(self.linear.weight.dtype))
 
 
+VALUE_HEAD_FILE = "value_head.safetensors"  # saved beside a PPO version's adapter
+
+
+def load_value_head(hidden_size: int, folder: str | None) -> ValueHead:
+    """The value head a PPO round saved in `folder` (its version), else a fresh one: a round that
+    starts from a PPO version goes on with the critic trained on that very policy."""
+    from safetensors.torch import load_file
+
+    head = ValueHead(hidden_size)
+    path = Path(folder) / VALUE_HEAD_FILE if folder else None
+    if path is not None and path.is_file():
+        state = load_file(str(path))
+        if state["linear.weight"].shape == head.linear.weight.shape:  # the same backbone width
+            head.load_state_dict(state)
+    return head
+
+
+def save_value_head(head: ValueHead, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(Path(folder) / VALUE_HEAD_FILE))
+
+
 def wrap_with_lora(model, r: int, alpha: int):
     """A fresh LoRA adapter on every linear layer of `model`; with it disabled, `model` is π_ref.
     No dropout, so π_old and π agree exactly before the first update."""
@@ -65,8 +89,14 @@ def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_tokens: int)
     Shape: -> ids (B, Q), mask (B, Q).
     """
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_prompt_tokens,
-                    padding=True, padding_side="left", truncation_side="left", return_tensors="pt")
+    # a long prompt keeps its end: the latest turn and the opened assistant turn. truncation_side is
+    # a tokenizer attribute; as a call argument transformers ignores it and cuts the end instead.
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+    try:
+        enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_prompt_tokens,
+                        padding=True, padding_side="left", return_tensors="pt")
+    finally:
+        tokenizer.truncation_side = side
     return enc["input_ids"], enc["attention_mask"]
 
 
