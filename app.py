@@ -91,8 +91,8 @@ def sidebar(name: str | None) -> None:
         if name:
             st.markdown(f"Labeling as **{name}**")
             if st.button("Sign out" if access.enabled() else "Switch annotator", key="switch-annotator"):
-                st.session_state.pop("user", None)
-                st.session_state.pop("annotator", None)
+                for key in ("user", "annotator", "pair_id", "shown_at", "arena-shown-at"):
+                    st.session_state.pop(key, None)
                 st.query_params.pop("annotator", None)
                 st.rerun()
 

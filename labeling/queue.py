@@ -229,8 +229,9 @@ def submit_judgment(
     raise AssertionError("unreachable")
 
 
-def undo_last(annotator: str) -> int | None:
-    """Delete this annotator's most recent judgment; return its pair id, or None if there is none."""
+def undo_last(annotator: str, kind: str = "label") -> int | None:
+    """Delete this annotator's most recent judgment of a `kind` pair (a label, or an arena vote);
+    return its pair id, or None if there is none."""
     name = check_annotator_name(annotator)
     with db.session() as s:
         annotator_id = _annotator_id(s, name, create=False)
@@ -238,7 +239,8 @@ def undo_last(annotator: str) -> int | None:
             return None
         last = s.execute(
             select(Judgment.id, Judgment.pair_id)
-            .where(Judgment.annotator_id == annotator_id)
+            .join(Pair, Pair.id == Judgment.pair_id)
+            .where(Judgment.annotator_id == annotator_id, Pair.kind == kind)
             .order_by(Judgment.updated_at.desc(), Judgment.id.desc())
             .limit(1)
         ).first()
@@ -262,7 +264,8 @@ def progress(annotator: str, overlap: int = 1) -> Progress:
         waiting = _count(s, select(func.count(Pair.id)).where(_waiting_condition(annotator_id, overlap)))
         if annotator_id is None:
             return Progress(today=0, total=0, skipped=0, waiting=waiting)
-        mine = select(func.count(Judgment.id)).where(Judgment.annotator_id == annotator_id)
+        mine = (select(func.count(Judgment.id)).join(Pair, Pair.id == Judgment.pair_id)
+                .where(Judgment.annotator_id == annotator_id, Pair.kind == "label"))  # arena votes apart
         real = mine.where(Judgment.outcome != "skip")
         return Progress(
             today=_count(s, real.where(Judgment.created_at >= midnight)),
@@ -300,7 +303,8 @@ def workspace_summary() -> WorkspaceSummary:
             pairs=_count(s, select(func.count(Pair.id)).where(Pair.kind == "label")),
             pairs_waiting=_count(s, select(func.count(Pair.id)).where(_waiting_condition(None, 1))),
             judgments=_count(s, select(func.count(Judgment.id)).where(Judgment.outcome != "skip")),
-            annotators=_count(s, select(func.count(Annotator.id))),
+            # people: the import:<source> rows that hold imported labels are not counted
+            annotators=_count(s, select(func.count(Annotator.id)).where(~Annotator.name.startswith("import:"))),
             current_model=current,
             running_jobs=running,
         )

@@ -14,7 +14,8 @@ import time
 import streamlit as st
 
 from labeling import queue
-from pages.widgets import VOTE_BUTTONS, VOTE_KEYS_CAPTION, render_conversation, render_sides, require_router, vote_buttons
+from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, is_admin, render_conversation, render_sides, require_router,
+                           vote_buttons)
 
 LABELS = {choice: label for label, choice, _ in VOTE_BUTTONS}
 UNDO_SHORTCUT = "U"
@@ -28,13 +29,16 @@ def overlap() -> int:
 
 
 def current_pair(name: str) -> queue.PairView | None:
-    pair_id = st.session_state.get("pair_id")
+    # the pair on screen belongs to the annotator it was drawn for: after "Switch annotator" or a
+    # sign-out on a shared machine, the next person gets their own next pair, not the last one's
+    pair_id = st.session_state.get("pair_id") if st.session_state.get("pair_owner") == name else None
     try:
         view = queue.pair_view(pair_id, name) if pair_id else queue.next_pair(name, overlap())
     except queue.QueueError:  # the pair on screen was deleted meanwhile: move on to the next one
         view = queue.next_pair(name, overlap())
     if view is not None and view.pair_id != pair_id:
         st.session_state["pair_id"], st.session_state["shown_at"] = view.pair_id, time.monotonic()
+        st.session_state["pair_owner"] = name
     return view
 
 
@@ -56,7 +60,9 @@ def submit(name: str, view: queue.PairView, choice: str) -> None:
 
 def undo(name: str) -> None:
     pair_id = queue.undo_last(name)
-    st.session_state["pair_id"] = pair_id or st.session_state.get("pair_id")
+    if pair_id:  # the pair is back on screen: its time counts from now
+        st.session_state["pair_id"], st.session_state["pair_owner"] = pair_id, name
+        st.session_state["shown_at"] = time.monotonic()
     st.session_state["last_message"] = "Undone; the pair is back." if pair_id else "Nothing to undo."
 
 
@@ -70,7 +76,8 @@ def render_pair(name: str, view: queue.PairView) -> None:
 
 
 def keep_pairs_coming(waiting: int) -> None:
-    """Ask the generator for more pairs when the queue runs low, at most every 30 seconds."""
+    """Ask the generator for more pairs when this annotator's queue runs low (pairs they skipped
+    count for others, not for them), at most every 30 seconds."""
     last = st.session_state.get("generation_checked_at", 0.0)
     if waiting >= LOW_WATER or time.monotonic() - last < GENERATION_CHECK_SECONDS:
         return
@@ -80,7 +87,7 @@ def keep_pairs_coming(waiting: int) -> None:
     from training import generate  # lazy: only when the queue runs low
 
     try:
-        job_id = generate.ensure_pairs_waiting(min_waiting=LOW_WATER)
+        job_id = generate.ensure_pairs_waiting(min_waiting=LOW_WATER, waiting=waiting)
     except RuntimeError as error:  # e.g. jobs.JobError: a training round holds the machine
         st.caption(f"No new pairs are being generated: {error}")
         return
@@ -100,7 +107,7 @@ def render_progress(name: str) -> None:
 def render_guidelines() -> None:
     with st.expander("Labeling guidelines"):
         text = queue.guidelines()
-        if st.toggle("Edit guidelines", key="edit-guidelines"):
+        if is_admin() and st.toggle("Edit guidelines", key="edit-guidelines"):  # shared by everyone: admins edit
             edited = st.text_area("Guidelines (markdown)", value=text, height=300, key="guidelines-text")
             if st.button("Save guidelines"):
                 try:

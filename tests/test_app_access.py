@@ -57,6 +57,10 @@ def test_annotator_signs_in_labels_but_cannot_train_or_see_others(users):
     at.run()
     assert [t.label for t in at.tabs] == ["My judgments"]
     assert at.dataframe[0].value.empty  # someone-else's judgment is not shown
+    at.switch_page("views/label.py")
+    at.run()
+    assert any("How to judge a pair" in m.value for m in at.expander[0].markdown)  # guidelines: read,
+    assert not [t for t in at.toggle if t.key == "edit-guidelines"]  # not edited by an annotator
 
 
 def test_admin_sees_the_train_form(users):

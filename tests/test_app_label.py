@@ -53,7 +53,8 @@ def generator(monkeypatch):
     """A stand-in for training.generate that records calls, so no model is ever loaded."""
     fake = types.ModuleType("training.generate")
     fake.calls = []
-    fake.ensure_pairs_waiting = lambda min_waiting=20: fake.calls.append(("ensure", min_waiting)) or 7
+    fake.ensure_pairs_waiting = (lambda min_waiting=20, waiting=None:
+                                 fake.calls.append(("ensure", min_waiting, waiting)) or 7)
     fake.start_generation = lambda prompts: fake.calls.append(("start", prompts)) or 8
     monkeypatch.setitem(sys.modules, "training.generate", fake)
     monkeypatch.setattr(training, "generate", fake, raising=False)
@@ -169,8 +170,32 @@ def test_first_visit_asks_for_a_name_and_keeps_it_in_the_url(workspace, generato
 
 def test_empty_queue_asks_the_generator_and_says_so(workspace, generator):
     at = open_label()
-    assert ("ensure", 20) in generator.calls
+    assert ("ensure", 20, 0) in generator.calls
     assert any("No pairs are waiting" in i.value for i in at.info)
+    assert not at.exception
+
+
+def test_pairs_i_skipped_do_not_count_as_waiting_for_me(workspace, generator):
+    ids = seed_pairs(25)
+    for pair_id in ids:
+        queue.submit_judgment("ana", pair_id, "skip", "a")
+    at = open_label()  # 25 pairs nobody has judged, none of them for ana: she needs new ones
+    assert ("ensure", 20, 0) in generator.calls
+    assert any("No pairs are waiting" in i.value for i in at.info)
+
+
+def test_switching_annotator_does_not_hand_over_the_pair_on_screen(workspace, generator, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_OVERLAP", "2")
+    ids = seed_pairs(2)
+    queue.submit_judgment("ben", ids[0], "a", "a")
+    at = open_label("ana")
+    assert shown_pair_id(at) == ids[0]  # ana sees the oldest pair
+    next(b for b in at.button if b.key == "switch-annotator").click()
+    at.run()
+    at.query_params["annotator"] = "ben"
+    at.switch_page("views/label.py")
+    at.run()
+    assert shown_pair_id(at) == ids[1]  # ben judged the first already: he gets his own next pair
     assert not at.exception
 
 

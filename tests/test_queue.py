@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import delete, func, select, update
 
 from labeling import db, queue
-from labeling.models import Job, Judgment, ModelVersion, Pair, Prompt, Response, utcnow
+from labeling.models import Annotator, Job, Judgment, ModelVersion, Pair, Prompt, Response, utcnow
 from labeling.records import as_messages, content_hash, pair_hash
 
 
@@ -115,6 +115,18 @@ def test_undo_last_removes_only_my_latest_judgment(workspace):
     assert queue.undo_last("nobody") is None
 
 
+def test_undo_and_progress_on_the_label_page_leave_arena_votes_alone(workspace):
+    label = seed_pairs([("Label me?", "one", "two")])[0]
+    vote = seed_pairs([("Vote on me?", "three", "four")], kind="arena")[0]
+    queue.submit_judgment("ana", label, "a", "a")
+    queue.submit_judgment("ana", vote, "b", "a")  # the latest judgment is an arena vote
+    assert queue.progress("ana").total == 1
+    assert queue.undo_last("ana") == label  # the label, not the vote
+    assert judgments("ana") == [(vote, "ana", "b", "a")]
+    assert queue.undo_last("ana") is None
+    assert queue.undo_last("ana", kind="arena") == vote
+
+
 def test_stored_outcome_maps_screen_sides_to_responses():
     assert queue.stored_outcome("left", "a") == "a"
     assert queue.stored_outcome("left", "b") == "b"
@@ -179,6 +191,9 @@ def test_workspace_summary(workspace):
     summary = queue.workspace_summary()
     assert (summary.prompts, summary.pairs, summary.pairs_waiting, summary.judgments) == (3, 3, 2, 1)
     assert summary.annotators == 2
+    with db.session() as s:  # the annotator row behind imported labels is not a person
+        s.add(Annotator(name="import:hh"))
+    assert queue.workspace_summary().annotators == 2
     assert summary.current_model == "dpo-1"
     assert [(j["kind"], j["step"], j["total_steps"]) for j in summary.running_jobs] == [("generate", 3, 10)]
     with db.session() as s:

@@ -33,14 +33,16 @@ FIRST_CHUNK_PROMPTS = 4  # prompts in the first chunk: a labeler on an empty que
 class GenerateConfig:
     """Defaults give short, varied answers from SmolLM2 at a few seconds per pair on a CPU."""
 
-    prompts: int = field(default=32, metadata={"help": "Prompts to answer (training split, those with the fewest pairs first)."})
+    prompts: int = field(default=32, metadata={"min": 1,
+        "help": "Prompts to answer (training split, those with the fewest pairs first)."})
     version: str | None = field(default=None, metadata={"help": "Policy version to sample from (default: the current one)."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Longest response, in tokens."})
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling: keep the smallest token set with this much probability."})
+    max_new_tokens: int = field(default=128, metadata={"min": 1, "help": "Longest response, in tokens."})
+    temperature: float = field(default=0.8, metadata={"above": 0, "help": "Sampling temperature."})
+    top_p: float = field(default=0.95, metadata={"above": 0, "max": 1,
+        "help": "Nucleus sampling: keep the smallest token set with this much probability."})
     # SmolLM2 on a shared 2-core CPU: 32 rows gave clearly more tokens/s than 16, and 64 no clear
     # gain over 32 for twice the KV-cache memory on long prompts (bench/generation.py)
-    batch_size: int = field(default=32, metadata={"help": "Sequences per batch (two per prompt)."})
+    batch_size: int = field(default=32, metadata={"min": 1, "help": "Sequences per batch (two per prompt)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampling (default: a new one each run, stored with every response)."})
 
 
@@ -228,12 +230,13 @@ def start_generation(prompts: int = 32, version: str | None = None) -> int:
     return jobs.start_job("generate", asdict(GenerateConfig(prompts=prompts, version=version)))
 
 
-def ensure_pairs_waiting(min_waiting: int = 20) -> int | None:
-    """Start a generation job when fewer than `min_waiting` labeling pairs have no judgment and
-    no heavy job is running; return its id, or None when nothing was started."""
+def ensure_pairs_waiting(min_waiting: int = 20, waiting: int | None = None) -> int | None:
+    """Start a generation job when fewer than `min_waiting` labeling pairs wait (`waiting`: those
+    waiting for one annotator, e.g. without the ones they skipped; default: pairs nobody has judged)
+    and no heavy job is running; return its id, or None when nothing was started."""
     from labeling import queue
 
-    waiting = queue.pairs_waiting()
+    waiting = queue.pairs_waiting() if waiting is None else waiting
     if waiting >= min_waiting or jobs.active_jobs() or _failed_recently():
         return None
     try:
