@@ -49,6 +49,14 @@ def test_dpo_round_trains_every_lora_parameter_and_writes_a_current_version(tiny
     assert (Path(row.path) / "tokenizer_config.json").is_file()
 
 
+def test_max_pairs_below_the_minimum_says_so_not_that_pairs_are_missing(tiny, tmp_path, capsys):
+    import_pairs(tmp_path, 12)
+    assert dpo.main(["--max-pairs", "4"]) == 1
+    assert ("max_pairs = 4 is below the DPO round's minimum of 8 labeled pairs (you have 12)"
+            in capsys.readouterr().err)
+    assert versions.list_versions() == []
+
+
 def test_not_enough_pairs_is_one_sentence_and_writes_nothing(tiny, tmp_path, capsys):
     import_pairs(tmp_path, 3)
     assert dpo.check_ready() == ("DPO needs at least 8 labeled pairs; you have 3. "

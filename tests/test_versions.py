@@ -95,6 +95,19 @@ def test_base_current_rollback_and_merged_export(workspace, tmp_path, monkeypatc
         versions.export_merged(child, out)
 
 
+def test_a_round_finishing_after_a_rollback_leaves_the_rollback_alone(workspace, tmp_path, monkeypatch):
+    use_tiny_policy(tmp_path, monkeypatch)
+    base = versions.ensure_base_version()
+    first = versions.create_version("policy", "dpo", base, None, [], None, _write_text, make_current=True)
+    assert versions.current_policy_id() == first  # nobody changed the current policy meanwhile
+    # a round starts from `first`; while it trains, an admin rolls back to the base
+    versions.set_current(base)
+    second = versions.create_version("policy", "dpo", first, None, [], None, _write_text, make_current=True)
+    assert versions.current_policy_id() == base and versions.get_version(second) is not None
+    assert versions.set_current(second, if_current=first) is False
+    assert versions.set_current(second, if_current=base) is True and versions.current_policy_id() == second
+
+
 def test_set_current_refuses_reward_and_unknown_ids(workspace):
     rid = versions.create_version("reward", "reward", None, None, [], None, _write_text)
     with pytest.raises(versions.VersionError, match="only a policy can be current"):
@@ -138,6 +151,10 @@ def test_yaml_then_flags_override(tmp_path):
     ("loss_type: magic\n", "dpo.yaml: field 'loss_type' must be one of sigmoid, ipo"),
     ("batch_size: 2.5\n", "dpo.yaml: field 'batch_size' must be int, got 2.5"),
     ("beta: [\n", "dpo.yaml line 2: not valid YAML"),
+    ("beta: 0\n", "dpo.yaml: field 'beta' must be greater than 0; got 0.0."),
+    ("batch_size: 0\n", "dpo.yaml: field 'batch_size' must be at least 1; got 0."),
+    ("heldout_fraction: 1\n", "dpo.yaml: field 'heldout_fraction' must be less than 1; got 1.0."),
+    ("loss_type: exo_pair\n", "dpo.yaml: The exo_pair loss needs label_smoothing above 0"),
 ])
 def test_bad_yaml_names_file_and_field(tmp_path, text, message):
     path = tmp_path / "dpo.yaml"
@@ -145,6 +162,21 @@ def test_bad_yaml_names_file_and_field(tmp_path, text, message):
     with pytest.raises(cli.ConfigError) as err:
         cli.config_from_args(DPORoundConfig, ["--config", str(path)])
     assert message in str(err.value) and str(err.value).count(".") >= 1
+
+
+def test_settings_are_checked_together_after_the_flags():
+    from training.evaluate_config import EvaluateConfig
+    from training.ppo_config import PPOConfig
+
+    config, _ = cli.config_from_args(DPORoundConfig, ["--loss-type", "exo_pair", "--label-smoothing", "0.1"])
+    assert (config.loss_type, config.label_smoothing) == ("exo_pair", 0.1)
+    with pytest.raises(cli.ConfigError, match="command line: The exo_pair loss needs label_smoothing above 0"):
+        cli.config_from_args(DPORoundConfig, ["--loss-type", "exo_pair"])
+    with pytest.raises(cli.ConfigError, match="form: field 'samples' must be at least 1; got 0."):
+        cli.config_from_dict(EvaluateConfig, {"samples": 0}, where="form")
+    with pytest.raises(cli.ConfigError, match="form: PPO setting 'mini_batch_size' must be greater than 0"):
+        cli.config_from_dict(PPOConfig, {"mini_batch_size": 0}, where="form")
+    assert cli.config_from_dict(DPORoundConfig, {"beta": 0.5}).beta == 0.5
 
 
 def test_bad_flag_value_is_one_sentence():

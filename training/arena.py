@@ -20,12 +20,12 @@ class ArenaConfig:
 
     version_a: str = field(default="", metadata={"help": "First version (default: the base model)."})
     version_b: str = field(default="", metadata={"help": "Second version (default: the current policy)."})
-    prompts: int = field(default=8, metadata={"help": "Held-out prompts both versions answer."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Longest answer, in tokens."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of both versions."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling of both versions."})
+    prompts: int = field(default=8, metadata={"min": 1, "help": "Held-out prompts both versions answer."})
+    max_new_tokens: int = field(default=128, metadata={"min": 1, "help": "Longest answer, in tokens."})
+    temperature: float = field(default=0.7, metadata={"above": 0, "help": "Sampling temperature of both versions."})
+    top_p: float = field(default=0.95, metadata={"above": 0, "max": 1, "help": "Nucleus sampling of both versions."})
     seed: int = field(default=0, metadata={"help": "Sampling seed, the same for both versions."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts answered per batch."})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "Prompts answered per batch."})
 
 
 class ArenaError(NotReady):
@@ -81,14 +81,14 @@ def run_arena(config: ArenaConfig, reporter) -> dict[str, Any]:
     prompts = heldout_prompts(config.prompts)
     if not prompts:
         raise ArenaError("There are no prompts to compare on: import prompts or pairs first.")
+    reward_id = versions.latest_reward_id()
+    scorer = reward.load_scorer(reward_id) if reward_id else None  # before the answers: a missing one stops at once
     reporter.start(4)
     messages = [m for _, m in prompts]
     texts = {a: answer(a, messages, config)}
     reporter.step(1)
     texts[b] = answer(b, messages, config)
     reporter.step(2)
-    reward_id = versions.latest_reward_id()
-    scorer = reward.load_scorer(reward_id) if reward_id else None
     base_model, tokenizer = load_policy(base)
     settings = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
                 "max_new_tokens": config.max_new_tokens, "reward_version": reward_id}

@@ -1,7 +1,9 @@
 """One mapping from a round's config dataclass to the command line, a YAML file and the Train form.
 
 Every field of a round's config (`DPORoundConfig`, `RewardRoundConfig`, `PPOConfig`) carries
-`metadata={"help": ...}` and optionally `"choices"`. From that one definition:
+`metadata={"help": ...}` and optionally `"choices"` and bounds (`"min"`/`"max"` inclusive,
+`"above"`/`"below"` exclusive). A config may define `problem()`, the sentence saying why its
+fields do not go together (or None). From that one definition:
 
     config_from_args(DPORoundConfig, ["--config", "dpo.yaml", "--beta", "0.2", "--max-steps", "5"])
         -> (DPORoundConfig(beta=0.2, ...), {"job_id": None, "max_steps": 5, "max_pairs": None, ...})
@@ -42,6 +44,10 @@ class FormField:
     help: str
     choices: tuple[Any, ...] | None
     optional: bool  # None is an allowed value
+    bounds: tuple[tuple[str, float], ...] = ()  # ("min" | "max" | "above" | "below", bound)
+
+
+BOUND_WORDS = {"min": "at least", "max": "at most", "above": "greater than", "below": "less than"}
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
@@ -63,8 +69,9 @@ def form_fields(config_class: type) -> list[FormField]:
         kind, optional = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = f.metadata.get("choices")
+        bounds = tuple((rule, f.metadata[rule]) for rule in BOUND_WORDS if rule in f.metadata)
         out.append(FormField(f.name, kind, default, f.metadata.get("help", ""),
-                             tuple(choices) if choices else None, optional))
+                             tuple(choices) if choices else None, optional, bounds))
     return out
 
 
@@ -88,16 +95,29 @@ def coerce(field: FormField, value: Any, where: str) -> Any:
     if field.choices and value not in field.choices:
         raise ConfigError(f"{where}: field '{field.name}' must be one of {', '.join(map(str, field.choices))}; "
                           f"got {value!r}.")
+    for rule, bound in field.bounds:
+        if not {"min": value >= bound, "max": value <= bound, "above": value > bound, "below": value < bound}[rule]:
+            raise ConfigError(f"{where}: field '{field.name}' must be {BOUND_WORDS[rule]} {bound:g}; got {value!r}.")
     return value
 
 
-def config_from_dict(config_class: type, values: dict[str, Any], where: str = "config") -> Any:
-    """Build the dataclass from a dict of field values (from YAML or the form), checking each."""
+def _checked(config: Any, where: str) -> Any:
+    """`config` if its fields go together, else ConfigError with the config's own sentence."""
+    problem = config.problem() if hasattr(config, "problem") else None
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return config
+
+
+def config_from_dict(config_class: type, values: dict[str, Any], where: str = "config", check: bool = True) -> Any:
+    """Build the dataclass from a dict of field values (from YAML or the form), checking each
+    (and, with `check`, that they go together)."""
     fields = {f.name: f for f in form_fields(config_class)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown field '{unknown[0]}'; the fields are {', '.join(fields)}.")
-    return config_class(**{name: coerce(fields[name], v, where) for name, v in values.items()})
+    config = config_class(**{name: coerce(fields[name], v, where) for name, v in values.items()})
+    return _checked(config, where) if check else config
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -146,9 +166,10 @@ def config_from_args(config_class: type, argv: list[str], prog: str = "python -m
             if name in values:
                 field = FormField(name, EXTRAS[name][0], None, EXTRAS[name][1], None, True)
                 extras[name] = coerce(field, values.pop(name), args["config"])
-    config = config_from_dict(config_class, values, where=str(args["config"] or "config"))
+    config = config_from_dict(config_class, values, where=str(args["config"] or "config"), check=False)
     flags = {f.name: args[f.name] for f in form_fields(config_class) if args[f.name] is not None}
-    config = _override(config_class, config, flags)
+    where = "command line" if flags or not args["config"] else str(args["config"])
+    config = _checked(_override(config_class, config, flags), where)
     for name in EXTRAS:
         value = args.get(name) if name in own else getattr(config, name)
         if value is not None:

@@ -80,7 +80,7 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
 
     precompute = {"yes": True, "no": False, "auto": config.epochs > 1}[config.precompute_ref_log_probs]
     return DPOConfig(
-        output_dir=output_dir, beta=config.beta, loss_type=[config.loss_type],
+        output_dir=output_dir, beta=config.beta, loss_type=[config.loss_type], label_smoothing=config.label_smoothing,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,
@@ -145,6 +145,8 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
     """Data → policy → train → save version → metrics. Returns {"version": id, **metrics}."""
     from training.model import load_policy
 
+    if config.problem():  # a config built in code (the CLI and the form check it as they read it)
+        raise rounds.NotReady(config.problem())
     reporter.start(None)
     data = rounds.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
     versions.ensure_base_version()
@@ -161,7 +163,10 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
     version_id = versions.create_version(
         "policy", "dpo", parent_id, dataclasses.asdict(config), data.judgment_ids, metrics, write,
         make_current=config.make_current)
-    return {"version": version_id, "parent": parent_id, **metrics}
+    # current: whether the new version is now the current policy (not when make_current is off, or
+    # when someone made another version current while this round ran)
+    return {"version": version_id, "parent": parent_id, "current": versions.current_policy_id() == version_id,
+            **metrics}
 
 
 def main(argv: list[str]) -> int:

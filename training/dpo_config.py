@@ -11,28 +11,37 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca
 class DPORoundConfig:
     """Direct Preference Optimization on the labeled pairs, with a LoRA adapter on the current policy."""
 
-    beta: float = field(default=0.1, metadata={
+    beta: float = field(default=0.1, metadata={"above": 0,
         "help": "β: how far the policy may move from the reference (the starting policy). Smaller = further."})
     loss_type: str = field(default="sigmoid", metadata={
         "help": "DPO loss: sigmoid (the paper's), ipo, hinge, robust, ... (TRL's names).", "choices": LOSS_TYPES})
-    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the LoRA adapter."})
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
-    batch_size: int = field(default=4, metadata={"help": "Pairs per optimizer step."})
-    max_length: int = field(default=512, metadata={
+    learning_rate: float = field(default=5e-5, metadata={"above": 0, "help": "AdamW learning rate of the LoRA adapter."})
+    epochs: float = field(default=1.0, metadata={"above": 0, "help": "Passes over the training pairs."})
+    batch_size: int = field(default=4, metadata={"min": 1, "help": "Pairs per optimizer step."})
+    max_length: int = field(default=512, metadata={"min": 8,
         "help": "Longest prompt + response in tokens; longer responses are cut at the end."})
-    max_prompt_length: int = field(default=256, metadata={
+    max_prompt_length: int = field(default=256, metadata={"min": 1,
         "help": "Longest prompt in tokens (at most half of max length, so the responses keep room); the "
                 "oldest turns of longer conversations are dropped."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the new adapter."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    label_smoothing: float = field(default=0.0, metadata={"min": 0, "below": 0.5, "help": (
+        "Share of labels taken as flipped (conservative DPO): the robust and exo_pair losses use it; exo_pair "
+        "needs it above 0.")})
+    lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank of the new adapter."})
+    lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     precompute_ref_log_probs: str = field(default="auto", metadata={
         "help": "Compute the reference log-probs once before training: auto = when it pays (more than one "
                 "epoch), yes, or no.", "choices": ("auto", "yes", "no")})
     gradient_checkpointing: bool = field(default=True, metadata={
         "help": "Recompute activations in the backward pass instead of keeping them: on SmolLM2, 16 pairs peaked "
                 "at 5.6 GB instead of 9.3 GB, in 175 s both ways (bench/dpo.py, back to back)."})
-    heldout_fraction: float = field(default=0.1, metadata={
+    heldout_fraction: float = field(default=0.1, metadata={"min": 0, "below": 1,
         "help": "Share of prompts held out for evaluation when the workspace has no held-out prompts yet."})
     seed: int = field(default=0, metadata={"help": "Random seed of data order and the adapter's initialisation."})
     make_current: bool = field(default=True, metadata={
         "help": "Make the new version the current policy that generation uses."})
+
+    def problem(self) -> str | None:
+        """The sentence saying why these settings do not go together, or None."""
+        if self.loss_type == "exo_pair" and self.label_smoothing <= 0:
+            return "The exo_pair loss needs label_smoothing above 0 (for example 0.1)."
+        return None

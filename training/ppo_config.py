@@ -46,6 +46,12 @@ class PPOConfig:
     reward_version: str | None = field(default=None, metadata={
         "help": "Reward model version to score with (the latest if empty)."})
 
+    def problem(self) -> str | None:
+        """The first setting PPO cannot run with, as one sentence naming the field, else None."""
+        from training.ppo import config_problem
+
+        return config_problem(self)
+
     @property
     def total_steps(self) -> int:
         return min(self.steps, self.max_steps) if self.max_steps else self.steps

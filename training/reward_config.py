@@ -15,17 +15,17 @@ class RewardRoundConfig:
         "help": "minilm: the small all-MiniLM-L6-v2 encoder, fully fine-tuned (the default: 0.66 held-out accuracy "
                 "on hh-rlhf after 13 minutes on 2 CPU cores, bench/reward.py); policy: the policy's base model with "
                 "LoRA and a scalar head, far slower per pair.", "choices": BACKBONES})
-    learning_rate: float | None = field(default=None, metadata={
+    learning_rate: float | None = field(default=None, metadata={"above": 0,
         "help": "AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 6e-5 for MiniLM)."})
-    epochs: float = field(default=1.5, metadata={"help": "Passes over the training pairs."})
-    batch_size: int = field(default=8, metadata={"help": "Pairs per optimizer step."})
-    max_length: int = field(default=256, metadata={
+    epochs: float = field(default=1.5, metadata={"above": 0, "help": "Passes over the training pairs."})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "Pairs per optimizer step."})
+    max_length: int = field(default=256, metadata={"min": 8,
         "help": "Longest prompt + response in tokens; the oldest part of the prompt is cut first."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (policy backbone)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
-    center_rewards_coefficient: float = field(default=0.01, metadata={
+    lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank (policy backbone)."})
+    lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
+    center_rewards_coefficient: float = field(default=0.01, metadata={"min": 0,
         "help": "Pulls mean rewards towards zero (Eisenstein et al. 2023), so scores are comparable across rounds."})
-    heldout_fraction: float = field(default=0.1, metadata={
+    heldout_fraction: float = field(default=0.1, metadata={"min": 0, "below": 1,
         "help": "Share of prompts held out for evaluation when the workspace has no held-out prompts yet."})
     seed: int = field(default=0, metadata={"help": "Random seed of data order and the head's initialisation."})
 

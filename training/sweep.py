@@ -23,14 +23,15 @@ class SweepConfig:
 
     method: str = field(default="dpo", metadata={"help": "Round to sweep.", "choices": ("dpo", "ppo")})
     betas: str = field(default="0.01,0.1,0.5", metadata={"help": "Comma-separated β values, one round each."})
-    prompts: int = field(default=16, metadata={"help": "Held-out prompts to evaluate each version on."})
-    samples: int = field(default=2, metadata={"help": "Responses sampled per prompt in evaluation."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest response sampled in evaluation."})
-    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per round (None: the round's own)."})
-    max_pairs: int | None = field(default=None, metadata={"help": "Labeled pairs per DPO round (None: all)."})
-    learning_rate: float | None = field(default=None, metadata={
+    prompts: int = field(default=16, metadata={"min": 1, "help": "Held-out prompts to evaluate each version on."})
+    samples: int = field(default=2, metadata={"min": 1, "help": "Responses sampled per prompt in evaluation."})
+    max_new_tokens: int = field(default=64, metadata={"min": 1, "help": "Longest response sampled in evaluation."})
+    max_steps: int | None = field(default=None, metadata={"min": 1,
+        "help": "Optimizer steps per round (None: the round's own)."})
+    max_pairs: int | None = field(default=None, metadata={"min": 1, "help": "Labeled pairs per DPO round (None: all)."})
+    learning_rate: float | None = field(default=None, metadata={"above": 0,
         "help": "Learning rate of every round (None: the round's own default)."})
-    max_length: int | None = field(default=None, metadata={
+    max_length: int | None = field(default=None, metadata={"min": 8,
         "help": "DPO: longest prompt + response in tokens; PPO: longest response sampled (None: the round's own)."})
 
 

@@ -55,7 +55,9 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
                    write: Callable[[Path], None], make_current: bool = False) -> str:
     """Write a version's files with `write(tmp_folder)`, rename the folder, then commit the row.
 
-    If `write` raises, the temporary folder is removed and no row is added. Returns the new id.
+    If `write` raises, the temporary folder is removed and no row is added. With `make_current`
+    the new version becomes current, unless the current policy is no longer `parent_id` (someone
+    rolled back while the round ran: their choice stands). Returns the new id.
     """
     if KINDS.get(method) != kind:
         raise VersionError(f"A '{method}' version must be of kind '{KINDS.get(method)}', not '{kind}'.")
@@ -78,8 +80,8 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         raise
-    if make_current:
-        set_current(version_id)
+    if make_current:  # unless the current policy changed while this version was made
+        set_current(version_id, if_current=parent_id)
     return version_id
 
 
@@ -119,17 +121,23 @@ def current_policy_id() -> str | None:
         return s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current))
 
 
-def set_current(version_id: str) -> None:
-    """Make a policy version the one generation uses (rollback = an older one)."""
+def set_current(version_id: str, if_current: str | None = None) -> bool:
+    """Make a policy version the one generation uses (rollback = an older one). With `if_current`,
+    only while that version is still current (a round finishing after someone rolled back leaves
+    their choice alone); returns whether `version_id` was made current."""
     with db.session() as s:
         row = s.get(ModelVersion, version_id)
         if row is None:
             raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
         if row.kind != "policy":
             raise VersionError(f"Version '{version_id}' is a {row.kind} model; only a policy can be current.")
-        for other in s.scalars(select(ModelVersion).where(ModelVersion.is_current)):
+        current = list(s.scalars(select(ModelVersion).where(ModelVersion.is_current)))
+        if if_current is not None and [c.id for c in current] != [if_current]:
+            return False
+        for other in current:
             other.is_current = False
         row.is_current = True
+    return True
 
 
 def latest_reward_id() -> str | None:
