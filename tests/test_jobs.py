@@ -27,6 +27,24 @@ def test_reporter_persists_progress_and_metrics(workspace):
     assert jobs.job_metrics(job_id) == [{"step": 1, "loss": 0.7, "kl": 0.01}, {"step": 2, "loss": 0.5}]
 
 
+def test_eta_follows_the_pace_of_the_steps_not_the_setup_before_them(workspace):
+    import datetime as dt
+
+    from labeling.models import JobMetric, utcnow
+
+    job_id = _job()
+    now = utcnow()
+    with db.session() as s:  # 1,000 s of setup, then steps 1 and 3 logged 20 s apart: 10 s a step
+        job = s.get(Job, job_id)
+        job.started_at, job.step, job.total_steps = now - dt.timedelta(seconds=1000), 3, 10
+        s.add_all([JobMetric(job_id=job_id, step=1, values={"loss": 1.0}, created_at=now - dt.timedelta(seconds=20)),
+                   JobMetric(job_id=job_id, step=3, values={"loss": 0.5}, created_at=now)])
+    assert jobs.eta_seconds(jobs.get_job(job_id)) == pytest.approx(70.0)
+    with db.session() as s:
+        s.execute(JobMetric.__table__.delete().where(JobMetric.job_id == job_id, JobMetric.step == 3))
+    assert jobs.eta_seconds(jobs.get_job(job_id)) == pytest.approx(1000 / 3 * 7, rel=0.01)  # one step: since start
+
+
 def test_cancel_stops_the_round_at_its_next_step(workspace):
     job_id = _job(status="queued")
     with pytest.raises(jobs.Cancelled):
@@ -47,6 +65,32 @@ def test_a_failing_round_is_recorded_with_its_reason(workspace):
             raise ValueError("DPO needs at least 8 labeled pairs; you have 2.")
     job = jobs.get_job(job_id)
     assert job.status == "failed" and "at least 8 labeled pairs" in job.error
+
+
+def test_clicks_at_the_same_moment_start_one_heavy_job(workspace, monkeypatch):
+    import os
+    import threading
+    import types
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: types.SimpleNamespace(pid=os.getpid()))
+    db.engine()  # the schema first, outside the race
+    barrier, outcomes = threading.Barrier(6), []
+
+    def click():
+        barrier.wait()
+        try:
+            outcomes.append(jobs.start_job("dpo", {}))
+        except jobs.JobError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=click) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = [o for o in outcomes if isinstance(o, int)]
+    assert len(started) == 1 and len(outcomes) == 6
+    assert all("still queued" in o for o in outcomes if isinstance(o, str))
 
 
 def test_a_dead_worker_is_shown_as_failed(workspace):

@@ -122,6 +122,33 @@ def test_bad_versions_are_one_sentence(tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_failed_conversion_leaves_no_half_copy_and_clears_old_ones(tmp_path, monkeypatch):
+    from training import model as models
+
+    out = tmp_path / "models" / "base"
+    stale = tmp_path / "models" / ".base.tmp-99999"  # from a conversion killed mid-way
+    stale.mkdir(parents=True)
+
+    def failing(gguf, tmp):
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt  # as a cancel or Ctrl-C arrives
+
+    monkeypatch.setattr(models, "_convert", failing)
+    with pytest.raises(KeyboardInterrupt):
+        models.convert_default_model(tmp_path / "x.gguf", out)
+    assert [p.name for p in out.parent.iterdir() if ".tmp-" in p.name or p.name == "base"] == []
+
+    def complete(gguf, tmp):
+        tmp.mkdir()
+        for name in ("config.json", "model.safetensors", "tokenizer_config.json"):
+            (tmp / name).write_text("{}")
+
+    monkeypatch.setattr(models, "_convert", complete)
+    assert models.convert_default_model(tmp_path / "x.gguf", out) == out
+    assert [p.name for p in out.parent.iterdir() if ".tmp-" in p.name or p.name == "base"] == ["base"]
+
+
 def test_default_gguf_converted_once_and_answers(model_cache_home, monkeypatch):
     monkeypatch.setenv("PREFLOOP_HOME", str(model_cache_home))
     monkeypatch.delenv("PREFLOOP_MODEL", raising=False)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from labeling import db
 from labeling.models import Job, JobMetric, utcnow
@@ -132,15 +132,22 @@ def active_jobs() -> list[Job]:
     return active_jobs_rows()
 
 
+START_LOCK_KEY = 0x70726566  # "pref": PostgreSQL advisory lock taken while a job is started
+
+
 def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> int:
     """Queue a job of `kind` with `config` and spawn its worker. Returns the job id."""
-    busy = active_jobs()
-    if busy:
-        raise JobError(
-            f"Job #{busy[0].id} ({busy[0].kind}) is still {busy[0].status}; "
-            "wait for it to finish or cancel it first."
-        )
+    refresh_stale()
     with db.session() as s:
+        # the check and the insert in one transaction that holds the write lock (SQLite: BEGIN
+        # IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock), so two pages clicking at the
+        # same moment cannot both start a heavy job
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK_KEY})
+        busy = s.scalars(select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(HEAVY_KINDS)).limit(1)).first()
+        if busy:
+            raise JobError(f"Job #{busy.id} ({busy.kind}) is still {busy.status}; "
+                           "wait for it to finish or cancel it first.")
         job = Job(kind=kind, status="queued", config=config)
         s.add(job)
         s.flush()
@@ -201,11 +208,20 @@ def job_metrics(job_id: int) -> list[dict[str, Any]]:
 
 
 def eta_seconds(job: Job) -> float | None:
-    """Linear ETA from the steps done so far."""
+    """Linear ETA at the pace of the steps logged so far: from the first logged step to the last,
+    so the setup before training (data, model loading, tokenizing) does not count as step time.
+    Before a second step is logged, from the time since the job started."""
     if not job.started_at or not job.total_steps or job.step <= 0:
         return None
-    elapsed = (utcnow() - job.started_at).total_seconds()
-    return elapsed / job.step * max(job.total_steps - job.step, 0)
+    with db.session() as s:
+        first, last, first_at, last_at = s.execute(
+            select(func.min(JobMetric.step), func.max(JobMetric.step), func.min(JobMetric.created_at),
+                   func.max(JobMetric.created_at)).where(JobMetric.job_id == job.id)).one()
+    if first is not None and last > first:
+        per_step = (last_at - first_at).total_seconds() / (last - first)
+    else:
+        per_step = (utcnow() - job.started_at).total_seconds() / job.step
+    return per_step * max(job.total_steps - job.step, 0)
 
 
 class Reporter:

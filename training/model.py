@@ -124,9 +124,14 @@ def convert_default_model(gguf: Path | None = None, out: Path | None = None) -> 
     with FileLock(str(out.parent / f".{out.name}.lock")):
         if _is_complete(out):  # another process finished while we waited
             return out
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed conversion (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        _convert(gguf, tmp)
+        try:
+            _convert(gguf, tmp)
+        except BaseException:  # a failure or a cancelled job: no half copy of the model stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(out, ignore_errors=True)  # a half folder left by hand, never one of ours
         os.replace(tmp, out)
     return out

@@ -34,8 +34,9 @@ latest_reward_id = versions.latest_reward_id
 Scorer = Callable[[list[list[dict]], list[str]], "torch.Tensor"]  # noqa: F821 (torch imported lazily)
 
 
-class RewardError(RuntimeError):
-    """A reward model that cannot be built or loaded; one sentence for the user."""
+class RewardError(rounds.NotReady):
+    """A reward model that cannot be built or loaded; one sentence for the user (a round that
+    needs it stops with that sentence, as for any other NotReady)."""
 
 
 def check_ready() -> str | None:
@@ -165,6 +166,9 @@ def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
     if row is None or row.kind != "reward":
         raise RewardError(f"There is no reward model '{version_id}'; train one first (python -m training reward).")
     folder = Path(row.path)
+    if not (folder / "reward.json").is_file():
+        raise RewardError(f"The reward model '{version_id}' has no files at {folder} (was the folder deleted?); "
+                          "train a new one, or pick another with --reward-version.")
     meta = json.loads((folder / "reward.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "right"
