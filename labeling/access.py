@@ -94,16 +94,26 @@ def add_user(path: Path, name: str, password: str, role: str = "annotator") -> N
 def sign_in(name: str, password: str) -> User | None:
     """The user when the name and password are right, else None. Without sign-in configured,
     everyone is an admin."""
+    from labeling.queue import QueueError, check_annotator_name
+
     name = (name or "").strip()
     if not enabled():
         return User(name, "admin")
     if not name:
         return None
+    try:  # the name becomes the annotator name: the same rules as for a typed one
+        check_annotator_name(name)
+    except QueueError as error:
+        raise AccessError(str(error)) from None
     shared = os.environ.get("PREFLOOP_PASSWORD")
     if shared and hmac.compare_digest(password.encode("utf-8"), shared.encode("utf-8")):
         return User(name, "admin")
     path = users_file()
     entry = read_users(path).get(name) if path else None
-    if entry and check_password(password, entry["password"]):
-        return User(name, entry["role"])
+    try:
+        if entry and check_password(password, entry["password"]):
+            return User(name, entry["role"])
+    except ValueError:  # a hand-edited hash: bad base64 or iteration count
+        raise AccessError(f"{path}: the password hash of user '{name}' is malformed; set it again with "
+                          f"`python -m labeling add-user {name}`.") from None
     return None

@@ -107,6 +107,32 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
                              f"truncated or corrupt.") from None
 
 
+def _json_rows(path: Path) -> Iterator[Row]:
+    """A .json file: one JSON array of records (as `DataFrame.to_json(orient="records")` and many
+    exports write it, on one line or pretty-printed), else JSON Lines."""
+    with _open_bytes(path) as f:
+        try:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")  # a BOM, then whitespace
+        except (OSError, EOFError, zlib.error):
+            head = b""  # _jsonl_rows names the problem
+    return _json_array_rows(path) if head.startswith(b"[") else _jsonl_rows(path)
+
+
+def _json_array_rows(path: Path) -> Iterator[Row]:
+    try:
+        items = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {e.lineno}: malformed JSON ({e.msg} at column {e.colno}); the file "
+                         f"must hold one JSON array of objects, or one JSON object per line.") from None
+    except (RecursionError, ValueError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise InputError(f"{path}: the JSON cannot be read ({reason}).") from None
+    for n, obj in enumerate(items, start=1):
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}, item {n}: expected a JSON object with named fields, got a {type(obj).__name__}.")
+        yield f"item {n}", obj
+
+
 def _json_line(raw: bytes, path: Path, n: int) -> Any:
     """A line orjson refused, read by the standard library: it also takes a BOM, NaN and lone
     surrogate escapes, and its errors name the column. InputError when it fails too."""
@@ -142,8 +168,11 @@ def _csv_rows(path: Path) -> Iterator[Row]:
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # 128 KB by default: a long response is fine
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     try:
+        _ = reader.fieldnames  # reads the header
+        start = reader.line_num + 1  # a record names the line it starts on (a quoted response spans several)
         for row in reader:
-            yield f"line {reader.line_num}", {k: _maybe_messages(v) for k, v in row.items() if k is not None}
+            yield f"line {start}", {k: _maybe_messages(v) for k, v in row.items() if k is not None}
+            start = reader.line_num + 1
     except csv.Error as e:
         raise InputError(f"{path}, line {reader.line_num}: malformed CSV ({e}); quote fields that hold "
                          f"commas or line breaks.") from None
@@ -201,8 +230,10 @@ def _rows(path: Path) -> Iterator[Row]:
         return _datasets_rows(str(path))
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; check the path.")
-    if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+    if name.endswith((".jsonl", ".jsonl.gz")):
         return _jsonl_rows(path)
+    if name.endswith((".json", ".json.gz")):
+        return _json_rows(path)
     if name.endswith((".csv", ".csv.gz")):
         return _csv_rows(path)
     if name.endswith(".parquet"):
@@ -403,7 +434,10 @@ def detect(first: dict[str, Any], path: Path) -> str:
 
 
 def _text_prompts(path: Path) -> Iterator[Record]:
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+    lines = _read_text(path).split("\n")  # not splitlines(): U+2028, U+0085 and the like stay inside a prompt
+    if lines[-1] == "":
+        lines.pop()
+    for n, line in enumerate(lines, start=1):
         record = PromptRecord([{"role": "user", "content": line.strip()}])
         _check_storable(record, path, f"line {n}")
         yield record

@@ -54,6 +54,20 @@ def test_bad_users_file_is_one_sentence(tmp_path, monkeypatch):
         access.sign_in("ana", "x")
 
 
+def test_odd_names_and_a_malformed_hash_are_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_PASSWORD", "team-pass")
+    with pytest.raises(access.AccessError, match="reserved for imported labels"):
+        access.sign_in("import:hh", "team-pass")
+    with pytest.raises(access.AccessError, match="use at most"):
+        access.sign_in("a" * 500, "team-pass")
+    monkeypatch.delenv("PREFLOOP_PASSWORD")
+    path = tmp_path / "users.yaml"
+    path.write_text("ana: {password: 'pbkdf2_sha256$many$***$abc', role: admin}\n")
+    monkeypatch.setenv("PREFLOOP_USERS", str(path))
+    with pytest.raises(access.AccessError, match="the password hash of user 'ana' is malformed"):
+        access.sign_in("ana", "x")
+
+
 def test_add_user_cli_reads_the_password_from_stdin(tmp_path):
     import subprocess
     import sys

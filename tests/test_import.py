@@ -228,6 +228,33 @@ def test_bad_input_names_the_problem_and_writes_nothing(workspace, name, fmt, ph
     assert counts() == before
 
 
+def test_a_json_array_file_imports_like_json_lines(workspace, tmp_path):
+    import json
+
+    rows = [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."},
+            {"prompt": "2+2?", "chosen": "4", "rejected": "5"}]
+    (tmp_path / "pretty.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert store.import_file(tmp_path / "pretty.json")["imported"] == 2
+    assert store.import_file(tmp_path / "lines.json")["imported"] == 0  # the same two pairs
+    (tmp_path / "bad.json").write_text(json.dumps(rows + [7]), encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.json, item 3: expected a JSON object"):
+        store.import_file(tmp_path / "bad.json")
+
+
+def test_a_record_spanning_lines_is_named_by_its_first_line(workspace, tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text('prompt,chosen,rejected\nQ1,"one\ntwo\nthree",b\nQ2,"four\nfi\x00ve",c\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"multi.csv, line 5, field 'chosen': the text holds a NUL"):  # record 2: line 5
+        store.import_file(path)
+
+
+def test_unicode_line_separators_stay_inside_a_prompt(workspace, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("first\u2028still first\nsecond\u0085still second\n", encoding="utf-8")
+    assert store.import_file(path)["imported"] == 2
+
+
 def test_non_utf8_and_truncated_gzip(workspace, tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes(
         b'{"prompt": "ok", "chosen": "a", "rejected": "b"}\n{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
