@@ -93,7 +93,8 @@ def main() -> None:
         if job_id := st.session_state.get("job-arena"):
             job_panel(job_id)
     st.subheader("Blind arena")
-    st.caption("Answers of two versions, names hidden and sides shuffled; every vote is also a training pair.")
+    st.caption("Answers of two versions, names hidden and sides shuffled. Every vote is stored as a preference pair "
+               "on a held-out prompt: the next rounds measure their held-out accuracy on it.")
     blind_arena()
     ratings()
 

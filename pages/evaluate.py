@@ -56,7 +56,7 @@ def show_points() -> None:
 
 
 def show_curves() -> None:
-    versions = [r["version"] for r in points.latest_points()] or points.trained_versions()
+    versions = points.trained_versions()  # every policy version, measured or not, newest first
     if not versions:
         return
     version = st.selectbox("Training curves of version", versions, key="curves-version")
@@ -65,7 +65,8 @@ def show_curves() -> None:
         frame = pd.DataFrame(rows).set_index("step")
         st.line_chart(frame[[c for c in frame.columns if frame[c].notna().any()]])
     else:
-        st.caption(f"{version} has no recorded training curves (the base model, or trained outside the app).")
+        st.caption(f"{version} has no recorded training curves of its own (the base model, a version a β sweep "
+                   "made, or one trained outside the app).")
 
 
 def main() -> None:

@@ -84,6 +84,22 @@ def test_measure_button_starts_an_evaluate_job_with_the_form_values(workspace, m
     assert started[1] == ("sweep", {**started[1][1], "betas": "0.01,0.1,1.0", "method": "dpo"})
 
 
+def test_curves_of_a_version_trained_after_the_last_measurement_can_be_picked(workspace):
+    from labeling.models import Job, JobMetric
+
+    seed_points()
+    with db.session() as s:  # v5-dpo is newer than every measured point
+        s.add(ModelVersion(id="v5-dpo", kind="policy", method="dpo", parent_id="v4-dpo", path="/d5"))
+        job = Job(kind="dpo", status="done", config={}, result={"version": "v5-dpo"})
+        s.add(job)
+        s.flush()
+        s.add_all([JobMetric(job_id=job.id, step=n, values={"loss": 0.7 - 0.1 * n}) for n in (1, 2)])
+    at = open_app(page="evaluate.py")
+    picker = at.selectbox(key="curves-version")
+    assert picker.value == "v5-dpo" and set(picker.options) == {"v1-base", "v4-dpo", "v5-dpo"}
+    assert not at.exception
+
+
 def test_frontier_keeps_only_points_no_other_beats():
     rows = [{"kl": 0.0, "reward": 0.0}, {"kl": 1.0, "reward": 0.5}, {"kl": 2.0, "reward": 0.4},
             {"kl": 3.0, "reward": 0.9}]
