@@ -84,6 +84,17 @@ def test_measure_button_starts_an_evaluate_job_with_the_form_values(workspace, m
     assert started[1] == ("sweep", {**started[1][1], "betas": "0.01,0.1,1.0", "method": "dpo"})
 
 
+def test_points_measured_partly_on_training_prompts_get_a_warning(workspace):
+    seed_points()
+    at = open_app(page="evaluate.py")
+    assert not at.warning
+    with db.session() as s:
+        point = s.query(EvalPoint).filter_by(version_id="v4-dpo").one()
+        point.details = {"samples": 32, "train_prompts": 3}
+    at = open_app(page="evaluate.py")
+    assert len(at.warning) == 1 and "on 3 training prompts" in at.warning[0].value
+
+
 def test_curves_of_a_version_trained_after_the_last_measurement_can_be_picked(workspace):
     from labeling.models import Job, JobMetric
 

@@ -72,6 +72,15 @@ def test_evaluate_cli_stores_points_that_the_chart_shows(trained, capsys):
         assert shown[version]["reward_version"] == trained["reward"]
     with open(result["plot"], "rb") as png:
         assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    from sqlalchemy import func, select
+
+    from labeling import db
+    from labeling.models import Prompt
+
+    with db.session() as s:  # too few held-out prompts: training prompts fill in, and the points say how many
+        held = s.scalar(select(func.count(Prompt.id)).where(Prompt.split == "heldout"))
+    assert result["train_prompts"] == max(4 - held, 0)
+    assert all(p["train_prompts"] == result["train_prompts"] for p in points.latest_points())
 
 
 def test_evaluate_without_reward_model_is_one_sentence(workspace, tmp_path, monkeypatch, capsys):

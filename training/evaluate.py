@@ -21,7 +21,7 @@ from labeling import db
 from labeling.models import EvalPoint, Prompt
 from training import jobs
 from training.losses import token_logprobs
-from training.rollout import position_ids, response_mask_from_ids
+from training.rollout import eos_ids, position_ids, response_mask_from_ids
 from training.evaluate_config import EvaluateConfig
 from training.rounds import NotReady
 
@@ -48,13 +48,14 @@ def sample(model, tokenizer, prompts: list[list[dict]], samples: int, max_new_to
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     enc = tokenizer([t for t in texts for _ in range(samples)], return_tensors="pt", padding=True,
                     add_special_tokens=False)
+    stop = eos_ids(model, tokenizer)  # every token that ends a response (a model may have several)
     torch.manual_seed(seed)
-    out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+    out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=stop,
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     P = enc["input_ids"].shape[1]
     response = out[:, P:]  # (B, R)
-    # keep tokens up to and including the first EOS; everything after is padding
-    kept = response_mask_from_ids(response, [tokenizer.eos_token_id])  # (B, R)
+    # keep tokens up to and including the first stop token; everything after is padding
+    kept = response_mask_from_ids(response, stop)  # (B, R)
     after_eos = kept == 0
     response_mask = torch.cat([torch.zeros_like(enc["input_ids"]), kept], dim=1)
     attention_mask = torch.cat([enc["attention_mask"], kept], dim=1)
@@ -116,6 +117,9 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
     prompts = heldout_prompts(config.prompts)
     if not prompts:
         raise EvaluationError("There are no prompts to evaluate on: import prompts or pairs first.")
+    with db.session() as s:  # heldout_prompts fills in with training prompts when too few are held out
+        train_prompts = len(prompts) - len(set(s.scalars(select(Prompt.id).where(
+            Prompt.id.in_([i for i, _ in prompts]), Prompt.split == "heldout"))))
     scorer = reward.load_scorer(reward_id)
     base, tokenizer = models.load_policy(base_id)
     base.eval()
@@ -125,7 +129,7 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
     for step, version_id in enumerate(version_ids, 1):
         policy = base if version_id == base_id else models.load_policy(version_id)[0].eval()
         m = measure(policy, base, tokenizer, [p for _, p in prompts], scorer, config)
-        details = {"prompt_ids": [i for i, _ in prompts], "config": asdict(config),
+        details = {"prompt_ids": [i for i, _ in prompts], "train_prompts": train_prompts, "config": asdict(config),
                    "samples": m["samples"], "mean_tokens": m["mean_tokens"], "example": m["example"]}
         with db.session() as s:
             s.add(EvalPoint(version_id=version_id, reward_version_id=reward_id, reward=m["reward"],
@@ -134,7 +138,7 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
         stored.append({"version": version_id, **{k: m[k] for k in ("reward", "reward_se", "kl", "kl_se", "kl_per_token")}})
         reporter.step(step, {"reward": m["reward"], "kl": m["kl"]})
     plot = points.plot_reward_vs_kl(points.latest_points(reward_id), points.plot_path())
-    return {"points": stored, "plot": str(plot), "reward_version": reward_id}
+    return {"points": stored, "plot": str(plot), "reward_version": reward_id, "train_prompts": train_prompts}
 
 
 def main(argv: list[str]) -> int:
