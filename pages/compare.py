@@ -23,7 +23,8 @@ def pick_versions() -> tuple[str, str] | None:
     base = next((v.id for v in rows if v.method == "base"), ids[-1])
     left, right = st.columns(2)
     a = left.selectbox("Version A", ids, index=ids.index(base), key="compare-a")
-    b = right.selectbox("Version B", ids, index=ids.index(current) if current != base else 0, key="compare-b")
+    other = current if current != base else next(i for i in reversed(ids) if i != base)  # the newest besides
+    b = right.selectbox("Version B", ids, index=ids.index(other), key="compare-b")
     return a, b
 
 
@@ -42,7 +43,10 @@ def side_by_side(a: str, b: str) -> None:
             for column, side in ((left, "a"), (right, "b")):
                 reward, logp = row[f"reward_{side}"], row[f"base_logprob_{side}"]
                 scored = f"reward {reward:.3f}" if reward is not None else "no reward model"
-                column.caption(f"{scored} · log-prob under base {logp:.1f} over {row[f'tokens_{side}']} tokens")
+                # an answer stored earlier by label generation (the same text) carries no arena scores
+                scored_logp = (f"log-prob under base {logp:.1f} over {row[f'tokens_{side}']} tokens"
+                               if logp is not None else "not scored under the base model")
+                column.caption(f"{scored} · {scored_logp}")
 
 
 def vote(name: str, view: queue.PairView, choice: str) -> None:

@@ -33,6 +33,19 @@ def test_side_by_side_shows_both_versions_with_scores(workspace):
     assert "reward 2.000 · log-prob under base -25.0 over 7 tokens" in captions and "reward -1.000" in captions
 
 
+def test_with_the_base_current_b_defaults_to_another_version_and_unscored_answers_show(workspace):
+    seed_arena()
+    with db.session() as s:
+        s.get(ModelVersion, "v2-dpo").is_current = False
+        s.get(ModelVersion, "v1-base").is_current = True
+        for response in s.scalars(select(Response).where(Response.model_version == "v2-dpo")):
+            response.generation = None  # as an answer label generation had stored before
+    at = open_app(page="compare.py")
+    assert not at.exception
+    assert (at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value) == ("v1-base", "v2-dpo")
+    assert "no reward model · not scored under the base model" in " ".join(c.value for c in at.caption)
+
+
 def test_blind_votes_store_the_winner_and_feed_ratings(workspace):
     seed_arena()
     at = open_app(name="bo", page="compare.py")
