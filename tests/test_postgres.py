@@ -30,13 +30,16 @@ from tests.test_queue import (  # noqa: F401
     test_judgment_count_follows_inserts_updates_and_deletes, test_oldest_first_and_not_twice_for_the_same_annotator,
     test_overlap_k_lets_k_annotators_judge_a_pair_and_no_more, test_progress_counts_today_total_and_waiting,
     test_skip_hides_the_pair_from_me_but_not_from_others, test_submit_twice_updates_one_row,
-    test_undo_last_removes_only_my_latest_judgment, test_workspace_summary)
+    test_undo_and_progress_on_the_label_page_leave_arena_votes_alone, test_undo_last_removes_only_my_latest_judgment,
+    test_workspace_summary)
 from tests.test_dpo import test_dpo_background_job_end_to_end, tiny  # noqa: F401  (a worker process on PostgreSQL)
 from tests.test_jobs import (  # noqa: F401
     test_a_dead_worker_is_shown_as_failed, test_a_failing_round_is_recorded_with_its_reason,
-    test_cancel_stops_the_round_at_its_next_step, test_reporter_persists_progress_and_metrics)
+    test_cancel_stops_the_round_at_its_next_step, test_clicks_at_the_same_moment_start_one_heavy_job,
+    test_eta_follows_the_pace_of_the_steps_not_the_setup_before_them, test_reporter_persists_progress_and_metrics)
 from tests.test_stats import test_judgments_frame_reads_and_filters_the_workspace  # noqa: F401
 from tests.test_versions import (  # noqa: F401
+    test_a_round_finishing_after_a_rollback_leaves_the_rollback_alone,
     test_create_version_renames_complete_folder_and_records_lineage, test_failed_write_leaves_no_folder_and_no_row)
 
 
