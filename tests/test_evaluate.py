@@ -83,6 +83,19 @@ def test_evaluate_cli_stores_points_that_the_chart_shows(trained, capsys):
     assert all(p["train_prompts"] == result["train_prompts"] for p in points.latest_points())
 
 
+def test_measuring_all_versions_skips_one_whose_folder_is_gone(trained, capsys):
+    import shutil
+
+    from training.evaluate import main
+
+    shutil.rmtree(versions.get_version(trained["tuned"]).path)
+    assert main(["--prompts", "2", "--samples", "1", "--max-new-tokens", "6"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [p["version"] for p in result["points"]] == [trained["base"]] and result["skipped"] == [trained["tuned"]]
+    assert main(["--versions", trained["tuned"], "--prompts", "2"]) == 1  # named: one sentence, why
+    assert f"of model version '{trained['tuned']}' is missing" in capsys.readouterr().err
+
+
 def test_evaluate_without_reward_model_is_one_sentence(workspace, tmp_path, monkeypatch, capsys):
     from training.evaluate import main
 

@@ -108,8 +108,8 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
     from training import model as models, points, reward, versions
 
     base_id = versions.ensure_base_version()
-    version_ids = [v.strip() for v in config.versions.split(",") if v.strip()] or [
-        v.id for v in versions.list_versions("policy")]
+    named = [v.strip() for v in config.versions.split(",") if v.strip()]
+    version_ids = named or [v.id for v in versions.list_versions("policy")]
     reward_id = config.reward_version or versions.latest_reward_id()
     if reward_id is None:
         raise EvaluationError("Evaluation needs a reward model to score responses: train one first "
@@ -125,9 +125,15 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
     base.eval()
     reporter = reporter or jobs.Reporter(None)
     reporter.start(len(version_ids))
-    stored = []
+    stored, skipped = [], []
     for step, version_id in enumerate(version_ids, 1):
-        policy = base if version_id == base_id else models.load_policy(version_id)[0].eval()
+        try:
+            policy = base if version_id == base_id else models.load_policy(version_id)[0].eval()
+        except models.ModelPathError:
+            if named:  # asked for by name: the user hears why it cannot be measured
+                raise
+            skipped.append(version_id)  # "all versions": one whose folder is gone does not stop the others
+            continue
         m = measure(policy, base, tokenizer, [p for _, p in prompts], scorer, config)
         details = {"prompt_ids": [i for i, _ in prompts], "train_prompts": train_prompts, "config": asdict(config),
                    "samples": m["samples"], "mean_tokens": m["mean_tokens"], "example": m["example"]}
@@ -138,7 +144,8 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
         stored.append({"version": version_id, **{k: m[k] for k in ("reward", "reward_se", "kl", "kl_se", "kl_per_token")}})
         reporter.step(step, {"reward": m["reward"], "kl": m["kl"]})
     plot = points.plot_reward_vs_kl(points.latest_points(reward_id), points.plot_path())
-    return {"points": stored, "plot": str(plot), "reward_version": reward_id, "train_prompts": train_prompts}
+    return {"points": stored, "plot": str(plot), "reward_version": reward_id, "train_prompts": train_prompts,
+            "skipped": skipped}
 
 
 def main(argv: list[str]) -> int:
