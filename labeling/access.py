@@ -114,6 +114,6 @@ def sign_in(name: str, password: str) -> User | None:
         if entry and check_password(password, entry["password"]):
             return User(name, entry["role"])
     except ValueError:  # a hand-edited hash: bad base64 or iteration count
-        raise AccessError(f"{path}: the password hash of user '{name}' is malformed; set it again with "
-                          f"`python -m labeling add-user {name}`.") from None
+        raise AccessError(f"The stored password hash of this user is malformed; an admin can set it again with "
+                          f"`python -m labeling add-user {name} --role {entry['role']}`.") from None
     return None

@@ -8,6 +8,7 @@ and stamped with its version on first use.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +98,16 @@ def session() -> Iterator[Session]:
     factory = sessionmaker(engine(), expire_on_commit=False)
     with factory() as s, s.begin():
         yield s
+
+
+def serialize(s: Session, name: str) -> None:
+    """Make the rest of this transaction run alone among those serialized under `name`: SQLite
+    already takes the write lock at BEGIN (IMMEDIATE); PostgreSQL takes a transaction-scoped
+    advisory lock, released at commit or rollback. For a check followed by a write that must not
+    interleave with another one (starting a job, changing the current version)."""
+    if s.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def schema_version() -> int:

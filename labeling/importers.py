@@ -433,8 +433,11 @@ def detect(first: dict[str, Any], path: Path) -> str:
                      f"prompt/response_a/response_b or prompt, or pass --format.")
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def _text_prompts(path: Path) -> Iterator[Record]:
-    lines = _read_text(path).split("\n")  # not splitlines(): U+2028, U+0085 and the like stay inside a prompt
+    lines = _LINE_BREAK.split(_read_text(path))  # not splitlines(): U+2028, U+0085 and the like stay in a prompt
     if lines[-1] == "":
         lines.pop()
     for n, line in enumerate(lines, start=1):

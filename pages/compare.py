@@ -42,7 +42,7 @@ def side_by_side(a: str, b: str) -> None:
             left, right = st.columns(2)
             for column, side in ((left, "a"), (right, "b")):
                 reward, logp = row[f"reward_{side}"], row[f"base_logprob_{side}"]
-                scored = f"reward {reward:.3f}" if reward is not None else "no reward model"
+                scored = f"reward {reward:.3f}" if reward is not None else "no reward score"
                 # an answer stored earlier by label generation (the same text) carries no arena scores
                 scored_logp = (f"log-prob under base {logp:.1f} over {row[f'tokens_{side}']} tokens"
                                if logp is not None else "not scored under the base model")
@@ -97,8 +97,9 @@ def main() -> None:
         if job_id := st.session_state.get("job-arena"):
             job_panel(job_id)
     st.subheader("Blind arena")
-    st.caption("Answers of two versions, names hidden and sides shuffled. Every vote is stored as a preference pair "
-               "on a held-out prompt: the next rounds measure their held-out accuracy on it.")
+    st.caption("Answers of two versions, names hidden and sides shuffled. Every vote is stored as a preference "
+               "pair; the arena answers held-out prompts first, so most votes measure the next rounds rather than "
+               "train them.")
     blind_arena()
     ratings()
 

@@ -48,8 +48,8 @@ def show_points() -> None:
         st.warning(f"These points were scored by different reward models ({', '.join(scorers)}); "
                    "rewards are only comparable within one. Measure again to score all with the latest.")
     if borrowed := max(r["train_prompts"] or 0 for r in rows):
-        st.warning(f"Some points were measured on {borrowed} training prompts too: fewer prompts than asked for "
-                   "are held out. Measure fewer prompts, or import more, for a clean held-out measurement.")
+        st.warning(f"Some points were measured on up to {borrowed} training prompts as well, because fewer prompts "
+                   "are held out than the measurement asked for; measure fewer prompts for a held-out-only figure.")
     st.altair_chart(chart(rows), width="stretch")
     st.dataframe(frame, hide_index=True)
     png = points.plot_reward_vs_kl(rows, points.plot_path())

@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 
 from labeling import access
-from training import jobs
+from training import jobs, versions
 from training.cli import ConfigError, config_from_dict, form_fields
 
 
@@ -105,9 +105,11 @@ def job_panel(job_id: int, curves: tuple[str, ...] = ()) -> None:
         st.line_chart(pd.DataFrame(rows).set_index("step")[shown])
     if job.status == "done" and job.result:
         st.json(job.result, expanded=False)
-        if job.result.get("current") is False and (job.config or {}).get("make_current"):
-            st.warning(f"{job.result['version']} was not made current: another version was made current while "
-                       f"the round ran. Make it current in the versions table if you want it.")
+        made = job.result.get("version")
+        if job.result.get("current") is False and (job.config or {}).get("make_current") \
+                and versions.current_policy_id() != made:
+            st.warning(f"{made} is not the current policy, because another version was made current while the "
+                       f"round ran; make it current in the versions table if you want it.")
 
 
 # (label, what it means on screen, keyboard shortcut): the Label page and the blind arena share them

@@ -43,7 +43,7 @@ def test_with_the_base_current_b_defaults_to_another_version_and_unscored_answer
     at = open_app(page="compare.py")
     assert not at.exception
     assert (at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value) == ("v1-base", "v2-dpo")
-    assert "no reward model · not scored under the base model" in " ".join(c.value for c in at.caption)
+    assert "no reward score · not scored under the base model" in " ".join(c.value for c in at.caption)
 
 
 def test_blind_votes_store_the_winner_and_feed_ratings(workspace):

@@ -92,7 +92,7 @@ def test_points_measured_partly_on_training_prompts_get_a_warning(workspace):
         point = s.query(EvalPoint).filter_by(version_id="v4-dpo").one()
         point.details = {"samples": 32, "train_prompts": 3}
     at = open_app(page="evaluate.py")
-    assert len(at.warning) == 1 and "on 3 training prompts" in at.warning[0].value
+    assert len(at.warning) == 1 and "up to 3 training prompts" in at.warning[0].value
 
 
 def test_curves_of_a_version_trained_after_the_last_measurement_can_be_picked(workspace):

@@ -52,7 +52,7 @@ def test_dpo_round_trains_every_lora_parameter_and_writes_a_current_version(tiny
 def test_max_pairs_below_the_minimum_says_so_not_that_pairs_are_missing(tiny, tmp_path, capsys):
     import_pairs(tmp_path, 12)
     assert dpo.main(["--max-pairs", "4"]) == 1
-    assert ("max_pairs = 4 is below the DPO round's minimum of 8 labeled pairs (you have 12)"
+    assert ("max_pairs = 4 is below the DPO round's minimum of 8 labeled pairs (you have 12); raise it"
             in capsys.readouterr().err)
     assert versions.list_versions() == []
 

@@ -253,6 +253,8 @@ def test_unicode_line_separators_stay_inside_a_prompt(workspace, tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("first\u2028still first\nsecond\u0085still second\n", encoding="utf-8")
     assert store.import_file(path)["imported"] == 2
+    (tmp_path / "old-mac.txt").write_bytes(b"third\rfourth\r")  # lines ended by CR alone
+    assert store.import_file(tmp_path / "old-mac.txt")["imported"] == 2
 
 
 def test_non_utf8_and_truncated_gzip(workspace, tmp_path):

@@ -121,7 +121,6 @@ def test_bad_versions_are_one_sentence(tiny, tmp_path):
         models.load_policy("odd")
 
 
-@pytest.mark.slow
 def test_a_failed_conversion_leaves_no_half_copy_and_clears_old_ones(tmp_path, monkeypatch):
     from training import model as models
 
@@ -149,6 +148,7 @@ def test_a_failed_conversion_leaves_no_half_copy_and_clears_old_ones(tmp_path, m
     assert [p.name for p in out.parent.iterdir() if ".tmp-" in p.name or p.name == "base"] == ["base"]
 
 
+@pytest.mark.slow
 def test_default_gguf_converted_once_and_answers(model_cache_home, monkeypatch):
     monkeypatch.setenv("PREFLOOP_HOME", str(model_cache_home))
     monkeypatch.delenv("PREFLOOP_MODEL", raising=False)

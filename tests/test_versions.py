@@ -172,6 +172,8 @@ def test_settings_are_checked_together_after_the_flags():
     assert (config.loss_type, config.label_smoothing) == ("exo_pair", 0.1)
     with pytest.raises(cli.ConfigError, match="command line: The exo_pair loss needs label_smoothing above 0"):
         cli.config_from_args(DPORoundConfig, ["--loss-type", "exo_pair"])
+    with pytest.raises(cli.ConfigError, match="label_smoothing has no effect on the sigmoid loss"):
+        cli.config_from_args(DPORoundConfig, ["--label-smoothing", "0.1"])
     with pytest.raises(cli.ConfigError, match="form: field 'samples' must be at least 1; got 0."):
         cli.config_from_dict(EvaluateConfig, {"samples": 0}, where="form")
     with pytest.raises(cli.ConfigError, match="form: PPO setting 'mini_batch_size' must be greater than 0"):

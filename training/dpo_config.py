@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair",
               "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 
+SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the losses TRL applies label_smoothing to
+
 
 @dataclass
 class DPORoundConfig:
@@ -24,8 +26,8 @@ class DPORoundConfig:
         "help": "Longest prompt in tokens (at most half of max length, so the responses keep room); the "
                 "oldest turns of longer conversations are dropped."})
     label_smoothing: float = field(default=0.0, metadata={"min": 0, "below": 0.5, "help": (
-        "Share of labels taken as flipped (conservative DPO): the robust and exo_pair losses use it; exo_pair "
-        "needs it above 0.")})
+        "Share of preference labels assumed flipped; only the robust, exo_pair, aot and aot_unpaired losses use "
+        "it (exo_pair needs it above 0, e.g. 1e-3).")})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank of the new adapter."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     precompute_ref_log_probs: str = field(default="auto", metadata={
@@ -43,5 +45,8 @@ class DPORoundConfig:
     def problem(self) -> str | None:
         """The sentence saying why these settings do not go together, or None."""
         if self.loss_type == "exo_pair" and self.label_smoothing <= 0:
-            return "The exo_pair loss needs label_smoothing above 0 (for example 0.1)."
+            return "The exo_pair loss needs label_smoothing above 0 (for example 1e-3)."
+        if self.label_smoothing > 0 and self.loss_type not in SMOOTHED_LOSSES:
+            return (f"label_smoothing has no effect on the {self.loss_type} loss; set it to 0 or pick one of "
+                    f"{', '.join(SMOOTHED_LOSSES)}.")
         return None

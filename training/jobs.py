@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from labeling import db
 from labeling.models import Job, JobMetric, utcnow
@@ -132,18 +132,13 @@ def active_jobs() -> list[Job]:
     return active_jobs_rows()
 
 
-START_LOCK_KEY = 0x70726566  # "pref": PostgreSQL advisory lock taken while a job is started
-
-
 def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> int:
     """Queue a job of `kind` with `config` and spawn its worker. Returns the job id."""
     refresh_stale()
     with db.session() as s:
-        # the check and the insert in one transaction that holds the write lock (SQLite: BEGIN
-        # IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock), so two pages clicking at the
-        # same moment cannot both start a heavy job
-        if s.get_bind().dialect.name == "postgresql":
-            s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK_KEY})
+        # the check and the insert in one serialized transaction, so two pages clicking at the same
+        # moment cannot both start a heavy job
+        db.serialize(s, "start_job")
         busy = s.scalars(select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(HEAVY_KINDS)).limit(1)).first()
         if busy:
             raise JobError(f"Job #{busy.id} ({busy.kind}) is still {busy.status}; "

@@ -168,7 +168,7 @@ def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
     folder = Path(row.path)
     if not (folder / "reward.json").is_file():
         raise RewardError(f"The reward model '{version_id}' has no files at {folder} (was the folder deleted?); "
-                          "train a new one, or pick another with --reward-version.")
+                          "train a new one or pick another reward version.")
     meta = json.loads((folder / "reward.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "right"

@@ -87,7 +87,7 @@ def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, s
         rows = rows[:max_pairs]
     if len(rows) < min_pairs <= len(export.rows):
         raise NotReady(f"max_pairs = {max_pairs} is below the {what} round's minimum of {min_pairs} labeled pairs "
-                       f"(you have {len(export.rows)}); raise it or leave it empty.")
+                       f"(you have {len(export.rows)}); raise it, or use all pairs (no --max-pairs, or 0 on the Train page).")
     if len(rows) < min_pairs:
         raise NotReady(f"The {what} round needs at least {min_pairs} labeled pairs; you have {len(rows)}. "
                        f"Label more pairs or import labels.")

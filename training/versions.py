@@ -126,6 +126,7 @@ def set_current(version_id: str, if_current: str | None = None) -> bool:
     only while that version is still current (a round finishing after someone rolled back leaves
     their choice alone); returns whether `version_id` was made current."""
     with db.session() as s:
+        db.serialize(s, "set_current")  # the read of the current version and the switch, alone
         row = s.get(ModelVersion, version_id)
         if row is None:
             raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
