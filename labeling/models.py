@@ -97,6 +97,18 @@ class Pair(Base):
     response_b: Mapped[Response] = relationship(foreign_keys=[response_b_id], lazy="joined")
 
 
+class PairLease(Base):
+    """A pair on someone's screen: while the lease runs, the queue counts it as one judgment on
+    its way, so with overlap 1 two annotators opening the Label page together get different pairs
+    (Label Studio locks a task the same way). Ended by the judgment, or by time for a pair left
+    open. Keyed by name: looking does not make anyone an annotator."""
+
+    __tablename__ = "pair_leases"
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"), primary_key=True)
+    annotator: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class Judgment(Base):
     """One annotator's verdict on one pair. `outcome` names the pair's response_a / response_b
     (not the screen side); `left` says which of the two was shown on the left ("a", "b", or None

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labeling import db
-from labeling.models import OUTCOMES, Annotator, Job, Judgment, Meta, ModelVersion, Pair, Prompt, utcnow
+from labeling.models import OUTCOMES, Annotator, Job, Judgment, Meta, ModelVersion, Pair, PairLease, Prompt, utcnow
 
 # What a click on the screen means: the left response won, the right one won, or no winner.
 CHOICES = ("left", "right", "tie", "both_bad", "skip")
@@ -31,6 +31,7 @@ ACTIVE_JOB_STATUSES = ("queued", "running")
 MAX_NAME_LENGTH = 200
 DEFAULT_GUIDELINES = Path(__file__).with_name("guidelines.md")
 GUIDELINES_KEY = "labeling_guidelines"
+LEASE = dt.timedelta(minutes=10)  # how long a pair drawn for someone is held for them
 
 
 class QueueError(ValueError):
@@ -134,6 +135,39 @@ def _waiting_condition(annotator_id: int | None, overlap: int, kind: str = "labe
     return condition
 
 
+def _leases(name: str | None):
+    """Running leases per pair, of anyone but `name` (of anyone when None): (pair_id, n)."""
+    query = select(PairLease.pair_id, func.count().label("n")).where(PairLease.expires_at > utcnow())
+    if name is not None:
+        query = query.where(PairLease.annotator != name)
+    return query.group_by(PairLease.pair_id).subquery()
+
+
+def _not_held(overlap: int, name: str | None):
+    """Pairs whose judgments plus the leases on other screens stay below `overlap`."""
+    held = select(func.count()).select_from(PairLease).where(
+        PairLease.pair_id == Pair.id, PairLease.expires_at > utcnow(),
+        *([PairLease.annotator != name] if name is not None else []))
+    return Pair.judgment_count + held.scalar_subquery() < overlap
+
+
+def _count_waiting(s: Session, annotator_id: int | None, overlap: int, name: str | None = None) -> int:
+    """Labeling pairs waiting (as `_waiting_condition`), less those the leases on other screens fill
+    up. Counted as a difference: leases are few, while waiting pairs may be 100,000."""
+    condition = _waiting_condition(annotator_id, overlap)
+    leases = _leases(name)
+    held = select(func.count(Pair.id)).join(leases, leases.c.pair_id == Pair.id).where(
+        condition, Pair.judgment_count + leases.c.n >= overlap)
+    return _count(s, select(func.count(Pair.id)).where(condition)) - _count(s, held)
+
+
+def _lease(s: Session, pair_id: int, name: str) -> None:
+    """Hold `pair_id` for `name` for LEASE from now (and drop the leases that ran out)."""
+    now = utcnow()
+    s.execute(delete(PairLease).where(PairLease.expires_at <= now))
+    s.merge(PairLease(pair_id=pair_id, annotator=name, expires_at=now + LEASE))
+
+
 def _check_overlap(overlap: int) -> None:
     if not isinstance(overlap, int) or overlap < 1:
         raise QueueError(f"overlap must be a whole number of at least 1, got {overlap!r}.")
@@ -156,15 +190,21 @@ def next_pair(annotator: str, overlap: int = 1, kind: str = "label") -> PairView
     """The next pair for `annotator`, or None when nothing waits for them.
 
     A pair qualifies when it is of `kind` (a labeling pair, or an arena pair), this annotator has not judged or skipped it, and
-    it has fewer than `overlap` judgments from anyone (k > 1 lets agreement be measured).
+    it has fewer than `overlap` judgments from anyone (k > 1 lets agreement be measured), a pair
+    on someone else's screen counting as one. The pair drawn is leased to this annotator until
+    they judge it (or for LEASE), so the next person gets another one.
     """
     name = check_annotator_name(annotator)
     _check_overlap(overlap)
     with db.session() as s:
+        db.serialize(s, "next_pair")  # PostgreSQL: two draws at the same moment see each other's lease
         annotator_id = _annotator_id(s, name, create=False)
-        stmt = queue_order(select(Pair.id).where(_waiting_condition(annotator_id, overlap, kind))).limit(1)
-        pair_id = s.scalar(stmt)
-        return None if pair_id is None else _view(s.get(Pair, pair_id), name)
+        waiting = and_(_waiting_condition(annotator_id, overlap, kind), _not_held(overlap, name))
+        pair_id = s.scalar(queue_order(select(Pair.id).where(waiting)).limit(1))
+        if pair_id is None:
+            return None
+        _lease(s, pair_id, name)
+        return _view(s.get(Pair, pair_id), name)
 
 
 def pair_view(pair_id: int, annotator: str) -> PairView:
@@ -222,7 +262,10 @@ def submit_judgment(
             with db.session() as s:
                 if s.get(Pair, pair_id) is None:
                     raise QueueError(f"Pair {pair_id} does not exist; reload the page to get the next pair.")
-                return _upsert(s, _annotator_id(s, name, create=True), pair_id, values)
+                judgment_id = _upsert(s, _annotator_id(s, name, create=True), pair_id, values)
+                # judged (or skipped): the pair no longer waits on this screen
+                s.execute(delete(PairLease).where(PairLease.pair_id == pair_id, PairLease.annotator == name))
+                return judgment_id
         except IntegrityError:
             if attempt:
                 raise
@@ -247,6 +290,7 @@ def undo_last(annotator: str, kind: str = "label") -> int | None:
         if last is None:
             return None
         s.execute(delete(Judgment).where(Judgment.id == last.id))
+        _lease(s, last.pair_id, name)  # back on this annotator's screen
         return last.pair_id
 
 
@@ -261,7 +305,7 @@ def progress(annotator: str, overlap: int = 1) -> Progress:
     midnight = dt.datetime.combine(utcnow().date(), dt.time())
     with db.session() as s:
         annotator_id = _annotator_id(s, name, create=False)
-        waiting = _count(s, select(func.count(Pair.id)).where(_waiting_condition(annotator_id, overlap)))
+        waiting = _count_waiting(s, annotator_id, overlap, name)
         if annotator_id is None:
             return Progress(today=0, total=0, skipped=0, waiting=waiting)
         mine = (select(func.count(Judgment.id)).join(Pair, Pair.id == Judgment.pair_id)
@@ -279,7 +323,7 @@ def pairs_waiting(overlap: int = 1) -> int:
     """Labeling pairs with fewer than `overlap` judgments (skips excluded), whoever looks."""
     _check_overlap(overlap)
     with db.session() as s:
-        return _count(s, select(func.count(Pair.id)).where(_waiting_condition(None, overlap)))
+        return _count_waiting(s, None, overlap)
 
 
 def workspace_summary() -> WorkspaceSummary:
@@ -301,7 +345,7 @@ def workspace_summary() -> WorkspaceSummary:
         return WorkspaceSummary(
             prompts=_count(s, select(func.count(Prompt.id))),
             pairs=_count(s, select(func.count(Pair.id)).where(Pair.kind == "label")),
-            pairs_waiting=_count(s, select(func.count(Pair.id)).where(_waiting_condition(None, 1))),
+            pairs_waiting=_count_waiting(s, None, 1),
             judgments=_count(s, select(func.count(Judgment.id)).where(Judgment.outcome != "skip")),
             # people: the import:<source> rows that hold imported labels are not counted
             annotators=_count(s, select(func.count(Annotator.id)).where(~Annotator.name.startswith("import:"))),

@@ -26,7 +26,8 @@ from tests.test_import import (  # noqa: F401
     test_new_pair_reuses_stored_prompt_and_response, test_non_utf8_and_truncated_gzip, test_oasst_tree_ranked_siblings,
     test_prompts_only, test_reimport_adds_nothing, test_unlabeled_pairs_wait_for_labels)
 from tests.test_queue import (  # noqa: F401
-    seed_pairs, test_arena_pairs_are_not_in_the_label_queue, test_bad_input_raises_one_sentence_and_stores_nothing,
+    seed_pairs, test_a_lease_runs_out_and_overlap_counts_leases_as_judgments,
+    test_a_pair_on_one_screen_is_not_drawn_for_another, test_arena_pairs_are_not_in_the_label_queue, test_bad_input_raises_one_sentence_and_stores_nothing,
     test_judgment_count_follows_inserts_updates_and_deletes, test_oldest_first_and_not_twice_for_the_same_annotator,
     test_overlap_k_lets_k_annotators_judge_a_pair_and_no_more, test_progress_counts_today_total_and_waiting,
     test_skip_hides_the_pair_from_me_but_not_from_others, test_submit_twice_updates_one_row,

@@ -52,7 +52,7 @@ def test_oldest_first_and_not_twice_for_the_same_annotator(workspace):
     assert first.pair_id == ids[0]
     queue.submit_judgment("ana", first.pair_id, "a", first.left)
     assert queue.next_pair("ana").pair_id == ids[1]
-    assert queue.next_pair("ben").pair_id == ids[1]  # overlap 1: ana's pair is done for everyone
+    assert queue.next_pair("ben").pair_id == ids[2]  # overlap 1: ana's pair is done, her next one on her screen
 
 
 def test_overlap_k_lets_k_annotators_judge_a_pair_and_no_more(workspace):
@@ -64,6 +64,33 @@ def test_overlap_k_lets_k_annotators_judge_a_pair_and_no_more(workspace):
     assert queue.next_pair("chen", overlap=2).pair_id == ids[1]
     assert queue.next_pair("chen", overlap=3).pair_id == ids[0]
     assert queue.pairs_waiting(overlap=2) == 1
+
+
+def test_a_pair_on_one_screen_is_not_drawn_for_another(workspace):
+    ids = seed_pairs(3)
+    assert queue.next_pair("ana").pair_id == ids[0]
+    assert queue.next_pair("ana").pair_id == ids[0]  # her own lease does not hide it from her
+    assert queue.next_pair("ben").pair_id == ids[1]  # ana has the oldest on screen
+    assert queue.pairs_waiting() == 1 and queue.progress("cy").waiting == 1
+    assert queue.progress("ana").waiting == 2  # hers, and the one nobody holds
+    queue.submit_judgment("ana", ids[0], "a", "a")
+    assert queue.next_pair("ana").pair_id == ids[2]
+    assert queue.next_pair("cy") is None  # every pair judged or on a screen
+    queue.submit_judgment("ben", ids[1], "skip", "a")  # a skip gives the pair back to the others
+    assert queue.next_pair("cy").pair_id == ids[1]
+
+
+def test_a_lease_runs_out_and_overlap_counts_leases_as_judgments(workspace):
+    from labeling.models import PairLease
+
+    ids = seed_pairs(2)
+    assert queue.next_pair("ana", overlap=2).pair_id == ids[0]
+    assert queue.next_pair("ben", overlap=2).pair_id == ids[0]  # two may judge it
+    assert queue.next_pair("cy", overlap=2).pair_id == ids[1]  # ana's and ben's screens fill the first
+    with db.session() as s:  # ana left her screen: her lease runs out
+        s.execute(update(PairLease).where(PairLease.annotator == "ana").values(expires_at=utcnow() - dt.timedelta(seconds=1)))
+    assert queue.next_pair("dee", overlap=2).pair_id == ids[0]
+    assert queue.undo_last("nobody") is None
 
 
 def test_skip_hides_the_pair_from_me_but_not_from_others(workspace):
