@@ -8,7 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from labeling import arena, queue
-from pages.widgets import VOTE_KEYS_CAPTION, config_form, job_panel, render_conversation, render_sides, require_router, start, vote_buttons
+from pages.widgets import (VOTE_KEYS_CAPTION, config_form, job_panel, plain_text_toggle, render_conversation, render_sides,
+                           require_router, start, vote_buttons)
 from training import versions
 from training.arena import ArenaConfig
 
@@ -86,6 +87,7 @@ def ratings() -> None:
 
 def main() -> None:
     st.title("Compare")
+    plain_text_toggle()
     picked = pick_versions()
     if picked:
         a, b = picked

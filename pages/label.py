@@ -14,8 +14,8 @@ import time
 import streamlit as st
 
 from labeling import queue
-from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, is_admin, render_conversation, render_sides, require_router,
-                           vote_buttons)
+from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, is_admin, plain_text_toggle, render_conversation,
+                           render_sides, require_router, vote_buttons)
 
 LABELS = {choice: label for label, choice, _ in VOTE_BUTTONS}
 UNDO_SHORTCUT = "U"
@@ -67,6 +67,7 @@ def undo(name: str) -> None:
 
 
 def render_pair(name: str, view: queue.PairView) -> None:
+    plain_text_toggle()
     render_conversation(view.messages)
     render_sides(view.left_text, view.right_text)
     st.text_input("Comment (optional)", key=f"comment-{view.pair_id}")

@@ -123,12 +123,28 @@ VOTE_BUTTONS = [
 VOTE_KEYS_CAPTION = "Keys: **1** A is better · **2** B is better · **3** Tie · **4** Both bad · **5** Skip"
 
 
-def render_conversation(messages: list[dict[str, str]]) -> None:
+PLAIN_TEXT_KEY = "plain-text"
+
+
+def plain_text_toggle() -> None:
+    """The switch between Markdown and the exact characters (a single newline, `*args` or `$x$`
+    look different as Markdown, so someone judging code or formatting may want the raw text)."""
+    st.toggle("Exact text", key=PLAIN_TEXT_KEY, help="Show the texts character for character instead of as Markdown.")
+
+
+def show_text(text: str, where=st) -> None:
     # st.markdown escapes raw HTML (unsafe_allow_html stays False): markdown and code blocks render,
-    # <script> or onerror= never run.
+    # <script> or onerror= never run; st.code shows the characters as they are.
+    if st.session_state.get(PLAIN_TEXT_KEY):
+        where.code(text, language=None, wrap_lines=True)
+    else:
+        where.markdown(text)
+
+
+def render_conversation(messages: list[dict[str, str]]) -> None:
     for message in messages:
         with st.chat_message(message["role"]):
-            st.markdown(message["content"])
+            show_text(message["content"])
 
 
 def render_sides(left_text: str, right_text: str, titles: tuple[str, str] = ("Response A", "Response B")) -> None:
@@ -136,7 +152,7 @@ def render_sides(left_text: str, right_text: str, titles: tuple[str, str] = ("Re
     for column, title, text in zip(st.columns(2), titles, (left_text, right_text)):
         with column:
             st.markdown(f"#### {title}")
-            st.container(border=True).markdown(text)
+            show_text(text, st.container(border=True))
 
 
 def vote_buttons(key: str, on_vote, args: tuple = ()) -> list:

@@ -199,6 +199,18 @@ def test_switching_annotator_does_not_hand_over_the_pair_on_screen(workspace, ge
     assert not at.exception
 
 
+def test_exact_text_shows_the_characters_markdown_would_change(workspace, generator):
+    left_text, right_text = "Roses are red\nViolets are *blue*", "def f(*args):\n    return __name__"
+    seed_pairs([("Say it $exactly$", left_text, right_text)])
+    at = open_label()
+    assert set(shown_sides(at)) == {left_text, right_text} and not at.code  # Markdown by default
+    at.toggle(key="plain-text").set_value(True)
+    at = at.run()
+    assert [c.value for c in at.code][0] == "Say it $exactly$"
+    assert {c.value for c in at.code[1:]} == {left_text, right_text}
+    assert not at.exception
+
+
 def test_raw_html_is_passed_to_markdown_as_text_not_allowed_html(workspace, generator):
     seed_pairs([("Say hi", "<script>alert(1)</script>", "<img src=x onerror=alert(1)>")])
     at = open_label()
