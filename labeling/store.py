@@ -50,7 +50,7 @@ def check_source(source: str) -> str:
     clean = (source or "").strip()
     if not clean or len(clean) > MAX_SOURCE_LENGTH:
         raise InputError(f"The source name '{source}' must have 1 to {MAX_SOURCE_LENGTH} characters; "
-                         f"pass another --source.")
+                         f"give another source name (--source, or the Data page's source box).")
     return clean
 
 

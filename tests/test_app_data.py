@@ -68,6 +68,15 @@ def test_statistics_show_hand_worked_agreement(workspace, generator):  # noqa: F
     assert bias.loc["ben", "left_share"] == 0.5
 
 
+def test_outcome_shares_count_people_not_imported_labels(workspace, generator):  # noqa: F811
+    rows = [{"prompt": f"Question {i}?", "chosen": "yes", "rejected": "no"} for i in range(3)]
+    at = upload(open_data(), "labels.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    queue.submit_judgment("ana", 1, "b", "a")
+    at = open_data()
+    shares = next(d.value for d in at.dataframe if "share" in d.value.columns).set_index("outcome")
+    assert shares.loc["b", "count"] == 1 and shares.loc["a", "count"] == 0 and shares.loc["b", "share"] == 1.0
+
+
 def upload(at, name: str, content: bytes):
     at.get("file_uploader")[0].upload(name, content)
     next(b for b in at.button if b.label == "Import").click()
