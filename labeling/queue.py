@@ -208,12 +208,14 @@ def next_pair(annotator: str, overlap: int = 1, kind: str = "label") -> PairView
 
 
 def pair_view(pair_id: int, annotator: str) -> PairView:
-    """One given pair as `annotator` sees it (to show a pair again after "Undo last")."""
+    """One given pair as `annotator` sees it (the pair on screen, shown again on each rerun of the
+    page, or after "Undo last"); seeing it renews its lease, so a pair being worked on stays held."""
     name = check_annotator_name(annotator)
     with db.session() as s:
         pair = s.get(Pair, pair_id)
         if pair is None:
             raise QueueError(f"Pair {pair_id} does not exist; it may have been deleted.")
+        _lease(s, pair.id, name)
         return _view(pair, name)
 
 

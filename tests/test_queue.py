@@ -90,6 +90,10 @@ def test_a_lease_runs_out_and_overlap_counts_leases_as_judgments(workspace):
     with db.session() as s:  # ana left her screen: her lease runs out
         s.execute(update(PairLease).where(PairLease.annotator == "ana").values(expires_at=utcnow() - dt.timedelta(seconds=1)))
     assert queue.next_pair("dee", overlap=2).pair_id == ids[0]
+    with db.session() as s:  # ben's runs out too, but he is still working on the pair: showing it renews it
+        s.execute(update(PairLease).where(PairLease.annotator == "ben").values(expires_at=utcnow() - dt.timedelta(seconds=1)))
+    queue.pair_view(ids[0], "ben")
+    assert queue.next_pair("eve", overlap=2).pair_id == ids[1]  # dee's and ben's screens fill the first
     assert queue.undo_last("nobody") is None
 
 
