@@ -96,6 +96,20 @@ def test_measuring_all_versions_skips_one_whose_folder_is_gone(trained, capsys):
     assert f"of model version '{trained['tuned']}' is missing" in capsys.readouterr().err
 
 
+def test_a_deleted_reward_model_folder_is_one_sentence_before_any_work(trained, capsys, monkeypatch):
+    import shutil
+
+    from training import arena, reward
+    from training.evaluate import main
+
+    shutil.rmtree(versions.get_version(trained["reward"]).path)
+    assert main(["--prompts", "2"]) == 1
+    assert f"The reward model '{trained['reward']}' has no files at" in capsys.readouterr().err
+    monkeypatch.setattr(arena, "answer", lambda *a: pytest.fail("answers generated before the reward check"))
+    with pytest.raises(reward.RewardError, match="was the folder deleted"):
+        arena.run_arena(arena.ArenaConfig(prompts=2), jobs.Reporter(None))
+
+
 def test_evaluate_without_reward_model_is_one_sentence(workspace, tmp_path, monkeypatch, capsys):
     from training.evaluate import main
 

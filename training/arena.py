@@ -82,13 +82,15 @@ def run_arena(config: ArenaConfig, reporter) -> dict[str, Any]:
     if not prompts:
         raise ArenaError("There are no prompts to compare on: import prompts or pairs first.")
     reward_id = versions.latest_reward_id()
-    scorer = reward.load_scorer(reward_id) if reward_id else None  # before the answers: a missing one stops at once
+    if reward_id:
+        reward.reward_folder(reward_id)  # checked before the answers (a missing one stops at once), loaded after
     reporter.start(4)
     messages = [m for _, m in prompts]
     texts = {a: answer(a, messages, config)}
     reporter.step(1)
     texts[b] = answer(b, messages, config)
     reporter.step(2)
+    scorer = reward.load_scorer(reward_id) if reward_id else None
     base_model, tokenizer = load_policy(base)
     settings = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
                 "max_new_tokens": config.max_new_tokens, "reward_version": reward_id}

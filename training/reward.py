@@ -156,11 +156,9 @@ def heldout_accuracy(scorer: Scorer, rows: list[dict]) -> float:
     return pairwise_accuracy(chosen, rejected)
 
 
-def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
-    """The scorer of a reward version (the latest when None)."""
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+def reward_folder(version_id: str | None = None) -> Path:
+    """The folder of a reward version (the latest when None), checked: RewardError when there is
+    no such version or its files are gone. Cheap: a caller can check before long work."""
     version_id = version_id or versions.latest_reward_id()
     row = versions.get_version(version_id) if version_id else None
     if row is None or row.kind != "reward":
@@ -169,6 +167,15 @@ def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
     if not (folder / "reward.json").is_file():
         raise RewardError(f"The reward model '{version_id}' has no files at {folder} (was the folder deleted?); "
                           "train a new one or pick another reward version.")
+    return folder
+
+
+def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
+    """The scorer of a reward version (the latest when None)."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = reward_folder(version_id)
     meta = json.loads((folder / "reward.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "right"
