@@ -101,21 +101,21 @@ def versions_section() -> None:
             st.rerun()
     with cols[1].form("export"):
         chosen = st.selectbox("Policy version", policies, key="export-choice")
-        folder = st.text_input("Export to folder", placeholder="/path/to/new/folder")
+        folder = st.text_input("Export to folder", placeholder="/path/to/new/folder", key="export-folder")
         if st.form_submit_button("Export merged model"):
             export(chosen, folder.strip())
+    if job_id := st.session_state.get("job-export"):
+        with cols[1]:
+            job_panel(job_id)  # done: its result names the folder that AutoModelForCausalLM.from_pretrained loads
 
 
 def export(version_id: str, folder: str) -> None:
-    if not folder:
-        st.error("Type a folder to export to.")
+    """Start the export as a background job (loading and merging a model would hold up the page)."""
+    problem = versions.export_problem(version_id, folder)
+    if problem:
+        st.error(problem)
         return
-    try:
-        path = versions.export_merged(version_id, folder)
-    except RuntimeError as error:  # VersionError, ModelPathError: one sentence each
-        st.error(str(error))
-    else:
-        st.success(f"Exported {version_id} to {path}: AutoModelForCausalLM.from_pretrained loads it.")
+    start("export", {"version": version_id, "folder": folder})
 
 
 require_router()

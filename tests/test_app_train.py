@@ -124,3 +124,20 @@ def test_ppo_curves_are_the_metrics_the_ppo_round_logs():
                         if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ROUNDS")
     curves = rounds_table["PPO"][3]
     assert set(curves) <= set(ppo.LOG_KEYS) and {"policy_loss", "reward", "kl"} <= set(curves)
+
+
+def test_export_starts_a_job_and_a_bad_folder_is_one_sentence(workspace, generator, started, tmp_path):  # noqa: F811
+    write = lambda folder: (folder / "x").write_text("x")  # noqa: E731
+    version = versions.create_version("policy", "dpo", None, {}, [], {}, write, make_current=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "model.safetensors").write_text("x")
+    at = open_train()
+    at.text_input(key="export-folder").input(str(tmp_path / "full"))
+    next(b for b in at.button if b.label == "Export merged model").click()
+    at = at.run()
+    assert started == [] and "is not empty; choose a new folder" in at.error[0].value
+    at.text_input(key="export-folder").input(str(tmp_path / "out"))
+    next(b for b in at.button if b.label == "Export merged model").click()
+    at = at.run()
+    assert started == [("export", {"version": version, "folder": str(tmp_path / "out")})]
+    assert "Job #41 (export) started." in at.success[0].value

@@ -108,6 +108,27 @@ def test_a_round_finishing_after_a_rollback_leaves_the_rollback_alone(workspace,
     assert versions.set_current(second, if_current=base) is True and versions.current_policy_id() == second
 
 
+def test_export_runs_as_a_background_job_and_the_folder_loads(workspace, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from training import jobs
+
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+    child, peft_model = _lora_version(versions.ensure_base_version())
+    out = tmp_path / "merged"
+    job = jobs.wait(jobs.start_job("export", {"version": child, "folder": str(out)}), timeout=300, poll=0.2)
+    assert job.status == "done", open(job.log_path).read()[-2000:]
+    assert job.result == {"exported": child, "path": str(out)}
+    ids = torch.tensor([[1, 5, 9, 12, 2]])
+    with torch.no_grad():
+        assert torch.allclose(AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits,
+                              peft_model(input_ids=ids).logits, atol=1e-4)
+    again = jobs.wait(jobs.start_job("export", {"version": child, "folder": str(out)}), timeout=300, poll=0.2)
+    assert again.status == "failed" and "is not empty; choose a new folder" in again.error
+
+
 def test_set_current_refuses_reward_and_unknown_ids(workspace):
     rid = versions.create_version("reward", "reward", None, None, [], None, _write_text)
     with pytest.raises(versions.VersionError, match="only a policy can be current"):

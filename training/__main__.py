@@ -14,6 +14,7 @@ COMMANDS = {
     "evaluate": "training.evaluate",
     "sweep": "training.sweep",
     "arena": "training.arena",
+    "export": "training.export",
     "worker": "training.jobs",
 }
 

@@ -164,17 +164,29 @@ def as_dict(row: ModelVersion) -> dict[str, Any]:
             "judgments": len(row.judgment_ids or []), "config": row.config, "metrics": row.metrics}
 
 
+def export_problem(version_id: str, out_folder: str | Path) -> str | None:
+    """Why `export_merged(version_id, out_folder)` cannot run, as one sentence, or None. Quick:
+    the Train page asks before it starts the export job."""
+    if not str(out_folder).strip():
+        return "Type a folder to export to."
+    row = get_version(version_id)
+    if row is None:
+        return f"There is no version '{version_id}'; `python -m training versions` lists them."
+    if row.kind != "policy":
+        return f"Version '{version_id}' is a reward model; only policy versions export as causal LMs."
+    out = Path(out_folder)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return f"The export folder {out} is not empty; choose a new folder."
+    return None
+
+
 def export_merged(version_id: str, out_folder: str | Path) -> Path:
     """Write policy `version_id` with every adapter of its lineage merged, as a standalone folder
     that `AutoModelForCausalLM.from_pretrained(out_folder)` loads."""
-    row = get_version(version_id)
-    if row is None:
-        raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
-    if row.kind != "policy":
-        raise VersionError(f"Version '{version_id}' is a reward model; only policy versions export as causal LMs.")
+    problem = export_problem(version_id, out_folder)
+    if problem:
+        raise VersionError(problem)
     out = Path(out_folder)
-    if out.exists() and any(out.iterdir()):
-        raise VersionError(f"The export folder {out} is not empty; choose a new folder.")
     from training.model import load_policy
 
     model, tokenizer = load_policy(version_id)
