@@ -163,6 +163,7 @@ def _count_waiting(s: Session, annotator_id: int | None, overlap: int, name: str
 
 def _lease(s: Session, pair_id: int, name: str) -> None:
     """Hold `pair_id` for `name` for LEASE from now (and drop the leases that ran out)."""
+    db.serialize(s, "lease")  # PostgreSQL: two tabs of one annotator do not both insert the same lease row
     now = utcnow()
     s.execute(delete(PairLease).where(PairLease.expires_at <= now))
     s.merge(PairLease(pair_id=pair_id, annotator=name, expires_at=now + LEASE))
