@@ -144,11 +144,12 @@ def _leases(name: str | None):
 
 
 def _not_held(overlap: int, name: str | None):
-    """Pairs whose judgments plus the leases on other screens stay below `overlap`."""
-    held = select(func.count()).select_from(PairLease).where(
-        PairLease.pair_id == Pair.id, PairLease.expires_at > utcnow(),
-        *([PairLease.annotator != name] if name is not None else []))
-    return Pair.judgment_count + held.scalar_subquery() < overlap
+    """Pairs whose judgments plus the leases on other screens stay below `overlap`: not among the
+    few pairs that leases fill up (one uncorrelated subquery, not one lookup per waiting pair)."""
+    leases = _leases(name)
+    full = select(leases.c.pair_id).join(Pair, Pair.id == leases.c.pair_id).where(
+        Pair.judgment_count + leases.c.n >= overlap)
+    return Pair.id.not_in(full)
 
 
 def _count_waiting(s: Session, annotator_id: int | None, overlap: int, name: str | None = None) -> int:
@@ -165,7 +166,9 @@ def _lease(s: Session, pair_id: int, name: str) -> None:
     """Hold `pair_id` for `name` for LEASE from now (and drop the leases that ran out)."""
     db.serialize(s, "lease")  # PostgreSQL: two tabs of one annotator do not both insert the same lease row
     now = utcnow()
-    s.execute(delete(PairLease).where(PairLease.expires_at <= now))
+    # the leases that ran out, and this person's others: one screen, one pair
+    s.execute(delete(PairLease).where((PairLease.expires_at <= now)
+                                      | ((PairLease.annotator == name) & (PairLease.pair_id != pair_id))))
     s.merge(PairLease(pair_id=pair_id, annotator=name, expires_at=now + LEASE))
 
 
@@ -216,7 +219,10 @@ def pair_view(pair_id: int, annotator: str) -> PairView:
         pair = s.get(Pair, pair_id)
         if pair is None:
             raise QueueError(f"Pair {pair_id} does not exist; it may have been deleted.")
-        _lease(s, pair.id, name)
+        judged = s.scalar(select(Judgment.id).join(Annotator, Annotator.id == Judgment.annotator_id)
+                          .where(Judgment.pair_id == pair.id, Annotator.name == name))
+        if judged is None:  # a pair this person judged or skipped (in another tab) is not held again
+            _lease(s, pair.id, name)
         return _view(pair, name)
 
 

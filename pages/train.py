@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -111,6 +112,8 @@ def versions_section() -> None:
 
 def export(version_id: str, folder: str) -> None:
     """Start the export as a background job (loading and merging a model would hold up the page)."""
+    if folder:  # the worker runs in the checkout: a relative path or ~ means what it means here
+        folder = str(Path(folder).expanduser().resolve())
     problem = versions.export_problem(version_id, folder)
     if problem:
         st.error(problem)

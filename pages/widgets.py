@@ -123,19 +123,25 @@ VOTE_BUTTONS = [
 VOTE_KEYS_CAPTION = "Keys: **1** A is better · **2** B is better · **3** Tie · **4** Both bad · **5** Skip"
 
 
-PLAIN_TEXT_KEY = "plain-text"
+PLAIN_TEXT_KEY = "plain-text"  # the switch's widget key (one widget per page)
+PLAIN_TEXT_ON = "plain-text-on"  # the choice, kept across pages and empty queues
+
+
+def _remember_plain_text() -> None:
+    st.session_state[PLAIN_TEXT_ON] = st.session_state[PLAIN_TEXT_KEY]
 
 
 def plain_text_toggle() -> None:
     """The switch between Markdown and the exact characters (a single newline, `*args` or `$x$`
     look different as Markdown, so someone judging code or formatting may want the raw text)."""
-    st.toggle("Exact text", key=PLAIN_TEXT_KEY, help="Show the texts character for character instead of as Markdown.")
+    st.toggle("Exact text", value=bool(st.session_state.get(PLAIN_TEXT_ON)), key=PLAIN_TEXT_KEY,
+              on_change=_remember_plain_text, help="Show the texts character for character instead of as Markdown.")
 
 
 def show_text(text: str, where=st) -> None:
     # st.markdown escapes raw HTML (unsafe_allow_html stays False): markdown and code blocks render,
     # <script> or onerror= never run; st.code shows the characters as they are.
-    if st.session_state.get(PLAIN_TEXT_KEY):
+    if st.session_state.get(PLAIN_TEXT_ON):
         where.code(text, language=None, wrap_lines=True)
     else:
         where.markdown(text)

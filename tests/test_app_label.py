@@ -209,6 +209,11 @@ def test_exact_text_shows_the_characters_markdown_would_change(workspace, genera
     assert [c.value for c in at.code][0] == "Say it $exactly$"
     assert {c.value for c in at.code[1:]} == {left_text, right_text}
     assert not at.exception
+    at.switch_page("views/compare.py")
+    at.run()
+    at.switch_page("views/label.py")
+    at.run()
+    assert at.toggle(key="plain-text").value and len(at.code) == 3  # the choice outlives a page change
 
 
 def test_raw_html_is_passed_to_markdown_as_text_not_allowed_html(workspace, generator):

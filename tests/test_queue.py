@@ -94,7 +94,15 @@ def test_a_lease_runs_out_and_overlap_counts_leases_as_judgments(workspace):
         s.execute(update(PairLease).where(PairLease.annotator == "ben").values(expires_at=utcnow() - dt.timedelta(seconds=1)))
     queue.pair_view(ids[0], "ben")
     assert queue.next_pair("eve", overlap=2).pair_id == ids[1]  # dee's and ben's screens fill the first
-    assert queue.undo_last("nobody") is None
+
+
+def test_a_pair_judged_in_another_tab_is_not_held_again(workspace):
+    ids = seed_pairs(2)
+    assert queue.next_pair("ana").pair_id == ids[0]
+    queue.submit_judgment("ana", ids[0], "skip", "a")  # in one tab
+    queue.pair_view(ids[0], "ana")  # the other tab reruns with the same pair on screen
+    assert queue.next_pair("ben").pair_id == ids[0]  # the skipped pair is free for others
+    assert queue.pairs_waiting() == 1
 
 
 def test_skip_hides_the_pair_from_me_but_not_from_others(workspace):

@@ -20,6 +20,7 @@ import json
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,8 +191,10 @@ def export_merged(version_id: str, out_folder: str | Path) -> Path:
     from training.model import load_policy
 
     model, tokenizer = load_policy(version_id)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a temporary folder of its own: two exports to one folder cannot write into each other's files;
+    # the second rename then fails on the first's complete folder
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
