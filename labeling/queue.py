@@ -143,23 +143,22 @@ def _leases(name: str | None):
     return query.group_by(PairLease.pair_id).subquery()
 
 
-def _not_held(overlap: int, name: str | None):
-    """Pairs whose judgments plus the leases on other screens stay below `overlap`: not among the
-    few pairs that leases fill up (one uncorrelated subquery, not one lookup per waiting pair)."""
-    leases = _leases(name)
-    full = select(leases.c.pair_id).join(Pair, Pair.id == leases.c.pair_id).where(
-        Pair.judgment_count + leases.c.n >= overlap)
-    return Pair.id.not_in(full)
+def _held(s: Session, overlap: int, name: str | None, condition=None) -> list[int]:
+    """Ids of the pairs that the leases on other screens fill up (judgments + leases >= overlap),
+    among those meeting `condition`. Read from the leases, which are few, then the pairs by id:
+    never a pass over the waiting pairs, which may be 100,000."""
+    leased = dict(s.execute(select(_leases(name))).all())
+    if not leased:
+        return []
+    rows = s.execute(select(Pair.id, Pair.judgment_count).where(Pair.id.in_(leased), *(
+        [condition] if condition is not None else [])))
+    return [pair_id for pair_id, judged in rows if judged + leased[pair_id] >= overlap]
 
 
 def _count_waiting(s: Session, annotator_id: int | None, overlap: int, name: str | None = None) -> int:
-    """Labeling pairs waiting (as `_waiting_condition`), less those the leases on other screens fill
-    up. Counted as a difference: leases are few, while waiting pairs may be 100,000."""
+    """Labeling pairs waiting (as `_waiting_condition`), less those the leases on other screens fill up."""
     condition = _waiting_condition(annotator_id, overlap)
-    leases = _leases(name)
-    held = select(func.count(Pair.id)).join(leases, leases.c.pair_id == Pair.id).where(
-        condition, Pair.judgment_count + leases.c.n >= overlap)
-    return _count(s, select(func.count(Pair.id)).where(condition)) - _count(s, held)
+    return _count(s, select(func.count(Pair.id)).where(condition)) - len(_held(s, overlap, name, condition))
 
 
 def _lease(s: Session, pair_id: int, name: str) -> None:
@@ -203,7 +202,7 @@ def next_pair(annotator: str, overlap: int = 1, kind: str = "label") -> PairView
     with db.session() as s:
         db.serialize(s, "next_pair")  # PostgreSQL: two draws at the same moment see each other's lease
         annotator_id = _annotator_id(s, name, create=False)
-        waiting = and_(_waiting_condition(annotator_id, overlap, kind), _not_held(overlap, name))
+        waiting = and_(_waiting_condition(annotator_id, overlap, kind), Pair.id.not_in(_held(s, overlap, name)))
         pair_id = s.scalar(queue_order(select(Pair.id).where(waiting)).limit(1))
         if pair_id is None:
             return None
