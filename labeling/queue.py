@@ -218,9 +218,10 @@ def pair_view(pair_id: int, annotator: str) -> PairView:
         pair = s.get(Pair, pair_id)
         if pair is None:
             raise QueueError(f"Pair {pair_id} does not exist; it may have been deleted.")
-        judged = s.scalar(select(Judgment.id).join(Annotator, Annotator.id == Judgment.annotator_id)
-                          .where(Judgment.pair_id == pair.id, Annotator.name == name))
-        if judged is None:  # a pair this person judged or skipped (in another tab) is not held again
+        annotator_id = _annotator_id(s, name, create=False)
+        judged = annotator_id is not None and s.scalar(
+            select(Judgment.id).where(Judgment.pair_id == pair.id, Judgment.annotator_id == annotator_id))
+        if not judged:  # a pair this person judged or skipped (in another tab) is not held again
             _lease(s, pair.id, name)
         return _view(pair, name)
 

@@ -145,8 +145,8 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
     """Data → policy → train → save version → metrics. Returns {"version": id, **metrics}."""
     from training.model import load_policy
 
-    if config.problem():  # a config built in code (the CLI and the form check it as they read it)
-        raise rounds.NotReady(config.problem())
+    if problem := config.problem():  # a config built in code (the CLI and the form check it as they read it)
+        raise rounds.NotReady(problem)
     reporter.start(None)
     data = rounds.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
     versions.ensure_base_version()

@@ -121,9 +121,13 @@ def _remove_partial_versions() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _active_heavy():
+    return select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(HEAVY_KINDS))
+
+
 def active_jobs_rows() -> list[Job]:
     with db.session() as s:
-        return list(s.scalars(select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(HEAVY_KINDS))))
+        return list(s.scalars(_active_heavy()))
 
 
 def active_jobs() -> list[Job]:
@@ -139,7 +143,7 @@ def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> 
         # the check and the insert in one serialized transaction, so two pages clicking at the same
         # moment cannot both start a heavy job
         db.serialize(s, "start_job")
-        busy = s.scalars(select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(HEAVY_KINDS)).limit(1)).first()
+        busy = s.scalars(_active_heavy().limit(1)).first()
         if busy:
             raise JobError(f"Job #{busy.id} ({busy.kind}) is still {busy.status}; "
                            "wait for it to finish or cancel it first.")
