@@ -28,7 +28,7 @@ def test_hashes_of_known_values_are_stable():
 
 
 def test_long_integers_in_a_jsonl_line_stay_exact(tmp_path):
-    from labeling.importers import _jsonl_rows
+    from labeling.readers import _jsonl_rows
 
     path = tmp_path / "big.jsonl"
     path.write_text('{"n": 123456789012345678901234567890, "m": 12}\n', encoding="utf-8")
