@@ -210,3 +210,18 @@ def test_running_moments_by_hand():
     # 1, 3, 5: mean 3, population variance (4 + 0 + 4) / 3 = 8/3
     assert close(moments.mean, 3.0) and close(moments.var, 8 / 3) and moments.count == 3
     assert close(moments.normalise(torch.tensor([3.0, 5.0])), [0.0, 2 / math.sqrt(8 / 3)])
+
+
+def test_exact_kl_matches_a_hand_computed_value_and_is_never_negative():
+    from training.losses import exact_kl
+
+    p = torch.tensor([[[math.log(0.5), math.log(0.5)], [0.0, 0.0]]])  # (1, 2, 2): p = (.5, .5) at both positions
+    q = torch.tensor([[[math.log(0.25), math.log(0.75)], [0.0, 0.0]]])  # q = (.25, .75), then equal to p
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)  # KL at position 0; 0 at position 1
+    got = exact_kl(p, q, torch.tensor([[1, 1]]))
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    assert exact_kl(p, q, torch.tensor([[0, 1]])).item() == pytest.approx(0.0, abs=1e-7)  # masked out
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 5, 7), torch.randn(4, 5, 7)
+    assert (exact_kl(a, b, torch.ones(4, 5)) >= 0).all()
+    assert torch.allclose(exact_kl(a, a, torch.ones(4, 5)), torch.zeros(4), atol=1e-6)

@@ -19,7 +19,8 @@ from training.losses import token_logprobs
 from training.ppo import LOG_KEYS, train_ppo
 from training.rounds import NotReady
 from training.ppo_config import PPOConfig
-from training.rollout import VALUE_HEAD_FILE, encode_prompts, eos_ids, response_mask_from_ids, score_tokens
+from training.rollout import VALUE_HEAD_FILE, score_tokens
+from training.sampling import encode_chats as encode_prompts, response_mask as response_mask_from_ids, stop_ids as eos_ids
 
 PROMPTS = [[{"role": "user", "content": c}] for c in
            ["What is the capital of France?", "Write a short poem about the sea.", "How do I sort a list?",

@@ -3,15 +3,17 @@
 For a version v, K responses per prompt are sampled from π_v at temperature 1 (no top-p: the KL
 estimate needs samples from π_v itself), with the same prompts and seeds for every version. Then
 
-    KL(π_v ‖ π_base) ≈ mean over samples of Σ_t [log π_v(y_t | x, y_<t) − log π_base(y_t | x, y_<t)]
+    KL(π_v ‖ π_base) ≈ mean over samples y of Σ_t KL(π_v(· | x, y_<t) ‖ π_base(· | x, y_<t))
 
-is the per-sequence estimate (Stiennon et al. 2020 plot reward against it), reported with its
-standard error, and the same sum divided by the token count is the per-token value. Reward is the
+is the per-sequence estimate (Stiennon et al. 2020 plot reward against it): the exact KL over the
+whole vocabulary at each sampled position, which is never negative (the sampled-token estimate
+Σ_t log π_v(y_t) − log π_base(y_t) drew short rounds at KL −0.04). It and the reward are reported
+with standard errors clustered by prompt (K samples of one prompt are not K independent draws),
+and the same sum divided by the token count is the per-token value. Reward is the
 chosen reward version's mean score. Points are stored (`EvalPoint`) and drawn as a PNG.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 
 import torch
@@ -19,9 +21,10 @@ from sqlalchemy import select
 
 from labeling import db
 from labeling.models import EvalPoint, Prompt
-from training import jobs
-from training.losses import token_logprobs
-from training.rollout import eos_ids, position_ids, response_mask_from_ids
+from labeling.paired import clustered_mean_se
+from training import jobs, sampling
+from training.losses import exact_kl, token_logprobs
+from training.rollout import position_ids
 from training.evaluate_config import EvaluateConfig
 from training.rounds import NotReady
 
@@ -42,32 +45,16 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[list[dict]], samples: int, max_new_tokens: int, seed: int):
-    """K samples per prompt at temperature 1. Returns (input_ids, attention_mask, response_mask, texts),
-    rows ordered prompt-major: row i*K + k is sample k of prompt i."""
-    tokenizer.padding_side = "left"
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    enc = tokenizer([t for t in texts for _ in range(samples)], return_tensors="pt", padding=True,
-                    add_special_tokens=False)
-    stop = eos_ids(model, tokenizer)  # every token that ends a response (a model may have several)
-    torch.manual_seed(seed)
-    out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=stop,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    P = enc["input_ids"].shape[1]
-    response = out[:, P:]  # (B, R)
-    # keep tokens up to and including the first stop token; everything after is padding
-    kept = response_mask_from_ids(response, stop)  # (B, R)
-    after_eos = kept == 0
-    response_mask = torch.cat([torch.zeros_like(enc["input_ids"]), kept], dim=1)
-    attention_mask = torch.cat([enc["attention_mask"], kept], dim=1)
-    decoded = tokenizer.batch_decode(response.masked_fill(after_eos, tokenizer.pad_token_id), skip_special_tokens=True)
-    return out, attention_mask, response_mask, [d.strip() for d in decoded]
-
-
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    mean = sum(xs) / n
-    var = sum((x - mean) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n)
+    """K samples per prompt at temperature 1. Returns (input_ids, attention_mask, response_mask, texts);
+    the responses fill the last R = response_mask's width minus the prompts' columns of each tensor.
+    Rows are ordered prompt-major: row i*K + k is sample k of prompt i."""
+    query_ids, query_mask = sampling.encode_chats(tokenizer, [p for p in prompts for _ in range(samples)])
+    response, kept = sampling.sample(model, tokenizer, query_ids, query_mask, max_new_tokens=max_new_tokens,
+                                     seed=seed)  # (B, R) each: tokens up to and including the first stop token
+    input_ids = torch.cat([query_ids, response], dim=1)
+    response_mask = torch.cat([torch.zeros_like(query_ids), kept], dim=1)
+    attention_mask = torch.cat([query_mask, kept], dim=1)
+    return input_ids, attention_mask, response_mask, sampling.decode(tokenizer, response, kept)
 
 
 def heldout_prompts(n: int) -> list[tuple[int, list[dict]]]:
@@ -85,22 +72,72 @@ class EvaluationError(NotReady):
     """Evaluation cannot run; the message is one sentence for the user."""
 
 
+def response_logits(model, input_ids, attention_mask, response_width: int) -> torch.Tensor:
+    """Logits of the states before each of the last `response_width` tokens (the responses).
+
+    Shape: input_ids, attention_mask (B, T) -> (B, R, V) with R = response_width.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                logits_to_keep=response_width + 1)
+    return out.logits[:, :-1]
+
+
+@torch.no_grad()
+def response_stats(policy, base, input_ids, attention_mask, response_mask, response_width: int) -> dict:
+    """Per sampled row: the exact KL(policy ‖ base) summed over its response positions (never
+    negative), log π_base of its tokens (fluency under the base model) and its token count.
+
+    Shape: input_ids, attention_mask, response_mask (B, T), the responses in the last R columns -> each (B,).
+    """
+    mask = response_mask[:, -response_width:]  # (B, R)
+    targets = input_ids[:, -response_width:]
+    logits_policy = response_logits(policy, input_ids, attention_mask, response_width)  # (B, R, V)
+    logits_base = response_logits(base, input_ids, attention_mask, response_width)
+    kl = exact_kl(logits_policy, logits_base, mask)
+    base_logp = (token_logprobs(logits_base.float(), targets) * mask).sum(-1)
+    return {"kl": kl, "base_logp": base_logp, "tokens": mask.sum(-1)}
+
+
+@torch.no_grad()
+def sample_and_score(policy, base, tokenizer, prompts: list[list[dict]], samples: int, max_new_tokens: int,
+                     seed: int, batch_size: int) -> dict[str, list]:
+    """K samples per prompt from `policy` (same seed for every version) with their KL to `base`,
+    base log-probs and token counts; "prompt" holds each row's prompt index (the cluster)."""
+    ids, attn, rmask, texts = sample(policy, tokenizer, prompts, samples, max_new_tokens, seed)
+    width = ids.shape[1] - prompt_width(rmask)
+    rows: dict[str, list] = {"kl": [], "base_logp": [], "tokens": []}
+    for lo in range(0, ids.shape[0], batch_size):
+        part = response_stats(policy, base, ids[lo:lo + batch_size], attn[lo:lo + batch_size],
+                              rmask[lo:lo + batch_size], width)
+        for key, values in part.items():
+            rows[key] += values.tolist()
+    rows["texts"] = texts
+    rows["prompt"] = [i for i in range(len(prompts)) for _ in range(samples)]
+    return rows
+
+
+def prompt_width(response_mask: torch.Tensor) -> int:
+    """Columns of the left-padded prompts: every response keeps its first token, so the first
+    column where any row's response mask is 1 is where the responses begin."""
+    used = response_mask.any(0).nonzero()
+    return int(used[0]) if len(used) else response_mask.shape[1]
+
+
 @torch.no_grad()
 def measure(policy, base, tokenizer, prompts: list[list[dict]], scorer, config: EvaluateConfig) -> dict:
-    """Sample from `policy`, score with `scorer`, and estimate KL(policy ‖ base) with standard errors."""
-    ids, attn, rmask, texts = sample(policy, tokenizer, prompts, config.samples, config.max_new_tokens, config.seed)
-    kls, ntoks = [], []
-    for lo in range(0, ids.shape[0], config.batch_size):
-        batch = ids[lo:lo + config.batch_size], attn[lo:lo + config.batch_size], rmask[lo:lo + config.batch_size]
-        kls += (sequence_logprobs(policy, *batch) - sequence_logprobs(base, *batch)).tolist()
-        ntoks += batch[2].sum(-1).tolist()
+    """Sample from `policy`, score with `scorer`, and estimate KL(policy ‖ base), each with a
+    standard error clustered by prompt (the samples of one prompt are not independent)."""
+    rows = sample_and_score(policy, base, tokenizer, prompts, config.samples, config.max_new_tokens, config.seed,
+                            config.batch_size)
     repeated = [p for p in prompts for _ in range(config.samples)]
-    scores = scorer(repeated, texts).float().tolist()
-    reward, reward_se = _mean_se(scores)
-    kl, kl_se = _mean_se(kls)
+    scores = scorer(repeated, rows["texts"]).float().tolist()
+    reward, reward_se = clustered_mean_se(scores, rows["prompt"])
+    kl, kl_se = clustered_mean_se(rows["kl"], rows["prompt"])
+    ntoks = rows["tokens"]
     return {"reward": reward, "reward_se": reward_se, "kl": kl, "kl_se": kl_se,
-            "kl_per_token": sum(kls) / max(sum(ntoks), 1), "samples": len(texts),
-            "mean_tokens": sum(ntoks) / len(ntoks), "example": texts[0] if texts else ""}
+            "kl_per_token": sum(rows["kl"]) / max(sum(ntoks), 1), "samples": len(rows["texts"]),
+            "mean_tokens": sum(ntoks) / len(ntoks), "example": rows["texts"][0] if rows["texts"] else "",
+            "base_logp_per_token": sum(rows["base_logp"]) / max(sum(ntoks), 1)}
 
 
 def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> dict:

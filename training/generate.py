@@ -64,26 +64,16 @@ def new_token_counts(new_tokens, eos_ids: list[int]) -> list[int]:
 def sample_rows(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
                 seed: int) -> list[tuple[str, int, bool]]:
     """One sampled continuation per text, all in one batch: (response, new tokens, stopped at EOS)."""
-    import torch
+    from training import sampling
 
-    from training.rollout import eos_ids as stop_ids
-
-    eos_ids = stop_ids(model, tokenizer)
     tokenizer.padding_side = "left"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        out = model.generate(
-            **enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-            eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-        )
-    new = out[:, enc["input_ids"].shape[1]:]  # (B, T_new)
-    counts = new_token_counts(new, eos_ids)
-    rows = []
-    for ids, n in zip(new, counts):
-        text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-        rows.append((text, n, bool(n and int(ids[n - 1]) in eos_ids)))
-    return rows
+    new, mask = sampling.sample(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed)  # (B, T_new) each
+    stop = sampling.stop_ids(model, tokenizer)
+    counts = mask.sum(-1).tolist()
+    return [(text, n, bool(n and int(ids[n - 1]) in stop))
+            for text, n, ids in zip(sampling.decode(tokenizer, new, mask), counts, new)]
 
 
 def chat_texts(tokenizer, prompts: list[list[dict]]) -> list[str]:

@@ -64,6 +64,21 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.gather(logits.log_softmax(-1), -1, labels.unsqueeze(-1)).squeeze(-1)
 
 
+def exact_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t KL(p(· | s_t) ‖ q(· | s_t)) over the masked positions of each row, the whole vocabulary
+    summed at every position: KL(p‖q) = Σ_v p(v) (log p(v) − log q(v)) (Schulman 2020, "k-exact").
+
+    Along sequences sampled from p this is an unbiased estimate of the sequence-level KL(p‖q) and,
+    unlike the sampled-token estimate Σ_t log p(y_t) − log q(y_t), never negative.
+
+    Shape: logits_p, logits_q (B, T, V), mask (B, T) -> (B,).
+    """
+    logp = logits_p.float().log_softmax(-1)
+    logq = logits_q.float().log_softmax(-1)
+    per_position = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0)  # (B, T); clamp: rounding only
+    return (per_position * mask.to(per_position.dtype)).sum(-1)
+
+
 def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean per-token entropy H(π(·|s_t)) = −Σ_v p_v log p_v over the masked positions, in nats.
 

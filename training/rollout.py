@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from training import sampling
 from training.losses import token_logprobs
 
 RewardFn = Callable[[list[list[dict]], list[str]], torch.Tensor]
@@ -83,61 +84,9 @@ def wrap_with_lora(model, r: int, alpha: int):
     return get_peft_model(model, lora)
 
 
-def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-template the prompts (with the assistant turn opened) and left-pad them.
-
-    Shape: -> ids (B, Q), mask (B, Q).
-    """
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    # a long prompt keeps its end: the latest turn and the opened assistant turn. truncation_side is
-    # a tokenizer attribute; as a call argument transformers ignores it and cuts the end instead.
-    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
-    try:
-        enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_prompt_tokens,
-                        padding=True, padding_side="left", return_tensors="pt")
-    finally:
-        tokenizer.truncation_side = side
-    return enc["input_ids"], enc["attention_mask"]
-
-
-def eos_ids(model, tokenizer) -> list[int]:
-    """Every token id that ends a response for this model."""
-    configured = model.generation_config.eos_token_id
-    ids = configured if isinstance(configured, list) else [configured]
-    return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
-
-
-def response_mask_from_ids(response_ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
-    """1 on every token up to and including the first stop token of each row, 0 after it.
-
-    Shape: response_ids (B, R) -> (B, R).
-    """
-    is_stop = torch.isin(response_ids, torch.tensor(stop_ids, device=response_ids.device)).long()
-    stops_before = is_stop.cumsum(1) - is_stop  # stop tokens strictly before t
-    return (stops_before == 0).long()
-
-
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generation uses them. Shape: mask (B, T) -> (B, T)."""
     return (mask.long().cumsum(1) - 1).clamp(min=0)
-
-
-@torch.no_grad()
-def sample_responses(model, tokenizer, query_ids, query_mask, max_new_tokens: int, temperature: float):
-    """Sample one response per query from the policy's full distribution (no top-k/top-p, so the
-    samples come from the π_old that PPO's ratio assumes).
-
-    Shape: query_ids (B, Q), query_mask (B, Q) -> response_ids (B, R), response_mask (B, R).
-    """
-    from transformers import GenerationConfig
-
-    stop = eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                              max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad)
-    out = model.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=config)
-    response_ids = out[:, query_ids.shape[1]:]
-    return response_ids, response_mask_from_ids(response_ids, stop)
 
 
 def score_tokens(model, value_head, query_ids, query_mask, response_ids, response_mask, temperature: float,
@@ -167,14 +116,14 @@ def collect_rollout(model, value_head, tokenizer, prompts: list[list[dict]], rew
     """Sample, decode and score one batch of prompts. `model` is a PeftModel: its adapters are
     switched off for the reference log-probs, so no second copy of the model is held."""
     model.eval()
-    query_ids, query_mask = encode_prompts(tokenizer, prompts, max_prompt_tokens)
-    response_ids, response_mask = sample_responses(model, tokenizer, query_ids, query_mask, max_new_tokens,
-                                                   temperature)
+    query_ids, query_mask = sampling.encode_chats(tokenizer, prompts, max_prompt_tokens)
+    response_ids, response_mask = sampling.sample(model, tokenizer, query_ids, query_mask,
+                                                  max_new_tokens=max_new_tokens, temperature=temperature)
     args = (query_ids, query_mask, response_ids, response_mask, temperature)
     logprobs, values, _ = score_tokens(model, value_head, *args)
     with model.disable_adapter():
         ref_logprobs, _, _ = score_tokens(model, None, *args)
-    texts = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)]
+    texts = sampling.decode(tokenizer, response_ids, response_mask)
     scores = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32).reshape(-1)
     if len(scores) != len(texts) or not torch.isfinite(scores).all():
         raise ValueError(f"The reward function must return one finite score per response ({len(texts)}); "
