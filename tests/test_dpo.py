@@ -174,3 +174,32 @@ def test_bad_config_fails_the_job_with_one_sentence(workspace, tmp_path, capsys)
     assert capsys.readouterr().err.strip() == message
     job = jobs.get_job(job_id)
     assert (job.status, job.error) == ("failed", message)
+
+
+def test_a_second_round_holds_its_kl_to_the_base_not_to_its_parent(tiny, tmp_path, monkeypatch):
+    """Round 2 starts from round 1's policy; its reference is the base model (by default), so the KL
+    the round controls is the KL the Evaluate page measures. With reference=parent it is the parent."""
+    import torch
+
+    from training.model import load_policy
+
+    import_pairs(tmp_path, 12)
+    first = dpo.run_round(DPORoundConfig(learning_rate=5e-2, batch_size=4), jobs.Reporter(None), max_steps=2)
+    seen = []
+    real_train = dpo.train
+
+    def spy(model, tokenizer, data, config, reporter, output_dir, max_steps=None, reference=None):
+        seen.append(reference)
+        return real_train(model, tokenizer, data, config, reporter, output_dir, max_steps, reference)
+
+    monkeypatch.setattr(dpo, "train", spy)
+    dpo.run_round(DPORoundConfig(learning_rate=5e-2, batch_size=4), jobs.Reporter(None), max_steps=1)
+    base = dict(load_policy("v1-base")[0].named_parameters())
+    parent = dict(load_policy(first["version"])[0].named_parameters())
+    reference = dict(seen[0].named_parameters())
+    assert all(torch.equal(reference[n], base[n]) for n in base)
+    assert not all(torch.equal(parent[n], base[n]) for n in base)  # round 1 moved: the test can tell them apart
+
+    versions.set_current(first["version"])
+    dpo.run_round(DPORoundConfig(learning_rate=5e-2, batch_size=4, reference="parent"), jobs.Reporter(None), max_steps=1)
+    assert seen[1] is None  # the new round's own network with its adapter off: the parent

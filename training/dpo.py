@@ -107,8 +107,9 @@ def small_logprob_chunks() -> None:
 
 
 def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig, reporter,
-          output_dir: str, max_steps: int | None = None) -> tuple[Any, dict[str, float]]:
-    """Train a LoRA adapter with DPO; return (the peft model, metrics incl. held-out ones)."""
+          output_dir: str, max_steps: int | None = None, reference=None) -> tuple[Any, dict[str, float]]:
+    """Train a LoRA adapter with DPO; return (the peft model, metrics incl. held-out ones).
+    `reference` None: the reference is `model` itself with the adapter off."""
     from trl import DPOTrainer
 
     small_logprob_chunks()
@@ -117,7 +118,7 @@ def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig,
     train_set = to_dataset(batched_by_length(data.train, config.batch_size, config.seed), tokenizer, prompt_tokens)
     heldout_set = to_dataset(data.heldout, tokenizer, prompt_tokens) if data.heldout else None
     trainer = DPOTrainer(
-        model=model, ref_model=None, args=trl_config(config, output_dir, max_steps),
+        model=model, ref_model=reference, args=trl_config(config, output_dir, max_steps),
         train_dataset=train_set, eval_dataset=heldout_set, processing_class=tokenizer,
         peft_config=lora_config(config), callbacks=[rounds.progress_callback(reporter, LOGGED)],
     )
@@ -149,11 +150,13 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
         raise rounds.NotReady(problem)
     reporter.start(None)
     data = rounds.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
-    versions.ensure_base_version()
+    base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
     model, tokenizer = load_policy(parent_id)
+    # the parent with the new adapter off is the reference unless it is to be the base and differs from it
+    reference = load_policy(base_id)[0] if config.reference == "base" and parent_id != base_id else None
     with tempfile.TemporaryDirectory(prefix="dpo-", dir=versions.versions_root().parent) as output_dir:
-        peft_model, metrics = train(model, tokenizer, data, config, reporter, output_dir, max_steps)
+        peft_model, metrics = train(model, tokenizer, data, config, reporter, output_dir, max_steps, reference)
     metrics["fallback_split"] = data.fallback_split
 
     def write(folder):

@@ -30,6 +30,10 @@ class DPORoundConfig:
         "it (exo_pair needs it above 0, e.g. 1e-3).")})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank of the new adapter."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
+    reference: str = field(default="base", metadata={
+        "help": "The reference the KL is held to: base (the base model, so the KL a round controls is the KL the "
+                "Evaluate page plots, however many rounds came before) or parent (the version this round starts "
+                "from).", "choices": ("base", "parent")})
     precompute_ref_log_probs: str = field(default="auto", metadata={
         "help": "Compute the reference log-probs once before training: auto = when it pays (more than one "
                 "epoch), yes, or no.", "choices": ("auto", "yes", "no")})
