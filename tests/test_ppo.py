@@ -302,3 +302,64 @@ def test_first_update_starts_on_policy_and_a_bad_reward_function_is_named(tiny_f
     model, tok = load(tiny_folder)
     with pytest.raises(ValueError, match="one finite score per response"):
         train_ppo(model, tok, PROMPTS, lambda prompts, texts: torch.zeros(3), config(steps=1))
+
+
+def test_dropout_is_off_while_the_policy_learns(tiny_folder):
+    """A model with heavy dropout: the first update still starts exactly on-policy (ratio 1)."""
+    model, tok = load(tiny_folder)
+    model.config.attention_dropout = 0.5
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    row = train_ppo(model, tok, PROMPTS, target_share_reward(tok),
+                    config(steps=1, ppo_epochs=1, mini_batch_size=8))["metrics"]
+    assert row["clip_frac"] == 0.0 and row["approx_kl"] < 1e-10
+
+
+def test_a_response_that_never_ended_loses_the_missing_eos_penalty(tiny_folder, monkeypatch):
+    from training import ppo
+    from training.rollout import Rollout
+
+    ids = torch.tensor([[5, 6, 2, 0], [5, 6, 7, 8]])
+    rollout = Rollout(*(torch.zeros(2, 1),) * 2, ids, response_mask_from_ids(ids, [2]), *(torch.zeros(2, 4),) * 3,
+                      torch.zeros(2), ["a", "b"])
+    assert ppo.ended(rollout, [2]).tolist() == [True, False]
+
+    seen = []
+    real = ppo.step_rewards
+    monkeypatch.setattr(ppo, "step_rewards", lambda r, scores, *a: seen.append((ppo.ended(r, [tok.eos_token_id]),
+                                                                                scores.clone())) or real(r, scores, *a))
+    model, tok = load(tiny_folder)
+    constant = lambda prompts, texts: torch.full((len(texts),), 0.25)  # noqa: E731
+    train_ppo(model, tok, PROMPTS, constant, config(steps=2, max_new_tokens=3, normalize_scores=False,
+                                                    missing_eos_penalty=0.75))
+    for finished, scores in seen:
+        assert torch.allclose(scores, torch.where(finished, 0.25, 0.25 - 0.75))
+    assert any((~finished).any() for finished, _ in seen)  # 3 tokens: some answers never end
+
+
+def test_a_second_ppo_round_holds_its_kl_to_the_base(round_workspace, capsys, monkeypatch):
+    from training import ppo, versions
+    from training.model import load_policy
+
+    train_tiny_reward_model(capsys)
+    assert ppo.main(["--max-steps", "1", *flags(ROUND_FLAGS)]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"]
+    references = []
+    original = ppo.train_ppo
+
+    def recording(*args, reference=None, **kwargs):
+        references.append(reference)
+        return original(*args, reference=reference, **kwargs)
+
+    monkeypatch.setattr(ppo, "train_ppo", recording)
+    assert ppo.main(["--max-steps", "1", *flags(ROUND_FLAGS)]) == 0  # from the first PPO version
+    base = load_policy("base")[0].state_dict()
+    assert all(torch.equal(references[0].state_dict()[n], p) for n, p in base.items())
+    versions.set_current(first)
+    assert ppo.main(["--max-steps", "1", "--reference", "parent", *flags(ROUND_FLAGS)]) == 0
+    assert references[1] is None  # the round's own network with its adapter off
+
+
+def test_the_kl_horizon_suits_the_round():
+    assert config(steps=20, batch_size=8).horizon == 16  # a tenth of the 160 samples drawn
+    assert config(kl_horizon=10000).horizon == 10000

@@ -25,17 +25,19 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the Train page impo
 
     from training.rollout import RewardFn, Rollout
 
-LOG_KEYS = ("reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "policy_loss", "beta")
+LOG_KEYS = ("reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "policy_loss", "beta", "ended")
 
 
 def config_problem(config: PPOConfig) -> str | None:
     """The first setting PPO cannot run with, as one sentence naming the field, else None."""
     positive = ("learning_rate", "steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
-                "max_prompt_tokens", "temperature", "kl_target", "kl_horizon", "clip_eps", "lora_r", "lora_alpha")
+                "max_prompt_tokens", "temperature", "kl_target", "clip_eps", "lora_r", "lora_alpha")
     for name in positive:
         if getattr(config, name) <= 0:
             return f"PPO setting '{name}' must be greater than 0; got {getattr(config, name)}."
-    for name in ("beta", "clip_value", "vf_coef", "max_grad_norm"):
+    if config.kl_horizon is not None and config.kl_horizon <= 0:
+        return f"PPO setting 'kl_horizon' must be greater than 0 (or empty); got {config.kl_horizon}."
+    for name in ("beta", "clip_value", "vf_coef", "max_grad_norm", "missing_eos_penalty"):
         if getattr(config, name) < 0:
             return f"PPO setting '{name}' must not be negative; got {getattr(config, name)}."
     for name in ("gamma", "lam"):
@@ -79,10 +81,13 @@ def minibatch_loss(model, value_head, batch: Rollout, advantages, returns, confi
 
 def ppo_update(model, value_head, optimizer, rollout: Rollout, advantages, returns, config: PPOConfig,
                generator: torch.Generator) -> dict[str, float]:
-    """`ppo_epochs` passes of shuffled minibatches over one rollout; returns the mean statistics."""
+    """`ppo_epochs` passes of shuffled minibatches over one rollout; returns the mean statistics.
+
+    The policy stays in eval mode (dropout off) while it learns, as in the rollout that sampled and
+    scored these tokens: with dropout on, π/π_old would differ from 1 before any update."""
     import torch
 
-    model.train()
+    model.eval()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     B = len(rollout.scores)
     sums: dict[str, float] = {}
@@ -114,18 +119,31 @@ def prompt_batches(prompts: list, batch_size: int, generator: torch.Generator):
             yield [prompts[order[i % len(order)]] for i in range(batch_size)]
 
 
+def ended(rollout: Rollout, stop: list[int]) -> torch.Tensor:
+    """Whether each response ended with a stop token within max_new_tokens. Shape: -> (B,) bool."""
+    import torch
+
+    from training.losses import last_token_index
+
+    last = rollout.response_ids.gather(1, last_token_index(rollout.response_mask).unsqueeze(1)).squeeze(1)
+    return torch.isin(last, torch.tensor(stop))
+
+
 def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, config: PPOConfig,
-              on_step: Callable[[int, dict], None] | None = None, value_head=None) -> dict[str, Any]:
+              on_step: Callable[[int, dict], None] | None = None, value_head=None,
+              reference=None) -> dict[str, Any]:
     """Train a fresh LoRA adapter on `model` (a plain causal LM, the starting policy) with PPO.
 
     `reward_fn(prompts, response_texts)` returns one score per response, shape (B,). `value_head`
-    is the critic to start from (default: a fresh one, zero everywhere). Returns
+    is the critic to start from (default: a fresh one, zero everywhere). `reference` is the model
+    the KL is held to (default: `model` itself with the adapter off). Returns
     {"model": the PeftModel (save its adapter), "value_head", "metrics": the last step's, "history"}.
     """
     import torch
 
     from training.losses import AdaptiveKLController, FixedKLController, RunningMoments
     from training.rollout import ValueHead, collect_rollout, wrap_with_lora
+    from training.sampling import stop_ids
 
     if not prompts:
         raise NotReady("PPO needs at least one training prompt; import prompts first.")
@@ -139,20 +157,26 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
     value_head = value_head if value_head is not None else ValueHead(model.config.hidden_size)
     trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
-    kl_ctl = (AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon) if config.adaptive_kl
+    if reference is not None:
+        reference.eval()
+    stop = stop_ids(model, tokenizer)
+    kl_ctl = (AdaptiveKLController(config.beta, config.kl_target, config.horizon) if config.adaptive_kl
               else FixedKLController(config.beta))
     moments, batches, history = RunningMoments(), prompt_batches(prompts, config.batch_size, generator), []
     for step in range(1, config.total_steps + 1):
         rollout = collect_rollout(model, value_head, tokenizer, next(batches), reward_fn, config.max_new_tokens,
-                                  config.temperature, config.max_prompt_tokens)
+                                  config.temperature, config.max_prompt_tokens, reference)
         moments.update(rollout.scores)
-        scores = moments.normalise(rollout.scores) if config.normalize_scores else rollout.scores
+        scores = moments.normalise(rollout.scores) if config.normalize_scores else rollout.scores.clone()
+        finished = ended(rollout, stop)
+        scores[~finished] -= config.missing_eos_penalty
         beta = kl_ctl.value
         advantages, returns, kl = step_rewards(rollout, scores, beta, config)
         stats = ppo_update(model, value_head, optimizer, rollout, advantages, returns, config, generator)
         kl_per_response = kl.sum(1).mean().item()
         kl_ctl.update(kl_per_response, config.batch_size)
         metrics = {**stats, "reward": rollout.scores.mean().item(), "kl": kl_per_response, "beta": beta,
+                   "ended": finished.float().mean().item(),
                    "response_length": rollout.response_mask.sum(1).float().mean().item()}
         history.append(metrics)
         if on_step is not None:
@@ -214,13 +238,15 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     reward_id = config.reward_version or versions.latest_reward_id()
     prompts = load_train_prompts(config.max_prompts)
     scorer = reward.load_scorer(reward_id)
-    versions.ensure_base_version()
+    base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
     model, tokenizer = load_policy(parent_id)
     parent = versions.get_version(parent_id)
     value_head = load_value_head(model.config.hidden_size, parent.path if parent.method == "ppo" else None)
+    reference = load_policy(base_id)[0] if config.reference == "base" and parent_id != base_id else None
     reporter.start(config.total_steps)
-    result = train_ppo(model, tokenizer, prompts, scorer, config, on_step=reporter.step, value_head=value_head)
+    result = train_ppo(model, tokenizer, prompts, scorer, config, on_step=reporter.step, value_head=value_head,
+                       reference=reference)
 
     def write(folder):
         result["model"].save_pretrained(folder, safe_serialization=True)

@@ -25,12 +25,20 @@ class PPOConfig:
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt β towards kl_target (Ziegler et al. 2019)."})
     kl_target: float = field(default=6.0, metadata={
         "help": "KL per response the adaptive controller aims for, in nats."})
-    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller, in samples."})
+    kl_horizon: int | None = field(default=None, metadata={"min": 1, "help": (
+        "Horizon of the adaptive KL controller, in samples; empty = a tenth of the samples the round draws, so β "
+        "can move several-fold within one round (10,000, Ziegler et al.'s value, barely moves in 20 steps).")})
     gamma: float = field(default=1.0, metadata={"help": "Discount γ of GAE."})
     lam: float = field(default=0.95, metadata={"help": "λ of GAE: bias/variance trade-off of the advantages."})
     clip_eps: float = field(default=0.2, metadata={"help": "Clip range ε of the policy ratio π/π_old."})
     clip_value: float = field(default=0.2, metadata={"help": "Clip range of the value head's change per batch."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
+    missing_eos_penalty: float = field(default=1.0, metadata={"min": 0, "help": (
+        "Subtracted from the (normalised) score of a response that never ended within max_new_tokens, so the "
+        "policy is not rewarded for answers the reward model only saw cut off (TRL's missing_eos_penalty).")})
+    reference: str = field(default="base", metadata={"choices": ("base", "parent"), "help": (
+        "The reference the KL penalty holds the policy to: base (the base model: the KL penalised is the KL the "
+        "Evaluate page plots) or parent (the version this round starts from).")})
     normalize_scores: bool = field(default=True, metadata={
         "help": "Normalise reward-model scores by their running mean and std."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient norm clip."})
@@ -55,3 +63,8 @@ class PPOConfig:
     @property
     def total_steps(self) -> int:
         return min(self.steps, self.max_steps) if self.max_steps else self.steps
+
+    @property
+    def horizon(self) -> int:
+        """The adaptive KL controller's horizon in samples (see kl_horizon)."""
+        return self.kl_horizon or max(1, self.total_steps * self.batch_size // 10)

@@ -112,17 +112,21 @@ def score_tokens(model, value_head, query_ids, query_mask, response_ids, respons
 
 @torch.no_grad()
 def collect_rollout(model, value_head, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
-                    max_new_tokens: int, temperature: float, max_prompt_tokens: int) -> Rollout:
-    """Sample, decode and score one batch of prompts. `model` is a PeftModel: its adapters are
-    switched off for the reference log-probs, so no second copy of the model is held."""
+                    max_new_tokens: int, temperature: float, max_prompt_tokens: int, reference=None) -> Rollout:
+    """Sample, decode and score one batch of prompts, dropout off. `model` is a PeftModel; the
+    reference log-probs come from `reference` when given, else from `model` with its adapters
+    switched off (no second copy of the model held)."""
     model.eval()
     query_ids, query_mask = sampling.encode_chats(tokenizer, prompts, max_prompt_tokens)
     response_ids, response_mask = sampling.sample(model, tokenizer, query_ids, query_mask,
                                                   max_new_tokens=max_new_tokens, temperature=temperature)
     args = (query_ids, query_mask, response_ids, response_mask, temperature)
     logprobs, values, _ = score_tokens(model, value_head, *args)
-    with model.disable_adapter():
-        ref_logprobs, _, _ = score_tokens(model, None, *args)
+    if reference is not None:
+        ref_logprobs, _, _ = score_tokens(reference, None, *args)
+    else:
+        with model.disable_adapter():
+            ref_logprobs, _, _ = score_tokens(model, None, *args)
     texts = sampling.decode(tokenizer, response_ids, response_mask)
     scores = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32).reshape(-1)
     if len(scores) != len(texts) or not torch.isfinite(scores).all():
