@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from labeling import db
 from training import rounds, versions
+from training.metrics import preference_accuracy
 from training.reward_config import RewardRoundConfig
 
 MIN_PAIRS = rounds.MIN_PAIRS
@@ -122,13 +123,6 @@ def to_dataset(rows: list[dict], tokenizer, max_length: int):
 # ---------------------------------------------------------------- scoring
 
 
-def pairwise_accuracy(chosen: "torch.Tensor", rejected: "torch.Tensor") -> float:  # noqa: F821
-    """Share of pairs where the chosen response scores higher; a tie counts one half.
-
-    chosen, rejected Shape: (pairs,)."""
-    return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
-
-
 def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Scorer:
     """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients."""
     import torch
@@ -150,10 +144,11 @@ def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Score
 
 
 def heldout_accuracy(scorer: Scorer, rows: list[dict]) -> float:
+    """Preference accuracy (ties count half) of `scorer` on export rows."""
     prompts = [r["prompt"] for r in rows]
     chosen = scorer(prompts, [r["chosen"][-1]["content"] for r in rows])
     rejected = scorer(prompts, [r["rejected"][-1]["content"] for r in rows])
-    return pairwise_accuracy(chosen, rejected)
+    return preference_accuracy(chosen, rejected)
 
 
 def reward_folder(version_id: str | None = None) -> Path:
