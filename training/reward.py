@@ -85,30 +85,60 @@ def load_backbone(config: RewardRoundConfig):
     return model, tokenizer, folder
 
 
-def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
-    """Token ids of prompt + response, at most `max_length`, the oldest part of the prompt cut first.
+def prompt_budget(room: int, response_tokens: int) -> int:
+    """Tokens the prompt may keep out of `room`: all the response leaves, but the response keeps
+    at least half of the room when it is that long (a reward model must read the answer)."""
+    return room - min(response_tokens, room // 2)
 
-    Chat models read it through their chat template, keeping the last `max_length` tokens.
-    Encoders read (prompt text, response) as a text pair; the response keeps at least half of the
-    room (its start), and the prompt keeps its end: the latest turn is what the response answers.
+
+def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
+    """Token ids of prompt + response, at most `max_length`: the prompt kept, the response's end cut.
+
+    The prompt keeps `prompt_budget` tokens; a longer one loses its oldest part first, and its
+    latest turn (what the response answers) is cut at its beginning only when it alone is too
+    long. The response fills the rest and is cut at its end. Chat models read it through their
+    chat template; encoders read (prompt text, response) as a text pair.
     """
     if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
-                                            tokenize=True, return_dict=False)
-        return ids[-max_length:]
+        return _encode_chat(tokenizer, prompt, response, max_length)
     prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
     if not tokenizer.is_fast:  # no offsets to cut at: the tokenizer cuts, the longer text first
         return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
     prompt_spans = tokenizer(prompt_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     response_spans = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    keep_response = min(len(response_spans), max(room - len(prompt_spans), room // 2))
-    keep_prompt = min(len(prompt_spans), room - keep_response)
+    keep_prompt = min(len(prompt_spans), prompt_budget(room, len(response_spans)))
+    keep_response = min(len(response_spans), room - keep_prompt)
     # cut the texts at token boundaries, then encode the pair; the final truncation only guards
     # against a token more where a cut word is read again
     response = response[:response_spans[keep_response - 1][1]] if keep_response else ""
     prompt_text = prompt_text[prompt_spans[-keep_prompt][0]:] if keep_prompt else ""
     return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
+
+
+def _encode_chat(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
+    """`encode` through the chat template: oldest turns dropped whole, then the latest turn's
+    start cut if it alone is too long; the rendered conversation is cut at its end."""
+    def prompt_tokens(messages: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=False))
+
+    budget = prompt_budget(max_length, len(tokenizer(response, add_special_tokens=False)["input_ids"]))
+    messages = rounds.trim_prompt(prompt, prompt_tokens, budget)
+    over = prompt_tokens(messages) - budget
+    if over > 0:  # the latest turn alone is too long: keep its end, next to the response
+        messages = [{**messages[-1], "content": _drop_first_tokens(tokenizer, messages[-1]["content"], over)}]
+    ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                        tokenize=True, return_dict=False)
+    return ids[:max_length]
+
+
+def _drop_first_tokens(tokenizer, text: str, n: int) -> str:
+    """`text` without its first `n` tokens (cut at a token boundary)."""
+    if not tokenizer.is_fast:
+        return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][n:])
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text[spans[n][0]:] if n < len(spans) else ""
 
 
 def to_dataset(rows: list[dict], tokenizer, max_length: int):
