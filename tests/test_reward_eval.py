@@ -59,7 +59,7 @@ def test_card_rows_and_a_single_conversation_without_interval():
     assert json.loads(json.dumps(report)) == report  # no nan: JSON-ready
     assert report["sets"][0]["accuracy"]["model"] == {"accuracy": 1.0, "low": None, "high": None}
     (row,) = reward_report.card_rows(report)
-    assert row["reward model"] == "1.00 (one conversation: no interval)" and row["longer wins"].startswith("0.50")
+    assert row["reward model"] == "1.00 (1 conversation: no CI)" and row["longer wins"].startswith("0.50")
     assert row["length r"] == "0.00" and row["ECE"] == "0.27"  # both picks right at σ(1) = 0.73
     table = reward_report.format_table(report)
     assert "untrained backbone" in table.splitlines()[0] and table.splitlines()[-1] == report["verdict"]

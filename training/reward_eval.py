@@ -60,7 +60,8 @@ def heldout_rows(row) -> list[dict[str, Any]]:
 
     trained_on = set(row.judgment_ids or [])
     with db.session() as s:
-        pair_ids = {pair for judgment, pair in s.execute(select(Judgment.id, Judgment.pair_id)) if judgment in trained_on}
+        judged = s.execute(select(Judgment.id, Judgment.pair_id))
+        pair_ids = {pair for judgment, pair in judged if judgment in trained_on}
     config = round_config(row)
     rows = [r for r in preference_rows().rows if r["pair_id"] in pair_ids]
     return rounds.split_by_prompt(rows, config.heldout_fraction, config.seed)[1] if rows else []
@@ -86,7 +87,8 @@ def main(argv: list[str]) -> int:
     from training import jobs
 
     parser = argparse.ArgumentParser(prog="python -m training reward-eval", description=__doc__.split("\n")[0])
-    parser.add_argument("version", help="A reward version, e.g. v3-reward (`python -m training versions --kind reward`).")
+    parser.add_argument("version", help="A reward version, e.g. v3-reward "
+                                            "(`python -m training versions --kind reward` lists them).")
     parser.add_argument("files", nargs="*", help="Labeled pair files to score as extra test sets.")
     parser.add_argument("--batch-size", type=int, default=8, help="Pairs scored at once.")
     args = parser.parse_args(argv)

@@ -74,8 +74,8 @@ def heldout_sets(rows: list[dict]) -> list[EvalSet]:
 
 def score(scorer: Scorer, sets: list[EvalSet]) -> list[Scores]:
     """Each set's rewards of its chosen and of its rejected responses under `scorer`."""
-    return [(np.asarray(scorer(s.prompts, s.chosen), dtype=float), np.asarray(scorer(s.prompts, s.rejected), dtype=float))
-            for s in sets]
+    return [(np.asarray(scorer(s.prompts, s.chosen), dtype=float),
+             np.asarray(scorer(s.prompts, s.rejected), dtype=float)) for s in sets]
 
 
 def summarise(pairs: EvalSet, model: Scores, untrained: Scores) -> dict[str, Any]:
@@ -99,6 +99,11 @@ def _merged(sets: list[EvalSet], scores: list[Scores]) -> tuple[EvalSet, Scores]
     merged = EvalSet("all pairs", [p for s in sets for p in s.prompts], [c for s in sets for c in s.chosen],
                      [r for s in sets for r in s.rejected])
     return merged, (np.concatenate([c for c, _ in scores]), np.concatenate([r for _, r in scores]))
+
+
+def beats_longer_wins(summaries: list[dict[str, Any]]) -> bool:
+    """Whether the model's accuracy is above "longer wins" on every set."""
+    return all(s["accuracy"]["model"]["accuracy"] > s["accuracy"]["longer"]["accuracy"] for s in summaries)
 
 
 def verdict(summaries: list[dict[str, Any]]) -> str:
@@ -125,7 +130,8 @@ def build_report(sets: list[EvalSet], model: list[Scores], untrained: list[Score
     merged, merged_model = _merged(sets, model)
     _, merged_untrained = _merged(sets, untrained)
     report = {"evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sets": summaries,
-              "all": summarise(merged, merged_model, merged_untrained), "verdict": verdict(summaries)}
+              "all": summarise(merged, merged_model, merged_untrained), "verdict": verdict(summaries),
+              "beats_longer_wins": beats_longer_wins(summaries)}
     return _json_safe(report)
 
 
@@ -166,7 +172,7 @@ def write_report(folder: Path, report: dict[str, Any]) -> Path:
 
 def _interval(a: dict[str, Any]) -> str:
     if a["low"] is None:
-        return f'{a["accuracy"]:.2f} (one conversation: no interval)'
+        return f'{a["accuracy"]:.2f} (1 conversation: no CI)'
     return f'{a["accuracy"]:.2f} [{a["low"]:.2f}, {a["high"]:.2f}]'
 
 
@@ -195,7 +201,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def card(version_id: str | None = None) -> dict[str, Any] | None:
     """The reward card of a reward version (the latest when None) for the Train page: {"version",
-    "rows", "verdict", "evaluated_at", "reliability"}, or {"version", "missing": sentence} when
+    "rows", "verdict", "beats_longer_wins", "evaluated_at", "reliability"}, or {"version", "missing": sentence} when
     it was never evaluated; None when there is no reward version."""
     version_id = version_id or versions.latest_reward_id()
     row = versions.get_version(version_id) if version_id else None
@@ -207,4 +213,5 @@ def card(version_id: str | None = None) -> dict[str, Any] | None:
                 f"it predates the reward card); run `python -m training reward-eval {version_id} [FILE...]`."}
     report = json.loads(path.read_text())
     return {"version": version_id, "rows": card_rows(report), "verdict": report["verdict"],
-            "evaluated_at": report["evaluated_at"], "reliability": report["all"]["reliability"]}
+            "beats_longer_wins": report["beats_longer_wins"], "evaluated_at": report["evaluated_at"],
+            "reliability": report["all"]["reliability"]}
