@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "generate": "training.generate",
     "reward": "training.reward",
+    "reward-eval": "training.reward_eval",
     "dpo": "training.dpo",
     "ppo": "training.ppo",
     "versions": "training.versions",

