@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, job_panel, require_router, start
-from training import jobs, reward_report, rounds, versions
+from training import dpo, jobs, reward_report, rounds, versions
 
 ROUNDS = {  # label -> (job kind, config module, config class, curves to draw)
     "Reward model": ("reward", "training.reward_config", "RewardRoundConfig", ("loss", "accuracy", "margin")),
@@ -58,6 +58,8 @@ def round_section() -> None:
         st.warning(reason)
     if not admin_only("start training rounds"):
         return
+    if kind == "dpo" and not reason and (plan := dpo.plan_sentence()):
+        st.caption(plan)
     limits = quick_limits(kind)
     config = config_form(config_class, key=f"form-{kind}", submit_label="Train")
     if config is not None:

@@ -2,6 +2,8 @@
 Train button starts a job with the form's config, progress from job rows, the versions table."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.preference_fixtures import import_pairs
@@ -70,8 +72,17 @@ def test_train_button_starts_a_job_with_the_form_values(workspace, generator, st
     assert len(started) == 1
     kind, config = started[0]
     assert kind == "dpo" and config["beta"] == 0.25 and config["loss_type"] == "ipo" and config["max_steps"] == 5
-    assert "max_pairs" not in config and config["epochs"] == 1.0
+    assert "max_pairs" not in config and config["epochs"] is None  # empty: chosen from the number of pairs
     assert "Job #41 (dpo) started." in at.success[0].value
+
+
+def test_the_dpo_form_says_what_the_settings_will_do(workspace, generator, tmp_path):  # noqa: F811
+    import_pairs(tmp_path, 12)
+    at = pick_round(open_train(), "DPO")
+    plan = next(c.value for c in at.caption if c.value.startswith("With these settings"))
+    # 12 pairs: at most 3 steps a pass, so the most passes the default allows
+    assert re.fullmatch(r"With these settings: (\d+) training pairs \((\d+) held out\), 4 epochs, (\d+) steps; "
+                        r"the time is known after a first round\.", plan)
 
 
 def test_progress_panel_and_versions_table(workspace, generator):  # noqa: F811
