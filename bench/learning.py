@@ -187,8 +187,9 @@ def reward_accuracy_against_taste(reward_id: str, measure: Measure) -> dict:
     """How often the reward model prefers the answer the taste prefers, over every two base answers
     to the same held-out prompt that the taste tells apart (ties of the model count half), with a
     95% interval from a bootstrap over prompts."""
-    from labeling.paired import cluster_bootstrap, outcomes
+    from labeling.paired import cluster_bootstrap_ci
     from training import reward
+    from training.metrics import pair_outcomes
 
     rows = measure.rows["base"]
     scores = reward.load_scorer(reward_id)([measure.prompts[i] for i in rows["prompt"]], rows["texts"]).float().tolist()
@@ -201,8 +202,8 @@ def reward_accuracy_against_taste(reward_id: str, measure: Measure) -> dict:
             clusters.append(rows["prompt"][i])
     if not chosen:
         return {"accuracy_vs_taste": None, "pairs": 0}
-    agree = outcomes(chosen, rejected)
-    low, high = cluster_bootstrap(agree, clusters)
+    agree = pair_outcomes(chosen, rejected)  # the one preference accuracy: ties count half
+    low, high = cluster_bootstrap_ci(agree, clusters)
     return {"accuracy_vs_taste": round(float(agree.mean()), 3), "low": round(low, 3), "high": round(high, 3),
             "pairs": len(chosen)}
 

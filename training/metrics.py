@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from labeling.paired import cluster_bootstrap_ci, outcomes  # noqa: F401  (cluster_bootstrap_ci: one home, re-used here)
+
 ArrayLike = Any  # a sequence of numbers, a numpy array or a CPU torch tensor
 
 
@@ -27,9 +29,7 @@ def pair_outcomes(score_chosen: ArrayLike, score_rejected: ArrayLike) -> np.ndar
 
     Shape: score_chosen (pairs,), score_rejected (pairs,) -> (pairs,).
     """
-    chosen = np.asarray(score_chosen, dtype=float)
-    rejected = np.asarray(score_rejected, dtype=float)
-    return (chosen > rejected) + 0.5 * (chosen == rejected)
+    return outcomes(score_chosen, score_rejected)
 
 
 def preference_accuracy(score_chosen: ArrayLike, score_rejected: ArrayLike) -> float:
@@ -53,33 +53,6 @@ def longer_wins(chosen: Sequence[str], rejected: Sequence[str]) -> np.ndarray:
 def shorter_wins(chosen: Sequence[str], rejected: Sequence[str]) -> np.ndarray:
     """The "shorter wins" baseline's outcome per pair (equal lengths count half). Shape: (pairs,)."""
     return pair_outcomes([-len(t) for t in chosen], [-len(t) for t in rejected])
-
-
-def cluster_bootstrap_ci(values: ArrayLike, clusters: Sequence[Any], level: float = 0.95,
-                         resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values`, resampling whole clusters (prompts
-    or conversations) with replacement, since pairs of one prompt are not independent draws.
-
-    Each resample draws k of the k clusters and takes Σ sums / Σ counts of the drawn clusters. The
-    same `seed` draws the same clusters for every system scored on one set, so their intervals are
-    paired. (nan, nan) with fewer than two clusters: one prompt says nothing about the spread.
-
-    Shape: values (n,), clusters (n,) -> (low, high).
-    """
-    values = np.asarray(values, dtype=float)
-    keys, index = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
-    k = len(keys)
-    if k < 2:
-        return (float("nan"), float("nan"))
-    sums = np.bincount(index, weights=values, minlength=k)  # (k,)
-    counts = np.bincount(index, minlength=k).astype(float)  # (k,)
-    rng = np.random.default_rng(seed)
-    means = []
-    for start in range(0, resamples, 256):  # bounded memory: at most 256 × k draws at a time
-        draws = rng.integers(0, k, size=(min(256, resamples - start), k))  # (b, k)
-        means.append(sums[draws].sum(axis=1) / counts[draws].sum(axis=1))
-    low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
-    return (float(low), float(high))
 
 
 def preference_probability(score_chosen: ArrayLike, score_rejected: ArrayLike) -> np.ndarray:
