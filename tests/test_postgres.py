@@ -38,6 +38,10 @@ from tests.test_jobs import (  # noqa: F401
     test_a_dead_worker_is_shown_as_failed, test_a_failing_round_is_recorded_with_its_reason,
     test_cancel_stops_the_round_at_its_next_step, test_clicks_at_the_same_moment_start_one_heavy_job,
     test_eta_follows_the_pace_of_the_steps_not_the_setup_before_them, test_reporter_persists_progress_and_metrics)
+from tests.test_imports import (  # noqa: F401
+    test_a_prompt_that_something_else_uses_stays, test_delete_import_takes_its_pairs_labels_and_unused_rows,
+    test_list_imports_counts_what_each_brought_and_no_generated_pair,
+    test_unknown_import_and_a_failure_midway_change_nothing, three_imports, write_jsonl)
 from tests.test_stats import (  # noqa: F401
     test_imported_labels_are_no_annotator_in_any_statistic, test_judgments_frame_reads_and_filters_the_workspace)
 from tests.test_versions import (  # noqa: F401
