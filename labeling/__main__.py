@@ -4,6 +4,8 @@
     python -m labeling export PATH [--format jsonl|parquet|hf] [--source NAME]
     python -m labeling imports                 # every import and what it brought
     python -m labeling delete-import NAME      # one import's pairs, labels and unused prompts
+    python -m labeling backup FILE             # the whole workspace database in one file
+    python -m labeling restore FILE            # ... into the empty database at PREFLOOP_DB
     python -m labeling add-user NAME [--role annotator|admin] [--users FILE]   (password on stdin)
 
 The last line printed is a JSON summary. Bad input exits with code 2 and one sentence on stderr,
@@ -18,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from labeling import access, imports
+from labeling import access, backup, imports
 from labeling.export import EXPORT_FORMATS, ExportError, export
 from labeling.importers import FORMATS, InputError
 from labeling.planning import ReaderError
@@ -42,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete-import", help="delete one import's pairs and their judgments, and its "
                                                        "prompts and responses that nothing else uses")
     delete.add_argument("name", help="the import's source name, as `imports` lists it")
+    save = commands.add_parser("backup", help="write the whole workspace database to one portable file")
+    save.add_argument("path", help="output file, gzip'd JSON lines (e.g. workspace.jsonl.gz)")
+    load = commands.add_parser("restore", help="load a backup into the empty database at PREFLOOP_DB")
+    load.add_argument("path", help="a file written by `backup`")
     user = commands.add_parser("add-user", help="add or replace a user of the sign-in (password read from stdin)")
     user.add_argument("name")
     user.add_argument("--role", default="annotator", choices=access.ROLES)
@@ -64,6 +70,8 @@ COMMANDS = {
     "export": lambda args: export(args.path, fmt=args.format, source=args.source),
     "imports": lambda args: {"imports": imports.list_imports()},
     "delete-import": lambda args: imports.delete_import(args.name),
+    "backup": lambda args: backup.backup(args.path),
+    "restore": lambda args: backup.restore(args.path),
     "add-user": add_user,
 }
 
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         summary = COMMANDS[args.command](args)
-    except (InputError, ExportError, imports.UnknownImport, access.AccessError) as e:
+    except (InputError, ExportError, imports.UnknownImport, backup.BackupError, access.AccessError) as e:
         print(str(e), file=sys.stderr)
         return 2
     except ReaderError as e:  # the reader process died: not the file's fault, nothing written

@@ -41,7 +41,7 @@ from tests.test_jobs import (  # noqa: F401
 from tests.test_imports import (  # noqa: F401
     test_a_prompt_that_something_else_uses_stays, test_delete_import_takes_its_pairs_labels_and_unused_rows,
     test_list_imports_counts_what_each_brought_and_no_generated_pair,
-    test_unknown_import_and_a_failure_midway_change_nothing, three_imports, write_jsonl)
+    test_unknown_import_and_a_failure_midway_change_nothing)
 from tests.test_stats import (  # noqa: F401
     test_imported_labels_are_no_annotator_in_any_statistic, test_judgments_frame_reads_and_filters_the_workspace)
 from tests.test_versions import (  # noqa: F401
@@ -128,6 +128,35 @@ def test_version_2_imported_labels_become_sources_on_postgresql(workspace):
                                                                 rows_before.judgment_ids)
     with pytest.raises(Exception, match="ck_judgments_annotator_iff_human"), db.session() as s:
         s.execute(text("UPDATE judgments SET annotator_id = NULL WHERE source = 'human'"))
+
+
+def test_backup_moves_a_sqlite_workspace_to_postgresql_byte_for_byte(workspace, tmp_path, monkeypatch, postgres_url):
+    """SQLite -> file -> PostgreSQL -> file gives the same bytes; the restored ids' sequences continue."""
+    from labeling import backup
+    from labeling.models import Job
+    from tests.test_backup import every_row, fill_workspace
+
+    monkeypatch.delenv("PREFLOOP_DB")
+    monkeypatch.setenv("PREFLOOP_HOME", str(tmp_path / "on-sqlite"))
+    fill_workspace()
+    backup.backup(tmp_path / "sqlite.jsonl.gz")
+    rows = every_row()
+    monkeypatch.setenv("PREFLOOP_DB", postgres_url)
+    summary = backup.restore(tmp_path / "sqlite.jsonl.gz")
+    assert db.engine().dialect.name == "postgresql" and summary["rows"]["pairs"] == len(rows["pairs"])
+    backup.backup(tmp_path / "postgresql.jsonl.gz")
+    assert (tmp_path / "postgresql.jsonl.gz").read_bytes() == (tmp_path / "sqlite.jsonl.gz").read_bytes()
+    assert every_row() == rows
+    (waiting,) = [r for r in rows["pairs"] if r[-2] == 0 and r[6] == "label"]
+    assert queue.submit_judgment("dana", waiting[0], "a", "a") == max(r[0] for r in rows["judgments"]) + 1
+    with db.session() as s:
+        job = Job(kind="generate")
+        s.add(job)
+        s.flush()
+        assert job.id == max(r[0] for r in rows["jobs"]) + 1
+        assert s.get(Pair, waiting[0]).judgment_count == 1  # the count trigger is back on
+    with pytest.raises(backup.BackupError, match="is not empty"):
+        backup.restore(tmp_path / "sqlite.jsonl.gz")
 
 
 def test_orm_inserts_after_a_bulk_import_get_fresh_ids(workspace):
