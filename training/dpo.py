@@ -75,8 +75,10 @@ def lora_config(config: DPORoundConfig):
 
 
 def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
-    """TRL's DPOConfig for a CPU round: fp32, no saving, a log line per step."""
+    """TRL's DPOConfig: the device's precision (training/device.py), no saving, a log line per step."""
     from trl import DPOConfig
+
+    from training import device
 
     precompute = {"yes": True, "no": False, "auto": config.epochs > 1}[config.precompute_ref_log_probs]
     return DPOConfig(
@@ -84,7 +86,7 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
         learning_rate=config.learning_rate, num_train_epochs=config.epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,
-        logging_steps=1, save_strategy="no", report_to=[], bf16=False,
+        logging_steps=1, save_strategy="no", report_to=[], **device.trainer_precision(),
         gradient_checkpointing=config.gradient_checkpointing,
         train_sampling_strategy="sequential",  # the order batched_by_length chose
         disable_tqdm=True, dataloader_num_workers=0,

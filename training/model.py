@@ -6,7 +6,8 @@ transformers reads the GGUF (dequantized to fp32) in about half a minute, so it 
 to a safetensors folder under the workspace (`$PREFLOOP_HOME/models/base/`), written to a temporary
 folder and renamed when complete, under a file lock so two processes never convert at once. Later
 loads take well under a second. The chat template travels with the tokenizer. Only safetensors
-are ever loaded and remote code is never trusted.
+are ever loaded and remote code is never trusted. Models load on the device and in the precision
+that training/device.py decides.
 
 Versions. A policy version (`ModelVersion`, kind "policy") is a folder holding either a full model
 or a LoRA adapter trained on top of its parent. `load_policy` walks the lineage from the base,
@@ -172,15 +173,18 @@ def load_tokenizer(folder: Path):
 
 
 def load_model(folder: Path, dtype: "torch.dtype | None" = None):
-    """A causal LM from a folder of safetensors weights (never pickles, never remote code)."""
-    import torch
+    """A causal LM from a folder of safetensors weights (never pickles, never remote code), on the
+    device in `dtype` (default: the device's, training/device.py)."""
     from transformers import AutoModelForCausalLM
 
+    from training import device
+
     folder = check_model_folder(folder, "model folder")
-    return AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=False,
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype or device.dtype(), use_safetensors=True, trust_remote_code=False,
         local_files_only=True,
     )
+    return device.place(model)
 
 
 def _version_rows(version_id: str | None) -> list[dict]:
@@ -254,14 +258,20 @@ def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = Non
     mode, freshly loaded on each call: callers such as DPO and PPO train it in place, so a shared
     cached copy would change under other callers. Loading from safetensors takes under a second.
     """
+    import torch
     from peft import PeftModel
+
+    from training import device
 
     chain = _version_rows(version_id)
     start, adapters = _start_of(chain)
-    model = load_model(start, dtype)
+    dtype = dtype or device.dtype()
+    # adapters merge into fp32 weights: a small LoRA delta added to bf16 weights would mostly round away
+    model = load_model(start, torch.float32 if adapters else dtype)
     for row in adapters:
         # one adapter at a time: each was trained on top of its parent's merged weights
         model = PeftModel.from_pretrained(model, row["path"], is_trainable=False).merge_and_unload()
+    model = device.place(model, dtype)
     tokenizer = load_tokenizer(_tokenizer_folder(chain, start))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer

@@ -68,12 +68,14 @@ def minilm_path() -> Path:
 
 
 def load_backbone(config: RewardRoundConfig):
-    """(model with a scalar head, tokenizer, base folder): LoRA-wrapped for the policy backbone.
-    The new head is drawn from `config.seed`, so the untrained baseline of the reward card is
-    exactly the network a round with that config starts from."""
+    """(model with a scalar head, tokenizer, base folder), on the device: LoRA-wrapped for the
+    policy backbone, in full and in fp32 weights for MiniLM. The new head is drawn from
+    `config.seed`, so the untrained baseline of the reward card is exactly the network a round with
+    that config starts from."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
+    from training import device
     from training.model import base_model_path
 
     set_seed(config.seed)
@@ -82,12 +84,15 @@ def load_backbone(config: RewardRoundConfig):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, use_safetensors=True)
+    lora_backbone = config.backbone == "policy"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=1, use_safetensors=True, dtype=device.weights_dtype(trained_in_full=not lora_backbone))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if config.backbone == "policy":
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                                 target_modules="all-linear", task_type="SEQ_CLS"))
-    return model, tokenizer, folder
+    if lora_backbone:
+        model = device.keep_trainable_fp32(get_peft_model(model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+            task_type="SEQ_CLS")))
+    return device.place(model), tokenizer, folder
 
 
 def prompt_budget(room: int, response_tokens: int) -> int:
@@ -159,19 +164,23 @@ def to_dataset(rows: list[dict], tokenizer, max_length: int):
 
 
 def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Scorer:
-    """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients."""
+    """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients on
+    the model's device; the rewards come back in CPU memory, as fp32."""
     import torch
+
+    from training import device
 
     def score(prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
         was_training = model.training
         model.eval()
         out = []
-        with torch.no_grad():
+        # autocast: a model just trained has fp32 trainable weights on a half-precision base
+        with torch.no_grad(), device.autocast():
             for start in range(0, len(prompts), batch_size):
                 ids = [encode(tokenizer, p, r, max_length)
                        for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-                batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-                out.append(model(**batch).logits.squeeze(-1).float())  # (b,)
+                batch = device.place(tokenizer.pad({"input_ids": ids}, return_tensors="pt"))
+                out.append(device.to_host(model(**batch).logits.squeeze(-1).float()))  # (b,)
         model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -207,19 +216,25 @@ def reward_folder(version_id: str | None = None) -> Path:
 
 
 def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
-    """The scorer of a reward version (the latest when None)."""
+    """The scorer of a reward version (the latest when None), on the device in its precision."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training import device
 
     folder = reward_folder(version_id)
     meta = json.loads((folder / "reward.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "right"
     base = meta["base_path"] if meta["lora"] else folder
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, use_safetensors=True)
+    # a LoRA merges into fp32 weights (a small delta would round away in bf16), then all is cast
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, use_safetensors=True, dtype=torch.float32 if meta["lora"] else device.dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
     if meta["lora"]:
         model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    model = device.place(model, device.dtype())
     return make_scorer(model.eval(), tokenizer, meta["max_length"], batch_size)
 
 
@@ -239,12 +254,15 @@ def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, outp
     """Fit the reward model; return (model, tokenizer, base folder, metrics)."""
     from trl import RewardConfig, RewardTrainer
 
+    from training import device
+
     model, tokenizer, base = load_backbone(config)
     args = RewardConfig(
         output_dir=output_dir, learning_rate=config.lr, num_train_epochs=config.epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, max_length=config.max_length, seed=config.seed,
         center_rewards_coefficient=config.center_rewards_coefficient or None, logging_steps=1,
-        save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False, disable_tqdm=True)
+        save_strategy="no", report_to=[], gradient_checkpointing=False, disable_tqdm=True,
+        **device.trainer_precision())
     trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(data.train, tokenizer, config.max_length),
                             processing_class=tokenizer, callbacks=[rounds.progress_callback(reporter, LOGGED)])
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from training import sampling
+from training import device, sampling
 from training.losses import token_logprobs
 
 RewardFn = Callable[[list[list[dict]], list[str]], torch.Tensor]
@@ -128,7 +128,7 @@ def collect_rollout(model, value_head, tokenizer, prompts: list[list[dict]], rew
         with model.disable_adapter():
             ref_logprobs, _, _ = score_tokens(model, None, *args)
     texts = sampling.decode(tokenizer, response_ids, response_mask)
-    scores = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32).reshape(-1)
+    scores = device.place(torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32).reshape(-1))
     if len(scores) != len(texts) or not torch.isfinite(scores).all():
         raise ValueError(f"The reward function must return one finite score per response ({len(texts)}); "
                          f"got {scores.tolist()}.")
