@@ -67,11 +67,11 @@ def prompt_budget(config: DPORoundConfig) -> int:
     return min(config.max_prompt_length, config.max_length // 2)
 
 
-def lora_config(config: DPORoundConfig):
-    from peft import LoraConfig
+def lora_config(config: DPORoundConfig, model):
+    """The new adapter: every linear layer of `model`'s architecture but its LM head (training/lora.py)."""
+    from training import lora
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return lora.lora_config(model, config.lora_r, config.lora_alpha)
 
 
 def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
@@ -122,7 +122,7 @@ def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig,
     trainer = DPOTrainer(
         model=model, ref_model=reference, args=trl_config(config, output_dir, max_steps),
         train_dataset=train_set, eval_dataset=heldout_set, processing_class=tokenizer,
-        peft_config=lora_config(config), callbacks=[rounds.progress_callback(reporter, LOGGED)],
+        peft_config=lora_config(config, model), callbacks=[rounds.progress_callback(reporter, LOGGED)],
     )
     started = time.perf_counter()
     output = trainer.train()

@@ -69,19 +69,22 @@ def minilm_path() -> Path:
 
 def load_backbone(config: RewardRoundConfig):
     """(model with a scalar head, tokenizer, base folder), on the device: LoRA-wrapped for the
-    policy backbone, in full and in fp32 weights for MiniLM. The new head is drawn from
+    policy backbone (whose tokenizer reads prompts as the policy does, its chat template or the
+    plain format), in full and in fp32 weights for MiniLM. The new head is drawn from
     `config.seed`, so the untrained baseline of the reward card is exactly the network a round with
     that config starts from."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from training import device
-    from training.model import base_model_path
+    from training import device, lora
+    from training.model import base_model_path, with_chat_template
 
     set_seed(config.seed)
 
     folder = minilm_path() if config.backbone == "minilm" else Path(base_model_path())
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if config.backbone == "policy":
+        tokenizer = with_chat_template(tokenizer, folder)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "right"
     lora_backbone = config.backbone == "policy"
@@ -89,9 +92,8 @@ def load_backbone(config: RewardRoundConfig):
         folder, num_labels=1, use_safetensors=True, dtype=device.weights_dtype(trained_in_full=not lora_backbone))
     model.config.pad_token_id = tokenizer.pad_token_id
     if lora_backbone:
-        model = device.keep_trainable_fp32(get_peft_model(model, LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-            task_type="SEQ_CLS")))
+        model = device.keep_trainable_fp32(get_peft_model(
+            model, lora.lora_config(model, config.lora_r, config.lora_alpha, task_type="SEQ_CLS")))
     return device.place(model), tokenizer, folder
 
 

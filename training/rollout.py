@@ -76,12 +76,14 @@ def save_value_head(head: ValueHead, folder: Path) -> None:
 
 
 def wrap_with_lora(model, r: int, alpha: int):
-    """A fresh LoRA adapter on every linear layer of `model`; with it disabled, `model` is π_ref.
-    No dropout, so π_old and π agree exactly before the first update."""
-    from peft import LoraConfig, get_peft_model
+    """A fresh LoRA adapter on every linear layer of `model` but its LM head (training/lora.py);
+    with it disabled, `model` is π_ref. No dropout, so π_old and π agree exactly before the first
+    update."""
+    from peft import get_peft_model
 
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    from training import lora
+
+    return get_peft_model(model, lora.lora_config(model, r, alpha))  # peft keeps the adapter in fp32
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
