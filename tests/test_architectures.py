@@ -1,7 +1,7 @@
 """Any causal LM: tiny Llama, Qwen2 and GPT-2 models built in code (GPT-2 with Conv1D layers,
 dropout, no pad token and no chat template) each go through generation, a reward round on the
 policy backbone, DPO, PPO and evaluation; LoRA targets come from the architecture and never the
-heads."""
+heads; an encoder reward backbone other than MiniLM (a tiny BERT) trains and scores."""
 from __future__ import annotations
 
 import json
@@ -143,3 +143,32 @@ def test_a_model_without_chat_template_or_pad_gets_the_plain_format_everywhere(w
                                  jobs.Reporter(None), max_steps=1)["version"]
     saved = AutoTokenizer.from_pretrained(versions.get_version(reward_id).path)
     assert saved.chat_template == PLAIN_CHAT_TEMPLATE  # the reward model reads prompts as the policy writes them
+
+
+def test_an_encoder_backbone_from_a_folder_trains_in_full_and_scores_from_its_version(workspace, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from training import jobs, reward, versions
+    from training.reward_config import RewardRoundConfig
+
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    monkeypatch.setenv("PREFLOOP_MODEL", str(tiny_models.make_tiny_policy(tmp_path / "policy")))
+    bert = tiny_models.make_tiny_bert(tmp_path / "bert")
+    import_pairs(tmp_path, 12)
+    assert reward.main(["--backbone", "encoder", "--max-steps", "1"]) == 2
+    assert "backbone encoder needs backbone_path" in capsys.readouterr().err
+
+    before = {}
+    snapshot_trainable(monkeypatch, before)
+    config = RewardRoundConfig(backbone="encoder", backbone_path=str(bert), max_length=64, batch_size=4,
+                               learning_rate=1e-3)
+    summary = reward.run_round(config, jobs.Reporter(None), max_steps=2)
+    model = before.pop("__model__")
+    after = dict(model.named_parameters())
+    assert type(model).__name__ == "BertForSequenceClassification" and len(before) == len(after)  # in full
+    assert [n for n, p in before.items() if torch.equal(p, after[n].detach())] == []
+    folder = Path(versions.get_version(summary["version"]).path)
+    meta = json.loads((folder / "reward.json").read_text())
+    assert (meta["backbone"], meta["lora"], meta["base_path"]) == ("encoder", False, str(bert.resolve()))
+    prompts, responses = [PROMPT] * 2, ["The capital of France is Paris.", "No."]
+    live = reward.make_scorer(model, reward.load_backbone(config)[1], 64)(prompts, responses)
+    assert torch.allclose(reward.load_scorer(summary["version"])(prompts, responses), live, atol=1e-5)

