@@ -159,7 +159,7 @@ def test_form_fields_come_from_the_dataclass():
     assert fields["beta"].type is float and fields["beta"].default == 0.1 and "β" in fields["beta"].help
     assert "ipo" in fields["loss_type"].choices and fields["make_current"].type is bool
     reward = {f.name: f for f in cli.form_fields(RewardRoundConfig)}
-    assert reward["learning_rate"].optional and reward["backbone"].choices == ("policy", "minilm")
+    assert reward["learning_rate"].optional and reward["backbone"].choices == ("policy", "minilm", "encoder")
 
 
 def test_yaml_then_flags_override(tmp_path):

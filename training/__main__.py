@@ -16,6 +16,7 @@ COMMANDS = {
     "sweep": "training.sweep",
     "arena": "training.arena",
     "export": "training.export",
+    "env": "training.env",
     "worker": "training.jobs",
 }
 

@@ -88,16 +88,18 @@ def prompt_budget(config: DPORoundConfig) -> int:
     return min(config.max_prompt_length, config.max_length // 2)
 
 
-def lora_config(config: DPORoundConfig):
-    from peft import LoraConfig
+def lora_config(config: DPORoundConfig, model):
+    """The new adapter: every linear layer of `model`'s architecture but its LM head (training/lora.py)."""
+    from training import lora
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return lora.lora_config(model, config.lora_r, config.lora_alpha)
 
 
 def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None, epochs: float):
-    """TRL's DPOConfig for a CPU round: fp32, no saving, a log line per step."""
+    """TRL's DPOConfig: the device's precision (training/device.py), no saving, a log line per step."""
     from trl import DPOConfig
+
+    from training import device
 
     precompute = {"yes": True, "no": False, "auto": epochs > 1}[config.precompute_ref_log_probs]
     return DPOConfig(
@@ -105,7 +107,7 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None, e
         learning_rate=config.learning_rate, num_train_epochs=epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,
-        logging_steps=1, save_strategy="no", report_to=[], bf16=False,
+        logging_steps=1, save_strategy="no", report_to=[], **device.trainer_precision(),
         gradient_checkpointing=config.gradient_checkpointing,
         train_sampling_strategy="sequential",  # the order batched_by_length chose
         disable_tqdm=True, dataloader_num_workers=0,
@@ -142,7 +144,7 @@ def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig,
     trainer = DPOTrainer(
         model=model, ref_model=reference, args=trl_config(config, output_dir, max_steps, epochs),
         train_dataset=train_set, eval_dataset=heldout_set, processing_class=tokenizer,
-        peft_config=lora_config(config), callbacks=[rounds.progress_callback(reporter, LOGGED)],
+        peft_config=lora_config(config, model), callbacks=[rounds.progress_callback(reporter, LOGGED)],
     )
     started = time.perf_counter()
     output = trainer.train()

