@@ -10,7 +10,7 @@ from training.evaluate_config import EvaluateConfig
 from training.sweep import SweepConfig
 
 TOOLTIP = ["version", "method", "beta", "parent", "reward", "reward_se", "kl", "kl_se", "kl_per_token",
-           "samples", "reward_version", "measured_at"]
+           "samples", "reward_version", "in_sample", "measured_at"]
 
 
 def chart(rows: list[dict]):
@@ -50,6 +50,9 @@ def show_points() -> None:
     if borrowed := max(r["train_prompts"] or 0 for r in rows):
         st.warning(f"Some points were measured on up to {borrowed} training prompts as well, because fewer prompts "
                    "are held out than the measurement asked for; measure fewer prompts for a held-out-only figure.")
+    if in_sample := [r["version"] for r in rows if r.get("in_sample")]:
+        st.warning(f"{', '.join(in_sample)} trained against the reward model that scores it here, so its reward is "
+                   "in-sample and flatters it: judge it by KL, the arena and a reward model trained on other labels.")
     st.altair_chart(chart(rows), width="stretch")
     st.dataframe(frame, hide_index=True)
     png = points.plot_reward_vs_kl(rows, points.plot_path())

@@ -115,3 +115,17 @@ def test_frontier_keeps_only_points_no_other_beats():
     rows = [{"kl": 0.0, "reward": 0.0}, {"kl": 1.0, "reward": 0.5}, {"kl": 2.0, "reward": 0.4},
             {"kl": 3.0, "reward": 0.9}]
     assert [p["kl"] for p in points.frontier(rows)] == [0.0, 1.0, 3.0]
+
+
+def test_a_ppo_version_scored_by_its_own_reward_model_is_marked_in_sample(workspace):
+    seed_points()
+    with db.session() as s:
+        s.add(ModelVersion(id="v5-ppo", kind="policy", method="ppo", parent_id="v1-base", path="/p",
+                           config={"beta": 0.05}, metrics={"reward_version": "v2-reward"}))
+        s.flush()
+        s.add(EvalPoint(version_id="v5-ppo", reward_version_id="v2-reward", reward=0.9, reward_se=0.1,
+                        kl=2.0, kl_se=0.3, kl_per_token=0.05, details={"samples": 32}))
+    at = open_app(page="evaluate.py")
+    assert not at.exception
+    assert [r["version"] for r in points.latest_points() if r["in_sample"]] == ["v5-ppo"]
+    assert any(w.value.startswith("v5-ppo trained against the reward model that scores it here") for w in at.warning)
