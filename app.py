@@ -6,6 +6,7 @@ the sidebar and runs the page picked in the navigation.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -32,12 +33,14 @@ def load_builtin_prompts() -> int:
 def sign_in() -> None:
     """The sign-in form, shown instead of every page while sign-in is on and nobody is signed in."""
     st.title("prefloop")
+    if message := st.session_state.pop("sign-in-message", None):
+        st.info(message)
     with st.form("sign-in"):
         name = st.text_input("Name", key="sign-in-name")
         password = st.text_input("Password", type="password", key="sign-in-password")
         if st.form_submit_button("Sign in", type="primary"):
-            try:
-                user = access.sign_in(name, password)
+            try:  # the address slows down guessing per client as well as per name
+                user = access.sign_in(name, password, address=st.context.ip_address)
             except access.AccessError as error:
                 st.error(str(error))
                 return
@@ -45,8 +48,30 @@ def sign_in() -> None:
                 st.error("Wrong name or password.")
                 return
             st.session_state["user"], st.session_state["annotator"] = user, user.name
+            st.session_state["signed-in-at"] = time.time()
             st.query_params["annotator"] = user.name
             st.rerun()
+
+
+def signed_in() -> bool:
+    """Whether this browser session holds a sign-in that has not expired (PREFLOOP_SESSION_HOURS)."""
+    if "user" not in st.session_state:
+        return False
+    try:
+        expired = access.session_expired(st.session_state.get("signed-in-at"))
+    except access.AccessError as error:  # a bad PREFLOOP_SESSION_HOURS: nobody stays signed in
+        st.session_state["sign-in-message"], expired = str(error), True
+    else:
+        if expired:
+            st.session_state["sign-in-message"] = "Your session has expired; sign in again."
+    if expired:
+        forget_session()
+    return not expired
+
+
+def forget_session() -> None:
+    for key in ("user", "annotator", "signed-in-at", "pair_id", "shown_at", "arena-shown-at"):
+        st.session_state.pop(key, None)
 
 
 def current_annotator() -> str | None:
@@ -91,8 +116,7 @@ def sidebar(name: str | None) -> None:
         if name:
             st.markdown(f"Labeling as **{name}**")
             if st.button("Sign out" if access.enabled() else "Switch annotator", key="switch-annotator"):
-                for key in ("user", "annotator", "pair_id", "shown_at", "arena-shown-at"):
-                    st.session_state.pop(key, None)
+                forget_session()
                 st.query_params.pop("annotator", None)
                 st.rerun()
 
@@ -137,7 +161,7 @@ def main() -> None:
     st.set_page_config(page_title="prefloop", page_icon=":material/thumbs_up_down:", layout="wide")
     st.session_state["prefloop-routed"] = True  # pages check it (pages/widgets.require_router)
     load_builtin_prompts()
-    if access.enabled() and "user" not in st.session_state:
+    if access.enabled() and not signed_in():
         st.navigation([st.Page(sign_in, title="Sign in", default=True)], position="hidden").run()
         return
     name = current_annotator()
