@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from labeling import access
+from labeling import access, queue
 from training import jobs, versions
 from training.cli import ConfigError, FormField, config_from_dict, form_fields
 
@@ -75,6 +75,18 @@ def field_widget(f: FormField, key: str) -> Any:
         return st.number_input(label, value=float(f.default), format="%g", help=f.help, key=widget_key)
     default = "" if f.default is None else str(f.default)  # text, or an optional number typed as text ("" = None)
     return st.text_input(label, value=default, help=f.help, key=widget_key)
+
+
+def guidelines_editor(key: str) -> None:
+    """The labeling guidelines in a text box and a Save button (they are shared: admins only)."""
+    edited = st.text_area("Guidelines (markdown)", value=queue.guidelines(), height=300, key=f"{key}-text")
+    if st.button("Save guidelines", key=f"{key}-save"):
+        try:
+            queue.save_guidelines(edited)
+        except queue.QueueError as error:
+            st.error(str(error))
+        else:
+            st.success("Guidelines saved for everyone in this workspace.")
 
 
 def start(kind: str, config: dict[str, Any]) -> int | None:
