@@ -11,7 +11,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeling import access, queue, store
+from labeling import access, queue, settings, stats, store
+from pages.widgets import is_admin
+from training import loop
 
 ROOT = Path(__file__).resolve().parent
 # Pages other rounds add (train, evaluate, compare) appear once their file exists; no placeholders.
@@ -22,6 +24,7 @@ PAGE_FILES = [
     ("pages/evaluate.py", "Evaluate", ":material/monitoring:"),
     ("pages/compare.py", "Compare", ":material/compare:"),
 ]
+PAGE_PATHS = {title: path for path, title, _ in PAGE_FILES}
 
 
 @st.cache_resource
@@ -122,25 +125,69 @@ def sidebar(name: str | None) -> None:
 
 
 def home() -> None:
-    """The state of the workspace at a glance, and the button that starts a generation job."""
+    """The loop's dashboard: the next step as one button, the workspace at a glance, what the current
+    version improved, the jobs under way, and the button that starts a generation job."""
     st.title("prefloop")
-    st.caption("Generate two responses per prompt, label them, train a reward model, run DPO/PPO rounds.")
+    st.caption("The loop: label pairs → train a reward model → run a DPO round → measure it → compare it with "
+               "its parent. The button below is the first step the loop lacks.")
     if not current_annotator():
         pick_annotator()
-    summary = queue.workspace_summary()
-    cols = st.columns(5)
-    cols[0].metric("Prompts", summary.prompts)
-    cols[1].metric("Pairs waiting", summary.pairs_waiting)
-    cols[2].metric("Judgments", summary.judgments,
-                   help=f"By people, skips left out; imported datasets brought {summary.imported_labels} labels besides.")
-    cols[3].metric("Annotators", summary.annotators)
-    cols[4].metric("Current model", summary.current_model or "base")
+    state = loop.loop_state(can_train=is_admin())
+    next_step_button(state)
+    summary = queue.workspace_summary(workspace_overlap())
+    dashboard_metrics(summary, state)
+    current_version(summary.current_model)
     st.subheader("Running jobs")
     if summary.running_jobs:
         st.dataframe(summary.running_jobs, hide_index=True)
     else:
         st.caption("No job is running.")
     generate_form()
+
+
+def next_step_button(state: loop.LoopState) -> None:
+    label, page = loop.next_step(state)
+    if st.button(label, type="primary", icon=":material/arrow_forward:", key="next-step"):
+        name = st.session_state.get("annotator")  # switch_page clears the URL's parameters otherwise
+        st.switch_page(ROOT / PAGE_PATHS[page], query_params={"annotator": name} if name else None)
+
+
+def workspace_overlap() -> int:
+    try:
+        return settings.overlap()
+    except settings.SettingError as error:  # a bad PREFLOOP_OVERLAP: said once here, counted as 1
+        st.warning(str(error))
+        return 1
+
+
+def dashboard_metrics(summary: queue.WorkspaceSummary, state: loop.LoopState) -> None:
+    agreement = stats.overlap_agreement()
+    top, bottom = st.columns(4), st.columns(4)
+    top[0].metric("Pairs waiting", summary.pairs_waiting)
+    top[1].metric("Labeled today", summary.judgments_today,
+                  help="People's judgments since midnight UTC, skips left out.")
+    top[2].metric("Labeled pairs", state.labeled_pairs,
+                  help="Pairs a round trains on: decided by their judgments (ties, both-bad and skips left out).")
+    if agreement["pairs"]:
+        top[3].metric("Agreement", f"{agreement['percent_agreement']:.0%}",
+                      help=f"Percent agreement on {agreement['pairs']} pairs two or more people judged; "
+                           f"Fleiss' κ {agreement['fleiss_kappa']:.2f}.")
+    else:
+        top[3].metric("Agreement", "–", help="No pair has two people's judgments yet: an admin sets the overlap to "
+                                             "2 or more under Data → Settings.")
+    bottom[0].metric("Judgments", summary.judgments, help=f"By people, skips left out; imported datasets brought "
+                                                          f"{summary.imported_labels} labels besides.")
+    bottom[1].metric("Annotators", summary.annotators)
+    bottom[2].metric("Prompts", summary.prompts)
+    bottom[3].metric("Current model", summary.current_model or "base")
+
+
+def current_version(version_id: str | None) -> None:
+    """What the current policy version improved over its parent (from its stored evaluation points)."""
+    found = loop.improvement(version_id)
+    {True: st.success, False: st.info, None: st.caption}[found["better"]](found["sentence"])
+    for sentence in found["warnings"]:
+        st.warning(sentence)
 
 
 def generate_form() -> None:
