@@ -79,6 +79,16 @@ def _parse_all(values: list[Any]) -> list[Any]:
     return json.loads("[" + ",".join(values) + "]") if values else []
 
 
+def decided_judgments(kinds: tuple[str, ...] = ("label", "arena")) -> dict[int, list[int]]:
+    """{pair_id: the judgment ids that decide it} of every pair `preference_rows` would export, read
+    without the texts: cheap enough for the home page to ask on every visit."""
+    with db.session() as session:
+        judged = session.connection().execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
+                                              .join(Pair, Pair.id == Judgment.pair_id)
+                                              .where(Pair.kind.in_(kinds))).all()
+    return decide(judged)[1]
+
+
 def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | None = None) -> ExportResult:
     """Every decided pair of the given kinds (and of one source: an import's name or a model
     version, when given) as a preference row, ordered by pair id."""

@@ -62,12 +62,13 @@ class Progress:
 class WorkspaceSummary:
     prompts: int
     pairs: int
-    pairs_waiting: int  # pairs without any judgment yet (skips do not count)
+    pairs_waiting: int  # pairs with fewer judgments than the overlap asks (skips do not count)
     judgments: int  # people's, skips excluded
     imported_labels: int  # judgments that came with imported datasets
     annotators: int
     current_model: str | None
     running_jobs: list[dict[str, Any]] = field(default_factory=list)
+    judgments_today: int = 0  # people's, skips excluded, since midnight UTC
 
 
 def check_annotator_name(name: str) -> str:
@@ -336,8 +337,10 @@ def pairs_waiting(overlap: int = 1) -> int:
         return _count_waiting(s, None, overlap)
 
 
-def workspace_summary() -> WorkspaceSummary:
-    """What the home view shows: counts, the current model version and the jobs under way."""
+def workspace_summary(overlap: int = 1) -> WorkspaceSummary:
+    """What the home view shows: counts, the current model version and the jobs under way; pairs
+    waiting are those with fewer than `overlap` judgments."""
+    _check_overlap(overlap)
     with db.session() as s:
         jobs = s.scalars(
             select(Job).where(Job.status.in_(ACTIVE_JOB_STATUSES)).order_by(Job.created_at)
@@ -352,16 +355,18 @@ def workspace_summary() -> WorkspaceSummary:
             .order_by(ModelVersion.created_at.desc())
             .limit(1)
         )
+        people = select(func.count(Judgment.id)).where(Judgment.source == "human", Judgment.outcome != "skip")
+        midnight = dt.datetime.combine(utcnow().date(), dt.time())
         return WorkspaceSummary(
             prompts=_count(s, select(func.count(Prompt.id))),
             pairs=_count(s, select(func.count(Pair.id)).where(Pair.kind == "label")),
-            pairs_waiting=_count_waiting(s, None, 1),
-            judgments=_count(s, select(func.count(Judgment.id)).where(Judgment.source == "human",
-                                                                      Judgment.outcome != "skip")),
+            pairs_waiting=_count_waiting(s, None, overlap),
+            judgments=_count(s, people),
             imported_labels=_count(s, select(func.count(Judgment.id)).where(Judgment.source == "import")),
             annotators=_count(s, select(func.count(Annotator.id))),
             current_model=current,
             running_jobs=running,
+            judgments_today=_count(s, people.where(Judgment.created_at >= midnight)),
         )
 
 

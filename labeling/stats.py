@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from labeling import db
@@ -198,3 +198,16 @@ def agreement(frame: pd.DataFrame) -> dict[str, Any]:
     unanimous = float((counts.max(axis=1) == counts.sum(axis=1)).mean())
     return {"pairs": len(counts), "percent_agreement": float(observed_agreement(counts).mean()),
             "unanimous": unanimous, "fleiss_kappa": fleiss_kappa(counts)}
+
+
+def overlap_agreement() -> dict[str, Any]:
+    """`agreement` over the labeling pairs that two or more people judged, read without the pairs'
+    texts (the home page asks on every visit)."""
+    shared = (select(Judgment.pair_id).where(Judgment.annotator_id.is_not(None), Judgment.outcome.in_(VERDICTS))
+              .group_by(Judgment.pair_id).having(func.count(Judgment.id) >= 2))
+    stmt = (select(Judgment.pair_id, Annotator.name, Judgment.outcome)
+            .join(Annotator, Judgment.annotator_id == Annotator.id).join(Pair, Pair.id == Judgment.pair_id)
+            .where(Pair.kind == "label", Judgment.pair_id.in_(shared)))
+    with db.session() as s:
+        rows = s.execute(stmt).all()
+    return agreement(pd.DataFrame(rows, columns=["pair_id", "annotator", "outcome"]))

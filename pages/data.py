@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeling import stats
-from pages.widgets import is_admin, require_router
+from labeling import settings, stats
+from pages.widgets import guidelines_editor, is_admin, require_router
 
 TABLE_ROWS = 2_000  # rows drawn in the table; statistics always use every judgment
 EXPORT_FORMATS = {"JSONL": ("jsonl", "application/jsonl"), "Parquet": ("parquet", "application/octet-stream")}
@@ -97,13 +97,34 @@ def render_stats() -> None:
         cols[1].metric("Unanimous pairs", f"{agreement['unanimous']:.1%}")
         cols[2].metric("Fleiss' kappa", f"{agreement['fleiss_kappa']:.3f}")
     else:
-        st.caption("Set PREFLOOP_OVERLAP=2 (or more) so several annotators judge the same pairs.")
+        st.caption("Set the overlap to 2 or more under Settings so several annotators judge the same pairs.")
+
+
+def render_settings() -> None:
+    """The workspace's labeling settings, for admins: annotators per pair, and the guidelines."""
+    try:
+        current, problem = settings.overlap(), None
+    except settings.SettingError as error:  # a bad PREFLOOP_OVERLAP: say so, and offer to save a good value
+        current, problem = 1, str(error)
+    if problem:
+        st.error(problem)
+    with st.form("overlap-form"):
+        overlap = st.number_input("Annotators per pair (overlap)", min_value=1, max_value=settings.MAX_OVERLAP,
+                                  value=current, step=1, key="overlap",
+                                  help="2 or more: several people judge each pair, and Statistics reports their "
+                                       "agreement; each pair then takes that many judgments.")
+        if st.form_submit_button("Save overlap"):
+            settings.set_overlap(int(overlap))
+            st.success(f"Each pair now waits for {int(overlap)} annotator(s) before it leaves the queue.")
+    st.caption("Until an admin saves it here, the overlap is PREFLOOP_OVERLAP (1 when unset).")
+    st.markdown("**Labeling guidelines**, shown on the Label page")
+    guidelines_editor("data-guidelines")
 
 
 def main() -> None:
     st.title("Data")
-    names = ["Pairs and judgments", "Import / export", "Statistics"] if is_admin() else ["My judgments"]
-    table, load, statistics = (*st.tabs(names), None, None)[:3]
+    names = ["Pairs and judgments", "Import / export", "Statistics", "Settings"] if is_admin() else ["My judgments"]
+    table, load, statistics, workspace = (*st.tabs(names), None, None, None)[:4]
     with table:
         render_table()
     if not is_admin():
@@ -114,6 +135,8 @@ def main() -> None:
         render_export()
     with statistics:
         render_stats()
+    with workspace:
+        render_settings()
 
 
 require_router()

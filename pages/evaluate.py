@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, job_panel, require_router, start
-from training import points, verdict
+from training import points, verdict, versions
 from training.evaluate_config import EvaluateConfig
 from training.sweep import SweepConfig
 
@@ -79,7 +79,8 @@ def show_verdict() -> None:
     if not names:
         return
     st.subheader("Did the round help?")
-    version = st.selectbox("Version", names, key="verdict-version")  # newest first
+    labels = versions.version_labels()  # names: newest first
+    version = st.selectbox("Version", names, format_func=lambda v: labels.get(v, v), key="verdict-version")
     report = verdict.round_report(version)
     if report.get("missing"):
         st.info(report["missing"])
@@ -102,10 +103,12 @@ def show_verdict() -> None:
 
 
 def show_curves() -> None:
-    versions = points.trained_versions()  # every policy version, measured or not, newest first
-    if not versions:
+    names = points.trained_versions()  # every policy version, measured or not, newest first
+    if not names:
         return
-    version = st.selectbox("Training curves of version", versions, key="curves-version")
+    labels = versions.version_labels()
+    version = st.selectbox("Training curves of version", names, format_func=lambda v: labels.get(v, v),
+                           key="curves-version")
     rows = points.training_curves(version)
     if rows:
         frame = pd.DataFrame(rows).set_index("step")
@@ -113,6 +116,18 @@ def show_curves() -> None:
     else:
         st.caption(f"{version} has no recorded training curves of its own (the base model, a version a β sweep "
                    "made, or one trained outside the app).")
+
+
+def measure_form() -> None:
+    """Versions and the scoring reward model picked from lists (newest first), the rest from EvaluateConfig."""
+    labels, rewards = versions.version_labels(), versions.version_labels("reward")
+    picked = st.multiselect("Versions to measure", list(labels)[::-1], format_func=labels.get,
+                            placeholder="every policy version", key="evaluate-versions")
+    scorer = st.selectbox("Reward model that scores", ["", *list(rewards)[::-1]], key="evaluate-reward",
+                          format_func=lambda v: rewards.get(v, "the newest reward model"))
+    config = config_form(EvaluateConfig, "evaluate-form", "Measure", hidden=("versions", "reward_version"))
+    if config is not None:  # the job reads them as the CLI's --versions A,B and --reward-version
+        start("evaluate", {**config.__dict__, "versions": ",".join(picked), "reward_version": scorer or None})
 
 
 def main() -> None:
@@ -125,9 +140,7 @@ def main() -> None:
     measure, sweep = st.columns(2)
     with measure:
         st.subheader("Measure versions")
-        config = config_form(EvaluateConfig, "evaluate-form", "Measure")
-        if config is not None:
-            start("evaluate", config.__dict__)
+        measure_form()
     with sweep:
         st.subheader("β sweep")
         if admin_only("run a β sweep (it trains one version per β)"):

@@ -13,9 +13,9 @@ import time
 
 import streamlit as st
 
-from labeling import queue
-from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, is_admin, plain_text_toggle, render_conversation,
-                           render_sides, require_router, vote_buttons)
+from labeling import queue, settings
+from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, guidelines_editor, is_admin, plain_text_toggle,
+                           render_conversation, render_sides, require_router, vote_buttons)
 
 LABELS = {choice: label for label, choice, _ in VOTE_BUTTONS}
 UNDO_SHORTCUT = "U"
@@ -24,8 +24,13 @@ GENERATION_CHECK_SECONDS = 30.0
 
 
 def overlap() -> int:
-    """How many annotators judge each pair (PREFLOOP_OVERLAP, default 1; > 1 measures agreement)."""
-    return max(1, int(os.environ.get("PREFLOOP_OVERLAP", "1")))
+    """How many annotators judge each pair (> 1 measures agreement): set by an admin on the Data
+    page, PREFLOOP_OVERLAP until then, else 1."""
+    try:
+        return settings.overlap()
+    except settings.SettingError as error:
+        st.error(str(error))
+        st.stop()
 
 
 def current_pair(name: str) -> queue.PairView | None:
@@ -107,18 +112,10 @@ def render_progress(name: str) -> None:
 
 def render_guidelines() -> None:
     with st.expander("Labeling guidelines"):
-        text = queue.guidelines()
         if is_admin() and st.toggle("Edit guidelines", key="edit-guidelines"):  # shared by everyone: admins edit
-            edited = st.text_area("Guidelines (markdown)", value=text, height=300, key="guidelines-text")
-            if st.button("Save guidelines"):
-                try:
-                    queue.save_guidelines(edited)
-                except queue.QueueError as error:
-                    st.error(str(error))
-                else:
-                    st.success("Guidelines saved for everyone in this workspace.")
+            guidelines_editor("guidelines")
         else:
-            st.markdown(text)
+            st.markdown(queue.guidelines())
 
 
 @st.fragment(run_every="5s")

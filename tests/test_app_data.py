@@ -125,3 +125,29 @@ def test_export_with_nothing_to_export_says_so(workspace, generator):  # noqa: F
     next(b for b in at.button if b.label == "Prepare export").click()
     at = at.run()
     assert len(at.error) == 1 and "nothing to export" in at.error[0].value
+
+
+def test_an_admin_sets_the_overlap_and_the_guidelines_on_the_data_page(workspace, generator, monkeypatch):  # noqa: F811
+    from labeling import settings
+
+    monkeypatch.setenv("PREFLOOP_OVERLAP", "3")
+    at = open_data()
+    assert [t.label for t in at.tabs][-1] == "Settings"
+    assert at.number_input(key="overlap").value == 3  # the environment's value until one is saved
+    at.number_input(key="overlap").set_value(2)
+    at.button(key="FormSubmitter:overlap-form-Save overlap").click().run()
+    assert settings.overlap() == 2  # stored in the workspace: it wins over PREFLOOP_OVERLAP from now on
+    assert open_data().number_input(key="overlap").value == 2
+    at.text_area(key="data-guidelines-text").input("Prefer answers that cite a source.")
+    at.button(key="data-guidelines-save").click().run()
+    assert queue.guidelines() == "Prefer answers that cite a source."
+    assert "Guidelines saved" in at.success[0].value
+
+
+def test_a_bad_overlap_in_the_environment_is_one_sentence(workspace, generator, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("PREFLOOP_OVERLAP", "two")
+    at = open_data()
+    assert not at.exception
+    assert "PREFLOOP_OVERLAP must be a whole number from 1 to 20, got 'two'." in [e.value for e in at.error]
+    label = open_app("ana", "label.py")
+    assert not label.exception and label.error[0].value.startswith("PREFLOOP_OVERLAP must be a whole number")

@@ -95,7 +95,7 @@ def round_report(version_id: str) -> dict[str, Any]:
     report: dict[str, Any] = {"version": version_id, "method": row.method, "parent": row.parent_id,
                               "comparisons": {}, "warnings": []}
     if new is None:
-        report["missing"] = f"{version_id} has not been measured yet: press Measure (all versions) above."
+        report["missing"] = f"{version_id} has not been measured yet: press Measure on the Evaluate page."
         return report
     report.update(kl=new["kl"], kl_se=new["kl_se"], mean_tokens=new["details"].get("mean_tokens"))
     for label, other in (("parent", report["parent"]), ("base", base_id)):
