@@ -144,6 +144,39 @@ def position_bias(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["annotator", "decisive", "left_wins", "left_share", "ci_low", "ci_high"])
 
 
+def words(text: str) -> int:
+    """An answer's length in words (whitespace-separated): the labeling side has no tokenizer."""
+    return len(str(text).split())
+
+
+def length_bias(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per annotator, how often the LONGER response (in words) won, among decisive judgments of
+    pairs whose two responses differ in length.
+
+    Only outcomes "a"/"b" by annotators count (ties, both-bad, skips and imported labels say
+    nothing about a person's taste for length). By chance, with no taste for length, the longer
+    answer wins half the time: an interval (Wilson, 95 %) above `chance` (0.5) says this person
+    picks the longer answer more than content alone would explain, or that longer answers were
+    better in these pairs; the pairs decide which, and the audit (labeling/audit.py) lists them.
+    Shape: (annotators, 7) with columns annotator, decisive, longer_wins, longer_share, ci_low,
+    ci_high, chance.
+    """
+    columns = ["annotator", "decisive", "longer_wins", "longer_share", "ci_low", "ci_high", "chance"]
+    people = by_people(frame)
+    decisive = people[people["outcome"].isin(["a", "b"])]
+    length_a, length_b = decisive["response_a"].map(words), decisive["response_b"].map(words)
+    differ = length_a != length_b
+    longer = np.where(length_a > length_b, "a", "b")
+    decisive = decisive.assign(longer_won=decisive["outcome"] == longer)[differ]
+    rows = []
+    for name, group in decisive.groupby("annotator"):
+        n, wins = len(group), int(group["longer_won"].sum())
+        low, high = wilson_interval(wins, n)
+        rows.append({"annotator": name, "decisive": n, "longer_wins": wins, "longer_share": wins / n,
+                     "ci_low": low, "ci_high": high, "chance": 0.5})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def category_counts(frame: pd.DataFrame) -> np.ndarray:
     """Per pair with >= 2 verdicts by annotators (skips and imported labels excluded), how many
     annotators chose each outcome.
