@@ -160,7 +160,10 @@ def length_controlled_win_rate(outcome: Sequence[float], length_diff: Sequence[f
     everywhere σ(θ₀) is the raw win rate (dropping ties would not give it back). When longer
     always wins, length alone separates the outcomes and θ₁ would run off to infinity; a weak
     ridge on θ₁ (SLOPE_PRIOR, a N(0, 2.5²) prior as Gelman et al. 2008 suggest for scaled inputs)
-    keeps it finite, and the rate at equal length then comes out near 0.5.
+    keeps it finite, and the rate at equal length then comes out near 0.5. When every difference
+    has one sign (each new answer longer), no sample sits near equal length and σ(θ₀) is an
+    extrapolation that leans to the raw rate: read it beside a pooled control such as
+    training/verdict.py's least-squares gain at equal length.
 
     Shape: outcome, length_diff, prompts (N,); outcome from `outcomes(new, old)`.
     """
