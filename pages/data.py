@@ -89,6 +89,9 @@ def render_stats() -> None:
     st.markdown("**Position bias**: share of decisive judgments won by the response shown on the left "
                 "(0.5 = no bias; 95 % Wilson interval)")
     st.dataframe(stats.position_bias(frame), hide_index=True)
+    st.markdown("**Length bias**: share of decisive judgments, of pairs whose answers differ in length (words), "
+                "won by the longer answer, beside chance (0.5; 95 % Wilson interval)")
+    st.dataframe(stats.length_bias(frame), hide_index=True)
     agreement = stats.agreement(frame)
     st.markdown(f"**Agreement** on {agreement['pairs']} pairs with two or more judgments")
     if agreement["pairs"]:

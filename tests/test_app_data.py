@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sqlalchemy import func, select
 
 from labeling import db, queue
@@ -66,6 +68,22 @@ def test_statistics_show_hand_worked_agreement(workspace, generator):  # noqa: F
     # ana: (a, left a) left wins, (a, left b) right wins -> 1 of 2; ben: (a, b) right, (b, b) left -> 1 of 2
     assert bias.loc["ana", "left_wins"] == 1 and bias.loc["ana", "decisive"] == 2
     assert bias.loc["ben", "left_share"] == 0.5
+    assert stats_frame(at, "longer_share").empty  # every answer here is one word: length says nothing
+
+
+def stats_frame(at, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def test_statistics_show_each_annotators_taste_for_length(workspace, generator):  # noqa: F811
+    ids = seed_pairs([(f"Q{i}?", "a longer answer here", "short") for i in range(3)])
+    for pair_id in ids:  # ana picks the longer answer every time, ben twice out of three
+        queue.submit_judgment("ana", pair_id, "a", "a")
+    for pair_id, outcome in zip(ids, "aab"):
+        queue.submit_judgment("ben", pair_id, outcome, "b")
+    bias = stats_frame(open_data(), "longer_share").set_index("annotator")
+    assert bias.loc["ana", ["decisive", "longer_wins"]].tolist() == [3, 3]
+    assert bias.loc["ben", "longer_share"] == pytest.approx(2 / 3) and bias.loc["ben", "chance"] == 0.5
 
 
 def test_outcome_shares_count_people_not_imported_labels(workspace, generator):  # noqa: F811
