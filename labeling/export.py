@@ -3,12 +3,14 @@
     {"prompt": [{"role": "user", "content": ...}, ...],
      "chosen": [{"role": "assistant", "content": ...}],
      "rejected": [{"role": "assistant", "content": ...}],
-     "pair_id": 12, "prompt_id": 5, "split": "train"}
+     "pair_id": 12, "prompt_id": 5, "split": "train", "reasons": ["more correct"]}
 
 which `trl.DPOTrainer` and `trl.RewardTrainer` (1.16) take as they are: both join prompt + chosen
 and prompt + rejected through the tokenizer's chat template. Each pair is decided by the majority
 of its non-skip judgments; ties, both-bad verdicts, skip-only pairs and pairs whose annotators
-disagree with no majority are left out and counted. Training uses `preference_rows` directly.
+disagree with no majority are left out and counted. `reasons` are the reason tags the deciding
+judgments gave (labeling/reasons.py), each once; an import reads them back. Training uses
+`preference_rows` directly.
 """
 from __future__ import annotations
 
@@ -89,6 +91,8 @@ def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | N
         judged = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
                            .join(Pair, Pair.id == Judgment.pair_id).where(*wanted)).all()
         winners, deciders, excluded = decide(judged)
+        tagged = dict(s.execute(select(Judgment.id, Judgment.reasons).join(Pair, Pair.id == Judgment.pair_id)
+                                .where(*wanted, Judgment.reasons.is_not(None))).all())
         content = [row for row in s.execute(
             select(Pair.id, Pair.prompt_id, type_coerce(Prompt.messages, Text), Prompt.split, ra.text, rb.text)
             .join(Prompt, Prompt.id == Pair.prompt_id)
@@ -98,9 +102,10 @@ def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | N
     prompts = _parse_all([row[2] for row in content])
     for (pair_id, prompt_id, _, split, text_a, text_b), messages in zip(content, prompts):
         chosen, rejected = (text_a, text_b) if winners[pair_id] == "a" else (text_b, text_a)
+        reasons = list(dict.fromkeys(tag for j in deciders[pair_id] for tag in tagged.get(j) or ()))
         result.rows.append({"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
                             "rejected": [{"role": "assistant", "content": rejected}],
-                            "pair_id": pair_id, "prompt_id": prompt_id, "split": split})
+                            "pair_id": pair_id, "prompt_id": prompt_id, "split": split, "reasons": reasons})
         result.judgment_ids.extend(deciders[pair_id])
     result.judgment_ids.sort()
     return result
@@ -111,7 +116,8 @@ def _arrow_table(rows: list[dict[str, Any]]):
 
     message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     schema = pa.schema([("prompt", message), ("chosen", message), ("rejected", message),
-                        ("pair_id", pa.int64()), ("prompt_id", pa.int64()), ("split", pa.string())])
+                        ("pair_id", pa.int64()), ("prompt_id", pa.int64()), ("split", pa.string()),
+                        ("reasons", pa.list_(pa.string()))])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
