@@ -92,6 +92,7 @@ def render_stats() -> None:
     st.markdown("**Length bias**: share of decisive judgments, of pairs whose answers differ in length (words), "
                 "won by the longer answer, beside chance (0.5; 95 % Wilson interval)")
     st.dataframe(stats.length_bias(frame), hide_index=True)
+    render_reasons(frame)
     agreement = stats.agreement(frame)
     st.markdown(f"**Agreement** on {agreement['pairs']} pairs with two or more judgments")
     if agreement["pairs"]:
@@ -101,6 +102,23 @@ def render_stats() -> None:
         cols[2].metric("Fleiss' kappa", f"{agreement['fleiss_kappa']:.3f}")
     else:
         st.caption("Set PREFLOOP_OVERLAP=2 (or more) so several annotators judge the same pairs.")
+
+
+def render_reasons(frame) -> None:
+    from labeling import reasons
+
+    st.markdown("**Reasons**: how many of each annotator's verdicts carry each reason tag")
+    st.dataframe(stats.reason_counts(frame), hide_index=True)
+    with st.form("reason-tags"):
+        text = st.text_area("Reason tags of your own, one per line (offered on the Label page after the five "
+                            "built in)", value="\n".join(reasons.extra_reasons()))
+        if st.form_submit_button("Save reason tags"):
+            try:
+                saved = reasons.save_extra_reasons(text.splitlines())
+            except reasons.ReasonError as error:
+                st.error(str(error))
+            else:
+                st.success(f"The Label page offers {len(reasons.BUILTIN_REASONS) + len(saved)} reason tags.")
 
 
 def main() -> None:

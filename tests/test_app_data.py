@@ -143,3 +143,19 @@ def test_export_with_nothing_to_export_says_so(workspace, generator):  # noqa: F
     next(b for b in at.button if b.label == "Prepare export").click()
     at = at.run()
     assert len(at.error) == 1 and "nothing to export" in at.error[0].value
+
+
+def test_reasons_per_annotator_and_an_admins_own_tags(workspace, generator):  # noqa: F811
+    from labeling import reasons
+
+    hh, oasst = seed_judged()
+    queue.submit_judgment("ana", hh[0], "a", "a", reasons=["more correct", "safer"])
+    queue.submit_judgment("ben", hh[0], "a", "b", reasons=["more correct"])
+    at = open_data()
+    table = stats_frame(at, "with_reasons").set_index("annotator")
+    assert table.loc["ana", ["verdicts", "with_reasons", "more correct", "safer"]].tolist() == [3, 1, 1, 1]
+    assert table.loc["ben", ["verdicts", "with_reasons", "more correct", "safer"]].tolist() == [2, 1, 1, 0]
+    at.text_area[0].input("cites a source\nsafer\n")
+    at = next(b for b in at.button if b.label == "Save reason tags").click().run()
+    assert reasons.extra_reasons() == ["cites a source"]  # a built-in tag is not added twice
+    assert any("offers 6 reason tags" in m.value for m in at.success)
