@@ -1,4 +1,5 @@
-"""Data: pairs and judgments with filters, import, export, and the annotator statistics."""
+"""Data: pairs and judgments with filters, import, export, the annotator statistics, and the pair
+audit."""
 from __future__ import annotations
 
 import tempfile
@@ -59,11 +60,13 @@ def render_export() -> None:
     cols = st.columns([1, 2])
     label = cols[0].radio("Export format", list(EXPORT_FORMATS), horizontal=True)
     fmt, mime = EXPORT_FORMATS[label]
+    leave_out = cols[1].multiselect("Leave out the pairs the audit flags", export.AUDIT_CHECKS, key="export-exclude",
+                                    help="See the Pair audit tab for what each check finds.")
     if cols[1].button("Prepare export"):
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"prefloop-preferences.{fmt}"
             try:
-                result = export.export(path, fmt)
+                result = export.export(path, fmt, exclude=tuple(leave_out))
             except export.ExportError as error:
                 st.error(str(error).replace(str(path), path.name))
                 return
@@ -121,10 +124,35 @@ def render_reasons(frame) -> None:
                 st.success(f"The Label page offers {len(reasons.BUILTIN_REASONS) + len(saved)} reason tags.")
 
 
+def render_audit() -> None:
+    """What a round would learn from, checked; computed on request (it reads every pair's text)."""
+    from labeling import audit, export
+
+    st.caption("The decided pairs a round trains on, checked for answers that are only longer (≥ 1.5× the words "
+               "and most of the other's words), near-identical answers (difflib ratio ≥ 0.9 over words), votes "
+               "that disagree, and votes by an annotator who picks the left or the longer answer more than chance "
+               "allows (Wilson 95 % interval without 0.5). Leave any of them out in the export's options.")
+    if st.button("Audit the pairs"):
+        st.session_state["audit"] = export.pair_audit()
+    result = st.session_state.get("audit")
+    if result is None:
+        return
+    counts = result.counts()
+    for column, check in zip(st.columns(len(audit.CHECKS)), audit.CHECKS):
+        column.metric(check.replace("_", " "), f"{counts[check]} of {result.pairs}")
+    if not result.skewed.empty:
+        st.dataframe(result.skewed, hide_index=True)
+    for check in audit.CHECKS:
+        if counts[check]:
+            with st.expander(f"{check.replace('_', ' ')}: {counts[check]} pairs (up to 20 shown)"):
+                flagged = result.flags[result.flags["check"] == check]
+                st.dataframe(flagged.drop(columns="check").head(20), hide_index=True)
+
+
 def main() -> None:
     st.title("Data")
-    names = ["Pairs and judgments", "Import / export", "Statistics"] if is_admin() else ["My judgments"]
-    table, load, statistics = (*st.tabs(names), None, None)[:3]
+    names = ["Pairs and judgments", "Import / export", "Statistics", "Pair audit"] if is_admin() else ["My judgments"]
+    table, load, statistics, pairs = (*st.tabs(names), None, None, None)[:4]
     with table:
         render_table()
     if not is_admin():
@@ -135,6 +163,8 @@ def main() -> None:
         render_export()
     with statistics:
         render_stats()
+    with pairs:
+        render_audit()
 
 
 require_router()

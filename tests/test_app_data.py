@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from labeling import db, queue
 from labeling.models import Judgment, Pair, Prompt
 from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
+from tests.test_audit import voted  # noqa: F401  (a fixture)
 from tests.test_queue import seed_pairs
 
 
@@ -159,3 +160,21 @@ def test_reasons_per_annotator_and_an_admins_own_tags(workspace, generator):  # 
     at = next(b for b in at.button if b.label == "Save reason tags").click().run()
     assert reasons.extra_reasons() == ["cites a source"]  # a built-in tag is not added twice
     assert any("offers 6 reason tags" in m.value for m in at.success)
+
+
+def test_pair_audit_counts_and_examples_and_the_export_leaves_them_out(workspace, generator, voted):  # noqa: F811
+    at = open_data()
+    assert "only longer" not in {m.label for m in at.metric}  # computed on request only
+    at = next(b for b in at.button if b.label == "Audit the pairs").click().run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["only longer"], metrics["near identical"], metrics["disagreement"],
+            metrics["skewed annotator"]) == ("1 of 12", "1 of 12", "1 of 12", "8 of 12")
+    disagreement = next(d.value for d in at.dataframe if "why" in d.value.columns
+                        and "cleo" in " ".join(d.value["why"]))
+    assert disagreement["why"].tolist() == ["ana: chosen, ben: chosen, cleo: rejected"]
+    at.multiselect(key="export-exclude").set_value(["skewed_annotator", "near_identical"]).run()
+    at = next(b for b in at.button if b.label == "Prepare export").click().run()
+    _, data, _, result = at.session_state["export"]
+    assert result["exported"] == 3 and result["excluded"]["skewed_annotator"] == 8
+    assert [json.loads(line)["pair_id"] for line in data.decode().splitlines()] == [voted[0], *voted[2:4]]
