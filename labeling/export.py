@@ -97,8 +97,8 @@ def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | N
         judged = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
                            .join(Pair, Pair.id == Judgment.pair_id).where(*wanted)).all()
         winners, deciders, excluded = decide(judged)
-        tagged = dict(s.execute(select(Judgment.id, Judgment.reasons).join(Pair, Pair.id == Judgment.pair_id)
-                                .where(*wanted, Judgment.reasons.is_not(None))).all())
+        # every tagged judgment (few, and no join needed): only the deciders' are looked up below
+        tagged = dict(s.execute(select(Judgment.id, Judgment.reasons).where(Judgment.reasons.is_not(None))).all())
         content = [row for row in s.execute(
             select(Pair.id, Pair.prompt_id, type_coerce(Prompt.messages, Text), Prompt.split, ra.text, rb.text)
             .join(Prompt, Prompt.id == Pair.prompt_id)

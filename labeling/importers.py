@@ -87,6 +87,8 @@ def _response(value: Any, path: Path, where: str, field: str) -> str:
 def _reasons(row: dict[str, Any], path: Path, where: str) -> tuple[str, ...]:
     """The optional `reasons` field: a list of tags, or (in a CSV cell) that list as JSON text."""
     value = row.get("reasons")
+    if value is None:  # most files: no reasons, and a large import reads 100,000 rows
+        return ()
     if isinstance(value, str) and value.strip().startswith("["):
         try:
             value = json.loads(value)
@@ -94,7 +96,7 @@ def _reasons(row: dict[str, Any], path: Path, where: str) -> tuple[str, ...]:
             pass  # refused below, naming the field
     if isinstance(value, tuple) or hasattr(value, "tolist"):
         value = list(value)  # a tuple, or a numpy array from a Parquet or datasets reader
-    if value is None or value == "":
+    if value == "":
         return ()
     if not isinstance(value, list):
         raise InputError(f"{path}, {where}, field 'reasons': expected a list of reason tags such as "
