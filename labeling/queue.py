@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from labeling import db
 from labeling.models import OUTCOMES, Annotator, Job, Judgment, Meta, ModelVersion, Pair, PairLease, Prompt, utcnow
+from labeling.reasons import ReasonError, check_reasons
 
 # What a click on the screen means: the left response won, the right one won, or no winner.
 CHOICES = ("left", "right", "tie", "both_bad", "skip")
@@ -250,13 +251,19 @@ def submit_judgment(
     left: str | None,
     seconds: float | None = None,
     comment: str | None = None,
+    reasons: list[str] | None = None,
 ) -> int:
     """Store (or replace) this annotator's judgment of this pair and return its id.
 
     Idempotent: one row per pair and annotator, so a double click or a reload that submits again
-    updates the row instead of adding one. `outcome` is in terms of response_a / response_b.
+    updates the row instead of adding one. `outcome` is in terms of response_a / response_b;
+    `reasons` are optional tags saying why (labeling/reasons.py).
     """
     name = check_annotator_name(annotator)
+    try:
+        tags = check_reasons(reasons)
+    except ReasonError as error:
+        raise QueueError(str(error)) from None
     if outcome not in OUTCOMES:
         raise QueueError(f"Unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}.")
     if left not in ("a", "b", None):
@@ -267,6 +274,7 @@ def submit_judgment(
         "seconds": None if seconds is None else round(float(seconds), 3),
         # NUL cannot be stored in PostgreSQL text, nor a lone surrogate anywhere: a pasted one is dropped
         "comment": re.sub("[\x00\ud800-\udfff]", "", comment or "").strip() or None,
+        "reasons": tags or None,
     }
     for attempt in range(2):  # a concurrent insert of the same row (PostgreSQL) loses once, then updates
         try:

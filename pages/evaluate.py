@@ -10,7 +10,7 @@ from training.evaluate_config import EvaluateConfig
 from training.sweep import SweepConfig
 
 TOOLTIP = ["version", "method", "beta", "parent", "reward", "reward_se", "kl", "kl_se", "kl_per_token",
-           "samples", "reward_version", "in_sample", "measured_at"]
+           "samples", "mean_tokens", "reward_version", "in_sample", "measured_at"]
 
 
 def chart(rows: list[dict]):
@@ -67,6 +67,7 @@ def verdict_rows(report: dict) -> list[dict]:
         human = c["human"]
         rows.append({"against": f"{label} ({c['version']})",
                      "reward-model win rate": f"{c['win_rate']:.2f} [{c['low']:.2f}, {c['high']:.2f}]",
+                     "length-controlled win rate": f"{c['lc_win_rate']:.2f} [{c['lc_low']:.2f}, {c['lc_high']:.2f}]",
                      "length change": f"{c['length_change']:+.0%}",
                      "people's win rate": f"{human['win_rate']:.2f} [{human['low']:.2f}, {human['high']:.2f}] "
                                           f"({human['votes']} votes)" if human else "no arena votes"})
@@ -87,7 +88,9 @@ def show_verdict() -> None:
     if "kl" in report:
         st.caption(f"{version} ({report['method']}, from {report['parent']}): KL to the base {report['kl']:.3g} ± "
                    f"{report['kl_se']:.2g} nats per answer; win rates are paired answer by answer on the same "
-                   "held-out prompts and seeds (ties half), 95% intervals resampling prompts.")
+                   "held-out prompts and seeds (ties half), 95% intervals resampling prompts. The length-controlled "
+                   "win rate is the win rate at equal length (a logistic regression of each answer's win on the "
+                   "length difference, as AlpacaEval 2): near 0.5 when length alone made the raw one.")
     if report["comparisons"]:
         st.dataframe(pd.DataFrame(verdict_rows(report)), hide_index=True)
     for sentence in report["warnings"]:

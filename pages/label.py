@@ -1,4 +1,5 @@
-"""Label: the prompt and two responses side by side, five buttons with keyboard shortcuts.
+"""Label: the prompt and two responses side by side, five buttons with keyboard shortcuts, and
+optional reason tags under them.
 
 The pair on screen is kept in st.session_state until it is judged, so typing a comment shows
 the same pair. Buttons are keyed by pair and carry the pair they were drawn for: the late half of
@@ -13,7 +14,7 @@ import time
 
 import streamlit as st
 
-from labeling import queue, settings
+from labeling import queue, reasons, settings
 from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, guidelines_editor, is_admin, plain_text_toggle,
                            render_conversation, render_sides, require_router, vote_buttons)
 
@@ -53,9 +54,10 @@ def submit(name: str, view: queue.PairView, choice: str) -> None:
         return  # the late half of a double click: this pair is already stored (and the upsert would hold anyway)
     seconds = time.monotonic() - st.session_state.get("shown_at", time.monotonic())
     comment = st.session_state.get(f"comment-{view.pair_id}")
+    tags = st.session_state.get(f"reasons-{view.pair_id}")
     outcome = queue.stored_outcome(choice, view.left)
     try:
-        queue.submit_judgment(name, view.pair_id, outcome, view.left, seconds=seconds, comment=comment)
+        queue.submit_judgment(name, view.pair_id, outcome, view.left, seconds=seconds, comment=comment, reasons=tags)
     except queue.QueueError as error:  # e.g. the pair was deleted meanwhile; nothing was stored
         st.session_state["last_message"] = str(error)
     else:
@@ -78,6 +80,8 @@ def render_pair(name: str, view: queue.PairView) -> None:
     st.text_input("Comment (optional)", key=f"comment-{view.pair_id}")
     buttons = vote_buttons(str(view.pair_id), submit, (name, view))
     buttons[-1].button("Undo last", key="undo", shortcut=UNDO_SHORTCUT, on_click=undo, args=(name,), width="stretch")
+    # optional, and under the buttons: the keys still vote at once; picked tags go with the vote
+    st.pills("Why? (optional)", reasons.reason_tags(), selection_mode="multi", key=f"reasons-{view.pair_id}")
     st.caption(f"{VOTE_KEYS_CAPTION} · **U** Undo last")
 
 

@@ -18,9 +18,9 @@ def seed_points(reward_versions=("v2-reward", "v2-reward")):
                            config={"beta": 0.1}, is_current=True))
         s.flush()
         s.add(EvalPoint(version_id="v1-base", reward_version_id=reward_versions[0], reward=-0.20, reward_se=0.05,
-                        kl=0.0, kl_se=0.0, kl_per_token=0.0, details={"samples": 32}))
+                        kl=0.0, kl_se=0.0, kl_per_token=0.0, details={"samples": 32, "mean_tokens": 41.5}))
         s.add(EvalPoint(version_id="v4-dpo", reward_version_id=reward_versions[1], reward=0.35, reward_se=0.06,
-                        kl=4.2, kl_se=0.8, kl_per_token=0.07, details={"samples": 32}))
+                        kl=4.2, kl_se=0.8, kl_per_token=0.07, details={"samples": 32, "mean_tokens": 63.0}))
 
 
 def chart_rows(at) -> list[dict]:
@@ -40,6 +40,7 @@ def test_chart_and_table_show_the_stored_points(workspace):
     assert list(table["version"]) == ["v1-base", "v4-dpo"]
     assert list(table["reward"]) == [-0.20, 0.35] and list(table["kl"]) == [0.0, 4.2]
     assert list(table["beta"].fillna(-1)) == [-1, 0.1] and list(table["parent"].fillna("")) == ["", "v1-base"]
+    assert list(table["mean_tokens"]) == [41.5, 63.0]  # answer length per version
     plotted = {r["version"]: (r["reward"], r["kl"], r["reward_se"], r["kl_se"]) for r in chart_rows(at)}
     assert plotted == {"v1-base": (-0.20, 0.0, 0.05, 0.0), "v4-dpo": (0.35, 4.2, 0.06, 0.8)}
     assert not at.warning

@@ -42,6 +42,7 @@ def latest_points(reward_version: str | None = None) -> list[dict]:
                 "reward": point.reward, "reward_se": point.reward_se or 0.0,
                 "kl": point.kl, "kl_se": point.kl_se or 0.0, "kl_per_token": point.kl_per_token,
                 "reward_version": point.reward_version_id, "samples": (point.details or {}).get("samples"),
+                "mean_tokens": (point.details or {}).get("mean_tokens"),  # answer length, for the table
                 "train_prompts": (point.details or {}).get("train_prompts", 0),  # not held out
                 "measured_at": point.created_at.isoformat(timespec="seconds"),
             }
