@@ -83,7 +83,7 @@ def test_trainers_get_their_precision_and_device_from_the_seam(machine, monkeypa
     machine(cuda=False)
     assert device.trainer_precision() == {"bf16": False, "fp16": False, "use_cpu": True}
     monkeypatch.setenv("PREFLOOP_DTYPE", "bf16")
-    args = dpo.trl_config(DPORoundConfig(), str(tmp_path), 1)
+    args = dpo.trl_config(DPORoundConfig(), str(tmp_path), 1, 1.0)
     assert (args.bf16, args.fp16, args.use_cpu) == (True, False, True)
     assert device.weights_dtype(trained_in_full=True) == torch.float32 and device.weights_dtype() == torch.bfloat16
 

@@ -65,7 +65,7 @@ def test_the_defaults_are_unchanged_by_the_basic_marks():
     from training.ppo_config import PPOConfig
     from training.reward_config import RewardRoundConfig
 
-    assert (DPORoundConfig().beta, DPORoundConfig().learning_rate, DPORoundConfig().epochs) == (0.1, 5e-5, None)
+    assert (DPORoundConfig().beta, DPORoundConfig().learning_rate, DPORoundConfig().epochs) == (0.1, 5e-4, None)
     assert (RewardRoundConfig().backbone, RewardRoundConfig().epochs) == ("minilm", 1.5)
     assert (PPOConfig().steps, PPOConfig().beta, PPOConfig().learning_rate) == (20, 0.05, 1e-4)
 
