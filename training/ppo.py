@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from training.cli import settings_problem
 from training.ppo_config import PPOConfig
 from training.rounds import NotReady
 
@@ -26,24 +27,6 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the Train page impo
     from training.rollout import RewardFn, Rollout
 
 LOG_KEYS = ("reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "policy_loss", "beta", "ended")
-
-
-def config_problem(config: PPOConfig) -> str | None:
-    """The first setting PPO cannot run with, as one sentence naming the field, else None."""
-    positive = ("learning_rate", "steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
-                "max_prompt_tokens", "temperature", "kl_target", "clip_eps", "lora_r", "lora_alpha")
-    for name in positive:
-        if getattr(config, name) <= 0:
-            return f"PPO setting '{name}' must be greater than 0; got {getattr(config, name)}."
-    if config.kl_horizon is not None and config.kl_horizon <= 0:
-        return f"PPO setting 'kl_horizon' must be greater than 0 (or empty); got {config.kl_horizon}."
-    for name in ("beta", "clip_value", "vf_coef", "max_grad_norm", "missing_eos_penalty"):
-        if getattr(config, name) < 0:
-            return f"PPO setting '{name}' must not be negative; got {getattr(config, name)}."
-    for name in ("gamma", "lam"):
-        if not 0 <= getattr(config, name) <= 1:
-            return f"PPO setting '{name}' must be between 0 and 1; got {getattr(config, name)}."
-    return None
 
 
 def step_rewards(rollout: Rollout, normalised_scores: torch.Tensor, beta: float, config: PPOConfig):
@@ -147,8 +130,8 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
 
     if not prompts:
         raise NotReady("PPO needs at least one training prompt; import prompts first.")
-    if config_problem(config):
-        raise NotReady(config_problem(config))
+    if problem := settings_problem(config):
+        raise NotReady(problem)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if tokenizer.pad_token is None:
@@ -207,7 +190,7 @@ def check_ready(config: PPOConfig | None = None) -> str | None:
     from training import versions
 
     config = config or PPOConfig()
-    problem = config_problem(config)
+    problem = settings_problem(config)
     if problem:
         return problem
     reward_version = config.reward_version

@@ -14,6 +14,7 @@ from typing import Any
 from labeling import db
 from labeling.models import ModelVersion
 from training import jobs
+from training.cli import limit_field
 from training.rounds import NotReady
 
 
@@ -26,9 +27,8 @@ class SweepConfig:
     prompts: int = field(default=16, metadata={"min": 1, "help": "Held-out prompts to evaluate each version on."})
     samples: int = field(default=2, metadata={"min": 1, "help": "Responses sampled per prompt in evaluation."})
     max_new_tokens: int = field(default=64, metadata={"min": 1, "help": "Longest response sampled in evaluation."})
-    max_steps: int | None = field(default=None, metadata={"min": 1,
-        "help": "Optimizer steps per round (None: the round's own)."})
-    max_pairs: int | None = field(default=None, metadata={"min": 1, "help": "Labeled pairs per DPO round (None: all)."})
+    max_steps: int | None = limit_field("max_steps", help="Optimizer steps per round (None: the round's own).")
+    max_pairs: int | None = limit_field("max_pairs", help="Labeled pairs per DPO round (None: all).")
     learning_rate: float | None = field(default=None, metadata={"above": 0,
         "help": "Learning rate of every round (None: the round's own default)."})
     max_length: int | None = field(default=None, metadata={"min": 8,
