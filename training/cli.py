@@ -16,7 +16,7 @@ one config file.
 
 `settings_problem(config)` checks a config however it was built (form, YAML, flags or code): every
 field against its metadata, then the config's own `problem()`. It is the one check of a round's
-settings.
+settings; the registry asks it before any round runs.
 """
 from __future__ import annotations
 

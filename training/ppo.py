@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from training.cli import settings_problem
 from training.ppo_config import PPOConfig
-from training.rounds import NotReady
+from training.rounds import NotReady, load_train_prompts
 
-if TYPE_CHECKING:  # torch is imported inside the functions: the Train page imports check_ready from here
+if TYPE_CHECKING:  # torch is imported inside the functions, so the CLI answers --help without it
     import torch
 
     from training.rollout import RewardFn, Rollout
@@ -171,53 +171,16 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
 # ---------------------------------------------------------------- the round
 
 
-def load_train_prompts(max_prompts: int | None) -> list[list[dict]]:
-    """Messages of the prompts in the "train" split, oldest first."""
-    from sqlalchemy import select
-
-    from labeling import db
-    from labeling.models import Prompt
-
-    query = select(Prompt.messages).where(Prompt.split == "train").order_by(Prompt.id)
-    if max_prompts:
-        query = query.limit(max_prompts)
-    with db.session() as s:
-        return list(s.scalars(query))
-
-
-def check_ready(config: PPOConfig | None = None) -> str | None:
-    """None when a PPO round can start, else the sentence that says why not."""
-    from training import versions
-
-    config = config or PPOConfig()
-    problem = settings_problem(config)
-    if problem:
-        return problem
-    reward_version = config.reward_version
-    if reward_version is None and versions.latest_reward_id() is None:
-        return "PPO needs a reward model: train one first."
-    if reward_version is not None:
-        row = versions.get_version(reward_version)
-        if row is None or row.kind != "reward":
-            return (f"PPO's reward_version '{reward_version}' is not a reward model; "
-                    "leave it empty for the latest or pick one from `python -m training versions`.")
-    if not load_train_prompts(1):
-        return 'PPO needs training prompts (split "train"): import some on the Data page first.'
-    return None
-
-
 def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
     """Reward model and prompts → current policy → train → save a new policy version → metrics.
-    `max_pairs` caps the prompts rolled out on (PPO has no pairs). Returns {"version": id, **metrics}."""
+    `max_pairs` caps the prompts rolled out on (PPO has no pairs). Returns {"version": id, **metrics}.
+    Whoever starts it asks the registry first whether it can run (`training.registry.run` does)."""
     from training import reward, versions
     from training.model import load_policy
     from training.rollout import load_value_head, save_value_head
 
     config = replace(config, max_steps=max_steps or config.max_steps, max_prompts=max_pairs or config.max_prompts)
-    problem = check_ready(config)
-    if problem:
-        raise NotReady(problem)
     reward_id = config.reward_version or versions.latest_reward_id()
     prompts = load_train_prompts(config.max_prompts)
     scorer = reward.load_scorer(reward_id)
@@ -249,6 +212,6 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
 
 def main(argv: list[str]) -> int:
     """`python -m training ppo [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    from training import rounds
+    from training import registry
 
-    return rounds.run_main(argv, PPOConfig, run_round, "python -m training ppo")
+    return registry.main("ppo", argv)
