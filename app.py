@@ -70,7 +70,7 @@ def current_annotator() -> str | None:
 
 def pick_annotator(where=st) -> None:
     """The first-visit form: pick a known name or type a new one."""
-    known = [n for n in queue.annotator_names() if not n.startswith("import:")]
+    known = queue.annotator_names()
     with where.form("pick-annotator"):
         st.markdown("**Who is labeling?** Your name is stored with each judgment.")
         picked = st.selectbox("Pick your name", ["", *known], key="picked-name") if known else ""
@@ -107,7 +107,8 @@ def home() -> None:
     cols = st.columns(5)
     cols[0].metric("Prompts", summary.prompts)
     cols[1].metric("Pairs waiting", summary.pairs_waiting)
-    cols[2].metric("Judgments", summary.judgments)
+    cols[2].metric("Judgments", summary.judgments,
+                   help=f"By people, skips left out; imported datasets brought {summary.imported_labels} labels besides.")
     cols[3].metric("Annotators", summary.annotators)
     cols[4].metric("Current model", summary.current_model or "base")
     st.subheader("Running jobs")

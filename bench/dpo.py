@@ -84,12 +84,13 @@ def _tokens(state) -> int:
 def run_baseline(data, out: str) -> dict:
     from trl import DPOConfig, DPOTrainer
 
-    from training import dpo
+    from training import device, dpo
     from training.model import load_policy
 
-    model, tokenizer = load_policy("base")
+    model, tokenizer = load_policy("base", device.weights_dtype(trained_in_full=True))  # fp32 master weights
     ref_model, _ = load_policy("base")
-    args = DPOConfig(output_dir=out, bf16=False, report_to=[], save_strategy="no", disable_tqdm=True)
+    args = DPOConfig(output_dir=out, report_to=[], save_strategy="no", disable_tqdm=True,
+                     **device.trainer_precision())
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, processing_class=tokenizer,
                          train_dataset=dpo.to_dataset(data.train, tokenizer, 10 ** 6),
                          eval_dataset=dpo.to_dataset(data.heldout, tokenizer, 10 ** 6))

@@ -46,7 +46,7 @@ def run_backbone(backbone: str, data, oasst: list[dict], args) -> dict:
         model, tokenizer, _, metrics = reward.train(config, data, jobs.Reporter(None), out)
         train_s = time.perf_counter() - started
     scorer = reward.make_scorer(model, tokenizer, config.max_length, batch_size=16)
-    return {"backbone": backbone, "hh_acc": metrics["heldout_accuracy"], "lr": config.lr, "epochs": config.epochs,
+    return {"backbone": backbone, "hh_acc": reward.heldout_accuracy(scorer, data.heldout), "lr": config.lr, "epochs": config.epochs,
             "max_length": config.max_length,
             "oasst_acc": reward.heldout_accuracy(scorer, oasst), "train_s": train_s,
             "train_pairs": len(data.train), "hh_heldout_pairs": len(data.heldout), "oasst_pairs": len(oasst)}

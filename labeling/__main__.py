@@ -1,7 +1,11 @@
 """Preference data in and out of the workspace.
 
     python -m labeling import PATH [--format auto|pairs|unlabeled|prompts|hh|oasst] [--source NAME]
-    python -m labeling export PATH [--format jsonl|parquet|hf]
+    python -m labeling export PATH [--format jsonl|parquet|hf] [--source NAME]
+    python -m labeling imports                 # every import and what it brought
+    python -m labeling delete-import NAME      # one import's pairs, labels and unused prompts
+    python -m labeling backup FILE             # the whole workspace database in one file
+    python -m labeling restore FILE            # ... into the empty database at PREFLOOP_DB
     python -m labeling add-user NAME [--role annotator|admin] [--users FILE]   (password on stdin)
 
 The last line printed is a JSON summary. Bad input exits with code 2 and one sentence on stderr,
@@ -16,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from labeling import access
+from labeling import access, backup, imports
 from labeling.export import EXPORT_FORMATS, ExportError, export
 from labeling.importers import FORMATS, InputError
 from labeling.planning import ReaderError
@@ -35,6 +39,15 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("path", help="output file (jsonl, parquet) or folder (hf)")
     exp.add_argument("--format", default="jsonl", metavar="|".join(EXPORT_FORMATS),
                      help="hf writes a folder that datasets.load_from_disk reads")
+    exp.add_argument("--source", default=None, help="only the pairs of this source (an import's name, or a model version)")
+    commands.add_parser("imports", help="list the imports: prompts, pairs and labels each brought")
+    delete = commands.add_parser("delete-import", help="delete one import's pairs and their judgments, and its "
+                                                       "prompts and responses that nothing else uses")
+    delete.add_argument("name", help="the import's source name, as `imports` lists it")
+    save = commands.add_parser("backup", help="write the whole workspace database to one portable file")
+    save.add_argument("path", help="output file, gzip'd JSON lines (e.g. workspace.jsonl.gz)")
+    load = commands.add_parser("restore", help="load a backup into the empty database at PREFLOOP_DB")
+    load.add_argument("path", help="a file written by `backup`")
     user = commands.add_parser("add-user", help="add or replace a user of the sign-in (password read from stdin)")
     user.add_argument("name")
     user.add_argument("--role", default="annotator", choices=access.ROLES)
@@ -51,17 +64,23 @@ def add_user(args) -> dict:
     return {"user": args.name, "role": args.role, "users": str(path)}
 
 
-def main(argv: list[str] | None = None) -> int:
+COMMANDS = {
     # Formats are checked by import_file / export, so a wrong one gets the same one-sentence error.
+    "import": lambda args: import_file(args.path, fmt=args.format, source=args.source),
+    "export": lambda args: export(args.path, fmt=args.format, source=args.source),
+    "imports": lambda args: {"imports": imports.list_imports()},
+    "delete-import": lambda args: imports.delete_import(args.name),
+    "backup": lambda args: backup.backup(args.path),
+    "restore": lambda args: backup.restore(args.path),
+    "add-user": add_user,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command == "add-user":
-            summary = add_user(args)
-        elif args.command == "import":
-            summary = import_file(args.path, fmt=args.format, source=args.source)
-        else:
-            summary = export(args.path, fmt=args.format)
-    except (InputError, ExportError, access.AccessError) as e:
+        summary = COMMANDS[args.command](args)
+    except (InputError, ExportError, imports.UnknownImport, backup.BackupError, access.AccessError) as e:
         print(str(e), file=sys.stderr)
         return 2
     except ReaderError as e:  # the reader process died: not the file's fault, nothing written

@@ -47,14 +47,16 @@ def _win_matrix(votes: list[Vote], models: list[str], prior: float) -> np.ndarra
     return wins
 
 
-def bradley_terry(votes: list[Vote], prior: float = 0.5, iters: int = 500, tol: float = 1e-9) -> dict[str, float]:
+def bradley_terry(votes: list[Vote], prior: float = 0.5, iters: int = 500, tol: float = 1e-9,
+                  models: list[str] | None = None) -> dict[str, float]:
     """Maximum-likelihood Bradley-Terry strengths by Hunter's (2004) MM algorithm.
 
     P(i beats j) = p_i / (p_i + p_j);  update p_i ← W_i / Σ_j n_ij / (p_i + p_j),
     where W_i is i's total wins and n_ij the games between i and j. Returned on the Elo scale
-    used by Chatbot Arena: 1000 + 400·log10(p_i / geometric mean of p).
+    used by Chatbot Arena: 1000 + 400·log10(p_i / geometric mean of p). `models` fixes the set rated,
+    where the prior's virtual games keep a model with no vote (in a bootstrap resample) defined.
     """
-    models = sorted({v.model_a for v in votes} | {v.model_b for v in votes})
+    models = models or sorted({v.model_a for v in votes} | {v.model_b for v in votes})
     if not models:
         return {}
     wins = _win_matrix(votes, models, prior)
@@ -71,15 +73,24 @@ def bradley_terry(votes: list[Vote], prior: float = 0.5, iters: int = 500, tol: 
     return {m: 1000.0 + 400.0 * math.log10(x) for m, x in zip(models, p)}
 
 
-def bootstrap_ratings(votes: list[Vote], rounds: int = 200, seed: int = 0) -> dict[str, tuple[float, float, float]]:
-    """Rating and a 95 % percentile bootstrap interval per model: {model: (rating, low, high)}."""
+def bootstrap_samples(votes: list[Vote], rounds: int = 200, seed: int = 0) -> dict[str, list[float]]:
+    """Every model's rating in each of `rounds` resamples of the votes. A model that no vote of a
+    resample names is still rated there (from the prior alone) instead of dropped, which would
+    leave its interval computed over the lucky resamples only."""
     rng = np.random.default_rng(seed)
-    point = bradley_terry(votes)
-    samples = defaultdict(list)
+    models = sorted({v.model_a for v in votes} | {v.model_b for v in votes})
+    samples: dict[str, list[float]] = defaultdict(list)
     for _ in range(rounds):
         resample = [votes[k] for k in rng.integers(0, len(votes), len(votes))]
-        for m, r in bradley_terry(resample).items():
+        for m, r in bradley_terry(resample, models=models).items():
             samples[m].append(r)
+    return samples
+
+
+def bootstrap_ratings(votes: list[Vote], rounds: int = 200, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Rating and a 95 % percentile bootstrap interval per model: {model: (rating, low, high)}."""
+    point = bradley_terry(votes)
+    samples = bootstrap_samples(votes, rounds, seed)
     return {m: (r, float(np.percentile(samples[m], 2.5)), float(np.percentile(samples[m], 97.5)))
             for m, r in point.items()}
 

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from labeling.migrations import MIGRATIONS
 from labeling.models import SCHEMA_VERSION, Base, Meta
 
 
@@ -77,19 +78,11 @@ def _ensure_schema(eng: Engine) -> None:
                 f"The database at {eng.url!r} has schema version {row.value}, newer than this "
                 f"prefloop ({SCHEMA_VERSION}); upgrade prefloop or point PREFLOOP_DB elsewhere."
             )
+        dialect = eng.dialect.name
         for version in range(int(row.value), SCHEMA_VERSION):
-            for sql in MIGRATIONS[version]:
+            for sql in MIGRATIONS[version](dialect):
                 s.execute(text(sql))
         row.value = str(SCHEMA_VERSION)
-
-
-# MIGRATIONS[v]: the statements that take a version-v workspace to version v + 1.
-MIGRATIONS = {
-    # Indexes that repeat the first column of a unique constraint, or that no query uses: each
-    # one slowed every import row.
-    1: [f"DROP INDEX IF EXISTS {name}" for name in (
-        "ix_responses_prompt_id", "ix_responses_model_version", "ix_judgments_pair_id", "ix_prompts_source")],
-}
 
 
 @contextmanager

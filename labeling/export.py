@@ -79,19 +79,21 @@ def _parse_all(values: list[Any]) -> list[Any]:
     return json.loads("[" + ",".join(values) + "]") if values else []
 
 
-def preference_rows(kinds: tuple[str, ...] = ("label", "arena")) -> ExportResult:
-    """Every decided pair of the given kinds as a preference row, ordered by pair id."""
+def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | None = None) -> ExportResult:
+    """Every decided pair of the given kinds (and of one source: an import's name or a model
+    version, when given) as a preference row, ordered by pair id."""
     ra, rb = aliased(Response), aliased(Response)
+    wanted = [Pair.kind.in_(kinds)] + ([Pair.source == source] if source is not None else [])
     with db.session() as session:
         s = session.connection()  # Core rows: no ORM bookkeeping for 100,000 of them
         judged = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
-                           .join(Pair, Pair.id == Judgment.pair_id).where(Pair.kind.in_(kinds))).all()
+                           .join(Pair, Pair.id == Judgment.pair_id).where(*wanted)).all()
         winners, deciders, excluded = decide(judged)
         content = [row for row in s.execute(
             select(Pair.id, Pair.prompt_id, type_coerce(Prompt.messages, Text), Prompt.split, ra.text, rb.text)
             .join(Prompt, Prompt.id == Pair.prompt_id)
             .join(ra, ra.id == Pair.response_a_id).join(rb, rb.id == Pair.response_b_id)
-            .where(Pair.kind.in_(kinds)).order_by(Pair.id)).all() if row[0] in winners]
+            .where(*wanted).order_by(Pair.id)).all() if row[0] in winners]
     result = ExportResult(excluded=excluded)
     prompts = _parse_all([row[2] for row in content])
     for (pair_id, prompt_id, _, split, text_a, text_b), messages in zip(content, prompts):
@@ -139,9 +141,10 @@ def _write_hf(rows: list[dict[str, Any]], path: Path) -> None:
 WRITERS = {"jsonl": _write_jsonl, "parquet": _write_parquet, "hf": _write_hf}
 
 
-def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("label", "arena")) -> dict[str, Any]:
-    """Write the preference rows to `path` as JSONL, Parquet or a `datasets` folder ("hf");
-    return {"exported": n, "excluded": {...}}."""
+def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("label", "arena"),
+           source: str | None = None) -> dict[str, Any]:
+    """Write the preference rows (of one source, when given: an import as one unit) to `path` as
+    JSONL, Parquet or a `datasets` folder ("hf"); return {"exported": n, "excluded": {...}}."""
     path = Path(path)
     if fmt not in WRITERS:
         raise ExportError(f"{path}: unknown export format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}.")
@@ -149,9 +152,10 @@ def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("labe
         raise ExportError(f"{path}: the folder {path.parent} does not exist; create it or pick another path.")
     if fmt != "hf" and path.is_dir():
         raise ExportError(f"{path}: is a folder; give a file name for the {fmt} export.")
-    result = preference_rows(kinds)
+    result = preference_rows(kinds, source)
     if not result.rows:
-        raise ExportError(f"{path}: nothing to export, no pair has a majority for one response yet "
+        pairs = "no pair" if source is None else f"no pair from source '{source}'"
+        raise ExportError(f"{path}: nothing to export, {pairs} has a majority for one response yet "
                           f"(left out: {json.dumps(result.excluded)}); label or import some pairs first.")
     WRITERS[fmt](result.rows, path)
     return {"exported": len(result.rows), "excluded": result.excluded}

@@ -14,12 +14,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import DDL, JSON, ForeignKey, Index, String, Text, UniqueConstraint, event
+from sqlalchemy import DDL, JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 2  # labeling/db.py migrates older workspaces
+SCHEMA_VERSION = 3  # labeling/migrations.py takes older workspaces here
 
 OUTCOMES = ("a", "b", "tie", "both_bad", "skip")
+# Who gave a judgment: a person (an Annotator), a labeled dataset brought in by an import, or
+# (later) a model acting as judge. Only "human" judgments have an annotator.
+JUDGMENT_SOURCES = ("human", "import", "ai")
 SPLITS = ("train", "heldout")
 
 
@@ -110,7 +113,9 @@ class PairLease(Base):
 
 
 class Judgment(Base):
-    """One annotator's verdict on one pair. `outcome` names the pair's response_a / response_b
+    """One verdict on one pair: by an annotator (`source` "human"), or a label that came with an
+    imported dataset (`source` "import", `source_name` the import's name, no annotator), so
+    statistics about people count people only. `outcome` names the pair's response_a / response_b
     (not the screen side); `left` says which of the two was shown on the left ("a", "b", or None
     when it was never shown, as for imported labels)."""
 
@@ -118,10 +123,13 @@ class Judgment(Base):
     __table_args__ = (
         UniqueConstraint("pair_id", "annotator_id"),
         Index("ix_judgments_annotator_created", "annotator_id", "created_at"),
+        CheckConstraint("(annotator_id IS NOT NULL) = (source = 'human')", name="ck_judgments_annotator_iff_human"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"))  # indexed by the unique constraint
-    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    annotator_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"))
+    source: Mapped[str] = mapped_column(String(10), default="human", server_default="human")
+    source_name: Mapped[str | None] = mapped_column(String(200))  # the import's name (later: the AI judge)
     outcome: Mapped[str] = mapped_column(String(10))
     left: Mapped[str | None] = mapped_column(String(1))
     seconds: Mapped[float | None]
@@ -129,7 +137,7 @@ class Judgment(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    annotator: Mapped[Annotator] = relationship(lazy="joined")
+    annotator: Mapped[Annotator | None] = relationship(lazy="joined")
 
 
 # Pair.judgment_count follows every insert, delete and outcome change of a judgment, whether it

@@ -56,20 +56,32 @@ def clustered_mean_se(values: Sequence[float], clusters: Sequence) -> tuple[floa
     return float(values.mean()), se
 
 
-def cluster_bootstrap(values: Sequence[float], clusters: Sequence, rounds: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the mean of `values`, resampling whole clusters with replacement.
+def cluster_bootstrap_ci(values: Sequence[float], clusters: Sequence, level: float = 0.95,
+                         resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`, resampling whole clusters (prompts
+    or conversations) with replacement, since samples of one prompt are not independent draws
+    (Efron & Tibshirani 1993 §13; Field & Welsh 2007, "Bootstrapping clustered data").
 
-    Shape: values, clusters (N,).
+    Each resample draws k of the k clusters and takes Σ sums / Σ counts of the drawn clusters. The
+    same `seed` draws the same clusters for every system scored on one set, so their intervals are
+    paired. (nan, nan) with fewer than two clusters: one prompt says nothing about the spread.
+
+    Shape: values (n,), clusters (n,) -> (low, high).
     """
     values = np.asarray(values, dtype=float)
-    _, index = np.unique(np.asarray(clusters), return_inverse=True)
-    sums, counts = np.bincount(index, weights=values), np.bincount(index)
+    keys, index = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    k = len(keys)
+    if k < 2:
+        return (float("nan"), float("nan"))
+    sums = np.bincount(index, weights=values, minlength=k)  # (k,)
+    counts = np.bincount(index, minlength=k).astype(float)  # (k,)
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(sums), size=(rounds, len(sums)))  # (rounds, C) clusters drawn
-    means = sums[picks].sum(1) / counts[picks].sum(1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    means = []
+    for start in range(0, resamples, 256):  # bounded memory: at most 256 × k draws at a time
+        draws = rng.integers(0, k, size=(min(256, resamples - start), k))  # (b, k)
+        means.append(sums[draws].sum(axis=1) / counts[draws].sum(axis=1))
+    low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
+    return (float(low), float(high))
 
 
 def win_rate(new: Sequence[float], old: Sequence[float], prompts: Sequence, tie_margin: float = 0.0,
@@ -82,6 +94,6 @@ def win_rate(new: Sequence[float], old: Sequence[float], prompts: Sequence, tie_
     o = outcomes(new, old, tie_margin)
     if len(o) == 0:
         return WinRate(float("nan"), float("nan"), float("nan"), 0, 0, 0, 0)
-    low, high = cluster_bootstrap(o, prompts, rounds, seed)
+    low, high = cluster_bootstrap_ci(o, prompts, resamples=rounds, seed=seed)
     return WinRate(float(o.mean()), low, high, int((o == 1).sum()), int((o == 0.5).sum()), int((o == 0).sum()),
                    len(set(prompts)))

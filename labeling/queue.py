@@ -63,7 +63,8 @@ class WorkspaceSummary:
     prompts: int
     pairs: int
     pairs_waiting: int  # pairs without any judgment yet (skips do not count)
-    judgments: int  # skips excluded
+    judgments: int  # people's, skips excluded
+    imported_labels: int  # judgments that came with imported datasets
     annotators: int
     current_model: str | None
     running_jobs: list[dict[str, Any]] = field(default_factory=list)
@@ -78,7 +79,7 @@ def check_annotator_name(name: str) -> str:
         raise QueueError(f"The annotator name has {len(clean)} characters; use at most {MAX_NAME_LENGTH}.")
     if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF or ord(c) == 127 for c in clean):
         raise QueueError("The annotator name holds a control character; use letters, digits, spaces and punctuation.")
-    if clean.startswith("import:"):
+    if clean.startswith("import:"):  # how schema 2 named imported labels; kept apart from people still
         raise QueueError("Annotator names starting with 'import:' are reserved for imported labels; pick another name.")
     return clean
 
@@ -355,16 +356,17 @@ def workspace_summary() -> WorkspaceSummary:
             prompts=_count(s, select(func.count(Prompt.id))),
             pairs=_count(s, select(func.count(Pair.id)).where(Pair.kind == "label")),
             pairs_waiting=_count_waiting(s, None, 1),
-            judgments=_count(s, select(func.count(Judgment.id)).where(Judgment.outcome != "skip")),
-            # people: the import:<source> rows that hold imported labels are not counted
-            annotators=_count(s, select(func.count(Annotator.id)).where(~Annotator.name.startswith("import:"))),
+            judgments=_count(s, select(func.count(Judgment.id)).where(Judgment.source == "human",
+                                                                      Judgment.outcome != "skip")),
+            imported_labels=_count(s, select(func.count(Judgment.id)).where(Judgment.source == "import")),
+            annotators=_count(s, select(func.count(Annotator.id))),
             current_model=current,
             running_jobs=running,
         )
 
 
 def annotator_names() -> list[str]:
-    """Every annotator's name, alphabetically (imported labels' `import:<source>` included)."""
+    """Every annotator's name, alphabetically: people only (imported labels have no annotator)."""
     with db.session() as s:
         return list(s.scalars(select(Annotator.name).order_by(Annotator.name)))
 

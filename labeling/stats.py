@@ -3,7 +3,9 @@
 The pure functions take a judgments frame with one row per judgment and at least the columns
 `pair_id`, `annotator`, `outcome` ("a" / "b" / "tie" / "both_bad" / "skip", in terms of the pair's
 response_a / response_b) and `left` (which response was shown on the left, or None for imported
-labels). `judgments_frame` loads that frame, joined with the pair's text, from the workspace.
+labels). A row without an annotator is no person's judgment (a label that came with an imported
+dataset): statistics about annotators leave it out. `judgments_frame` loads that frame, joined with
+the pair's text, from the workspace.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from labeling import db
 from labeling.models import Annotator, Judgment, Pair, Prompt, Response
 
 VERDICTS = ("a", "b", "tie", "both_bad")  # outcomes that count as an opinion (skips do not)
-COLUMNS = ["pair_id", "source", "prompt", "response_a", "response_b", "annotator", "outcome", "left",
-           "seconds", "comment", "judged_at"]
+# source: the pair's (an import's name or a model version); judgment_source: "human" or "import"
+COLUMNS = ["pair_id", "source", "prompt", "response_a", "response_b", "annotator", "judgment_source", "outcome",
+           "left", "seconds", "comment", "judged_at"]
 
 
 def judgments_frame(source: str | None = None, annotator: str | None = None, outcome: str | None = None,
@@ -32,8 +35,8 @@ def judgments_frame(source: str | None = None, annotator: str | None = None, out
     """
     ra, rb = aliased(Response), aliased(Response)
     stmt = (
-        select(Pair.id, Pair.source, Prompt.messages, ra.text, rb.text, Annotator.name, Judgment.outcome,
-               Judgment.left, Judgment.seconds, Judgment.comment, Judgment.created_at)
+        select(Pair.id, Pair.source, Prompt.messages, ra.text, rb.text, Annotator.name, Judgment.source,
+               Judgment.outcome, Judgment.left, Judgment.seconds, Judgment.comment, Judgment.created_at)
         .join(Prompt, Pair.prompt_id == Prompt.id)
         .join(ra, Pair.response_a_id == ra.id)
         .join(rb, Pair.response_b_id == rb.id)
@@ -71,13 +74,18 @@ def filter_values() -> dict[str, list[str]]:
         return {"source": list(sources), "annotator": list(names)}
 
 
+def by_people(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` judged by an annotator (imported labels and unjudged pairs left out)."""
+    return frame[frame["annotator"].notna()]
+
+
 def judgments_per_annotator(frame: pd.DataFrame) -> pd.DataFrame:
     """Per annotator: judgments (skips excluded), skips, and median seconds per judgment.
 
     Shape: (annotators, 4) with columns annotator, judgments, skipped, median_seconds; most
     judgments first.
     """
-    judged = frame.dropna(subset=["annotator"])
+    judged = by_people(frame)
     if judged.empty:
         return pd.DataFrame(columns=["annotator", "judgments", "skipped", "median_seconds"])
     grouped = judged.groupby("annotator")
@@ -125,7 +133,8 @@ def position_bias(frame: pd.DataFrame) -> pd.DataFrame:
     left-win share is 0.5; an interval (Wilson, 95 %) excluding 0.5 flags a bias.
     Shape: (annotators, 6) with columns annotator, decisive, left_wins, left_share, ci_low, ci_high.
     """
-    decisive = frame[frame["outcome"].isin(["a", "b"]) & frame["left"].isin(["a", "b"])]
+    people = by_people(frame)
+    decisive = people[people["outcome"].isin(["a", "b"]) & people["left"].isin(["a", "b"])]
     rows = []
     for name, group in decisive.groupby("annotator"):
         n, wins = len(group), int((group["outcome"] == group["left"]).sum())
@@ -136,11 +145,13 @@ def position_bias(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def category_counts(frame: pd.DataFrame) -> np.ndarray:
-    """Per pair with >= 2 verdicts (skips excluded), how many annotators chose each outcome.
+    """Per pair with >= 2 verdicts by annotators (skips and imported labels excluded), how many
+    annotators chose each outcome.
 
     Shape: (pairs, 4), columns in VERDICTS order; the input of `fleiss_kappa`.
     """
-    verdicts = frame[frame["outcome"].isin(VERDICTS)]
+    people = by_people(frame)
+    verdicts = people[people["outcome"].isin(VERDICTS)]
     table = pd.crosstab(verdicts["pair_id"], verdicts["outcome"]).reindex(columns=list(VERDICTS), fill_value=0)
     table = table[table.sum(axis=1) >= 2]
     return table.to_numpy(dtype=float)

@@ -36,7 +36,7 @@ from labeling.records import as_messages, content_hash, pair_hash
 BUILTIN_PROMPTS = Path(__file__).with_name("builtin_prompts.txt")
 CHUNK = 20_000  # rows per executemany: bounded memory for the driver, few round trips
 LOOKUP_CHUNK = 500  # hashes per IN (...) query, well under every database's parameter limit
-MAX_SOURCE_LENGTH = 180  # leaves room for "imported:" / "import:" in 200-character columns
+MAX_SOURCE_LENGTH = 180  # leaves room for "imported:" in 200-character columns
 IMPORT_CACHE_KIB = 256 * 1024  # an upper bound: pages are only cached as the import touches them
 
 
@@ -111,7 +111,8 @@ def _bound(column_type, dialect, value: Any) -> Any:
 
 class _ImportWriter:
     """Writes planned chunks inside the caller's transaction: new prompts, responses, pairs and,
-    for labeled pairs, one judgment each by `import:<source>`. Ids are assigned here."""
+    for labeled pairs, one judgment each with source "import" and the source's name (no
+    annotator: a dataset is not a person). Ids are assigned here."""
 
     def __init__(self, s: Session, source: str, now) -> None:
         self.s, self.source, self.now = s, source, now
@@ -123,7 +124,6 @@ class _ImportWriter:
         self.responses: dict[tuple[int, str], int] = {}  # (prompt id, content hash) -> response id
         self.looked_up: set[int] = set()  # stored prompts whose responses from this source are known
         self.next_response = None  # locked and read when the first pair arrives
-        self.annotator: int | None = None
         self.pairs_added = self.pairs_stored = 0
 
     def write(self, chunk: PlannedChunk) -> None:
@@ -159,8 +159,6 @@ class _ImportWriter:
         new = [p for p in pairs if p[0] not in stored]
         self.pairs_stored += len(pairs) - len(new)
         self._look_up_responses({self.prompt_ids[p[1]] for p in new})
-        if self.annotator is None and any(p[6] for p in new):
-            self.annotator = get_or_create_annotator(self.s, f"import:{self.source}").id
         responses, prompt_ids, response_rows, pair_rows, judgment_rows = self.responses, self.prompt_ids, [], [], []
         next_response, next_pair, next_judgment = self.next_response, self.next_pair, self.next_judgment
         for pair_h, prompt_h, hash_a, text_a, hash_b, text_b, labeled in new:
@@ -185,7 +183,7 @@ class _ImportWriter:
         self.pairs_added += len(pair_rows)
         _bulk_insert(self.s, Response, ("id", "prompt_id", "text", "content_hash"), response_rows,
                      model_version=self.version, generation=None, created_at=self.now)
-        _insert_pairs_and_judgments(self.s, pair_rows, judgment_rows, self.source, self.annotator, self.now)
+        _insert_pairs_and_judgments(self.s, pair_rows, judgment_rows, self.source, self.now)
 
     def _look_up_responses(self, prompt_ids: set[int]) -> None:
         """Learn this source's stored responses to prompts stored before this import (only those
@@ -199,13 +197,13 @@ class _ImportWriter:
 
 
 def _insert_pairs_and_judgments(s: Session, pair_rows: list[tuple], judgment_rows: list[tuple], source: str,
-                                annotator: int | None, now) -> None:
+                                now) -> None:
     """Pairs (id, hash, prompt, response a, response b, judgment count) and their imported
     judgments (id, pair id), written so that Pair.judgment_count comes out right."""
     pairs_keys = ("id", "pair_hash", "prompt_id", "response_a_id", "response_b_id")
     pair_constants = dict(source=source, kind="label", created_at=now)
-    judgment_constants = dict(annotator_id=annotator, outcome="a", left=None, seconds=None, comment=None,
-                              created_at=now, updated_at=now)
+    judgment_constants = dict(annotator_id=None, source="import", source_name=source, outcome="a", left=None,
+                              seconds=None, comment=None, created_at=now, updated_at=now)
     if s.bind.dialect.name == "sqlite":
         # The judgments go in first, with foreign keys checked at commit (the pragma ends with
         # the transaction): the count trigger then finds no pair row to update, and the pairs

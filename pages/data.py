@@ -84,8 +84,7 @@ def render_stats() -> None:
     left.dataframe(stats.judgments_per_annotator(frame), hide_index=True)
     right.markdown("**Outcome shares** of people's judgments (imported labels, which always name response a, "
                    "left out)")
-    people = frame[~frame["annotator"].fillna("").str.startswith("import:")]
-    right.dataframe(stats.outcome_shares(people), hide_index=True,
+    right.dataframe(stats.outcome_shares(stats.by_people(frame)), hide_index=True,
                     column_config={"share": st.column_config.NumberColumn(format="percent")})
     st.markdown("**Position bias**: share of decisive judgments won by the response shown on the left "
                 "(0.5 = no bias; 95 % Wilson interval)")

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, job_panel, require_router, start
-from training import points
+from training import points, verdict
 from training.evaluate_config import EvaluateConfig
 from training.sweep import SweepConfig
 
@@ -58,6 +58,46 @@ def show_points() -> None:
     right.download_button("Download CSV", frame.to_csv(index=False), file_name="reward_vs_kl.csv", mime="text/csv")
 
 
+def verdict_rows(report: dict) -> list[dict]:
+    rows = []
+    for label, c in report["comparisons"].items():
+        human = c["human"]
+        rows.append({"against": f"{label} ({c['version']})",
+                     "reward-model win rate": f"{c['win_rate']:.2f} [{c['low']:.2f}, {c['high']:.2f}]",
+                     "length change": f"{c['length_change']:+.0%}",
+                     "people's win rate": f"{human['win_rate']:.2f} [{human['low']:.2f}, {human['high']:.2f}] "
+                                          f"({human['votes']} votes)" if human else "no arena votes"})
+    return rows
+
+
+def show_verdict() -> None:
+    """The newest (or a chosen) version against its parent and the base, and the Goodhart meter."""
+    names = [v for v in points.trained_versions() if not v.endswith("-base")]
+    if not names:
+        return
+    st.subheader("Did the round help?")
+    version = st.selectbox("Version", names, key="verdict-version")  # newest first
+    report = verdict.round_report(version)
+    if report.get("missing"):
+        st.info(report["missing"])
+    if "kl" in report:
+        st.caption(f"{version} ({report['method']}, from {report['parent']}): KL to the base {report['kl']:.3g} ± "
+                   f"{report['kl_se']:.2g} nats per answer; win rates are paired answer by answer on the same "
+                   "held-out prompts and seeds (ties half), 95% intervals resampling prompts.")
+    if report["comparisons"]:
+        st.dataframe(pd.DataFrame(verdict_rows(report)), hide_index=True)
+    for sentence in report["warnings"]:
+        st.warning(sentence)
+    parent = report["comparisons"].get("parent")
+    if parent and not report["warnings"]:
+        if parent["low"] > 0.5:
+            st.success(f"By the reward model, {version} beats {parent['version']}: the lower end of its interval is "
+                       f"{parent['low']:.2f}, above a coin flip.")
+        else:
+            st.info(f"By the reward model, {version} is not measurably better than {parent['version']} "
+                    f"(its interval reaches {parent['low']:.2f}).")
+
+
 def show_curves() -> None:
     versions = points.trained_versions()  # every policy version, measured or not, newest first
     if not versions:
@@ -75,8 +115,10 @@ def show_curves() -> None:
 def main() -> None:
     st.title("Evaluate")
     st.caption("Each point is measured: K samples per held-out prompt from the version, scored by the reward "
-               "model, and KL = mean Σ_t log π_v − log π_base over those samples.")
+               "model, and KL = mean over those samples of Σ_t KL(π_v ‖ π_base) at each position (exact over the "
+               "vocabulary, never negative); ± is one standard error clustered by prompt.")
     show_points()
+    show_verdict()
     measure, sweep = st.columns(2)
     with measure:
         st.subheader("Measure versions")

@@ -1,5 +1,5 @@
 """Train: pick a round (reward model, DPO, PPO), fill its form, press Train, watch it run; the
-versions table with lineage, make-current and export.
+latest reward model's card; the versions table with lineage, make-current and export.
 
 The rounds, their forms, readiness sentences and curves come from the round registry
 (`training/registry.py`), the form from the round's config dataclass (the same one the CLI reads);
@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, job_panel, require_router, start
-from training import jobs, registry, versions
+from training import jobs, registry, reward_report, versions
 from training.cli import RoundLimits, form_fields
 
 
@@ -45,6 +45,8 @@ def round_section() -> None:
         st.warning(reason)
     if not admin_only("start training rounds"):
         return
+    if not reason and (plan := chosen.plan_sentence()):
+        st.caption(plan)
     limits = quick_limits(chosen)
     config = config_form(chosen.config_class(), key=f"form-{chosen.name}", submit_label="Train")
     if config is not None:
@@ -57,6 +59,23 @@ def round_section() -> None:
     if job_id:
         st.subheader("Progress")
         job_panel(job_id, curves=chosen.curves)
+
+
+def reward_card_section() -> None:
+    """The latest reward model's card: how far to trust it, on pairs it never trained on."""
+    card = reward_report.card()
+    if card is None:
+        return
+    st.subheader(f"Reward card: {card['version']}")
+    if "missing" in card:
+        st.caption(card["missing"])
+        return
+    st.dataframe(pd.DataFrame(card["rows"]), hide_index=True)
+    st.caption("Preference accuracy on pairs it never trained on (ties count half) with a 95 % interval that "
+               "resamples conversations, beside baselines on the same pairs; ECE: calibration of "
+               "σ(r_chosen − r_rejected); length r: correlation of its rewards with the responses' length. "
+               f"Measured {card['evaluated_at']}.")
+    (st.success if card["beats_longer_wins"] else st.warning)(card["verdict"])
 
 
 def versions_frame() -> pd.DataFrame:
@@ -113,4 +132,5 @@ require_router()
 st.title("Train")
 st.caption("Labeled pairs → a reward model, DPO and PPO rounds, each a new model version.")
 round_section()
+reward_card_section()
 versions_section()

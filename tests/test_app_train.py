@@ -2,6 +2,8 @@
 Train button starts a job with the form's config, progress from job rows, the versions table."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.preference_fixtures import import_pairs
@@ -73,8 +75,17 @@ def test_train_button_starts_a_job_with_the_form_values(workspace, generator, st
     assert len(started) == 1
     kind, config = started[0]
     assert kind == "dpo" and config["beta"] == 0.25 and config["loss_type"] == "ipo" and config["max_steps"] == 5
-    assert "max_pairs" not in config and config["epochs"] == 1.0
+    assert "max_pairs" not in config and config["epochs"] is None  # empty: chosen from the number of pairs
     assert "Job #41 (dpo) started." in at.success[0].value
+
+
+def test_the_dpo_form_says_what_the_settings_will_do(workspace, generator, tmp_path):  # noqa: F811
+    import_pairs(tmp_path, 12)
+    at = pick_round(open_train(), "DPO")
+    plan = next(c.value for c in at.caption if c.value.startswith("With these settings"))
+    # 12 pairs: at most 3 steps a pass, so the most passes the default allows
+    assert re.fullmatch(r"With these settings: (\d+) training pairs \((\d+) held out\), 4 epochs, (\d+) steps; "
+                        r"the time is known after a first round\.", plan)
 
 
 def test_progress_panel_and_versions_table(workspace, generator):  # noqa: F811
@@ -139,3 +150,32 @@ def test_export_starts_a_job_and_a_bad_folder_is_one_sentence(workspace, generat
     at = at.run()
     assert started == [("export", {"version": version, "folder": str(tmp_path / "out")})]
     assert "Job #41 (export) started." in at.success[0].value
+
+
+def test_reward_card_shows_accuracy_with_its_interval_beside_the_baselines(workspace, generator):  # noqa: F811
+    import numpy as np
+
+    from training import reward_report
+
+    prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
+    pairs = reward_report.EvalSet("hh (held-out)", prompts, ["a much longer answer", "bb", "cc", "dddd"],
+                                  ["no", "a longer rejected one", "c", "d"])
+    model = (np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 1.0]))  # 0.50; longer wins: 0.75
+    report = reward_report.build_report([pairs], [model], [(np.zeros(4), np.zeros(4))])
+    write = lambda folder: reward_report.write_report(folder, report)  # noqa: E731
+    old = versions.create_version("reward", "reward", None, {}, [], {}, lambda folder: None)
+    at = open_train()
+    assert any(f"{old} has no evaluation yet" in c.value for c in at.caption)
+    assert len(at.dataframe) == 1  # the versions table alone
+    version = versions.create_version("reward", "reward", None, {}, [], {}, write)
+    at = open_train()
+    assert at.subheader[0].value == f"Reward card: {version}"
+    card = at.dataframe[0].value
+    row = card.iloc[0]
+    assert (row["set"], row["pairs"], row["conversations"]) == ("hh (held-out)", 4, 4)
+    assert row["reward model"].startswith("0.50 [") and row["longer wins"].startswith("0.75 [")
+    assert row["untrained backbone"].startswith("0.50 [") and row["shorter wins"].startswith("0.25 [")
+    assert row["ECE"] == f"{report['all']['ece']:.2f}" and row["length r"] != "n/a"
+    verdicts = [w.value for w in at.warning if "longer wins" in w.value]
+    assert verdicts == [report["verdict"]] and verdicts[0].startswith(
+        'The reward model does not beat "longer wins" on hh (held-out) (0.50 vs 0.75)')

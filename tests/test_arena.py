@@ -51,3 +51,14 @@ def test_win_rates_fold_both_orders_of_a_pair():
     (row,) = win_rates(votes)
     assert (row["model_a"], row["wins_a"], row["wins_b"], row["ties"]) == ("v1", 2, 1, 1)
     assert row["win_rate_a"] == pytest.approx(2 / 3)
+
+
+def test_a_model_missing_from_a_resample_keeps_its_rating_there():
+    from labeling.arena import bootstrap_samples
+
+    # v3 appears in one vote of 21: most resamples lack it, and every one must still rate it
+    votes = [Vote("v1", "v2", "a")] * 12 + [Vote("v1", "v2", "b")] * 8 + [Vote("v3", "v1", "a")]
+    samples = bootstrap_samples(votes, rounds=100, seed=1)
+    assert {m: len(r) for m, r in samples.items()} == {"v1": 100, "v2": 100, "v3": 100}
+    # without v3's one win, the prior alone puts it at the middle of the scale: its interval reaches down there
+    assert min(samples["v3"]) < 1000 + 50 < max(samples["v3"])

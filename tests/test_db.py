@@ -1,7 +1,13 @@
+import json
 import sqlite3
 
-from labeling import db
-from labeling.models import SCHEMA_VERSION, Annotator
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+
+from labeling import db, export, queue, stats
+from labeling.models import SCHEMA_VERSION, Annotator, Judgment, Pair
+from tests.conftest import FIXTURES
 
 
 def test_schema_created_and_versioned_on_first_use(workspace):
@@ -24,21 +30,72 @@ def test_session_rolls_back_on_error(workspace):
         assert s.query(Annotator).count() == 0
 
 
-def test_version_1_workspace_is_migrated_and_keeps_its_rows(workspace):
-    from sqlalchemy import select
-
-    with db.session() as s:
-        s.add(Annotator(name="ana"))
+def old_workspace(home, version: int = 2) -> sqlite3.Connection:
+    """The workspace that prefloop 041c45d (schema 2) wrote in tests/fixtures/workspace_v2.sql:
+    imports "pairs" and "hh" (labeled), "names" (unlabeled) and "prompts"; ana and Import:Bob
+    judged some pairs, one of them an imported labeled pair. Version 1 puts back the indexes that
+    schema 1 had besides."""
+    home.mkdir(parents=True, exist_ok=True)
     db._engine_for.cache_clear()
-    con = sqlite3.connect(workspace / "prefloop.db")
-    con.execute("CREATE INDEX ix_responses_prompt_id ON responses (prompt_id)")
-    con.execute("CREATE INDEX ix_judgments_pair_id ON judgments (pair_id)")
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con = sqlite3.connect(home / "prefloop.db")
+    con.executescript((FIXTURES / "workspace_v2.sql").read_text(encoding="utf-8"))
+    if version == 1:
+        con.execute("CREATE INDEX ix_responses_prompt_id ON responses (prompt_id)")
+        con.execute("CREATE INDEX ix_judgments_pair_id ON judgments (pair_id)")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
+    return con
 
-    assert db.schema_version() == SCHEMA_VERSION == 2
+
+def test_version_1_workspace_is_migrated_and_keeps_its_rows(workspace):
+    con = old_workspace(workspace, version=1)
+    assert db.schema_version() == SCHEMA_VERSION == 3
     indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert not indexes & {"ix_responses_prompt_id", "ix_judgments_pair_id"}
-    assert "ix_pairs_queue" in indexes
+    assert {"ix_pairs_queue", "ix_judgments_annotator_created"} <= indexes
     with db.session() as s:
-        assert s.scalars(select(Annotator.name)).all() == ["ana"]
+        assert s.scalars(select(Annotator.name).order_by(Annotator.name)).all() == ["Import:Bob", "ana"]
+        assert s.scalar(select(func.count(Judgment.id))) == 10
+
+
+def judgment_sources() -> list[tuple]:
+    with db.session() as s:
+        return s.execute(select(Judgment.id, Judgment.source, Judgment.source_name, Annotator.name)
+                         .outerjoin(Annotator).order_by(Judgment.id)).all()
+
+
+def test_version_2_imported_labels_become_sources_not_annotators(workspace):
+    con = old_workspace(workspace)
+    counts_before = con.execute("SELECT id, judgment_count FROM pairs ORDER BY id").fetchall()
+    assert db.schema_version() == 3
+    assert judgment_sources() == [
+        (1, "import", "pairs", None), (2, "import", "pairs", None), (3, "import", "pairs", None),
+        (4, "import", "hh", None), (5, "import", "hh", None), (6, "human", None, "ana"), (7, "human", None, "ana"),
+        (8, "human", None, "Import:Bob"), (9, "human", None, "ana"), (10, "human", None, "Import:Bob")]
+    assert queue.annotator_names() == ["Import:Bob", "ana"]  # a person whose name merely looks like one
+    summary = queue.workspace_summary()
+    assert (summary.annotators, summary.judgments, summary.imported_labels) == (2, 4, 5)
+    assert con.execute("SELECT id, judgment_count FROM pairs ORDER BY id").fetchall() == counts_before
+    # the imported labels export as the same preference pairs as before the migration
+    expected = json.loads((FIXTURES / "workspace_v2_export.json").read_text(encoding="utf-8"))
+    result = export.preference_rows()
+    assert (result.rows, result.excluded, result.judgment_ids) == (
+        expected["rows"], expected["excluded"], expected["judgment_ids"])
+    # pairs 1 and 6 have one person's verdict beside the import's label: imports are not raters,
+    # so only pair 4 (ana and Import:Bob) counts towards agreement
+    assert stats.agreement(stats.judgments_frame())["pairs"] == 1
+
+
+def test_the_migrated_table_keeps_its_triggers_and_rules(workspace):
+    old_workspace(workspace)
+    assert db.schema_version() == 3
+    pair = queue.next_pair("cleo")
+    assert pair.pair_id == 5  # the only pair without a verdict (ana skipped it)
+    queue.submit_judgment("cleo", pair.pair_id, "a", pair.left)
+    with db.session() as s:
+        assert s.get(Pair, pair.pair_id).judgment_count == 1
+        with pytest.raises(IntegrityError):  # an imported label has no annotator, a person's has one
+            s.execute(text("UPDATE judgments SET annotator_id = NULL WHERE id = 6"))
+    queue.undo_last("cleo")
+    with db.session() as s:
+        assert s.get(Pair, pair.pair_id).judgment_count == 0

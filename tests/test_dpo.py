@@ -203,3 +203,11 @@ def test_a_second_round_holds_its_kl_to_the_base_not_to_its_parent(tiny, tmp_pat
     versions.set_current(first["version"])
     dpo.run_round(DPORoundConfig(learning_rate=5e-2, batch_size=4, reference="parent"), jobs.Reporter(None), max_steps=1)
     assert seen[1] is None  # the new round's own network with its adapter off: the parent
+
+
+def test_default_epochs_follow_the_number_of_pairs():
+    config = DPORoundConfig()  # batch 4
+    assert config.plan(128) == {"pairs": 128, "epochs": 3.0, "steps": 96}
+    assert config.plan(40) == {"pairs": 40, "epochs": 4.0, "steps": 40}  # at most 4 passes
+    assert config.plan(5000)["epochs"] == 1.0  # at least 1
+    assert DPORoundConfig(epochs=2).plan(128) == {"pairs": 128, "epochs": 2, "steps": 64}  # a set value wins

@@ -40,12 +40,12 @@ def test_labeled_jsonl_drops_and_counts(workspace):
     assert [p["b"] for p in pairs] == ["France has no capital.", "Green, always green.", "2 + 2 = 5."]
     assert all(p["outcomes"] == ["a"] and p["kind"] == "label" for p in pairs)
     assert pairs[0]["prompt"] == [{"role": "user", "content": "What is the capital of France?"}]
-    assert counts() == {"prompts": 3, "responses": 6, "pairs": 3, "judgments": 3, "annotators": 1}
-    with db.session() as s:
-        assert s.scalars(select(Annotator.name)).all() == ["import:pairs"]
+    assert counts() == {"prompts": 3, "responses": 6, "pairs": 3, "judgments": 3, "annotators": 0}
+    with db.session() as s:  # a dataset's labels are no annotator's: they carry the import's name
         assert set(s.scalars(select(Response.model_version))) == {"imported:pairs"}
         judgment = s.scalars(select(Judgment)).first()
         assert judgment.left is None and judgment.outcome == "a"
+        assert (judgment.source, judgment.source_name, judgment.annotator_id) == ("import", "pairs", None)
         # the judgment-count trigger and the bulk path agree
         assert s.scalars(select(Pair.judgment_count)).all() == [1, 1, 1]
 
@@ -298,7 +298,7 @@ def test_new_pair_reuses_stored_prompt_and_response(workspace, tmp_path):
                       + json.dumps({"prompt": "Pick a number.", "chosen": "Seven.", "rejected": "Blue."}) + "\n")
     store.import_file(first, source="colours")
     assert store.import_file(second, source="colours")["imported"] == 2
-    assert counts() == {"prompts": 2, "responses": 5, "pairs": 3, "judgments": 3, "annotators": 1}
+    assert counts() == {"prompts": 2, "responses": 5, "pairs": 3, "judgments": 3, "annotators": 0}
     with db.session() as s:
         pairs = s.scalars(select(Pair).order_by(Pair.id)).all()
         assert pairs[1].response_a_id == pairs[0].response_a_id  # the stored "Blue." for that prompt

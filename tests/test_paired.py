@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from labeling.paired import clustered_mean_se, cluster_bootstrap, outcomes, win_rate
+from labeling.paired import cluster_bootstrap_ci, clustered_mean_se, outcomes, win_rate
 
 
 def test_outcomes_count_ties_half():
@@ -29,8 +29,8 @@ def test_win_rate_interval_resamples_prompts_and_brackets_the_rate():
     assert (w.wins, w.ties, w.losses, w.prompts) == (5, 2, 1, 4)
     assert w.rate == pytest.approx((5 + 0.5 * 2) / 8)
     assert w.low <= w.rate <= w.high
-    # one prompt whose samples all agree: every resample gives the same mean, the interval is a point
-    assert cluster_bootstrap([1, 1, 1], [7, 7, 7]) == (1.0, 1.0)
+    # prompts whose samples all agree: every resample gives the same mean, the interval is a point
+    assert cluster_bootstrap_ci([1, 1, 1, 1], [7, 7, 8, 8]) == (1.0, 1.0)
 
 
 def test_win_rate_of_identical_outputs_is_one_half():

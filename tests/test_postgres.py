@@ -38,7 +38,12 @@ from tests.test_jobs import (  # noqa: F401
     test_a_dead_worker_is_shown_as_failed, test_a_failing_round_is_recorded_with_its_reason,
     test_cancel_stops_the_round_at_its_next_step, test_clicks_at_the_same_moment_start_one_heavy_job,
     test_eta_follows_the_pace_of_the_steps_not_the_setup_before_them, test_reporter_persists_progress_and_metrics)
-from tests.test_stats import test_judgments_frame_reads_and_filters_the_workspace  # noqa: F401
+from tests.test_imports import (  # noqa: F401
+    test_a_prompt_that_something_else_uses_stays, test_delete_import_takes_its_pairs_labels_and_unused_rows,
+    test_list_imports_counts_what_each_brought_and_no_generated_pair,
+    test_unknown_import_and_a_failure_midway_change_nothing)
+from tests.test_stats import (  # noqa: F401
+    test_imported_labels_are_no_annotator_in_any_statistic, test_judgments_frame_reads_and_filters_the_workspace)
 from tests.test_versions import (  # noqa: F401
     test_a_round_finishing_after_a_rollback_leaves_the_rollback_alone,
     test_create_version_renames_complete_folder_and_records_lineage, test_failed_write_leaves_no_folder_and_no_row)
@@ -61,23 +66,97 @@ def test_the_database_really_is_postgresql(workspace):
                              "AND c.relnamespace = current_schema()::regnamespace")) == 1
 
 
+def make_schema_2(s) -> None:
+    """Put back by hand what a schema-2 workspace held: imported labels under annotators named
+    import:<source>, judgments without a source."""
+    s.execute(text("INSERT INTO annotators (name, role, created_at) SELECT DISTINCT 'import:' || source_name, "
+                   "'annotator', now() FROM judgments WHERE source = 'import'"))
+    s.execute(text("ALTER TABLE judgments DROP CONSTRAINT ck_judgments_annotator_iff_human"))
+    s.execute(text("UPDATE judgments SET annotator_id = a.id FROM annotators a "
+                   "WHERE a.name = 'import:' || judgments.source_name AND judgments.source = 'import'"))
+    s.execute(text("ALTER TABLE judgments DROP COLUMN source, DROP COLUMN source_name"))
+    s.execute(text("ALTER TABLE judgments ALTER COLUMN annotator_id SET NOT NULL"))
+    s.execute(text("UPDATE meta SET value = '2' WHERE key = 'schema_version'"))
+
+
+def reopen() -> None:
+    """Forget the engine, so the next use opens the database afresh (and migrates it)."""
+    db._engine_for(db.database_url()).dispose()
+    db._engine_for.cache_clear()
+
+
 def test_version_1_workspace_is_migrated_on_postgresql(workspace):
     from labeling.models import SCHEMA_VERSION
 
     store.import_file(FIXTURES / "pairs.jsonl")
     with db.session() as s:  # put back what a version-1 workspace had
+        make_schema_2(s)
         s.execute(text("CREATE INDEX ix_responses_prompt_id ON responses (prompt_id)"))
         s.execute(text("CREATE INDEX ix_judgments_pair_id ON judgments (pair_id)"))
         s.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
         pairs = s.scalar(select(func.count(Pair.id)))
-    url = db.database_url()
-    db._engine_for(url).dispose()
-    db._engine_for.cache_clear()
-    assert db.schema_version() == SCHEMA_VERSION == 2
+    reopen()
+    assert db.schema_version() == SCHEMA_VERSION == 3
     with db.session() as s:
         names = set(s.scalars(text("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")))
         assert not names & {"ix_responses_prompt_id", "ix_judgments_pair_id"} and "ix_pairs_queue" in names
         assert s.scalar(select(func.count(Pair.id))) == pairs
+
+
+def test_version_2_imported_labels_become_sources_on_postgresql(workspace):
+    from labeling import export
+    from labeling.models import Annotator
+
+    store.import_file(FIXTURES / "pairs.jsonl")
+    store.import_file(FIXTURES / "hh.jsonl", source="hh")
+    queue.submit_judgment("ana", 1, "b", "a")
+    with db.session() as s:
+        make_schema_2(s)
+        assert s.scalars(text("SELECT name FROM annotators ORDER BY name")).all() == ["ana", "import:hh", "import:pairs"]
+        counts_before = s.execute(select(Pair.id, Pair.judgment_count).order_by(Pair.id)).all()
+    rows_before = export.preference_rows()
+    reopen()
+    assert db.schema_version() == 3
+    with db.session() as s:
+        assert s.scalars(select(Annotator.name)).all() == ["ana"]
+        sources = s.execute(select(Judgment.source, Judgment.source_name, func.count()).group_by(
+            Judgment.source, Judgment.source_name).order_by(Judgment.source, Judgment.source_name)).all()
+        assert sources == [("human", None, 1), ("import", "hh", 2), ("import", "pairs", 3)]
+        assert s.execute(select(Pair.id, Pair.judgment_count).order_by(Pair.id)).all() == counts_before
+    after = export.preference_rows()
+    assert (after.rows, after.excluded, after.judgment_ids) == (rows_before.rows, rows_before.excluded,
+                                                                rows_before.judgment_ids)
+    with pytest.raises(Exception, match="ck_judgments_annotator_iff_human"), db.session() as s:
+        s.execute(text("UPDATE judgments SET annotator_id = NULL WHERE source = 'human'"))
+
+
+def test_backup_moves_a_sqlite_workspace_to_postgresql_byte_for_byte(workspace, tmp_path, monkeypatch, postgres_url):
+    """SQLite -> file -> PostgreSQL -> file gives the same bytes; the restored ids' sequences continue."""
+    from labeling import backup
+    from labeling.models import Job
+    from tests.test_backup import every_row, fill_workspace
+
+    monkeypatch.delenv("PREFLOOP_DB")
+    monkeypatch.setenv("PREFLOOP_HOME", str(tmp_path / "on-sqlite"))
+    fill_workspace()
+    backup.backup(tmp_path / "sqlite.jsonl.gz")
+    rows = every_row()
+    monkeypatch.setenv("PREFLOOP_DB", postgres_url)
+    summary = backup.restore(tmp_path / "sqlite.jsonl.gz")
+    assert db.engine().dialect.name == "postgresql" and summary["rows"]["pairs"] == len(rows["pairs"])
+    backup.backup(tmp_path / "postgresql.jsonl.gz")
+    assert (tmp_path / "postgresql.jsonl.gz").read_bytes() == (tmp_path / "sqlite.jsonl.gz").read_bytes()
+    assert every_row() == rows
+    (waiting,) = [r for r in rows["pairs"] if r[-2] == 0 and r[6] == "label"]
+    assert queue.submit_judgment("dana", waiting[0], "a", "a") == max(r[0] for r in rows["judgments"]) + 1
+    with db.session() as s:
+        job = Job(kind="generate")
+        s.add(job)
+        s.flush()
+        assert job.id == max(r[0] for r in rows["jobs"]) + 1
+        assert s.get(Pair, waiting[0]).judgment_count == 1  # the count trigger is back on
+    with pytest.raises(backup.BackupError, match="is not empty"):
+        backup.restore(tmp_path / "sqlite.jsonl.gz")
 
 
 def test_orm_inserts_after_a_bulk_import_get_fresh_ids(workspace):

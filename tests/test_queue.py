@@ -6,9 +6,10 @@ import datetime as dt
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from labeling import db, queue
-from labeling.models import Annotator, Job, Judgment, ModelVersion, Pair, Prompt, Response, utcnow
+from labeling import db, queue, store
+from labeling.models import Job, Judgment, ModelVersion, Pair, Prompt, Response, utcnow
 from labeling.records import as_messages, content_hash, pair_hash
+from tests.conftest import FIXTURES
 
 
 def seed_pairs(rows, source: str = "test", kind: str = "label") -> list[int]:
@@ -229,11 +230,11 @@ def test_workspace_summary(workspace):
         s.add(Job(kind="dpo", status="finished"))
     summary = queue.workspace_summary()
     assert (summary.prompts, summary.pairs, summary.pairs_waiting, summary.judgments) == (3, 3, 2, 1)
-    assert summary.annotators == 2
-    with db.session() as s:  # the annotator row behind imported labels is not a person
-        s.add(Annotator(name="import:hh"))
-    assert queue.workspace_summary().annotators == 2
+    assert summary.annotators == 2 and summary.imported_labels == 0
     assert summary.current_model == "dpo-1"
     assert [(j["kind"], j["step"], j["total_steps"]) for j in summary.running_jobs] == [("generate", 3, 10)]
     with db.session() as s:
         assert s.scalar(select(func.count(Pair.id))) == 3
+    store.import_file(FIXTURES / "pairs.jsonl")  # a dataset's 3 labels: neither people nor their judgments
+    after = queue.workspace_summary()
+    assert (after.annotators, after.judgments, after.imported_labels) == (2, 1, 3)

@@ -18,14 +18,6 @@ def tiny(workspace, tmp_path, monkeypatch):
     return workspace
 
 
-def test_pairwise_accuracy_counts_ties_as_half():
-    import torch
-
-    chosen = torch.tensor([1.0, 0.0, 2.0, 0.5])
-    rejected = torch.tensor([0.0, 1.0, 2.0, 0.1])
-    assert reward.pairwise_accuracy(chosen, rejected) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
-
-
 def test_encoder_input_keeps_the_latest_turn_and_the_start_of_the_response(workspace):
     from transformers import AutoTokenizer
 
@@ -43,6 +35,38 @@ def test_encoder_input_keeps_the_latest_turn_and_the_start_of_the_response(works
         assert len(ids) == 64  # the room is used: the oldest turns fill what the response leaves
     short = reward.encode(tokenizer, [{"role": "user", "content": "hi"}], "hello", 64)
     assert short == tokenizer("user: hi", "hello")["input_ids"]
+
+
+def test_chat_input_keeps_the_prompt_and_cuts_the_end_of_the_response():
+    from tests.tiny_models import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    chat = lambda messages: tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)  # noqa: E731
+    latest = {"role": "user", "content": "How do I sort a list in Python?"}
+    response = "Use sorted(xs) first. " + "The sea is grey. " * 60 + "LAST WORDS"
+    # a short prompt stays whole; the response keeps its start and loses its end
+    ids = reward.encode(tokenizer, [latest], response, 96)
+    prompt_ids = tokenizer.apply_chat_template([latest], tokenize=True, add_generation_prompt=True, return_dict=False)
+    assert len(ids) == 96 and ids[:len(prompt_ids)] == prompt_ids
+    text = tokenizer.decode(ids)
+    assert "<|im_start|>assistant\nUse sorted(xs) first." in text and "LAST WORDS" not in text
+    # a long conversation loses its oldest turns first; the latest user turn stays whole, and the
+    # response still has at least half of the room
+    oldest = {"role": "user", "content": "OLDEST " + "tell me about France " * 40}
+    conversation = [oldest, {"role": "assistant", "content": "Paris is the capital."}, latest]
+    ids = reward.encode(tokenizer, conversation, response, 96)
+    text = tokenizer.decode(ids)
+    assert len(ids) == 96 and "OLDEST" not in text and "How do I sort a list in Python?" in text
+    assert "Paris is the capital." in text  # the turn after the dropped one fits, so it stays
+    answer = text.split("<|im_start|>assistant\nUse sorted")[-1]
+    assert len(tokenizer(answer)["input_ids"]) >= 96 // 2 - 2
+    # a latest turn too long on its own loses its beginning and keeps its end, next to the answer
+    long_question = {"role": "user", "content": "FIRST " + "please explain photosynthesis " * 40 + "in short words?"}
+    text = tokenizer.decode(reward.encode(tokenizer, [long_question], response, 96))
+    assert "FIRST" not in text and "in short words?<|im_end|>\n<|im_start|>assistant\nUse sorted(xs)" in text
+    # what fits is left exactly as the chat template writes it
+    short = [latest, {"role": "assistant", "content": "Use sorted(xs)."}]
+    assert reward.encode(tokenizer, short[:1], "Use sorted(xs).", 96) == chat(short)
 
 
 def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypatch):

@@ -102,3 +102,23 @@ def test_judgments_frame_reads_and_filters_the_workspace(workspace):
     assert len(stats.judgments_frame(include_unjudged=False)) == 2
     assert stats.filter_values() == {"source": ["hh", "oasst"], "annotator": ["ana", "ben"]}
     assert stats.agreement(everything)["percent_agreement"] == 0.0
+
+
+def test_imported_labels_are_no_annotator_in_any_statistic(workspace):
+    from labeling import store
+    from tests.conftest import FIXTURES
+
+    store.import_file(FIXTURES / "pairs.jsonl")  # 3 pairs, each labeled "a" by the dataset
+    frame_ = stats.judgments_frame(include_unjudged=False)
+    first = int(frame_["pair_id"].min())
+    queue.submit_judgment("ana", first, "b", "a", seconds=2)  # disagrees with the import's label
+    queue.submit_judgment("ben", first + 1, "a", "a", seconds=3)  # agrees with it
+    frame_ = stats.judgments_frame(include_unjudged=False)
+    imported = frame_[frame_["judgment_source"] == "import"]
+    assert len(imported) == 3 and imported["annotator"].isna().all()
+    assert sorted(frame_[frame_["judgment_source"] == "human"]["annotator"]) == ["ana", "ben"]
+    assert stats.judgments_per_annotator(frame_)["annotator"].tolist() == ["ana", "ben"]
+    assert stats.position_bias(frame_)["annotator"].tolist() == ["ana", "ben"]
+    assert stats.outcome_shares(stats.by_people(frame_))["count"].tolist() == [1, 1, 0, 0, 0]
+    assert stats.agreement(frame_)["pairs"] == 0  # one person per pair: the dataset is no second rater
+    assert stats.filter_values()["annotator"] == ["ana", "ben"]

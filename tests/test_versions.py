@@ -139,11 +139,16 @@ def test_set_current_refuses_reward_and_unknown_ids(workspace):
 
 def test_versions_cli_prints_json(workspace, capsys):
     versions.create_version("reward", "reward", None, {"b": 2}, [5], {"acc": 0.5}, _write_text)
+    versions.create_version("reward", "reward", "v1-reward", {"b": 3}, [5, 6], None, _write_text)
     assert versions.main([]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert [(r["id"], r["kind"], r["judgments"], r["metrics"]) for r in rows] == [("v1-reward", "reward", 1, {"acc": 0.5})]
-    assert versions.main(["--set-current", "v1-reward"]) == 1
-    assert "only a policy can be current" in capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and out.count("\n") == 1  # one line of JSON, last
+    rows = json.loads(out.splitlines()[-1])
+    assert [(r["id"], r["kind"], r["parent_id"], r["judgments"], r["metrics"]) for r in rows] == [
+        ("v1-reward", "reward", None, 1, {"acc": 0.5}), ("v2-reward", "reward", "v1-reward", 2, None)]
+    assert versions.main(["--set-current", "v1-reward"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "only a policy can be current" in err
 
 
 # ---------------------------------------------------------------- one config -> CLI, YAML and form
@@ -154,7 +159,7 @@ def test_form_fields_come_from_the_dataclass():
     assert fields["beta"].type is float and fields["beta"].default == 0.1 and "β" in fields["beta"].help
     assert "ipo" in fields["loss_type"].choices and fields["make_current"].type is bool
     reward = {f.name: f for f in cli.form_fields(RewardRoundConfig)}
-    assert reward["learning_rate"].optional and reward["backbone"].choices == ("policy", "minilm")
+    assert reward["learning_rate"].optional and reward["backbone"].choices == ("policy", "minilm", "encoder")
 
 
 def test_yaml_then_flags_override(tmp_path):

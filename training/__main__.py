@@ -10,11 +10,13 @@ from training import registry
 
 COMMANDS = {  # the commands that are not rounds
     "generate": "training.generate",
+    "reward-eval": "training.reward_eval",
     "versions": "training.versions",
     "evaluate": "training.evaluate",
     "sweep": "training.sweep",
     "arena": "training.arena",
     "export": "training.export",
+    "env": "training.env",
     "worker": "training.jobs",
 }
 

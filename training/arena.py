@@ -36,6 +36,7 @@ def response_logprobs(model, tokenizer, prompts: list[list[dict]], texts: list[s
     """(Σ log π(y_t | ·), token count) of each text as the answer to its prompt, EOS included."""
     import torch
 
+    from training import device
     from training.evaluate import sequence_logprobs
 
     out = []
@@ -43,9 +44,9 @@ def response_logprobs(model, tokenizer, prompts: list[list[dict]], texts: list[s
         p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
         y_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = torch.tensor([p_ids + y_ids])
+        ids = device.place(torch.tensor([p_ids + y_ids]))
         mask = torch.ones_like(ids)
-        response = torch.tensor([[0] * len(p_ids) + [1] * len(y_ids)])
+        response = device.place(torch.tensor([[0] * len(p_ids) + [1] * len(y_ids)]))
         with torch.inference_mode():
             out.append((float(sequence_logprobs(model, ids, mask, response)[0]), len(y_ids)))
     return out

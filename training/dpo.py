@@ -28,6 +28,27 @@ LOGGED = {  # TRL's log key -> our metric name (the curves on the Train page)
 }
 
 
+def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
+    """What a round with these settings (default: the defaults) will do on the labels there are now,
+    with a time from the last DPO round's pace; None when there are too few pairs."""
+    from labeling.export import preference_rows
+
+    config = config or DPORoundConfig()
+    rows = list(preference_rows().rows)
+    if len(rows) < MIN_PAIRS:
+        return None
+    train, heldout, _ = rounds.split_by_prompt(rows, config.heldout_fraction, config.seed)
+    plan = config.plan(len(train))
+    sentence = (f"With these settings: {plan['pairs']} training pairs ({len(heldout)} held out), "
+                f"{plan['epochs']:g} epochs, {plan['steps']} steps")
+    last = next((v for v in reversed(versions.list_versions("policy")) if v.method == "dpo"
+                 and (v.metrics or {}).get("pairs_per_second")), None)
+    if last is None:
+        return sentence + "; the time is known after a first round."
+    minutes = plan["pairs"] * plan["epochs"] / last.metrics["pairs_per_second"] / 60
+    return sentence + f", about {max(1, round(minutes))} minutes at the pace of {last.id}."
+
+
 def to_dataset(rows: list[dict], tokenizer, max_prompt_length: int):
     """TRL's conversational preference columns, prompts trimmed to `max_prompt_length` tokens."""
     from datasets import Dataset
@@ -62,24 +83,26 @@ def prompt_budget(config: DPORoundConfig) -> int:
     return min(config.max_prompt_length, config.max_length // 2)
 
 
-def lora_config(config: DPORoundConfig):
-    from peft import LoraConfig
+def lora_config(config: DPORoundConfig, model):
+    """The new adapter: every linear layer of `model`'s architecture but its LM head (training/lora.py)."""
+    from training import lora
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return lora.lora_config(model, config.lora_r, config.lora_alpha)
 
 
-def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None):
-    """TRL's DPOConfig for a CPU round: fp32, no saving, a log line per step."""
+def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None, epochs: float):
+    """TRL's DPOConfig: the device's precision (training/device.py), no saving, a log line per step."""
     from trl import DPOConfig
 
-    precompute = {"yes": True, "no": False, "auto": config.epochs > 1}[config.precompute_ref_log_probs]
+    from training import device
+
+    precompute = {"yes": True, "no": False, "auto": epochs > 1}[config.precompute_ref_log_probs]
     return DPOConfig(
         output_dir=output_dir, beta=config.beta, loss_type=[config.loss_type], label_smoothing=config.label_smoothing,
-        learning_rate=config.learning_rate, num_train_epochs=config.epochs, max_steps=max_steps or -1,
+        learning_rate=config.learning_rate, num_train_epochs=epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,
-        logging_steps=1, save_strategy="no", report_to=[], bf16=False,
+        logging_steps=1, save_strategy="no", report_to=[], **device.trainer_precision(),
         gradient_checkpointing=config.gradient_checkpointing,
         train_sampling_strategy="sequential",  # the order batched_by_length chose
         disable_tqdm=True, dataloader_num_workers=0,
@@ -112,19 +135,20 @@ def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig,
     prompt_tokens = prompt_budget(config)
     train_set = to_dataset(batched_by_length(data.train, config.batch_size, config.seed), tokenizer, prompt_tokens)
     heldout_set = to_dataset(data.heldout, tokenizer, prompt_tokens) if data.heldout else None
+    epochs = config.epochs_for(len(data.train))
     trainer = DPOTrainer(
-        model=model, ref_model=reference, args=trl_config(config, output_dir, max_steps),
+        model=model, ref_model=reference, args=trl_config(config, output_dir, max_steps, epochs),
         train_dataset=train_set, eval_dataset=heldout_set, processing_class=tokenizer,
-        peft_config=lora_config(config), callbacks=[rounds.progress_callback(reporter, LOGGED)],
+        peft_config=lora_config(config, model), callbacks=[rounds.progress_callback(reporter, LOGGED)],
     )
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
     metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
-               "pairs": len(data.train)}
+               "pairs": len(data.train), "epochs": epochs}
     # pairs actually seen (a --max-steps run stops early), per second of training
     metrics["pairs_per_second"] = min(trainer.state.global_step * config.batch_size,
-                                      len(data.train) * config.epochs) / seconds
+                                      len(data.train) * epochs) / seconds
     last = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
     if last:
         metrics["train_accuracy"] = last[-1]["rewards/accuracies"]

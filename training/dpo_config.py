@@ -1,10 +1,16 @@
 """Settings of a DPO round: one dataclass, from which the CLI flags and the Train page form are built."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair",
               "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
+# A LoRA round on a hundred-odd pairs learns little in one pass at a full fine-tune's rate: it aims
+# for about TARGET_STEPS optimizer steps, repeating the pairs at most MAX_EPOCHS times (bench/learning.py).
+TARGET_STEPS = 96
+MAX_EPOCHS = 4
 
 SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the losses TRL applies label_smoothing to
 
@@ -18,7 +24,9 @@ class DPORoundConfig:
     loss_type: str = field(default="sigmoid", metadata={
         "help": "DPO loss: sigmoid (the paper's), ipo, hinge, robust, ... (TRL's names).", "choices": LOSS_TYPES})
     learning_rate: float = field(default=5e-5, metadata={"above": 0, "help": "AdamW learning rate of the LoRA adapter."})
-    epochs: float = field(default=1.0, metadata={"above": 0, "help": "Passes over the training pairs."})
+    epochs: float | None = field(default=None, metadata={"above": 0, "help": (
+        f"Passes over the training pairs; empty = enough for about {TARGET_STEPS} optimizer steps, from 1 to "
+        f"{MAX_EPOCHS} (3 for 128 pairs at batch 4, 1 from {TARGET_STEPS * 4} pairs on).")})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "Pairs per optimizer step."})
     max_length: int = field(default=512, metadata={"min": 8,
         "help": "Longest prompt + response in tokens; longer responses are cut at the end."})
@@ -45,6 +53,18 @@ class DPORoundConfig:
     seed: int = field(default=0, metadata={"help": "Random seed of data order and the adapter's initialisation."})
     make_current: bool = field(default=True, metadata={
         "help": "Make the new version the current policy that generation uses."})
+
+    def epochs_for(self, pairs: int) -> float:
+        """The passes a round on `pairs` training pairs makes: `epochs`, or chosen from the pairs."""
+        if self.epochs:
+            return self.epochs
+        steps_per_epoch = max(1, math.ceil(pairs / self.batch_size))
+        return float(min(MAX_EPOCHS, max(1, round(TARGET_STEPS / steps_per_epoch))))
+
+    def plan(self, pairs: int) -> dict[str, float]:
+        """What a round on `pairs` training pairs will do: {"pairs", "epochs", "steps"}."""
+        epochs = self.epochs_for(pairs)
+        return {"pairs": pairs, "epochs": epochs, "steps": math.ceil(math.ceil(pairs / self.batch_size) * epochs)}
 
     def problem(self) -> str | None:
         """The sentence saying why these settings do not go together, or None."""

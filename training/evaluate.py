@@ -137,7 +137,10 @@ def measure(policy, base, tokenizer, prompts: list[list[dict]], scorer, config: 
     return {"reward": reward, "reward_se": reward_se, "kl": kl, "kl_se": kl_se,
             "kl_per_token": sum(rows["kl"]) / max(sum(ntoks), 1), "samples": len(rows["texts"]),
             "mean_tokens": sum(ntoks) / len(ntoks), "example": rows["texts"][0] if rows["texts"] else "",
-            "base_logp_per_token": sum(rows["base_logp"]) / max(sum(ntoks), 1)}
+            "base_logp_per_token": sum(rows["base_logp"]) / max(sum(ntoks), 1),
+            # per sample, in row order (prompt-major), so two versions can be compared sample by sample
+            "per_sample": {"score": scores, "tokens": [int(n) for n in ntoks], "prompt": rows["prompt"],
+                           "kl": rows["kl"]}}
 
 
 def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> dict:
@@ -173,7 +176,8 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
             continue
         m = measure(policy, base, tokenizer, [p for _, p in prompts], scorer, config)
         details = {"prompt_ids": [i for i, _ in prompts], "train_prompts": train_prompts, "config": asdict(config),
-                   "samples": m["samples"], "mean_tokens": m["mean_tokens"], "example": m["example"]}
+                   "samples": m["samples"], "mean_tokens": m["mean_tokens"], "example": m["example"],
+                   "base_logp_per_token": m["base_logp_per_token"], "per_sample": m["per_sample"]}
         with db.session() as s:
             s.add(EvalPoint(version_id=version_id, reward_version_id=reward_id, reward=m["reward"],
                             reward_se=m["reward_se"], kl=m["kl"], kl_se=m["kl_se"],

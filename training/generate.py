@@ -64,10 +64,10 @@ def new_token_counts(new_tokens, eos_ids: list[int]) -> list[int]:
 def sample_rows(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
                 seed: int) -> list[tuple[str, int, bool]]:
     """One sampled continuation per text, all in one batch: (response, new tokens, stopped at EOS)."""
-    from training import sampling
+    from training import device, sampling
 
     tokenizer.padding_side = "left"
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = device.place(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
     new, mask = sampling.sample(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_p=top_p, seed=seed)  # (B, T_new) each
     stop = sampling.stop_ids(model, tokenizer)
@@ -193,6 +193,7 @@ def main(argv: list[str]) -> int:
     """`python -m training generate [--prompts N] [--version V] [--job-id ID] [--config FILE.yaml]`."""
     from training import model as models
     from training.cli import ConfigError, config_from_args
+    from training.device import DeviceError
 
     try:
         config, extras = config_from_args(GenerateConfig, argv, prog="python -m training generate")
@@ -204,7 +205,7 @@ def main(argv: list[str]) -> int:
         with jobs.reporting(extras.get("job_id")) as reporter:
             result = run(config, reporter)
             reporter.result = result
-    except models.ModelPathError as exc:
+    except (models.ModelPathError, DeviceError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
     print(json.dumps({"pairs": result["pairs"], "tokens_per_s": result["tokens_per_s"]}))

@@ -165,7 +165,7 @@ def kl_penalty_rewards(
     kl = (logprobs - ref_logprobs) * mask
     rewards = -beta * kl
     last = last_token_index(mask)
-    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
+    rewards[torch.arange(len(scores), device=rewards.device), last] += scores.to(rewards.dtype)
     return rewards, kl
 
 

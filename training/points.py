@@ -107,3 +107,17 @@ def training_curves(version_id: str) -> list[dict]:
                 rows = s.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id))
                 return [{"step": m.step, **m.values} for m in rows]
     return []
+
+
+def newest_point(version_id: str, reward_version: str | None = None) -> dict | None:
+    """The newest measured point of a version (optionally scored by one reward model), details included."""
+    query = select(EvalPoint).where(EvalPoint.version_id == version_id)
+    if reward_version:
+        query = query.where(EvalPoint.reward_version_id == reward_version)
+    with db.session() as s:
+        point = s.scalar(query.order_by(EvalPoint.id.desc()).limit(1))
+        if point is None:
+            return None
+        return {"version": version_id, "reward_version": point.reward_version_id, "reward": point.reward,
+                "reward_se": point.reward_se or 0.0, "kl": point.kl, "kl_se": point.kl_se or 0.0,
+                "details": dict(point.details or {})}

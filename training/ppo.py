@@ -63,13 +63,15 @@ def minibatch_loss(model, value_head, batch: Rollout, advantages, returns, confi
 
 
 def ppo_update(model, value_head, optimizer, rollout: Rollout, advantages, returns, config: PPOConfig,
-               generator: torch.Generator) -> dict[str, float]:
+               generator: torch.Generator, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """`ppo_epochs` passes of shuffled minibatches over one rollout; returns the mean statistics.
 
     The policy stays in eval mode (dropout off) while it learns, as in the rollout that sampled and
-    scored these tokens: with dropout on, π/π_old would differ from 1 before any update."""
+    scored these tokens: with dropout on, π/π_old would differ from 1 before any update. `scaler`
+    scales the loss in fp16 (training/device.py); None or a disabled one changes nothing."""
     import torch
 
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
     model.eval()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     B = len(rollout.scores)
@@ -82,9 +84,11 @@ def ppo_update(model, value_head, optimizer, rollout: Rollout, advantages, retur
             loss, stats = minibatch_loss(model, value_head, rollout.select(index), advantages[index],
                                          returns[index], config)
             optimizer.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
             n += 1
     return {k: v / n for k, v in sums.items()}
@@ -109,7 +113,7 @@ def ended(rollout: Rollout, stop: list[int]) -> torch.Tensor:
     from training.losses import last_token_index
 
     last = rollout.response_ids.gather(1, last_token_index(rollout.response_mask).unsqueeze(1)).squeeze(1)
-    return torch.isin(last, torch.tensor(stop))
+    return torch.isin(last, torch.tensor(stop, device=last.device))
 
 
 def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, config: PPOConfig,
@@ -124,6 +128,7 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
     """
     import torch
 
+    from training import device
     from training.losses import AdaptiveKLController, FixedKLController, RunningMoments
     from training.rollout import ValueHead, collect_rollout, wrap_with_lora
     from training.sampling import stop_ids
@@ -137,9 +142,10 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = wrap_with_lora(model, config.lora_r, config.lora_alpha)
-    value_head = value_head if value_head is not None else ValueHead(model.config.hidden_size)
+    value_head = device.place(value_head if value_head is not None else ValueHead(model.config.hidden_size))
     trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    scaler = device.grad_scaler()
     if reference is not None:
         reference.eval()
     stop = stop_ids(model, tokenizer)
@@ -155,7 +161,7 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
         scores[~finished] -= config.missing_eos_penalty
         beta = kl_ctl.value
         advantages, returns, kl = step_rewards(rollout, scores, beta, config)
-        stats = ppo_update(model, value_head, optimizer, rollout, advantages, returns, config, generator)
+        stats = ppo_update(model, value_head, optimizer, rollout, advantages, returns, config, generator, scaler)
         kl_per_response = kl.sum(1).mean().item()
         kl_ctl.update(kl_per_response, config.batch_size)
         metrics = {**stats, "reward": rollout.scores.mean().item(), "kl": kl_per_response, "beta": beta,

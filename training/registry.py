@@ -33,12 +33,17 @@ class Round:
     quick_limits: tuple[str, ...] = ("max_steps", "max_pairs")  # RoundLimits offered beside the form
     # β-sweep setting -> the config field it sets (the config needs `make_current`); None: cannot be swept
     sweep: dict[str, str] | None = field(default=None, hash=False)
+    plan: str | None = None  # "module:function" plan() -> what a round would do now, shown above its form
 
     def config_class(self) -> type:
         return _load(self.config)
 
     def run_function(self) -> Callable[..., dict[str, Any]]:
         return _load(self.run)
+
+    def plan_sentence(self) -> str | None:
+        """What a round with the default settings would do on the data there is now, or None."""
+        return _load(self.plan)() if self.plan else None
 
     def problem(self, config: Any = None) -> str | None:
         """Why the round cannot run with `config` (default: its defaults) now, as one sentence, or
@@ -57,7 +62,7 @@ ROUNDS: dict[str, Round] = {r.name: r for r in (
     Round("reward", "Reward model", "training.reward_config:RewardRoundConfig", "training.reward:run_round",
           produces="reward", ready=rounds.needs_pairs("The reward round"), curves=("loss", "accuracy", "margin")),
     Round("dpo", "DPO", "training.dpo_config:DPORoundConfig", "training.dpo:run_round", produces="policy",
-          ready=rounds.needs_pairs("DPO"), curves=("loss", "accuracy", "margin"),
+          ready=rounds.needs_pairs("DPO"), curves=("loss", "accuracy", "margin"), plan="training.dpo:plan_sentence",
           sweep={"beta": "beta", "learning_rate": "learning_rate", "max_length": "max_length"}),
     Round("ppo", "PPO", "training.ppo_config:PPOConfig", "training.ppo:run_round", produces="policy",
           ready=rounds.needs_reward_model("PPO"), curves=("reward", "kl", "policy_loss", "value_loss", "entropy"),

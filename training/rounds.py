@@ -170,6 +170,7 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
     its summary as JSON on the last line. User errors print one sentence and return 1."""
     from training import jobs
     from training.cli import ConfigError, config_from_args
+    from training.device import DeviceError
     from training.model import ModelPathError
     from training.versions import VersionError
 
@@ -184,7 +185,7 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
             jobs.set_threads()
             summary = run_round(config, reporter, max_steps=extras["max_steps"], max_pairs=extras["max_pairs"])
             reporter.result = summary
-    except (NotReady, ModelPathError, VersionError) as exc:  # the user's to fix: one sentence, no traceback
+    except (NotReady, ModelPathError, VersionError, DeviceError) as exc:  # the user's to fix: one sentence
         print(str(exc), file=sys.stderr)
         return 1
     except jobs.Cancelled:

@@ -17,6 +17,8 @@ from typing import Iterator
 
 import torch
 
+from training import device
+
 
 def stop_ids(model, tokenizer) -> list[int]:
     """Every token id that ends a response for this model (its generation config's and the tokenizer's EOS)."""
@@ -60,6 +62,7 @@ def sample(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tens
     """
     from transformers import GenerationConfig
 
+    input_ids, attention_mask = device.place((input_ids, attention_mask))
     stop = stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     config = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
@@ -82,7 +85,7 @@ def encode_chats(tokenizer, prompts: list[list[dict]], max_prompt_tokens: int | 
     """Chat-template the conversations (assistant turn opened) and left-pad them; a prompt longer
     than `max_prompt_tokens` keeps its end (the latest turn and the opened assistant turn).
 
-    Shape: -> input_ids (B, Q), attention_mask (B, Q).
+    Shape: -> input_ids (B, Q), attention_mask (B, Q), on the device (training/device.py).
     """
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     # truncation_side is a tokenizer attribute; as a call argument transformers ignores it and cuts the end
@@ -92,4 +95,4 @@ def encode_chats(tokenizer, prompts: list[list[dict]], max_prompt_tokens: int | 
                         max_length=max_prompt_tokens, padding=True, padding_side="left", return_tensors="pt")
     finally:
         tokenizer.truncation_side = side
-    return enc["input_ids"], enc["attention_mask"]
+    return device.place((enc["input_ids"], enc["attention_mask"]))

@@ -9,7 +9,7 @@ path is the converted base model itself.
 
 One policy version is *current*: generation uses it; rollback is `set_current(older_id)`.
 
-    python -m training versions                       # all versions as JSON
+    python -m training versions                       # all versions, one JSON line
     python -m training versions --set-current v2-dpo  # rollback / roll forward
     python -m training versions --export v3-dpo OUT   # merged standalone folder
 """
@@ -218,8 +218,8 @@ def main(argv: list[str]) -> int:
             path = export_merged(*args.export)
             print(json.dumps({"exported": args.export[0], "path": str(path)}))
             return 0
-    except VersionError as exc:
+    except VersionError as exc:  # bad input: one sentence, exit 2, as every command
         print(str(exc), file=sys.stderr)
-        return 1
-    print(json.dumps([as_dict(v) for v in list_versions(args.kind)], indent=1))
+        return 2
+    print(json.dumps([as_dict(v) for v in list_versions(args.kind)]))  # one line: `| tail -1` is JSON
     return 0

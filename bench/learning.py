@@ -1,0 +1,421 @@
+"""Does the loop learn? A scripted annotator with a known taste labels pairs through the app's own
+queue, rounds run through the same entry points as the Train button with their defaults, and the
+taste is measured on held-out prompts before and after.
+
+    python bench/learning.py [--taste concise --taste plain | --taste package.module:function]
+                             [--labels 128] [--rounds 3] [--arms dpo,iterative,ppo] [--quick]
+
+For each taste, in fresh workspaces that share one converted base model:
+  * dpo: the app's generator samples pairs from the base for `--labels` training prompts, the
+    annotator judges each through `queue.next_pair` / `queue.submit_judgment` (a tie when the
+    taste scores both sides the same), then one DPO round with the defaults;
+  * ppo: on those same labels, a reward round and a PPO round from the base, with the defaults;
+  * iterative: `--rounds` rounds on the same total budget, each generating its pairs from the
+    policy the previous round made (on-policy), labeling them, and running a DPO round on all
+    labels so far.
+Every version answers the same held-out prompts with the same seeds (K samples each, temperature
+1). Reported per version: the taste's mean, its win rate against the base and against the
+previous round (paired sample by sample, ties half, 95% interval from a bootstrap over prompts),
+the exact KL to the base, mean length, the base model's log-prob per token of the answers
+(fluency) and the share of empty or looping answers; for the reward model, its held-out accuracy
+against the taste's own preference. Last line: JSON.
+
+`--sweep "learning_rate=5e-5,5e-4 epochs=1,3"` adds DPO variants trained on the dpo arm's labels.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.tastes import load_taste  # noqa: E402
+
+ANNOTATOR = "scripted"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--taste", action="append", help="built-in taste (concise, plain, structured) or package.module:function; "
+                                                    "repeat for several (default: concise and plain)")
+    p.add_argument("--labels", type=int, default=128, help="judgments each arm may spend")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the iterative arm")
+    p.add_argument("--arms", default="dpo,iterative,ppo")
+    p.add_argument("--heldout", type=int, default=24, help="held-out prompts the versions answer")
+    p.add_argument("--samples", type=int, default=4, help="answers per held-out prompt and version")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, when labeling and measuring")
+    p.add_argument("--model", help="base model folder (default: the converted SmolLM2)")
+    p.add_argument("--home", help="folder for the workspaces (default: a temporary one)")
+    p.add_argument("--sweep", default="", help='DPO variants on the dpo arm\'s labels: "field=v1,v2 field=v1,..."')
+    p.add_argument("--set", action="append", default=[], metavar="ROUND.FIELD=VALUE",
+                   help="override a round default for every arm, e.g. dpo.learning_rate=1e-4")
+    p.add_argument("--plot", help="write a PNG of taste win rate against labels spent")
+    p.add_argument("--quick", action="store_true", help="tiny model, 48 labels, 2 rounds: proves the plumbing")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- workspaces and prompts
+
+
+def use_workspace(root: Path, name: str) -> Path:
+    """Point prefloop at a fresh workspace (its own SQLite database) under `root`."""
+    home = root / name
+    os.environ["PREFLOOP_HOME"] = str(home)
+    os.environ.pop("PREFLOOP_DB", None)
+    from labeling import store
+    from training import versions
+
+    store.ensure_builtin_prompts()
+    store.add_prompts(extra_prompts(), "bench")
+    versions.ensure_base_version()
+    return home
+
+
+def extra_prompts() -> list[str]:
+    """OpenAssistant's root prompts (English, not synthetic) when ../shared/data is there: more
+    held-out prompts than the ~17 the built-in list gives."""
+    path = ROOT.parent / "shared" / "data" / "oasst-en-trees-70.jsonl"
+    if not path.is_file():
+        return []
+    prompts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        root = json.loads(line)["prompt"]
+        if not root.get("synthetic") and len(root["text"]) < 600:
+            prompts.append(root["text"])
+    return prompts
+
+
+def heldout_prompts(n: int) -> list[list[dict]]:
+    from training.evaluate import heldout_prompts as first_heldout
+
+    return [messages for _, messages in first_heldout(n)]
+
+
+# ---------------------------------------------------------------- the annotator
+
+
+def label_waiting(taste) -> dict[str, int]:
+    """Judge every waiting pair as the Label page would store it: the better side by the taste,
+    a tie when it scores both the same."""
+    from labeling import queue
+
+    counts = {"judged": 0, "ties": 0}
+    while (view := queue.next_pair(ANNOTATOR)) is not None:
+        left, right = taste(view.left_text), taste(view.right_text)
+        choice = "left" if left > right else "right" if right > left else "tie"
+        queue.submit_judgment(ANNOTATOR, view.pair_id, queue.stored_outcome(choice, view.left), view.left, seconds=0.0)
+        counts["judged"] += 1
+        counts["ties"] += choice == "tie"
+    return counts
+
+
+def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int) -> dict[str, int]:
+    """The app's generator answers `prompts` training prompts twice with the current policy; all is labeled."""
+    from training.generate import GenerateConfig, run
+
+    run(GenerateConfig(prompts=prompts, max_new_tokens=max_new_tokens, seed=seed))
+    return label_waiting(taste)
+
+
+# ---------------------------------------------------------------- measuring a version
+
+
+class Measure:
+    """Every version answers the same held-out prompts with the same seeds; the base is measured once."""
+
+    def __init__(self, args, taste):
+        from training import model as models
+
+        self.args, self.taste = args, taste
+        self.prompts = heldout_prompts(args.heldout)
+        self.base, self.tokenizer = models.load_policy("v1-base")
+        self.base.eval()
+        self.rows: dict[str, dict] = {}
+
+    def __call__(self, key: str, version_id: str) -> dict:
+        from training import model as models
+        from training.evaluate import sample_and_score
+
+        policy = self.base if version_id == "v1-base" else models.load_policy(version_id)[0].eval()
+        rows = sample_and_score(policy, self.base, self.tokenizer, self.prompts, self.args.samples,
+                                self.args.max_new_tokens, self.args.seed + 7, batch_size=8)
+        rows["taste"] = [self.taste(t) for t in rows["texts"]]
+        self.rows[key] = rows
+        return rows
+
+
+def report(arm: str, figures: dict) -> dict:
+    """Print one arm's figures at once (a later crash keeps them), and return them."""
+    print(json.dumps({"arm": arm, **figures}), flush=True)
+    return figures
+
+
+def summarise(rows: dict, base: dict, previous: dict | None) -> dict:
+    from labeling.paired import clustered_mean_se, win_rate
+
+    taste, taste_se = clustered_mean_se(rows["taste"], rows["prompt"])
+    kl, kl_se = clustered_mean_se(rows["kl"], rows["prompt"])
+    texts = rows["texts"]
+    out = {"taste": round(taste, 4), "taste_se": round(taste_se, 4), "kl": round(kl, 3), "kl_se": round(kl_se, 3),
+           "mean_words": round(sum(len(t.split()) for t in texts) / len(texts), 1),
+           "base_logp_per_token": round(sum(rows["base_logp"]) / max(sum(rows["tokens"]), 1), 3),
+           "empty_or_looping": round(sum(not t or looping(t) for t in texts) / len(texts), 3)}
+    for name, other in (("vs_base", base), ("vs_previous", previous)):
+        if other is not None and other is not rows:
+            w = win_rate(rows["taste"], other["taste"], rows["prompt"])
+            out[name] = {"win_rate": round(w.rate, 3), "low": round(w.low, 3), "high": round(w.high, 3)}
+    return out
+
+
+def looping(text: str) -> bool:
+    """A degenerate answer: one word-trigram makes up over a third of its trigrams."""
+    words = text.split()
+    grams = list(zip(words, words[1:], words[2:]))
+    return len(grams) >= 6 and max(grams.count(g) for g in set(grams)) > len(grams) / 3
+
+
+def reward_accuracy_against_taste(reward_id: str, measure: Measure) -> dict:
+    """How often the reward model prefers the answer the taste prefers, over every two base answers
+    to the same held-out prompt that the taste tells apart (ties of the model count half), with a
+    95% interval from a bootstrap over prompts."""
+    from labeling.paired import cluster_bootstrap_ci
+    from training import reward
+    from training.metrics import pair_outcomes
+
+    rows = measure.rows["base"]
+    scores = reward.load_scorer(reward_id)([measure.prompts[i] for i in rows["prompt"]], rows["texts"]).float().tolist()
+    chosen, rejected, clusters = [], [], []
+    for i, j in itertools.combinations(range(len(scores)), 2):
+        if rows["prompt"][i] == rows["prompt"][j] and rows["taste"][i] != rows["taste"][j]:
+            c, r = (i, j) if rows["taste"][i] > rows["taste"][j] else (j, i)
+            chosen.append(scores[c])
+            rejected.append(scores[r])
+            clusters.append(rows["prompt"][i])
+    if not chosen:
+        return {"accuracy_vs_taste": None, "pairs": 0}
+    agree = pair_outcomes(chosen, rejected)  # the one preference accuracy: ties count half
+    low, high = cluster_bootstrap_ci(agree, clusters)
+    return {"accuracy_vs_taste": round(float(agree.mean()), 3), "low": round(low, 3), "high": round(high, 3),
+            "pairs": len(chosen)}
+
+
+# ---------------------------------------------------------------- arms
+
+
+def round_config(kind: str, args, **fields):
+    """The round's default config, with --set overrides and `fields`."""
+    module, name = {"dpo": ("training.dpo_config", "DPORoundConfig"), "ppo": ("training.ppo_config", "PPOConfig"),
+                    "reward": ("training.reward_config", "RewardRoundConfig")}[kind]
+    import importlib
+
+    from training.cli import config_from_dict
+
+    cls = getattr(importlib.import_module(module), name)
+    values = {}
+    for item in args.set:
+        target, _, value = item.partition("=")
+        round_kind, _, field = target.partition(".")
+        if round_kind == kind:
+            values[field] = value
+    return config_from_dict(cls, {**values, **fields}, where="--set / --sweep")
+
+
+def run_dpo(args, config=None) -> dict:
+    from training import dpo, jobs
+
+    started = time.perf_counter()
+    summary = dpo.run_round(config or round_config("dpo", args), jobs.Reporter(None))
+    return {**summary, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def arm_dpo(args, taste, root: Path, measure_base) -> dict:
+    """One DPO round on `--labels` pairs from the base; then reward + PPO on the same labels; then sweeps."""
+    from training import dpo, jobs, ppo, reward, versions
+
+    use_workspace(root, "dpo")
+    measure = Measure(args, taste)
+    measure.rows["base"] = measure_base
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed)
+    out = {"labels": labels}
+    arms = args.arms.split(",")
+    if "dpo" in arms:
+        summary = run_dpo(args)
+        out["dpo"] = report("dpo", {**summarise(measure("dpo", summary["version"]), measure_base, None),
+                      "train_seconds": summary["seconds"], "steps": summary["steps"],
+                      "heldout_accuracy": summary.get("heldout_accuracy"), "labels": labels["judged"]})
+    if "ppo" in arms:
+        versions.set_current("v1-base")
+        t0 = time.perf_counter()
+        rm = reward.run_round(round_config("reward", args), jobs.Reporter(None))
+        summary = ppo.run_round(round_config("ppo", args, reward_version=rm["version"]), jobs.Reporter(None))
+        out["ppo"] = report("ppo", {**summarise(measure("ppo", summary["version"]), measure_base, None),
+                      "reward_model": reward_accuracy_against_taste(rm["version"], measure),
+                      "train_seconds": round(time.perf_counter() - t0, 1), "labels": labels["judged"]})
+    for variant in sweep_variants(args.sweep):
+        versions.set_current("v1-base")
+        summary = run_dpo(args, round_config("dpo", args, make_current=False, **variant))
+        key = "sweep " + " ".join(f"{k}={v}" for k, v in variant.items())
+        out[key] = report(key, {**summarise(measure(key, summary["version"]), measure_base, None),
+                                "train_seconds": summary["seconds"], "steps": summary["steps"]})
+    return out
+
+
+def sweep_variants(text: str) -> list[dict]:
+    """ "learning_rate=5e-5,5e-4 epochs=1,3" -> the 4 combinations, values as written (checked by the config)."""
+    axes = [(name, values.split(",")) for name, _, values in (part.partition("=") for part in text.split())]
+    return [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])] if axes else []
+
+
+def arm_iterative(args, taste, root: Path, measure_base) -> dict:
+    """`--rounds` on-policy DPO rounds on the same total budget."""
+    from training.rounds import NotReady
+
+    use_workspace(root, "iterative")
+    measure = Measure(args, taste)
+    measure.rows["base"] = measure_base
+    out, previous, spent = {}, measure_base, 0
+    for r in range(1, args.rounds + 1):
+        budget = args.labels * r // args.rounds - spent
+        labels = generate_and_label(taste, budget, args.max_new_tokens, args.seed + 100 * r)
+        spent += budget
+        try:
+            summary = run_dpo(args)  # a fresh adapter on the current policy, all labels so far, reference = base
+        except NotReady as exc:  # the taste tied too often: label more before the next round
+            out[f"round {r}"] = {"labels": spent, "judged": labels, "skipped": str(exc)}
+            continue
+        rows = measure(f"round {r}", summary["version"])
+        out[f"round {r}"] = report(f"iterative round {r}", {
+            **summarise(rows, measure_base, previous), "labels": spent, "judged": labels,
+            "train_seconds": summary["seconds"], "steps": summary["steps"]})
+        previous = rows
+    return out
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def prepare_model(args, root: Path) -> None:
+    """One base model folder for every workspace (PREFLOOP_MODEL)."""
+    if args.quick and not args.model:
+        args.model = str(tiny_peaked_policy(root / "tiny-model"))
+    if not args.model:
+        from training.model import convert_default_model
+
+        os.environ["PREFLOOP_HOME"] = str(root / "convert")
+        args.model = str(convert_default_model())
+    os.environ["PREFLOOP_MODEL"] = args.model
+
+
+def tiny_peaked_policy(folder: Path) -> Path:
+    """The tests' 2-layer model with its (tied) embeddings scaled up: a random 16-wide model's logits
+    stay within ±0.3, so no adapter could make any answer likelier (as in tests/test_ppo.py)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny_models import make_tiny_policy
+
+    make_tiny_policy(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def run_taste(args, name: str, root: Path) -> dict:
+    taste = load_taste(name)
+    root = root / re.sub(r"\W+", "-", name)
+    use_workspace(root, "base")
+    measure = Measure(args, taste)
+    base = measure("base", "v1-base")
+    result = {"base": report(f"base ({name})", summarise(base, base, None))}
+    arms = args.arms.split(",")
+    if {"dpo", "ppo"} & set(arms) or args.sweep:
+        result.update(arm_dpo(args, taste, root, base))
+    if "iterative" in arms:
+        result["iterative"] = arm_iterative(args, taste, root, base)
+    return result
+
+
+def headline(result: dict) -> dict:
+    """Per arm: win rate against the base with its interval (the figures the targets name)."""
+    picked = {}
+    for arm in ("dpo", "ppo"):
+        if arm in result:
+            picked[arm] = result[arm]["vs_base"]
+    trained = [r for r in result.get("iterative", {}).values() if "vs_base" in r]
+    if trained:
+        picked["iterative"] = trained[-1]["vs_base"]
+    if "ppo" in result:
+        picked["reward_accuracy_vs_taste"] = result["ppo"]["reward_model"]["accuracy_vs_taste"]
+    return picked
+
+
+def plot(results: dict, path: str) -> None:
+    """Taste win rate against the base by labels spent, one panel per taste, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), dpi=110, squeeze=False)
+    for ax, (taste, result) in zip(axes[0], results.items()):
+        def draw(xs, points, label, style):
+            rates = [p["vs_base"]["win_rate"] for p in points]
+            err = [[r - p["vs_base"]["low"] for r, p in zip(rates, points)],
+                   [p["vs_base"]["high"] - r for r, p in zip(rates, points)]]
+            ax.errorbar(xs, rates, yerr=err, fmt=style, capsize=3, label=label)
+        if "iterative" in result:
+            rounds = [r for r in result["iterative"].values() if "vs_base" in r]
+            draw([0] + [p["labels"] for p in rounds], [result["base"] | {"vs_base": {"win_rate": .5, "low": .5, "high": .5}}]
+                 + rounds, "iterative DPO", "-o")
+        for arm, style in (("dpo", "s"), ("ppo", "^")):
+            if arm in result:
+                draw([result[arm]["labels"]], [result[arm]], f"one {arm.upper()} round", style)
+        ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+        ax.set(title=f"taste: {taste}", xlabel="labels spent", ylabel="taste win rate vs base (95% CI)", ylim=(0, 1))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.labels, args.rounds, args.heldout, args.samples = min(args.labels, 48), min(args.rounds, 2), 6, 2
+        args.max_new_tokens = min(args.max_new_tokens, 16)
+        args.set = ["ppo.steps=2", "reward.epochs=1"] + args.set
+    tastes = args.taste or ["concise", "plain"]
+    for name in tastes:
+        load_taste(name)  # a wrong name fails before any work
+    from training import jobs
+
+    jobs.set_threads()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="prefloop-learning-") as tmp:
+        root = Path(args.home or tmp)
+        prepare_model(args, root)
+        results = {}
+        for name in tastes:
+            results[name] = run_taste(args, name, root)
+            print(json.dumps({name: results[name]}), flush=True)
+    if args.plot:
+        plot(results, args.plot)
+    print(json.dumps({"tastes": {name: headline(r) for name, r in results.items()}, "labels": args.labels,
+                      "rounds": args.rounds, "heldout_prompts": args.heldout, "samples": args.samples,
+                      "total_s": round(time.perf_counter() - started, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""bench/learning.py --quick on a tiny model: the scripted annotator labels through the queue, the
+rounds run through their entry points, and a synthetic taste rises over a handful of steps."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def vowels(text: str) -> float:
+    """A taste a 2-layer model can learn from 48 labels: the share of vowels in the answer."""
+    return sum(c in "aeiou" for c in text) / max(len(text), 1)
+
+
+def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
+    from bench import learning
+
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    # the tiny model needs a far larger step than SmolLM2's defaults
+    assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "dpo,iterative",
+                          "--set", "dpo.learning_rate=0.02", "--set", "dpo.epochs=4", "--home", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
+    detail, summary = lines[-2]["tests.test_learning_bench:vowels"], lines[-1]
+    assert detail["labels"]["judged"] == 48
+    assert [r["labels"] for r in detail["iterative"].values()] == [24, 48]  # the budget split over the rounds
+    dpo, last = detail["dpo"], detail["iterative"]["round 2"]
+    for row in (dpo, last):
+        assert row["kl"] > 0 and row["vs_base"]["low"] <= row["vs_base"]["win_rate"] <= row["vs_base"]["high"]
+    # measured: one round 0.75 [0.58, 0.92], two on-policy rounds 0.83 [0.67, 1.0]
+    assert dpo["vs_base"]["win_rate"] > 0.6 and last["vs_base"]["win_rate"] > 0.6
+    assert summary["tastes"]["tests.test_learning_bench:vowels"]["dpo"] == dpo["vs_base"]
+
+
+def test_a_taste_is_a_builtin_name_or_a_function_path():
+    from bench.tastes import concise, load_taste, plain, structured
+
+    assert load_taste("concise") is concise and concise("one two three") == -3.0
+    assert plain("a cat sat") == 1.0 and plain("extraordinary circumstances") == 0.0 and plain("") == 0.0
+    assert structured("- one\n- two") == 1.0 and structured("one block") == 0.0
+    assert structured("para one\n\npara two") == pytest.approx(0.1)
+    assert load_taste("tests.test_learning_bench:vowels") is vowels
+    with pytest.raises(ValueError, match="Unknown taste 'sweet'"):
+        load_taste("sweet")
+    with pytest.raises(ValueError, match="has no function 'nothing'"):
+        load_taste("bench.tastes:nothing")

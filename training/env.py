@@ -1,0 +1,88 @@
+"""`python -m training env`: what prefloop would run on here, before a round starts: the device and
+precision (training/device.py), the torch version, free memory, and a rough estimate of a DPO
+round's peak memory for the current base model. Prints a few lines, then one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# Peak memory of a DPO round ≈ parameters × bytes per parameter × DPO_MEMORY_FACTOR. The factor is
+# measured, not derived: bench/dpo.py's prefloop arm on SmolLM2-135M in fp32 (0.54 GB of weights)
+# peaked at 4.0 GB of RSS with 16 pairs at the default batch size and lengths, gradient
+# checkpointing and 1,024-position log-prob chunks: 7.4× the weights, rounded up to 8 for the
+# reference copy a round from a later version holds (reference = base). Activations and the
+# full-vocabulary logits grow with batch × length × vocabulary, not with parameters, so for a model
+# much larger than SmolLM2 the weights dominate and this overestimates (towards 2-3×); it is a
+# warning level, not a promise.
+DPO_MEMORY_FACTOR = 8
+GB = 1024**3
+
+
+def parameter_count(folder: Path) -> int:
+    """Parameters of the model in `folder`, read from its safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as weights:
+            for name in weights.keys():
+                shape = weights.get_slice(name).get_shape()
+                count = 1
+                for size in shape:
+                    count *= size
+                total += count
+    return total
+
+
+def dpo_peak_bytes(parameters: int, bytes_per_parameter: int) -> int:
+    """The rough peak memory of a DPO round (see DPO_MEMORY_FACTOR)."""
+    return parameters * bytes_per_parameter * DPO_MEMORY_FACTOR
+
+
+def report() -> dict[str, Any]:
+    """Device, dtype, torch, memory and the DPO estimate; `base_model_error` says why the estimate
+    is missing when the base model cannot be found."""
+    import torch
+
+    from training import device
+    from training.model import ModelPathError, base_model_path
+
+    out = device.describe()
+    bytes_per = torch.empty(0, dtype=device.dtype()).element_size()
+    try:
+        folder = base_model_path()
+    except ModelPathError as exc:
+        return {**out, "base_model": None, "parameters": None, "dpo_peak_bytes": None, "base_model_error": str(exc)}
+    parameters = parameter_count(folder)
+    return {**out, "base_model": str(folder), "parameters": parameters,
+            "dpo_peak_bytes": dpo_peak_bytes(parameters, bytes_per)}
+
+
+def _gb(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / GB:.1f} GB"
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training env`."""
+    from training.device import DeviceError
+
+    if argv:
+        print("usage: python -m training env", file=sys.stderr)
+        return 2
+    try:
+        info = report()
+    except DeviceError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"device: {info['device']} ({info['dtype']}), torch {info['torch']}")
+    print(f"free memory: {_gb(info['free_bytes'])} of {_gb(info['total_bytes'])}")
+    if info["parameters"] is None:
+        print(f"base model: {info['base_model_error']}")
+    else:
+        print(f"base model: {info['base_model']}, {info['parameters'] / 1e6:.1f} M parameters; a DPO round "
+              f"peaks near {_gb(info['dpo_peak_bytes'])} (rough)")
+    print(json.dumps(info))
+    return 0

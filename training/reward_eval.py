@@ -1,0 +1,114 @@
+"""`python -m training reward-eval VERSION [FILE...]`: a reward version's card, on demand.
+
+Scores the version on the held-out pairs of its round (the workspace's held-out prompts, or the
+round's own split by prompt when it had to make one: `rounds.split_by_prompt`, never by pair) and
+on each labeled file given, read with the importers (`prompt`/`chosen`/`rejected` as JSONL, CSV,
+Parquet or a datasets folder, hh-rlhf transcripts, OpenAssistant trees), beside the untrained
+backbone and the length baselines (training/reward_report.py). Prints the table, then the report
+as a JSON line, and stores it in the version's folder for the Train page's reward card.
+
+Every file is read and checked before any model is loaded: a bad file or row is one sentence
+naming the file and line, exit code 2, and nothing is stored.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from labeling.importers import InputError, PairRecord, stream
+from training import reward, reward_report, rounds, versions
+from training.reward_config import RewardRoundConfig
+from training.reward_report import EvalSet
+
+
+def read_file(path: str | Path) -> EvalSet:
+    """The labeled pairs of a file as one set named after the file; a pair whose two responses are
+    the same is left out (it prefers nothing). InputError names the file and line of a bad row."""
+    path = Path(path)
+    pairs = EvalSet(path.name, [], [], [])
+    for fmt, record in stream(path):
+        if not (isinstance(record, PairRecord) and record.labeled):
+            raise InputError(f"{path}: its first row is {fmt} (no chosen and rejected response); reward-eval needs "
+                             f"labeled pairs: prompt/chosen/rejected rows, hh-rlhf transcripts or OpenAssistant trees.")
+        if record.response_a != record.response_b:
+            pairs.prompts.append(record.prompt)
+            pairs.chosen.append(record.response_a)
+            pairs.rejected.append(record.response_b)
+    if not pairs.chosen:
+        raise InputError(f"{path}: no pair in it has two different responses; give pairs with a chosen and a "
+                         f"different rejected response.")
+    return pairs
+
+
+def round_config(row) -> RewardRoundConfig:
+    """The config a reward version was trained with (fields added since then keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(RewardRoundConfig)}
+    return RewardRoundConfig(**{k: v for k, v in (row.config or {}).items() if k in names})
+
+
+def heldout_rows(row) -> list[dict[str, Any]]:
+    """The held-out pairs of a reward version's round: its own labeled pairs, split as it split them."""
+    from sqlalchemy import select
+
+    from labeling import db
+    from labeling.export import preference_rows
+    from labeling.models import Judgment
+
+    trained_on = set(row.judgment_ids or [])
+    with db.session() as s:
+        judged = s.execute(select(Judgment.id, Judgment.pair_id))
+        pair_ids = {pair for judgment, pair in judged if judgment in trained_on}
+    config = round_config(row)
+    rows = [r for r in preference_rows().rows if r["pair_id"] in pair_ids]
+    return rounds.split_by_prompt(rows, config.heldout_fraction, config.seed)[1] if rows else []
+
+
+def evaluate(version_id: str, files: list[EvalSet], batch_size: int = 8) -> dict[str, Any]:
+    """Score a reward version on its held-out pairs and on `files`, store the report in its folder
+    and return it. RewardError when the version is missing or there is nothing to score."""
+    folder = reward.reward_folder(version_id)
+    row = versions.get_version(version_id)
+    sets = reward_report.heldout_sets(heldout_rows(row)) + files
+    if not sets:
+        raise reward.RewardError(f"{version_id} has no held-out pairs in this workspace and no file was given; "
+                                 f"pass a labeled file: python -m training reward-eval {version_id} FILE.")
+    report = reward_report.evaluate(sets, reward.load_scorer(version_id, batch_size),
+                                    reward.untrained_scorer(round_config(row), batch_size))
+    reward_report.write_report(folder, report)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training reward-eval VERSION [FILE...] [--batch-size N]`."""
+    from training import jobs
+    from training.device import DeviceError
+
+    parser = argparse.ArgumentParser(prog="python -m training reward-eval", description=__doc__.split("\n")[0])
+    parser.add_argument("version", help="A reward version, e.g. v3-reward "
+                                            "(`python -m training versions --kind reward` lists them).")
+    parser.add_argument("files", nargs="*", help="Labeled pair files to score as extra test sets.")
+    parser.add_argument("--batch-size", type=int, default=8, help="Pairs scored at once.")
+    args = parser.parse_args(argv)
+    try:
+        reward.reward_folder(args.version)
+        files = [read_file(path) for path in args.files]
+    except InputError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except reward.RewardError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    jobs.set_threads()
+    try:
+        report = evaluate(args.version, files, args.batch_size)
+    except (reward.RewardError, DeviceError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"Reward card of {args.version}")
+    print(reward_report.format_table(report))
+    print(json.dumps({"version": args.version, **report}, ensure_ascii=False))
+    return 0
