@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="ROUND.FIELD=VALUE",
                    help="override a round default for every arm, e.g. dpo.learning_rate=1e-4")
     p.add_argument("--plot", help="write a PNG of taste win rate against labels spent")
+    p.add_argument("--from", dest="logs", nargs="+", metavar="LOG",
+                   help="with --plot: draw from these runs' printed lines instead of running")
     p.add_argument("--quick", action="store_true", help="tiny model, 48 labels, 2 rounds: proves the plumbing")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -360,6 +362,27 @@ def headline(result: dict) -> dict:
     return picked
 
 
+def results_from_logs(paths: list[str]) -> dict:
+    """{taste: result} from the lines earlier runs printed (one run may have measured some arms of
+    a taste and another run the others)."""
+    results: dict[str, dict] = {}
+    taste = None
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if not line.startswith('{"arm"'):
+                continue
+            row = json.loads(line)
+            arm = row.pop("arm")
+            if arm.startswith("base ("):
+                taste = arm[len("base ("):-1]
+                results.setdefault(taste, {})["base"] = row
+            elif arm.startswith("iterative round "):
+                results[taste].setdefault("iterative", {})[f"round {arm.split()[-1]}"] = row
+            else:
+                results[taste][arm] = row
+    return results
+
+
 def plot(results: dict, path: str) -> None:
     """Taste win rate against the base by labels spent, one panel per taste, one line per arm."""
     import matplotlib
@@ -381,6 +404,8 @@ def plot(results: dict, path: str) -> None:
         for arm, style in (("dpo", "s"), ("ppo", "^")):
             if arm in result:
                 draw([result[arm]["labels"]], [result[arm]], f"one {arm.upper()} round", style)
+        for arm in (a for a in result if a.startswith("sweep ")):  # DPO variants on the dpo arm's labels
+            draw([result.get("labels", {}).get("judged", 128)], [result[arm]], "DPO " + arm[len("sweep "):], "D")
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")
         ax.set(title=f"taste: {taste}", xlabel="labels spent", ylabel="taste win rate vs base (95% CI)", ylim=(0, 1))
         ax.legend(fontsize=8)
@@ -391,6 +416,9 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.logs:
+        plot(results_from_logs(args.logs), args.plot or "learning.png")
+        return 0
     if args.quick:
         args.labels, args.rounds, args.heldout, args.samples = min(args.labels, 48), min(args.rounds, 2), 6, 2
         args.max_new_tokens = min(args.max_new_tokens, 16)

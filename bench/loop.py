@@ -66,6 +66,12 @@ def fill(scope, values: dict[str, object]) -> None:
         box.press("Tab")
 
 
+def unfold(scope, label: str) -> None:
+    """Open the form's "Advanced" fold when the field `label` sits folded inside it."""
+    if not scope.get_by_label(label, exact=True).is_visible():
+        scope.get_by_text("Advanced", exact=True).click()
+
+
 def form(page, button: str):
     """The Streamlit form whose submit button is `button`."""
     return page.get_by_test_id("stForm").filter(has=page.get_by_role("button", name=button, exact=True))
@@ -140,6 +146,7 @@ def main() -> int:
                     page.get_by_text(label, exact=True).first.click()
                     page.wait_for_timeout(1500)
                     submit = form(page, "Train")
+                    unfold(submit, "batch size")  # the round's settings besides beta, epochs, learning rate
                     if extra is None:  # PPO: its own steps and prompts fields, no quick-run limits
                         fill(submit, {"steps": 3, "batch size": 4, "mini batch size": 4, "max new tokens": 32})
                     else:

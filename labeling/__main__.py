@@ -1,7 +1,7 @@
 """Preference data in and out of the workspace.
 
     python -m labeling import PATH [--format auto|pairs|unlabeled|prompts|hh|oasst] [--source NAME]
-    python -m labeling export PATH [--format jsonl|parquet|hf] [--source NAME]
+    python -m labeling export PATH [--format jsonl|parquet|hf] [--source NAME] [--exclude CHECK,...]
     python -m labeling imports                 # every import and what it brought
     python -m labeling delete-import NAME      # one import's pairs, labels and unused prompts
     python -m labeling backup FILE             # the whole workspace database in one file
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from labeling import access, backup, imports
-from labeling.export import EXPORT_FORMATS, ExportError, export
+from labeling.export import AUDIT_CHECKS, EXPORT_FORMATS, ExportError, export
 from labeling.importers import FORMATS, InputError
 from labeling.planning import ReaderError
 from labeling.store import import_file
@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", default="jsonl", metavar="|".join(EXPORT_FORMATS),
                      help="hf writes a folder that datasets.load_from_disk reads")
     exp.add_argument("--source", default=None, help="only the pairs of this source (an import's name, or a model version)")
+    exp.add_argument("--exclude", default="", metavar=",".join(AUDIT_CHECKS),
+                     help="leave out the pairs the pair audit flags under these checks (comma-separated)")
     commands.add_parser("imports", help="list the imports: prompts, pairs and labels each brought")
     delete = commands.add_parser("delete-import", help="delete one import's pairs and their judgments, and its "
                                                        "prompts and responses that nothing else uses")
@@ -67,7 +69,8 @@ def add_user(args) -> dict:
 COMMANDS = {
     # Formats are checked by import_file / export, so a wrong one gets the same one-sentence error.
     "import": lambda args: import_file(args.path, fmt=args.format, source=args.source),
-    "export": lambda args: export(args.path, fmt=args.format, source=args.source),
+    "export": lambda args: export(args.path, fmt=args.format, source=args.source,
+                                  exclude=tuple(c.strip() for c in args.exclude.split(",") if c.strip())),
     "imports": lambda args: {"imports": imports.list_imports()},
     "delete-import": lambda args: imports.delete_import(args.name),
     "backup": lambda args: backup.backup(args.path),

@@ -6,21 +6,36 @@
   `annotator` or `admin`; write entries with `python -m labeling add-user NAME --role admin`.
 
 Admins start training rounds and change the current version; annotators label and vote.
+
+Against guessing: hashes use ITERATIONS rounds of PBKDF2-SHA256 (OWASP's 2023 figure; a hash with
+fewer still verifies and is rewritten with ITERATIONS at its owner's next sign-in); failed sign-ins
+are slowed down per name and per client address (`labeling.throttle`); a session lasts
+`PREFLOOP_SESSION_HOURS` (12 by default).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import functools
 import hmac
+import logging
 import os
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from labeling.throttle import Throttle, Throttled
+
 ROLES = ("annotator", "admin")
-ITERATIONS = 200_000
+ITERATIONS = 600_000  # OWASP Password Storage Cheat Sheet (2023), PBKDF2-HMAC-SHA256
+SESSION_HOURS = 12.0
+THROTTLE = Throttle()  # the one process's failed sign-ins (see labeling/throttle.py for why here)
+_USERS_FILE_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 class AccessError(ValueError):
@@ -37,9 +52,9 @@ class User:
         return self.role == "admin"
 
 
-def hash_password(password: str, salt: bytes | None = None, iterations: int = ITERATIONS) -> str:
-    """`pbkdf2_sha256$<iterations>$<salt b64>$<hash b64>` (PBKDF2, RFC 8018)."""
-    salt = salt or secrets.token_bytes(16)
+def hash_password(password: str, salt: bytes | None = None, iterations: int | None = None) -> str:
+    """`pbkdf2_sha256$<iterations>$<salt b64>$<hash b64>` (PBKDF2, RFC 8018); ITERATIONS by default."""
+    salt, iterations = salt or secrets.token_bytes(16), iterations or ITERATIONS
     digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
     return f"pbkdf2_sha256${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
@@ -53,6 +68,31 @@ def check_password(password: str, stored: str) -> bool:
         return False
     again = hash_password(password, base64.b64decode(salt), int(iterations)).split("$")[3]
     return hmac.compare_digest(again, digest)
+
+
+def needs_upgrade(stored: str) -> bool:
+    """True for a hash made with fewer than ITERATIONS rounds (an older prefloop's 200,000)."""
+    scheme, iterations = (stored.split("$") + ["", ""])[:2]
+    return scheme != "pbkdf2_sha256" or not iterations.isdigit() or int(iterations) < ITERATIONS
+
+
+def session_hours() -> float:
+    """How long a sign-in lasts: PREFLOOP_SESSION_HOURS, else SESSION_HOURS."""
+    value = os.environ.get("PREFLOOP_SESSION_HOURS", "").strip()
+    try:
+        hours = float(value) if value else SESSION_HOURS
+    except ValueError:
+        hours = -1.0
+    if not hours > 0:
+        raise AccessError(f"PREFLOOP_SESSION_HOURS must be a positive number of hours, got {value!r}.")
+    return hours
+
+
+def session_expired(signed_in_at: float | None, now: float | None = None) -> bool:
+    """Whether a sign-in made at `signed_in_at` (time.time()) is older than session_hours()."""
+    if signed_in_at is None:
+        return True
+    return (time.time() if now is None else now) - signed_in_at > session_hours() * 3600
 
 
 def enabled() -> bool:
@@ -85,15 +125,25 @@ def add_user(path: Path, name: str, password: str, role: str = "annotator") -> N
         raise AccessError(f"role must be {' or '.join(ROLES)}, got {role!r}.")
     if not name.strip() or not password:
         raise AccessError("A user needs a non-empty name and password.")
-    users = read_users(path)
-    users[name.strip()] = {"password": hash_password(password), "role": role}
-    path.write_text(yaml.safe_dump(users, sort_keys=True), encoding="utf-8")
-    path.chmod(0o600)
+    _write_password(path, name.strip(), hash_password(password), role)
 
 
-def sign_in(name: str, password: str) -> User | None:
+def _write_password(path: Path, name: str, stored: str, role: str | None = None) -> None:
+    """Set one user's hash (and role) in the users file: read again, written whole, renamed into place,
+    so a sign-in and an `add-user` at the same moment never leave half a file."""
+    with _USERS_FILE_LOCK:
+        users = read_users(path)
+        users[name] = {"password": stored, "role": role or users[name]["role"]}
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(users, sort_keys=True), encoding="utf-8")
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+
+
+def sign_in(name: str, password: str, address: str | None = None) -> User | None:
     """The user when the name and password are right, else None. Without sign-in configured,
-    everyone is an admin."""
+    everyone is an admin. A name or client `address` that failed too often lately is refused
+    with one sentence (AccessError) before its password is looked at."""
     from labeling.queue import QueueError, check_annotator_name
 
     name = (name or "").strip()
@@ -105,15 +155,42 @@ def sign_in(name: str, password: str) -> User | None:
         check_annotator_name(name)
     except QueueError as error:
         raise AccessError(str(error)) from None
+    keys = [("name", name)] + ([("address", address)] if address else [])
+    try:
+        THROTTLE.begin(keys)
+    except Throttled as error:
+        raise AccessError(str(error)) from None
+    user = _check(name, password)
+    if user is not None:
+        THROTTLE.forgive(clear=keys[:1], undo=keys[1:])
+    return user
+
+
+def _check(name: str, password: str) -> User | None:
     shared = os.environ.get("PREFLOOP_PASSWORD")
     if shared and hmac.compare_digest(password.encode("utf-8"), shared.encode("utf-8")):
         return User(name, "admin")
     path = users_file()
     entry = read_users(path).get(name) if path else None
+    if entry is None:
+        if path:  # as slow as a known name, so the time taken does not tell which names exist
+            check_password(password, _unknown_user_hash())
+        return None
     try:
-        if entry and check_password(password, entry["password"]):
-            return User(name, entry["role"])
+        right = check_password(password, entry["password"])
     except ValueError:  # a hand-edited hash: bad base64 or iteration count
         raise AccessError(f"The stored password hash of this user is malformed; an admin can set it again with "
                           f"`python -m labeling add-user {name} --role {entry['role']}`.") from None
-    return None
+    if not right:
+        return None
+    if needs_upgrade(entry["password"]):
+        try:
+            _write_password(path, name, hash_password(password))
+        except (OSError, AccessError) as error:  # a read-only users file: the old hash still works
+            log.warning("could not upgrade the password hash of %s in %s: %s", name, path, error)
+    return User(name, entry["role"])
+
+
+@functools.cache
+def _unknown_user_hash() -> str:
+    return hash_password(secrets.token_hex(16))

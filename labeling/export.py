@@ -3,12 +3,14 @@
     {"prompt": [{"role": "user", "content": ...}, ...],
      "chosen": [{"role": "assistant", "content": ...}],
      "rejected": [{"role": "assistant", "content": ...}],
-     "pair_id": 12, "prompt_id": 5, "split": "train"}
+     "pair_id": 12, "prompt_id": 5, "split": "train", "reasons": ["more correct"]}
 
 which `trl.DPOTrainer` and `trl.RewardTrainer` (1.16) take as they are: both join prompt + chosen
 and prompt + rejected through the tokenizer's chat template. Each pair is decided by the majority
 of its non-skip judgments; ties, both-bad verdicts, skip-only pairs and pairs whose annotators
-disagree with no majority are left out and counted. Training uses `preference_rows` directly.
+disagree with no majority are left out and counted. `reasons` are the reason tags the deciding
+judgments gave (labeling/reasons.py), each once; an import reads them back. Training uses
+`preference_rows` directly.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from labeling.models import Judgment, Pair, Prompt, Response
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 EXCLUDED_KINDS = ("tie", "both_bad", "skip", "unresolved")
+AUDIT_CHECKS = ("only_longer", "near_identical", "disagreement", "skewed_annotator")  # labeling/audit.py CHECKS
 
 
 class ExportError(ValueError):
@@ -79,9 +82,24 @@ def _parse_all(values: list[Any]) -> list[Any]:
     return json.loads("[" + ",".join(values) + "]") if values else []
 
 
-def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | None = None) -> ExportResult:
+def decided_judgments(kinds: tuple[str, ...] = ("label", "arena")) -> dict[int, list[int]]:
+    """{pair_id: the judgment ids that decide it} of every pair `preference_rows` would export, read
+    without the texts: cheap enough for the home page to ask on every visit."""
+    with db.session() as session:
+        judged = session.connection().execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
+                                              .join(Pair, Pair.id == Judgment.pair_id)
+                                              .where(Pair.kind.in_(kinds))).all()
+    return decide(judged)[1]
+
+
+def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | None = None,
+                    exclude: tuple[str, ...] = ()) -> ExportResult:
     """Every decided pair of the given kinds (and of one source: an import's name or a model
-    version, when given) as a preference row, ordered by pair id."""
+    version, when given) as a preference row, ordered by pair id. `exclude` names pair-audit
+    checks (labeling/audit.py CHECKS, e.g. ("near_identical", "only_longer")) whose flagged pairs
+    are left out too, each counted in `excluded` under the first check that flags it."""
+    if unknown := [c for c in exclude if c not in AUDIT_CHECKS]:
+        raise ExportError(f"Unknown pair-audit check '{unknown[0]}'; leave out any of {', '.join(AUDIT_CHECKS)}.")
     ra, rb = aliased(Response), aliased(Response)
     wanted = [Pair.kind.in_(kinds)] + ([Pair.source == source] if source is not None else [])
     with db.session() as session:
@@ -89,6 +107,8 @@ def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | N
         judged = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
                            .join(Pair, Pair.id == Judgment.pair_id).where(*wanted)).all()
         winners, deciders, excluded = decide(judged)
+        # every tagged judgment (few, and no join needed): only the deciders' are looked up below
+        tagged = dict(s.execute(select(Judgment.id, Judgment.reasons).where(Judgment.reasons.is_not(None))).all())
         content = [row for row in s.execute(
             select(Pair.id, Pair.prompt_id, type_coerce(Prompt.messages, Text), Prompt.split, ra.text, rb.text)
             .join(Prompt, Prompt.id == Pair.prompt_id)
@@ -98,12 +118,37 @@ def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | N
     prompts = _parse_all([row[2] for row in content])
     for (pair_id, prompt_id, _, split, text_a, text_b), messages in zip(content, prompts):
         chosen, rejected = (text_a, text_b) if winners[pair_id] == "a" else (text_b, text_a)
+        reasons = list(dict.fromkeys(tag for j in deciders[pair_id] for tag in tagged.get(j) or ()))
         result.rows.append({"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
                             "rejected": [{"role": "assistant", "content": rejected}],
-                            "pair_id": pair_id, "prompt_id": prompt_id, "split": split})
+                            "pair_id": pair_id, "prompt_id": prompt_id, "split": split, "reasons": reasons})
         result.judgment_ids.extend(deciders[pair_id])
     result.judgment_ids.sort()
-    return result
+    return _leave_out(result, deciders, exclude, kinds, source) if exclude else result
+
+
+def pair_audit(kinds: tuple[str, ...] = ("label", "arena"), source: str | None = None):
+    """The pair audit (labeling/audit.py) of the rows `preference_rows` gives for these kinds and source."""
+    return _audit(preference_rows(kinds, source).rows, kinds, source)
+
+
+def _audit(rows: list[dict[str, Any]], kinds: tuple[str, ...], source: str | None):
+    from labeling import audit, stats  # pandas: only for an audit
+
+    frame = stats.judgments_frame(source=source, include_unjudged=False, kinds=kinds)
+    return audit.audit(rows, frame)
+
+
+def _leave_out(result: ExportResult, deciders: dict[int, list[int]], exclude: tuple[str, ...],
+               kinds: tuple[str, ...], source: str | None) -> ExportResult:
+    """`result` without the pairs the audit flags under `exclude`, and without their judgments."""
+    flags = _audit(result.rows, kinds, source).flags
+    first = flags[flags["check"].isin(exclude)].drop_duplicates("pair_id")  # in audit.CHECKS order
+    dropped = set(first["pair_id"].astype(int))
+    kept = [row for row in result.rows if row["pair_id"] not in dropped]
+    counts = first["check"].value_counts()
+    excluded = {**result.excluded, **{check: int(counts.get(check, 0)) for check in exclude}}
+    return ExportResult(kept, excluded, sorted(j for row in kept for j in deciders[row["pair_id"]]))
 
 
 def _arrow_table(rows: list[dict[str, Any]]):
@@ -111,7 +156,8 @@ def _arrow_table(rows: list[dict[str, Any]]):
 
     message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     schema = pa.schema([("prompt", message), ("chosen", message), ("rejected", message),
-                        ("pair_id", pa.int64()), ("prompt_id", pa.int64()), ("split", pa.string())])
+                        ("pair_id", pa.int64()), ("prompt_id", pa.int64()), ("split", pa.string()),
+                        ("reasons", pa.list_(pa.string()))])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -142,9 +188,10 @@ WRITERS = {"jsonl": _write_jsonl, "parquet": _write_parquet, "hf": _write_hf}
 
 
 def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("label", "arena"),
-           source: str | None = None) -> dict[str, Any]:
-    """Write the preference rows (of one source, when given: an import as one unit) to `path` as
-    JSONL, Parquet or a `datasets` folder ("hf"); return {"exported": n, "excluded": {...}}."""
+           source: str | None = None, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write the preference rows (of one source, when given: an import as one unit; without the
+    pairs the audit flags under `exclude`) to `path` as JSONL, Parquet or a `datasets` folder
+    ("hf"); return {"exported": n, "excluded": {...}}."""
     path = Path(path)
     if fmt not in WRITERS:
         raise ExportError(f"{path}: unknown export format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}.")
@@ -152,7 +199,7 @@ def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("labe
         raise ExportError(f"{path}: the folder {path.parent} does not exist; create it or pick another path.")
     if fmt != "hf" and path.is_dir():
         raise ExportError(f"{path}: is a folder; give a file name for the {fmt} export.")
-    result = preference_rows(kinds, source)
+    result = preference_rows(kinds, source, exclude)
     if not result.rows:
         pairs = "no pair" if source is None else f"no pair from source '{source}'"
         raise ExportError(f"{path}: nothing to export, {pairs} has a majority for one response yet "

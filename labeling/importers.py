@@ -3,7 +3,8 @@ for pairs, two responses, as the DPO authors' loaders normalise every dataset.
 
 Formats (`--format`):
     pairs      `prompt`, `chosen`, `rejected`: strings or TRL conversational message lists (an
-               "implicit prompt" row without `prompt` holds the whole conversation in both columns)
+               "implicit prompt" row without `prompt` holds the whole conversation in both columns);
+               an optional `reasons` list of tags (as prefloop exports them) goes with the label
     unlabeled  `prompt`, `response_a`, `response_b`: pairs waiting for labels
     prompts    a `prompt` column, or a .txt file with one prompt per line
     hh         Anthropic HH-RLHF: `chosen` / `rejected` are whole "\n\nHuman: ...\n\nAssistant: ..."
@@ -18,12 +19,14 @@ the line (or row) and the field, and what was expected.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from labeling.readers import InputError, read_text, rows
+from labeling.reasons import ReasonError, check_reasons
 from labeling.records import ROLES
 
 FORMATS = ("auto", "pairs", "unlabeled", "prompts", "hh", "oasst")
@@ -42,6 +45,7 @@ class PairRecord:
     response_a: str
     response_b: str
     labeled: bool
+    reasons: tuple[str, ...] = ()  # why the label's annotators chose response_a (labeling/reasons.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,29 @@ def _response(value: Any, path: Path, where: str, field: str) -> str:
         raise InputError(f"{path}, {where}, field '{field}': expected a string or a list holding one "
                          f"assistant message, got {len(msgs)} messages.")
     return msgs[0]["content"]
+
+
+def _reasons(row: dict[str, Any], path: Path, where: str) -> tuple[str, ...]:
+    """The optional `reasons` field: a list of tags, or (in a CSV cell) that list as JSON text."""
+    value = row.get("reasons")
+    if value is None:  # most files: no reasons, and a large import reads 100,000 rows
+        return ()
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except (RecursionError, ValueError):
+            pass  # refused below, naming the field
+    if isinstance(value, tuple) or hasattr(value, "tolist"):
+        value = list(value)  # a tuple, or a numpy array from a Parquet or datasets reader
+    if value == "":
+        return ()
+    if not isinstance(value, list):
+        raise InputError(f"{path}, {where}, field 'reasons': expected a list of reason tags such as "
+                         f'["more correct", "safer"], got {_describe(value)}.')
+    try:
+        return tuple(check_reasons(value))
+    except ReasonError as e:
+        raise InputError(f"{path}, {where}, field 'reasons': {e}") from None
 
 
 def _describe(value: Any) -> str:
@@ -148,10 +175,12 @@ def _labeled(row: dict[str, Any], path: Path, where: str) -> Iterator[Record]:
     _require(row, ("prompt", "chosen", "rejected"), path, where, "pairs")
     prompt = _messages(row["prompt"], path, where, "prompt")
     if isinstance(row["chosen"], list) and isinstance(row["rejected"], list) and len(row["chosen"]) != 1:
-        yield from _implicit({"chosen": prompt + row["chosen"], "rejected": prompt + row["rejected"]}, path, where)
+        yield from _implicit({"chosen": prompt + row["chosen"], "rejected": prompt + row["rejected"],
+                              "reasons": row.get("reasons")}, path, where)
         return
     chosen = _response(row["chosen"], path, where, "chosen")
-    yield PairRecord(prompt, chosen, _response(row["rejected"], path, where, "rejected"), True)
+    yield PairRecord(prompt, chosen, _response(row["rejected"], path, where, "rejected"), True,
+                     _reasons(row, path, where))
 
 
 def _implicit(row: dict[str, Any], path: Path, where: str) -> Iterator[Record]:
@@ -162,7 +191,7 @@ def _implicit(row: dict[str, Any], path: Path, where: str) -> Iterator[Record]:
         prompt, a, b = split_conversations(chosen, rejected)
     except ValueError as e:
         raise InputError(f"{path}, {where}, fields 'chosen'/'rejected': {e} (or give a 'prompt' field).") from None
-    yield PairRecord(prompt, a, b, True)
+    yield PairRecord(prompt, a, b, True, _reasons(row, path, where))
 
 
 def _hh(row: dict[str, Any], path: Path, where: str) -> Iterator[Record]:

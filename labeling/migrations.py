@@ -65,7 +65,13 @@ def _judgment_sources(dialect: str) -> list[str]:
     ]
 
 
+def _judgment_reasons(dialect: str) -> list[str]:
+    """Judgments gain optional reason tags, a JSON list (NULL for every judgment made before)."""
+    return ["ALTER TABLE judgments ADD COLUMN reasons JSON"]
+
+
 MIGRATIONS: dict[int, Callable[[str], list[str]]] = {
     1: _drop_unused_indexes,
     2: _judgment_sources,
+    3: _judgment_reasons,
 }

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import DDL, JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 3  # labeling/migrations.py takes older workspaces here
+SCHEMA_VERSION = 4  # labeling/migrations.py takes older workspaces here
 
 OUTCOMES = ("a", "b", "tie", "both_bad", "skip")
 # Who gave a judgment: a person (an Annotator), a labeled dataset brought in by an import, or
@@ -134,6 +134,8 @@ class Judgment(Base):
     left: Mapped[str | None] = mapped_column(String(1))
     seconds: Mapped[float | None]
     comment: Mapped[str | None] = mapped_column(Text)
+    # why: optional reason tags ("more helpful", "safer", ...; labeling/reasons.py), a JSON list
+    reasons: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True))  # no reason: SQL NULL
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

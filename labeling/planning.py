@@ -41,8 +41,9 @@ class PlannedChunk:
     fmt: str
     # (hash, messages as JSON text, split) of each prompt first seen in this chunk
     prompts: list[tuple[str, str, str]] = field(default_factory=list)
-    # (pair hash, prompt hash, response a hash, response a text, response b hash, response b text, labeled)
-    pairs: list[tuple[str, str, str, str, str, str, bool]] = field(default_factory=list)
+    # (pair hash, prompt hash, response a hash, response a text, response b hash, response b text, labeled,
+    #  the label's reason tags as JSON text or None)
+    pairs: list[tuple[str, str, str, str, str, str, bool, str | None]] = field(default_factory=list)
     # records set aside so far in the whole file (not only this chunk)
     dropped: dict[str, int] = field(default_factory=dict)
 
@@ -104,7 +105,8 @@ class Planner:
             self.pairs.add(ph)
             if p_hash not in self.prompts:
                 self._add_prompt(chunk, p_hash, rec.prompt)
-            chunk.pairs.append((ph, p_hash, h_a, rec.response_a, h_b, rec.response_b, rec.labeled))
+            reasons = orjson.dumps(rec.reasons).decode() if rec.reasons and rec.labeled else None
+            chunk.pairs.append((ph, p_hash, h_a, rec.response_a, h_b, rec.response_b, rec.labeled, reasons))
         chunk.dropped = dict(dropped)
         return chunk
 

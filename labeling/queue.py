@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from labeling import db
 from labeling.models import OUTCOMES, Annotator, Job, Judgment, Meta, ModelVersion, Pair, PairLease, Prompt, utcnow
+from labeling.reasons import ReasonError, check_reasons
 
 # What a click on the screen means: the left response won, the right one won, or no winner.
 CHOICES = ("left", "right", "tie", "both_bad", "skip")
@@ -62,12 +63,13 @@ class Progress:
 class WorkspaceSummary:
     prompts: int
     pairs: int
-    pairs_waiting: int  # pairs without any judgment yet (skips do not count)
+    pairs_waiting: int  # pairs with fewer judgments than the overlap asks (skips do not count)
     judgments: int  # people's, skips excluded
     imported_labels: int  # judgments that came with imported datasets
     annotators: int
     current_model: str | None
     running_jobs: list[dict[str, Any]] = field(default_factory=list)
+    judgments_today: int = 0  # people's, skips excluded, since midnight UTC
 
 
 def check_annotator_name(name: str) -> str:
@@ -249,13 +251,19 @@ def submit_judgment(
     left: str | None,
     seconds: float | None = None,
     comment: str | None = None,
+    reasons: list[str] | None = None,
 ) -> int:
     """Store (or replace) this annotator's judgment of this pair and return its id.
 
     Idempotent: one row per pair and annotator, so a double click or a reload that submits again
-    updates the row instead of adding one. `outcome` is in terms of response_a / response_b.
+    updates the row instead of adding one. `outcome` is in terms of response_a / response_b;
+    `reasons` are optional tags saying why (labeling/reasons.py).
     """
     name = check_annotator_name(annotator)
+    try:
+        tags = check_reasons(reasons)
+    except ReasonError as error:
+        raise QueueError(str(error)) from None
     if outcome not in OUTCOMES:
         raise QueueError(f"Unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}.")
     if left not in ("a", "b", None):
@@ -266,6 +274,7 @@ def submit_judgment(
         "seconds": None if seconds is None else round(float(seconds), 3),
         # NUL cannot be stored in PostgreSQL text, nor a lone surrogate anywhere: a pasted one is dropped
         "comment": re.sub("[\x00\ud800-\udfff]", "", comment or "").strip() or None,
+        "reasons": tags or None,
     }
     for attempt in range(2):  # a concurrent insert of the same row (PostgreSQL) loses once, then updates
         try:
@@ -336,8 +345,10 @@ def pairs_waiting(overlap: int = 1) -> int:
         return _count_waiting(s, None, overlap)
 
 
-def workspace_summary() -> WorkspaceSummary:
-    """What the home view shows: counts, the current model version and the jobs under way."""
+def workspace_summary(overlap: int = 1) -> WorkspaceSummary:
+    """What the home view shows: counts, the current model version and the jobs under way; pairs
+    waiting are those with fewer than `overlap` judgments."""
+    _check_overlap(overlap)
     with db.session() as s:
         jobs = s.scalars(
             select(Job).where(Job.status.in_(ACTIVE_JOB_STATUSES)).order_by(Job.created_at)
@@ -352,16 +363,18 @@ def workspace_summary() -> WorkspaceSummary:
             .order_by(ModelVersion.created_at.desc())
             .limit(1)
         )
+        people = select(func.count(Judgment.id)).where(Judgment.source == "human", Judgment.outcome != "skip")
+        midnight = dt.datetime.combine(utcnow().date(), dt.time())
         return WorkspaceSummary(
             prompts=_count(s, select(func.count(Prompt.id))),
             pairs=_count(s, select(func.count(Pair.id)).where(Pair.kind == "label")),
-            pairs_waiting=_count_waiting(s, None, 1),
-            judgments=_count(s, select(func.count(Judgment.id)).where(Judgment.source == "human",
-                                                                      Judgment.outcome != "skip")),
+            pairs_waiting=_count_waiting(s, None, overlap),
+            judgments=_count(s, people),
             imported_labels=_count(s, select(func.count(Judgment.id)).where(Judgment.source == "import")),
             annotators=_count(s, select(func.count(Annotator.id))),
             current_model=current,
             running_jobs=running,
+            judgments_today=_count(s, people.where(Judgment.created_at >= midnight)),
         )
 
 

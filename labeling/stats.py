@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from labeling import db
@@ -23,12 +23,14 @@ from labeling.models import Annotator, Judgment, Pair, Prompt, Response
 VERDICTS = ("a", "b", "tie", "both_bad")  # outcomes that count as an opinion (skips do not)
 # source: the pair's (an import's name or a model version); judgment_source: "human" or "import"
 COLUMNS = ["pair_id", "source", "prompt", "response_a", "response_b", "annotator", "judgment_source", "outcome",
-           "left", "seconds", "comment", "judged_at"]
+           "left", "seconds", "comment", "reasons", "judged_at"]
 
 
 def judgments_frame(source: str | None = None, annotator: str | None = None, outcome: str | None = None,
-                    include_unjudged: bool = True, limit: int | None = None) -> pd.DataFrame:
-    """Pairs joined with their judgments, newest pair first, optionally filtered.
+                    include_unjudged: bool = True, limit: int | None = None,
+                    kinds: tuple[str, ...] = ("label",)) -> pd.DataFrame:
+    """Pairs of `kinds` (labeling pairs; "arena" for blind votes) joined with their judgments,
+    newest pair first, optionally filtered.
 
     One row per judgment; a pair nobody judged yet appears once with annotator/outcome None (unless
     `include_unjudged` is False or an annotator/outcome filter is set). Columns: COLUMNS.
@@ -36,13 +38,14 @@ def judgments_frame(source: str | None = None, annotator: str | None = None, out
     ra, rb = aliased(Response), aliased(Response)
     stmt = (
         select(Pair.id, Pair.source, Prompt.messages, ra.text, rb.text, Annotator.name, Judgment.source,
-               Judgment.outcome, Judgment.left, Judgment.seconds, Judgment.comment, Judgment.created_at)
+               Judgment.outcome, Judgment.left, Judgment.seconds, Judgment.comment, Judgment.reasons,
+               Judgment.created_at)
         .join(Prompt, Pair.prompt_id == Prompt.id)
         .join(ra, Pair.response_a_id == ra.id)
         .join(rb, Pair.response_b_id == rb.id)
         .outerjoin(Judgment, Judgment.pair_id == Pair.id)
         .outerjoin(Annotator, Judgment.annotator_id == Annotator.id)
-        .where(Pair.kind == "label")
+        .where(Pair.kind.in_(kinds))
         .order_by(Pair.created_at.desc(), Pair.id.desc(), Judgment.id)
     )
     if source:
@@ -144,6 +147,67 @@ def position_bias(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["annotator", "decisive", "left_wins", "left_share", "ci_low", "ci_high"])
 
 
+def words(text: str) -> int:
+    """An answer's length in words (whitespace-separated): the labeling side has no tokenizer."""
+    return len(str(text).split())
+
+
+def length_bias(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per annotator, how often the LONGER response (in words) won, among decisive judgments of
+    pairs whose two responses differ in length.
+
+    Only outcomes "a"/"b" by annotators count (ties, both-bad, skips and imported labels say
+    nothing about a person's taste for length). By chance, with no taste for length, the longer
+    answer wins half the time: an interval (Wilson, 95 %) above `chance` (0.5) says this person
+    picks the longer answer more than content alone would explain, or that longer answers were
+    better in these pairs; the pairs decide which, and the audit (labeling/audit.py) lists them.
+    Shape: (annotators, 7) with columns annotator, decisive, longer_wins, longer_share, ci_low,
+    ci_high, chance.
+    """
+    columns = ["annotator", "decisive", "longer_wins", "longer_share", "ci_low", "ci_high", "chance"]
+    people = by_people(frame)
+    decisive = people[people["outcome"].isin(["a", "b"])]
+    length_a, length_b = decisive["response_a"].map(words), decisive["response_b"].map(words)
+    differ = length_a != length_b
+    longer = np.where(length_a > length_b, "a", "b")
+    decisive = decisive.assign(longer_won=decisive["outcome"] == longer)[differ]
+    rows = []
+    for name, group in decisive.groupby("annotator"):
+        n, wins = len(group), int(group["longer_won"].sum())
+        low, high = wilson_interval(wins, n)
+        rows.append({"annotator": name, "decisive": n, "longer_wins": wins, "longer_share": wins / n,
+                     "ci_low": low, "ci_high": high, "chance": 0.5})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _tags(value: Any) -> list[str]:
+    """A frame cell's tags: a stored list, or none (None, or NaN where pandas filled a gap)."""
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def reason_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per annotator, how many of their verdicts (skips and imported labels left out) carry each
+    reason tag: which reasons drive their choices.
+
+    frame: the judgments frame with columns annotator, outcome, reasons (a list or None).
+    Shape: (annotators, 3 + tags) with columns annotator, verdicts, with_reasons, then one column
+    per tag that occurs, the most used first; most verdicts first.
+    """
+    people = frame[frame["annotator"].notna() & frame["outcome"].notna() & (frame["outcome"] != "skip")]
+    if people.empty:
+        return pd.DataFrame(columns=["annotator", "verdicts", "with_reasons"])
+    table = people.groupby("annotator").agg(verdicts=("outcome", "size"),
+                                            with_reasons=("reasons", lambda r: sum(bool(_tags(x)) for x in r)))
+    tagged = people[["annotator"]].assign(reason=people["reasons"].map(_tags)).explode("reason")
+    tagged = tagged[tagged["reason"].notna()]
+    if not tagged.empty:
+        counts = pd.crosstab(tagged["annotator"], tagged["reason"])
+        order = counts.sum().sort_values(ascending=False, kind="stable").index
+        table = table.join(counts[order]).fillna(0).astype(int)
+    table = table.reset_index()
+    return table.sort_values(["verdicts", "annotator"], ascending=[False, True], ignore_index=True)
+
+
 def category_counts(frame: pd.DataFrame) -> np.ndarray:
     """Per pair with >= 2 verdicts by annotators (skips and imported labels excluded), how many
     annotators chose each outcome.
@@ -198,3 +262,16 @@ def agreement(frame: pd.DataFrame) -> dict[str, Any]:
     unanimous = float((counts.max(axis=1) == counts.sum(axis=1)).mean())
     return {"pairs": len(counts), "percent_agreement": float(observed_agreement(counts).mean()),
             "unanimous": unanimous, "fleiss_kappa": fleiss_kappa(counts)}
+
+
+def overlap_agreement() -> dict[str, Any]:
+    """`agreement` over the labeling pairs that two or more people judged, read without the pairs'
+    texts (the home page asks on every visit)."""
+    shared = (select(Judgment.pair_id).where(Judgment.annotator_id.is_not(None), Judgment.outcome.in_(VERDICTS))
+              .group_by(Judgment.pair_id).having(func.count(Judgment.id) >= 2))
+    stmt = (select(Judgment.pair_id, Annotator.name, Judgment.outcome)
+            .join(Annotator, Judgment.annotator_id == Annotator.id).join(Pair, Pair.id == Judgment.pair_id)
+            .where(Pair.kind == "label", Judgment.pair_id.in_(shared)))
+    with db.session() as s:
+        rows = s.execute(stmt).all()
+    return agreement(pd.DataFrame(rows, columns=["pair_id", "annotator", "outcome"]))

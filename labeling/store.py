@@ -86,7 +86,7 @@ def _bulk_insert(s: Session, model, keys: tuple[str, ...], rows: list[tuple], **
         json_keys = [k for k in keys if isinstance(table.c[k].type, JSON)]
         dicts = [dict(zip(keys, row), **constants) for row in rows]
         for row in dicts:  # the driver's JSON handling wants objects
-            row.update((k, orjson.loads(row[k])) for k in json_keys)
+            row.update((k, orjson.loads(row[k])) for k in json_keys if row[k] is not None)
         for start in range(0, len(dicts), CHUNK):
             conn.execute(insert(table), dicts[start:start + CHUNK])
         if conn.dialect.name == "postgresql":  # ids were given, so move the sequence past them
@@ -161,7 +161,7 @@ class _ImportWriter:
         self._look_up_responses({self.prompt_ids[p[1]] for p in new})
         responses, prompt_ids, response_rows, pair_rows, judgment_rows = self.responses, self.prompt_ids, [], [], []
         next_response, next_pair, next_judgment = self.next_response, self.next_pair, self.next_judgment
-        for pair_h, prompt_h, hash_a, text_a, hash_b, text_b, labeled in new:
+        for pair_h, prompt_h, hash_a, text_a, hash_b, text_b, labeled, reasons in new:
             prompt_id = prompt_ids[prompt_h]
             id_a = responses.get((prompt_id, hash_a))
             if id_a is None:
@@ -176,7 +176,7 @@ class _ImportWriter:
             # the last value is the pair's judgment count: the one judgment written here, if labeled
             pair_rows.append((next_pair, pair_h, prompt_id, id_a, id_b, int(labeled)))
             if labeled:
-                judgment_rows.append((next_judgment, next_pair))
+                judgment_rows.append((next_judgment, next_pair, reasons))
                 next_judgment += 1
             next_pair += 1
         self.next_response, self.next_pair, self.next_judgment = next_response, next_pair, next_judgment
@@ -199,7 +199,8 @@ class _ImportWriter:
 def _insert_pairs_and_judgments(s: Session, pair_rows: list[tuple], judgment_rows: list[tuple], source: str,
                                 now) -> None:
     """Pairs (id, hash, prompt, response a, response b, judgment count) and their imported
-    judgments (id, pair id), written so that Pair.judgment_count comes out right."""
+    judgments (id, pair id, reason tags as JSON text or None), written so that
+    Pair.judgment_count comes out right."""
     pairs_keys = ("id", "pair_hash", "prompt_id", "response_a_id", "response_b_id")
     pair_constants = dict(source=source, kind="label", created_at=now)
     judgment_constants = dict(annotator_id=None, source="import", source_name=source, outcome="a", left=None,
@@ -210,11 +211,11 @@ def _insert_pairs_and_judgments(s: Session, pair_rows: list[tuple], judgment_row
         # are written with their count already set. 100,000 trigger updates cost more than all
         # the pair inserts together. Elsewhere the pairs go first and the trigger counts.
         s.execute(text("PRAGMA defer_foreign_keys = ON"))
-        _bulk_insert(s, Judgment, ("id", "pair_id"), judgment_rows, **judgment_constants)
+        _bulk_insert(s, Judgment, ("id", "pair_id", "reasons"), judgment_rows, **judgment_constants)
         _bulk_insert(s, Pair, (*pairs_keys, "judgment_count"), pair_rows, **pair_constants)
     else:
         _bulk_insert(s, Pair, pairs_keys, [row[:-1] for row in pair_rows], **pair_constants)
-        _bulk_insert(s, Judgment, ("id", "pair_id"), judgment_rows, **judgment_constants)
+        _bulk_insert(s, Judgment, ("id", "pair_id", "reasons"), judgment_rows, **judgment_constants)
 
 
 def _import_chunks(chunks: Iterable[PlannedChunk], source: str) -> tuple[_ImportWriter, PlannedChunk]:

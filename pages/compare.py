@@ -24,9 +24,10 @@ def pick_versions() -> tuple[str, str] | None:
     base = next((v.id for v in rows if v.method == "base"), ids[0])
     newest = next(v for v in reversed(rows) if v.id != base)
     before = newest.parent_id if newest.parent_id in ids else base
+    labels = {v.id: versions.describe(v) for v in rows}
     left, right = st.columns(2)
-    a = left.selectbox("Version A (before)", ids, index=ids.index(before), key="compare-a")
-    b = right.selectbox("Version B (after)", ids, index=ids.index(newest.id), key="compare-b")
+    a = left.selectbox("Version A (before)", ids, index=ids.index(before), format_func=labels.get, key="compare-a")
+    b = right.selectbox("Version B (after)", ids, index=ids.index(newest.id), format_func=labels.get, key="compare-b")
     return a, b
 
 

@@ -1,4 +1,5 @@
-"""Data: pairs and judgments with filters, import, export, and the annotator statistics."""
+"""Data: pairs and judgments with filters, import, export, the annotator statistics, and the pair
+audit."""
 from __future__ import annotations
 
 import tempfile
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeling import stats
-from pages.widgets import is_admin, require_router
+from labeling import settings, stats
+from pages.widgets import guidelines_editor, is_admin, require_router
 
 TABLE_ROWS = 2_000  # rows drawn in the table; statistics always use every judgment
 EXPORT_FORMATS = {"JSONL": ("jsonl", "application/jsonl"), "Parquet": ("parquet", "application/octet-stream")}
@@ -59,11 +60,13 @@ def render_export() -> None:
     cols = st.columns([1, 2])
     label = cols[0].radio("Export format", list(EXPORT_FORMATS), horizontal=True)
     fmt, mime = EXPORT_FORMATS[label]
+    leave_out = cols[1].multiselect("Leave out the pairs the audit flags", export.AUDIT_CHECKS, key="export-exclude",
+                                    help="See the Pair audit tab for what each check finds.")
     if cols[1].button("Prepare export"):
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"prefloop-preferences.{fmt}"
             try:
-                result = export.export(path, fmt)
+                result = export.export(path, fmt, exclude=tuple(leave_out))
             except export.ExportError as error:
                 st.error(str(error).replace(str(path), path.name))
                 return
@@ -89,6 +92,10 @@ def render_stats() -> None:
     st.markdown("**Position bias**: share of decisive judgments won by the response shown on the left "
                 "(0.5 = no bias; 95 % Wilson interval)")
     st.dataframe(stats.position_bias(frame), hide_index=True)
+    st.markdown("**Length bias**: share of decisive judgments, of pairs whose answers differ in length (words), "
+                "won by the longer answer, beside chance (0.5; 95 % Wilson interval)")
+    st.dataframe(stats.length_bias(frame), hide_index=True)
+    render_reasons(frame)
     agreement = stats.agreement(frame)
     st.markdown(f"**Agreement** on {agreement['pairs']} pairs with two or more judgments")
     if agreement["pairs"]:
@@ -97,13 +104,77 @@ def render_stats() -> None:
         cols[1].metric("Unanimous pairs", f"{agreement['unanimous']:.1%}")
         cols[2].metric("Fleiss' kappa", f"{agreement['fleiss_kappa']:.3f}")
     else:
-        st.caption("Set PREFLOOP_OVERLAP=2 (or more) so several annotators judge the same pairs.")
+        st.caption("Set the overlap to 2 or more under Settings so several annotators judge the same pairs.")
+
+
+def render_settings() -> None:
+    """The workspace's labeling settings, for admins: annotators per pair, and the guidelines."""
+    try:
+        current, problem = settings.overlap(), None
+    except settings.SettingError as error:  # a bad PREFLOOP_OVERLAP: say so, and offer to save a good value
+        current, problem = 1, str(error)
+    if problem:
+        st.error(problem)
+    with st.form("overlap-form"):
+        overlap = st.number_input("Annotators per pair (overlap)", min_value=1, max_value=settings.MAX_OVERLAP,
+                                  value=current, step=1, key="overlap",
+                                  help="2 or more: several people judge each pair, and Statistics reports their "
+                                       "agreement; each pair then takes that many judgments.")
+        if st.form_submit_button("Save overlap"):
+            settings.set_overlap(int(overlap))
+            st.success(f"Each pair now waits for {int(overlap)} annotator(s) before it leaves the queue.")
+    st.caption("Until an admin saves it here, the overlap is PREFLOOP_OVERLAP (1 when unset).")
+    st.markdown("**Labeling guidelines**, shown on the Label page")
+    guidelines_editor("data-guidelines")
+
+
+def render_reasons(frame) -> None:
+    from labeling import reasons
+
+    st.markdown("**Reasons**: how many of each annotator's verdicts carry each reason tag")
+    st.dataframe(stats.reason_counts(frame), hide_index=True)
+    with st.form("reason-tags"):
+        text = st.text_area("Reason tags of your own, one per line (offered on the Label page after the five "
+                            "built in)", value="\n".join(reasons.extra_reasons()))
+        if st.form_submit_button("Save reason tags"):
+            try:
+                saved = reasons.save_extra_reasons(text.splitlines())
+            except reasons.ReasonError as error:
+                st.error(str(error))
+            else:
+                st.success(f"The Label page offers {len(reasons.BUILTIN_REASONS) + len(saved)} reason tags.")
+
+
+def render_audit() -> None:
+    """What a round would learn from, checked; computed on request (it reads every pair's text)."""
+    from labeling import audit, export
+
+    st.caption("The decided pairs a round trains on, checked for answers that are only longer (≥ 1.5× the words "
+               "and most of the other's words), near-identical answers (difflib ratio ≥ 0.9 over words), votes "
+               "that disagree, and votes by an annotator who picks the left or the longer answer more than chance "
+               "allows (Wilson 95 % interval without 0.5). Leave any of them out in the export's options.")
+    if st.button("Audit the pairs"):
+        st.session_state["audit"] = export.pair_audit()
+    result = st.session_state.get("audit")
+    if result is None:
+        return
+    counts = result.counts()
+    for column, check in zip(st.columns(len(audit.CHECKS)), audit.CHECKS):
+        column.metric(check.replace("_", " "), f"{counts[check]} of {result.pairs}")
+    if not result.skewed.empty:
+        st.dataframe(result.skewed, hide_index=True)
+    for check in audit.CHECKS:
+        if counts[check]:
+            with st.expander(f"{check.replace('_', ' ')}: {counts[check]} pairs (up to 20 shown)"):
+                flagged = result.flags[result.flags["check"] == check]
+                st.dataframe(flagged.drop(columns="check").head(20), hide_index=True)
 
 
 def main() -> None:
     st.title("Data")
-    names = ["Pairs and judgments", "Import / export", "Statistics"] if is_admin() else ["My judgments"]
-    table, load, statistics = (*st.tabs(names), None, None)[:3]
+    names = (["Pairs and judgments", "Import / export", "Statistics", "Pair audit", "Settings"] if is_admin()
+             else ["My judgments"])
+    table, load, statistics, pairs, workspace = (*st.tabs(names), None, None, None, None)[:5]
     with table:
         render_table()
     if not is_admin():
@@ -114,6 +185,10 @@ def main() -> None:
         render_export()
     with statistics:
         render_stats()
+    with pairs:
+        render_audit()
+    with workspace:
+        render_settings()
 
 
 require_router()

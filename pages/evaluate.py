@@ -5,12 +5,12 @@ import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, job_panel, require_router, start
-from training import points, verdict
+from training import points, verdict, versions
 from training.evaluate_config import EvaluateConfig
 from training.sweep import SweepConfig
 
 TOOLTIP = ["version", "method", "beta", "parent", "reward", "reward_se", "kl", "kl_se", "kl_per_token",
-           "samples", "reward_version", "measured_at"]
+           "samples", "mean_tokens", "reward_version", "in_sample", "measured_at"]
 
 
 def chart(rows: list[dict]):
@@ -50,6 +50,9 @@ def show_points() -> None:
     if borrowed := max(r["train_prompts"] or 0 for r in rows):
         st.warning(f"Some points were measured on up to {borrowed} training prompts as well, because fewer prompts "
                    "are held out than the measurement asked for; measure fewer prompts for a held-out-only figure.")
+    if in_sample := [r["version"] for r in rows if r.get("in_sample")]:
+        st.warning(f"{', '.join(in_sample)} trained against the reward model that scores it here, so its reward is "
+                   "in-sample and flatters it: judge it by KL, the arena and a reward model trained on other labels.")
     st.altair_chart(chart(rows), width="stretch")
     st.dataframe(frame, hide_index=True)
     png = points.plot_reward_vs_kl(rows, points.plot_path())
@@ -64,6 +67,7 @@ def verdict_rows(report: dict) -> list[dict]:
         human = c["human"]
         rows.append({"against": f"{label} ({c['version']})",
                      "reward-model win rate": f"{c['win_rate']:.2f} [{c['low']:.2f}, {c['high']:.2f}]",
+                     "length-controlled win rate": f"{c['lc_win_rate']:.2f} [{c['lc_low']:.2f}, {c['lc_high']:.2f}]",
                      "length change": f"{c['length_change']:+.0%}",
                      "people's win rate": f"{human['win_rate']:.2f} [{human['low']:.2f}, {human['high']:.2f}] "
                                           f"({human['votes']} votes)" if human else "no arena votes"})
@@ -76,14 +80,17 @@ def show_verdict() -> None:
     if not names:
         return
     st.subheader("Did the round help?")
-    version = st.selectbox("Version", names, key="verdict-version")  # newest first
+    labels = versions.version_labels()  # names: newest first
+    version = st.selectbox("Version", names, format_func=lambda v: labels.get(v, v), key="verdict-version")
     report = verdict.round_report(version)
     if report.get("missing"):
         st.info(report["missing"])
     if "kl" in report:
         st.caption(f"{version} ({report['method']}, from {report['parent']}): KL to the base {report['kl']:.3g} ± "
                    f"{report['kl_se']:.2g} nats per answer; win rates are paired answer by answer on the same "
-                   "held-out prompts and seeds (ties half), 95% intervals resampling prompts.")
+                   "held-out prompts and seeds (ties half), 95% intervals resampling prompts. The length-controlled "
+                   "win rate is the win rate at equal length (a logistic regression of each answer's win on the "
+                   "length difference, as AlpacaEval 2): near 0.5 when length alone made the raw one.")
     if report["comparisons"]:
         st.dataframe(pd.DataFrame(verdict_rows(report)), hide_index=True)
     for sentence in report["warnings"]:
@@ -99,10 +106,12 @@ def show_verdict() -> None:
 
 
 def show_curves() -> None:
-    versions = points.trained_versions()  # every policy version, measured or not, newest first
-    if not versions:
+    names = points.trained_versions()  # every policy version, measured or not, newest first
+    if not names:
         return
-    version = st.selectbox("Training curves of version", versions, key="curves-version")
+    labels = versions.version_labels()
+    version = st.selectbox("Training curves of version", names, format_func=lambda v: labels.get(v, v),
+                           key="curves-version")
     rows = points.training_curves(version)
     if rows:
         frame = pd.DataFrame(rows).set_index("step")
@@ -110,6 +119,18 @@ def show_curves() -> None:
     else:
         st.caption(f"{version} has no recorded training curves of its own (the base model, a version a β sweep "
                    "made, or one trained outside the app).")
+
+
+def measure_form() -> None:
+    """Versions and the scoring reward model picked from lists (newest first), the rest from EvaluateConfig."""
+    labels, rewards = versions.version_labels(), versions.version_labels("reward")
+    picked = st.multiselect("Versions to measure", list(labels)[::-1], format_func=labels.get,
+                            placeholder="every policy version", key="evaluate-versions")
+    scorer = st.selectbox("Reward model that scores", ["", *list(rewards)[::-1]], key="evaluate-reward",
+                          format_func=lambda v: rewards.get(v, "the newest reward model"))
+    config = config_form(EvaluateConfig, "evaluate-form", "Measure", hidden=("versions", "reward_version"))
+    if config is not None:  # the job reads them as the CLI's --versions A,B and --reward-version
+        start("evaluate", {**config.__dict__, "versions": ",".join(picked), "reward_version": scorer or None})
 
 
 def main() -> None:
@@ -122,9 +143,7 @@ def main() -> None:
     measure, sweep = st.columns(2)
     with measure:
         st.subheader("Measure versions")
-        config = config_form(EvaluateConfig, "evaluate-form", "Measure")
-        if config is not None:
-            start("evaluate", config.__dict__)
+        measure_form()
     with sweep:
         st.subheader("β sweep")
         if admin_only("run a β sweep (it trains one version per β)"):

@@ -1,4 +1,5 @@
-"""Label: the prompt and two responses side by side, five buttons with keyboard shortcuts.
+"""Label: the prompt and two responses side by side, five buttons with keyboard shortcuts, and
+optional reason tags under them.
 
 The pair on screen is kept in st.session_state until it is judged, so typing a comment shows
 the same pair. Buttons are keyed by pair and carry the pair they were drawn for: the late half of
@@ -13,9 +14,9 @@ import time
 
 import streamlit as st
 
-from labeling import queue
-from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, is_admin, plain_text_toggle, render_conversation,
-                           render_sides, require_router, vote_buttons)
+from labeling import queue, reasons, settings
+from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, guidelines_editor, is_admin, plain_text_toggle,
+                           render_conversation, render_sides, require_router, vote_buttons)
 
 LABELS = {choice: label for label, choice, _ in VOTE_BUTTONS}
 UNDO_SHORTCUT = "U"
@@ -24,8 +25,13 @@ GENERATION_CHECK_SECONDS = 30.0
 
 
 def overlap() -> int:
-    """How many annotators judge each pair (PREFLOOP_OVERLAP, default 1; > 1 measures agreement)."""
-    return max(1, int(os.environ.get("PREFLOOP_OVERLAP", "1")))
+    """How many annotators judge each pair (> 1 measures agreement): set by an admin on the Data
+    page, PREFLOOP_OVERLAP until then, else 1."""
+    try:
+        return settings.overlap()
+    except settings.SettingError as error:
+        st.error(str(error))
+        st.stop()
 
 
 def current_pair(name: str) -> queue.PairView | None:
@@ -48,9 +54,10 @@ def submit(name: str, view: queue.PairView, choice: str) -> None:
         return  # the late half of a double click: this pair is already stored (and the upsert would hold anyway)
     seconds = time.monotonic() - st.session_state.get("shown_at", time.monotonic())
     comment = st.session_state.get(f"comment-{view.pair_id}")
+    tags = st.session_state.get(f"reasons-{view.pair_id}")
     outcome = queue.stored_outcome(choice, view.left)
     try:
-        queue.submit_judgment(name, view.pair_id, outcome, view.left, seconds=seconds, comment=comment)
+        queue.submit_judgment(name, view.pair_id, outcome, view.left, seconds=seconds, comment=comment, reasons=tags)
     except queue.QueueError as error:  # e.g. the pair was deleted meanwhile; nothing was stored
         st.session_state["last_message"] = str(error)
     else:
@@ -73,6 +80,8 @@ def render_pair(name: str, view: queue.PairView) -> None:
     st.text_input("Comment (optional)", key=f"comment-{view.pair_id}")
     buttons = vote_buttons(str(view.pair_id), submit, (name, view))
     buttons[-1].button("Undo last", key="undo", shortcut=UNDO_SHORTCUT, on_click=undo, args=(name,), width="stretch")
+    # optional, and under the buttons: the keys still vote at once; picked tags go with the vote
+    st.pills("Why? (optional)", reasons.reason_tags(), selection_mode="multi", key=f"reasons-{view.pair_id}")
     st.caption(f"{VOTE_KEYS_CAPTION} · **U** Undo last")
 
 
@@ -107,18 +116,10 @@ def render_progress(name: str) -> None:
 
 def render_guidelines() -> None:
     with st.expander("Labeling guidelines"):
-        text = queue.guidelines()
         if is_admin() and st.toggle("Edit guidelines", key="edit-guidelines"):  # shared by everyone: admins edit
-            edited = st.text_area("Guidelines (markdown)", value=text, height=300, key="guidelines-text")
-            if st.button("Save guidelines"):
-                try:
-                    queue.save_guidelines(edited)
-                except queue.QueueError as error:
-                    st.error(str(error))
-                else:
-                    st.success("Guidelines saved for everyone in this workspace.")
+            guidelines_editor("guidelines")
         else:
-            st.markdown(text)
+            st.markdown(queue.guidelines())
 
 
 @st.fragment(run_every="5s")

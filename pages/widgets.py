@@ -6,9 +6,9 @@ from typing import Any
 
 import streamlit as st
 
-from labeling import access
+from labeling import access, queue
 from training import jobs, versions
-from training.cli import ConfigError, config_from_dict, form_fields
+from training.cli import ConfigError, FormField, config_from_dict, form_fields
 
 
 ROUTED = "prefloop-routed"
@@ -41,25 +41,17 @@ def admin_only(what: str) -> bool:
 
 
 def config_form(config_class: type, key: str, submit_label: str, hidden: tuple[str, ...] = ()) -> Any | None:
-    """A form with one widget per field of `config_class` (defaults and help from the dataclass).
+    """A form with one widget per field of `config_class` (defaults and help from the dataclass): the
+    fields marked `"basic"` first, the others folded under "Advanced" (all in view when none is basic).
     Returns the config when submitted and valid, else None (an invalid value shows one sentence)."""
+    fields = [f for f in form_fields(config_class) if f.name not in hidden]
+    basic, advanced = [f for f in fields if f.basic], [f for f in fields if not f.basic]
     values: dict[str, Any] = {}
     with st.form(key):
-        for f in form_fields(config_class):
-            if f.name in hidden:
-                continue
-            label, widget_key = f.name.replace("_", " "), f"{key}-{f.name}"
-            if f.choices:
-                values[f.name] = st.selectbox(label, f.choices, index=f.choices.index(f.default), help=f.help, key=widget_key)
-            elif f.type is bool:
-                values[f.name] = st.checkbox(label, value=bool(f.default), help=f.help, key=widget_key)
-            elif f.type is int and not f.optional:
-                values[f.name] = st.number_input(label, value=int(f.default), step=1, help=f.help, key=widget_key)
-            elif f.type is float and not f.optional:
-                values[f.name] = st.number_input(label, value=float(f.default), format="%g", help=f.help, key=widget_key)
-            else:  # text, or an optional number typed as text ("" = None)
-                default = "" if f.default is None else str(f.default)
-                values[f.name] = st.text_input(label, value=default, help=f.help, key=widget_key)
+        values.update((f.name, field_widget(f, key)) for f in basic)
+        if advanced:
+            with st.expander("Advanced") if basic else st.container():
+                values.update((f.name, field_widget(f, key)) for f in advanced)
         submitted = st.form_submit_button(submit_label, type="primary")
     if not submitted:
         return None
@@ -68,6 +60,33 @@ def config_form(config_class: type, key: str, submit_label: str, hidden: tuple[s
     except ConfigError as error:
         st.error(str(error))
         return None
+
+
+def field_widget(f: FormField, key: str) -> Any:
+    """The widget of one config field, by its type; returns its value."""
+    label, widget_key = f.name.replace("_", " "), f"{key}-{f.name}"
+    if f.choices:
+        return st.selectbox(label, f.choices, index=f.choices.index(f.default), help=f.help, key=widget_key)
+    if f.type is bool:
+        return st.checkbox(label, value=bool(f.default), help=f.help, key=widget_key)
+    if f.type is int and not f.optional:
+        return st.number_input(label, value=int(f.default), step=1, help=f.help, key=widget_key)
+    if f.type is float and not f.optional:
+        return st.number_input(label, value=float(f.default), format="%g", help=f.help, key=widget_key)
+    default = "" if f.default is None else str(f.default)  # text, or an optional number typed as text ("" = None)
+    return st.text_input(label, value=default, help=f.help, key=widget_key)
+
+
+def guidelines_editor(key: str) -> None:
+    """The labeling guidelines in a text box and a Save button (they are shared: admins only)."""
+    edited = st.text_area("Guidelines (markdown)", value=queue.guidelines(), height=300, key=f"{key}-text")
+    if st.button("Save guidelines", key=f"{key}-save"):
+        try:
+            queue.save_guidelines(edited)
+        except queue.QueueError as error:
+            st.error(str(error))
+        else:
+            st.success("Guidelines saved for everyone in this workspace.")
 
 
 def start(kind: str, config: dict[str, Any]) -> int | None:

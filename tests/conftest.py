@@ -14,6 +14,14 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def fresh_sign_in_throttle(monkeypatch):
+    """Failed sign-ins are counted process-wide: each test starts with none."""
+    from labeling import access, throttle
+
+    monkeypatch.setattr(access, "THROTTLE", throttle.Throttle())
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """An empty PREFLOOP_HOME with its own SQLite database."""

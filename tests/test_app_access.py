@@ -69,3 +69,35 @@ def test_admin_sees_the_train_form(users):
     at.run()
     assert "Only admins" not in page_text(at)
     assert [b for b in at.button if b.label == "Train"]
+
+
+def test_a_session_expires_after_the_configured_hours(users, monkeypatch):
+    import time
+
+    monkeypatch.setenv("PREFLOOP_SESSION_HOURS", "2")
+    at = sign_in(open_app(name=None), "ann", "pw-ann")
+    assert at.metric
+    at.session_state["signed-in-at"] = time.time() - 1.9 * 3600
+    at.run()
+    assert at.metric  # still within its two hours
+    at.session_state["signed-in-at"] = time.time() - 2.1 * 3600
+    at.run()
+    assert not at.metric and "user" not in at.session_state and "annotator" not in at.session_state
+    assert "Your session has expired; sign in again." in [i.value for i in at.info]
+    sign_in(at, "ann", "pw-ann")
+    assert at.metric
+
+
+def test_repeated_wrong_passwords_are_refused_for_a_while(users, monkeypatch):
+    from labeling import throttle
+
+    clock = type("Clock", (), {"now": 0.0, "__call__": lambda self: self.now})()  # stands still unless moved
+    monkeypatch.setattr(access, "THROTTLE", throttle.Throttle(clock))
+    at = open_app(name=None)
+    for _ in range(3):
+        sign_in(at, "admin1", "guess")
+        assert [e.value for e in at.error] == ["Wrong name or password."]
+    sign_in(at, "admin1", "pw-admin")  # the right password, too soon after three wrong ones
+    assert "Too many failed sign-ins" in at.error[0].value and not at.metric
+    clock.now += 1
+    assert sign_in(at, "admin1", "pw-admin").metric

@@ -76,3 +76,17 @@ def test_blind_votes_store_the_winner_and_feed_ratings(workspace):
     assert list(ratings["version"]) == ["v2-dpo", "v1-base"]
     wins = at.dataframe[-1].value
     assert (wins["wins_a"][0], wins["wins_b"][0]) == (0, 3)
+
+
+def test_version_boxes_show_name_method_parent_and_date(workspace):
+    import datetime as dt
+
+    seed_arena()
+    with db.session() as s:
+        s.get(ModelVersion, "v1-base").created_at = dt.datetime(2026, 11, 20, 9, 0)
+        s.get(ModelVersion, "v2-dpo").created_at = dt.datetime(2026, 11, 23, 12, 45)
+    at = open_app(page="compare.py")
+    labels = ["v1-base · base model · 2026-11-20 09:00", "v2-dpo · DPO from v1-base · 2026-11-23 12:45 · current"]
+    for key in ("compare-a", "compare-b"):
+        assert at.selectbox(key=key).options == labels
+    assert (at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value) == ("v1-base", "v2-dpo")

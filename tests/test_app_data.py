@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sqlalchemy import func, select
 
 from labeling import db, queue
 from labeling.models import Judgment, Pair, Prompt
 from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
+from tests.test_audit import voted  # noqa: F401  (a fixture)
 from tests.test_queue import seed_pairs
 
 
@@ -66,6 +69,22 @@ def test_statistics_show_hand_worked_agreement(workspace, generator):  # noqa: F
     # ana: (a, left a) left wins, (a, left b) right wins -> 1 of 2; ben: (a, b) right, (b, b) left -> 1 of 2
     assert bias.loc["ana", "left_wins"] == 1 and bias.loc["ana", "decisive"] == 2
     assert bias.loc["ben", "left_share"] == 0.5
+    assert stats_frame(at, "longer_share").empty  # every answer here is one word: length says nothing
+
+
+def stats_frame(at, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def test_statistics_show_each_annotators_taste_for_length(workspace, generator):  # noqa: F811
+    ids = seed_pairs([(f"Q{i}?", "a longer answer here", "short") for i in range(3)])
+    for pair_id in ids:  # ana picks the longer answer every time, ben twice out of three
+        queue.submit_judgment("ana", pair_id, "a", "a")
+    for pair_id, outcome in zip(ids, "aab"):
+        queue.submit_judgment("ben", pair_id, outcome, "b")
+    bias = stats_frame(open_data(), "longer_share").set_index("annotator")
+    assert bias.loc["ana", ["decisive", "longer_wins"]].tolist() == [3, 3]
+    assert bias.loc["ben", "longer_share"] == pytest.approx(2 / 3) and bias.loc["ben", "chance"] == 0.5
 
 
 def test_outcome_shares_count_people_not_imported_labels(workspace, generator):  # noqa: F811
@@ -125,3 +144,63 @@ def test_export_with_nothing_to_export_says_so(workspace, generator):  # noqa: F
     next(b for b in at.button if b.label == "Prepare export").click()
     at = at.run()
     assert len(at.error) == 1 and "nothing to export" in at.error[0].value
+
+
+def test_an_admin_sets_the_overlap_and_the_guidelines_on_the_data_page(workspace, generator, monkeypatch):  # noqa: F811
+    from labeling import settings
+
+    monkeypatch.setenv("PREFLOOP_OVERLAP", "3")
+    at = open_data()
+    assert [t.label for t in at.tabs][-1] == "Settings"
+    assert at.number_input(key="overlap").value == 3  # the environment's value until one is saved
+    at.number_input(key="overlap").set_value(2)
+    at.button(key="FormSubmitter:overlap-form-Save overlap").click().run()
+    assert settings.overlap() == 2  # stored in the workspace: it wins over PREFLOOP_OVERLAP from now on
+    assert open_data().number_input(key="overlap").value == 2
+    at.text_area(key="data-guidelines-text").input("Prefer answers that cite a source.")
+    at.button(key="data-guidelines-save").click().run()
+    assert queue.guidelines() == "Prefer answers that cite a source."
+    assert "Guidelines saved" in at.success[0].value
+
+
+def test_a_bad_overlap_in_the_environment_is_one_sentence(workspace, generator, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("PREFLOOP_OVERLAP", "two")
+    at = open_data()
+    assert not at.exception
+    assert "PREFLOOP_OVERLAP must be a whole number from 1 to 20, got 'two'." in [e.value for e in at.error]
+    label = open_app("ana", "label.py")
+    assert not label.exception and label.error[0].value.startswith("PREFLOOP_OVERLAP must be a whole number")
+
+
+def test_reasons_per_annotator_and_an_admins_own_tags(workspace, generator):  # noqa: F811
+    from labeling import reasons
+
+    hh, oasst = seed_judged()
+    queue.submit_judgment("ana", hh[0], "a", "a", reasons=["more correct", "safer"])
+    queue.submit_judgment("ben", hh[0], "a", "b", reasons=["more correct"])
+    at = open_data()
+    table = stats_frame(at, "with_reasons").set_index("annotator")
+    assert table.loc["ana", ["verdicts", "with_reasons", "more correct", "safer"]].tolist() == [3, 1, 1, 1]
+    assert table.loc["ben", ["verdicts", "with_reasons", "more correct", "safer"]].tolist() == [2, 1, 1, 0]
+    at.text_area[0].input("cites a source\nsafer\n")
+    at = next(b for b in at.button if b.label == "Save reason tags").click().run()
+    assert reasons.extra_reasons() == ["cites a source"]  # a built-in tag is not added twice
+    assert any("offers 6 reason tags" in m.value for m in at.success)
+
+
+def test_pair_audit_counts_and_examples_and_the_export_leaves_them_out(workspace, generator, voted):  # noqa: F811
+    at = open_data()
+    assert "only longer" not in {m.label for m in at.metric}  # computed on request only
+    at = next(b for b in at.button if b.label == "Audit the pairs").click().run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["only longer"], metrics["near identical"], metrics["disagreement"],
+            metrics["skewed annotator"]) == ("1 of 12", "1 of 12", "1 of 12", "8 of 12")
+    disagreement = next(d.value for d in at.dataframe if "why" in d.value.columns
+                        and "cleo" in " ".join(d.value["why"]))
+    assert disagreement["why"].tolist() == ["ana: chosen, ben: chosen, cleo: rejected"]
+    at.multiselect(key="export-exclude").set_value(["skewed_annotator", "near_identical"]).run()
+    at = next(b for b in at.button if b.label == "Prepare export").click().run()
+    _, data, _, result = at.session_state["export"]
+    assert result["exported"] == 3 and result["excluded"]["skewed_annotator"] == 8
+    assert [json.loads(line)["pair_id"] for line in data.decode().splitlines()] == [voted[0], *voted[2:4]]

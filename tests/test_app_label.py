@@ -236,3 +236,22 @@ def test_guidelines_are_shown_and_edits_are_stored_in_the_workspace(workspace, g
     at = click(at, "Save guidelines")
     assert len(at.error) == 1 and "empty" in at.error[0].value
     assert queue.guidelines() == "Prefer **short** answers."
+
+
+def test_reason_tags_go_with_the_vote_and_the_next_pair_starts_without_them(workspace, generator):
+    from labeling import reasons
+
+    ids = seed_pairs(2)
+    reasons.save_extra_reasons(["cites a source"])
+    at = open_label()
+    (pills,) = at.pills
+    assert pills.options == [*reasons.BUILTIN_REASONS, "cites a source"]
+    at = pills.set_value(["more correct", "cites a source"]).run()
+    assert shown_pair_id(at) == ids[0] and judgments() == []  # picking a tag is not a vote
+    at = click(at, "B is better")
+    with db.session() as s:
+        assert s.scalar(select(Judgment.reasons).where(Judgment.pair_id == ids[0])) == ["more correct", "cites a source"]
+    assert shown_pair_id(at) == ids[1] and at.pills[0].value == []
+    at = click(at, "Tie")  # no tag picked: none stored
+    with db.session() as s:
+        assert s.scalar(select(Judgment.reasons).where(Judgment.pair_id == ids[1])) is None

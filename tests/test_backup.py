@@ -45,7 +45,8 @@ def fill_workspace() -> None:
         s.add(Meta(key="labeling_guidelines", value="Prefer the **shorter** answer.\n"))
         arena_id = arena.id
     pair = queue.next_pair("ana")
-    queue.submit_judgment("ana", pair.pair_id, "b", pair.left, seconds=2.5, comment="clearer ✓")
+    queue.submit_judgment("ana", pair.pair_id, "b", pair.left, seconds=2.5, comment="clearer ✓",
+                          reasons=["more correct", "safer ✓"])
     queue.submit_judgment("ben", pair.pair_id, "skip", "a")
     queue.submit_judgment("ana", arena_id, "a", "b")
     queue.next_pair("cleo")  # leaves a lease

@@ -57,7 +57,8 @@ def test_preference_rows_majority_and_exclusions(judged):
     assert flipped["rejected"] == [{"role": "assistant", "content": "The capital of France is Paris."}]
     assert flipped["prompt"] == [{"role": "user", "content": "What is the capital of France?"}]
     assert kept["chosen"][0]["content"] == "2 + 2 = 4." and kept["rejected"][0]["content"] == "2 + 2 = 5."
-    assert set(flipped) == {"prompt", "chosen", "rejected", "pair_id", "prompt_id", "split"}
+    assert set(flipped) == {"prompt", "chosen", "rejected", "pair_id", "prompt_id", "split", "reasons"}
+    assert flipped["reasons"] == [] and kept["reasons"] == []  # nobody said why
     assert flipped["split"] in ("train", "heldout")
     assert result.excluded == {"tie": 1, "both_bad": 0, "skip": 1, "unresolved": 1}
     assert result.judgment_ids == sorted([votes[1]["ana"], votes[1]["ben"], import_votes[3]])
@@ -147,3 +148,26 @@ def test_trl_dpo_and_reward_trainers_take_the_hf_export(workspace, tmp_path):
                        args=RewardConfig(output_dir=str(tmp_path / "rm"), **common))
     rm_loss = rm.train().training_loss
     assert torch.isfinite(torch.tensor(rm_loss))
+
+
+def test_reasons_of_the_deciding_votes_travel_with_the_pair_and_back(judged, tmp_path, monkeypatch):
+    from labeling import queue
+
+    # pair 1: ana and ben outvote the import's "a" and cleo's tie; their tags (each once) go with
+    # the row, cleo's do not. Pair 3: ana agrees with the import, so she decides it too.
+    queue.submit_judgment("ana", 1, "b", "a", reasons=["more correct", "safer"])
+    queue.submit_judgment("ben", 1, "b", "b", reasons=["more correct", "less rambling"])
+    queue.submit_judgment("cleo", 1, "tie", "a", reasons=["better format"])
+    queue.submit_judgment("ana", 3, "a", "b", reasons=["more concise"])
+    rows = {r["pair_id"]: r["reasons"] for r in export.preference_rows().rows}
+    assert rows == {1: ["more correct", "safer", "less rambling"], 3: ["more concise"]}
+    for fmt, name in (("jsonl", "out.jsonl"), ("parquet", "out.parquet")):
+        assert export.export(tmp_path / name, fmt)["exported"] == 2
+    for name in ("out.jsonl", "out.parquet"):
+        monkeypatch.setenv("PREFLOOP_HOME", str(tmp_path / f"second-{name}"))
+        assert store.import_file(tmp_path / name)["imported"] == 2
+        back = {r["chosen"][0]["content"]: r["reasons"] for r in export.preference_rows().rows}
+        assert back == {"France has no capital.": ["more correct", "safer", "less rambling"],
+                        "2 + 2 = 4.": ["more concise"]}
+        with db.session() as s:  # stored on the imported label, as a person's tags are on their vote
+            assert sorted(map(len, s.scalars(select(Judgment.reasons)))) == [1, 3]

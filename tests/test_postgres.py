@@ -74,7 +74,7 @@ def make_schema_2(s) -> None:
     s.execute(text("ALTER TABLE judgments DROP CONSTRAINT ck_judgments_annotator_iff_human"))
     s.execute(text("UPDATE judgments SET annotator_id = a.id FROM annotators a "
                    "WHERE a.name = 'import:' || judgments.source_name AND judgments.source = 'import'"))
-    s.execute(text("ALTER TABLE judgments DROP COLUMN source, DROP COLUMN source_name"))
+    s.execute(text("ALTER TABLE judgments DROP COLUMN source, DROP COLUMN source_name, DROP COLUMN reasons"))
     s.execute(text("ALTER TABLE judgments ALTER COLUMN annotator_id SET NOT NULL"))
     s.execute(text("UPDATE meta SET value = '2' WHERE key = 'schema_version'"))
 
@@ -96,7 +96,7 @@ def test_version_1_workspace_is_migrated_on_postgresql(workspace):
         s.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
         pairs = s.scalar(select(func.count(Pair.id)))
     reopen()
-    assert db.schema_version() == SCHEMA_VERSION == 3
+    assert db.schema_version() == SCHEMA_VERSION == 4
     with db.session() as s:
         names = set(s.scalars(text("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")))
         assert not names & {"ix_responses_prompt_id", "ix_judgments_pair_id"} and "ix_pairs_queue" in names
@@ -105,18 +105,18 @@ def test_version_1_workspace_is_migrated_on_postgresql(workspace):
 
 def test_version_2_imported_labels_become_sources_on_postgresql(workspace):
     from labeling import export
-    from labeling.models import Annotator
+    from labeling.models import SCHEMA_VERSION, Annotator
 
     store.import_file(FIXTURES / "pairs.jsonl")
     store.import_file(FIXTURES / "hh.jsonl", source="hh")
     queue.submit_judgment("ana", 1, "b", "a")
+    rows_before = export.preference_rows()  # before: a schema-2 table has no reasons column to read
     with db.session() as s:
         make_schema_2(s)
         assert s.scalars(text("SELECT name FROM annotators ORDER BY name")).all() == ["ana", "import:hh", "import:pairs"]
         counts_before = s.execute(select(Pair.id, Pair.judgment_count).order_by(Pair.id)).all()
-    rows_before = export.preference_rows()
     reopen()
-    assert db.schema_version() == 3
+    assert db.schema_version() == SCHEMA_VERSION
     with db.session() as s:
         assert s.scalars(select(Annotator.name)).all() == ["ana"]
         sources = s.execute(select(Judgment.source, Judgment.source_name, func.count()).group_by(

@@ -144,7 +144,7 @@ def test_every_round_declares_a_loadable_config_and_run_function():
 def test_reading_the_registry_and_asking_readiness_loads_no_torch(workspace):
     # the registry and what the pages import, as the Train page uses them
     code = ("import sys\n"
-            "from training import arena, jobs, points, registry, reward_report, sweep, verdict, versions\n"
+            "from training import arena, jobs, loop, points, registry, reward_report, sweep, verdict, versions\n"
             "from training.cli import form_fields\n"
             "for r in registry.ROUNDS.values():\n"
             "    form_fields(r.config_class()); r.problem(); r.plan_sentence()\n"

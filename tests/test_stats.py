@@ -122,3 +122,26 @@ def test_imported_labels_are_no_annotator_in_any_statistic(workspace):
     assert stats.outcome_shares(stats.by_people(frame_))["count"].tolist() == [1, 1, 0, 0, 0]
     assert stats.agreement(frame_)["pairs"] == 0  # one person per pair: the dataset is no second rater
     assert stats.filter_values()["annotator"] == ["ana", "ben"]
+
+
+def test_length_bias_counts_longer_wins_among_decisive_judgments_of_unequal_pairs():
+    long, short, same = "one two three", "one", "uno dos tres"
+    rows = pd.DataFrame([
+        # pair, annotator, outcome, response_a, response_b
+        (1, "ana", "a", long, short),  # the longer (a) won
+        (2, "ana", "a", short, long),  # the shorter (a) won
+        (3, "ana", "b", short, long),  # the longer (b) won
+        (4, "ana", "a", long, same),  # equal lengths: says nothing about length
+        (5, "ana", "tie", long, short),  # not decisive
+        (6, None, "a", long, short),  # an imported label is nobody's taste
+        (1, "ben", "a", long, short),
+    ], columns=["pair_id", "annotator", "outcome", "response_a", "response_b"])
+    table = stats.length_bias(rows).set_index("annotator")
+    assert table.loc["ana", ["decisive", "longer_wins"]].tolist() == [3, 2]
+    assert table.loc["ana", "longer_share"] == pytest.approx(2 / 3) and table.loc["ana", "chance"] == 0.5
+    assert (table.loc["ana", "ci_low"], table.loc["ana", "ci_high"]) == pytest.approx(stats.wilson_interval(2, 3))
+    # 1 of 1, z = 1.959964: centre = (1 + z²/2) / (1 + z²) = 0.6029, half = 0.3971 -> [0.2065, 1]
+    assert table.loc["ben", ["decisive", "longer_wins"]].tolist() == [1, 1]
+    assert table.loc["ben", "ci_low"] == pytest.approx(0.20654, abs=1e-4) and table.loc["ben", "ci_high"] == 1.0
+    assert list(stats.length_bias(rows.iloc[:0]).columns) == ["annotator", "decisive", "longer_wins",
+                                                              "longer_share", "ci_low", "ci_high", "chance"]

@@ -39,7 +39,19 @@ def test_a_real_gain_at_equal_length_has_no_warning(workspace):
     assert (parent["version"], parent["win_rate"], parent["prompts"]) == ("v1-base", 1.0, 6)
     assert parent["low"] == 1.0 and parent["length_change"] == pytest.approx(0.0)
     assert parent["reward_gain"] == pytest.approx(1.0) and parent["gain_at_equal_length"] == pytest.approx(1.0)
+    # equal lengths everywhere: the length-controlled rate is the raw one
+    assert parent["lc_win_rate"] == pytest.approx(1.0, abs=1e-4) and parent["lc_low"] == pytest.approx(1.0, abs=1e-4)
     assert report["warnings"] == [] and "missing" not in report
+
+
+def test_the_length_controlled_win_rate_sees_through_a_reward_for_length(workspace):
+    base_tokens = [40 + i for i in range(12)]
+    # mostly longer, a few answers 2 tokens shorter or longer: the reward model scores length only
+    new_tokens = [t + d for t, d in zip(base_tokens, [30, -2, 25, 2, 20, -2, 35, 2, 28, -2, 22, 2])]
+    seed([0.01 * t for t in new_tokens], new_tokens, [0.01 * t for t in base_tokens], base_tokens)
+    parent = verdict.round_report("v3-dpo")["comparisons"]["parent"]
+    assert parent["win_rate"] == 0.75  # the longer answer wins 9 of 12
+    assert parent["lc_win_rate"] == pytest.approx(0.5, abs=0.05) and parent["lc_low"] < 0.5 < parent["lc_high"]
 
 
 def test_a_gain_that_length_alone_explains_is_named(workspace):
@@ -87,5 +99,9 @@ def test_the_evaluate_page_shows_the_panel_and_the_goodhart_sentence(workspace):
     panel = at.dataframe[-1].value
     assert list(panel["against"]) == ["parent (v1-base)"]
     assert list(panel["reward-model win rate"]) == ["1.00 [1.00, 1.00]"]
+    # every v3 answer is twice as long, so no pair is near equal length and the logistic can only
+    # extrapolate: the win goes to the intercept. The Goodhart meter's least squares, pooled over
+    # both versions' answers, is what names this case (the warning below).
+    assert list(panel["length-controlled win rate"]) == ["1.00 [1.00, 1.00]"]
     assert list(panel["people's win rate"]) == ["no arena votes"]
     assert any("length alone may explain" in w.value for w in at.warning)

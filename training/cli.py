@@ -1,8 +1,9 @@
 """One mapping from a round's config dataclass to the command line, a YAML file and the Train form.
 
 Every field of a round's config (`DPORoundConfig`, `RewardRoundConfig`, `PPOConfig`) carries
-`metadata={"help": ...}` and optionally `"choices"` and bounds (`"min"`/`"max"` inclusive,
-`"above"`/`"below"` exclusive). A config may define `problem()`, the sentence saying why its
+`metadata={"help": ...}` and optionally `"choices"`, bounds (`"min"`/`"max"` inclusive,
+`"above"`/`"below"` exclusive) and `"basic": True` for the few settings people change (the form
+shows those first and folds the rest under "Advanced"). A config may define `problem()`, the sentence saying why its
 fields do not go together (or None). From that one definition:
 
     config_from_args(DPORoundConfig, ["--config", "dpo.yaml", "--beta", "0.2", "--max-steps", "5"])
@@ -44,6 +45,7 @@ class FormField:
     choices: tuple[Any, ...] | None
     optional: bool  # None is an allowed value
     bounds: tuple[tuple[str, float], ...] = ()  # ("min" | "max" | "above" | "below", bound)
+    basic: bool = False  # one of the few settings people change: shown first, the rest under "Advanced"
 
 
 BOUND_WORDS = {"min": "at least", "max": "at most", "above": "greater than", "below": "less than"}
@@ -91,7 +93,7 @@ def form_fields(config_class: type) -> list[FormField]:
             choices = choices()
         bounds = tuple((rule, f.metadata[rule]) for rule in BOUND_WORDS if rule in f.metadata)
         out.append(FormField(f.name, kind, default, f.metadata.get("help", ""),
-                             tuple(choices) if choices else None, optional, bounds))
+                             tuple(choices) if choices else None, optional, bounds, bool(f.metadata.get("basic"))))
     return out
 
 

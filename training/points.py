@@ -34,12 +34,16 @@ def latest_points(reward_version: str | None = None) -> list[dict]:
     with db.session() as s:
         for point, version in s.execute(query.order_by(EvalPoint.id)):
             config = version.config or {}
+            # PPO optimised this very reward model: its score here is in-sample, not a held-out measure
+            trained_on = (version.metrics or {}).get("reward_version") if version.method == "ppo" else None
             newest[point.version_id] = {
+                "in_sample": trained_on is not None and trained_on == point.reward_version_id,
                 "version": point.version_id, "method": version.method, "parent": version.parent_id,
                 "beta": config.get("beta"), "sweep": config.get("sweep"),
                 "reward": point.reward, "reward_se": point.reward_se or 0.0,
                 "kl": point.kl, "kl_se": point.kl_se or 0.0, "kl_per_token": point.kl_per_token,
                 "reward_version": point.reward_version_id, "samples": (point.details or {}).get("samples"),
+                "mean_tokens": (point.details or {}).get("mean_tokens"),  # answer length, for the table
                 "train_prompts": (point.details or {}).get("train_prompts", 0),  # not held out
                 "measured_at": point.created_at.isoformat(timespec="seconds"),
             }
@@ -78,6 +82,7 @@ def plot_reward_vs_kl(points: list[dict], path: Path) -> Path:
         ax.errorbar(p["kl"], p["reward"], xerr=p["kl_se"], yerr=p["reward_se"], fmt="o",
                     color=colours.get(p["method"], "tab:gray"), capsize=3)
         label = p["version"] + (f" β={p['beta']:g}" if p.get("beta") is not None else "")
+        label += " (reward in-sample)" if p.get("in_sample") else ""
         ax.annotate(label, (p["kl"], p["reward"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     sweeps = {p["sweep"] for p in points if p.get("sweep")}
     base = [p for p in points if p["method"] == "base"]

@@ -11,9 +11,9 @@ from training.cli import limit_field
 class PPOConfig:
     """Defaults suit SmolLM2-135M on a CPU: short responses, small batches, a LoRA adapter."""
 
-    learning_rate: float = field(default=1e-4, metadata={"above": 0,
+    learning_rate: float = field(default=1e-4, metadata={"above": 0, "basic": True,
         "help": "AdamW learning rate of the LoRA adapter and value head."})
-    steps: int = field(default=20, metadata={"min": 1,
+    steps: int = field(default=20, metadata={"min": 1, "basic": True,
         "help": "Number of PPO iterations (each: one rollout batch, then several epochs on it)."})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "Prompts per rollout batch."})
     mini_batch_size: int = field(default=4, metadata={"min": 1, "help": "Sequences per gradient step within a batch."})
@@ -23,7 +23,7 @@ class PPOConfig:
         "help": "Prompts longer than this keep only their last tokens."})
     temperature: float = field(default=1.0, metadata={"above": 0,
         "help": "Sampling temperature of the rollouts (log-probs use the same one)."})
-    beta: float = field(default=0.05, metadata={"min": 0,
+    beta: float = field(default=0.05, metadata={"min": 0, "basic": True,
         "help": "KL coefficient β: per-token penalty β·(log π − log π_ref) against the starting policy."})
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt β towards kl_target (Ziegler et al. 2019)."})
     kl_target: float = field(default=6.0, metadata={"above": 0,

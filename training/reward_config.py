@@ -12,7 +12,7 @@ DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 6e-5, "encoder": 6e-5}
 class RewardRoundConfig:
     """A Bradley-Terry reward model trained on the labeled pairs."""
 
-    backbone: str = field(default="minilm", metadata={
+    backbone: str = field(default="minilm", metadata={"basic": True,
         "help": "minilm: the small all-MiniLM-L6-v2 encoder, fully fine-tuned (the default: 0.66 held-out accuracy "
                 "on hh-rlhf after 13 minutes on 2 CPU cores, bench/reward.py); policy: the policy's base model with "
                 "LoRA and a scalar head, far slower per pair; encoder: the encoder in backbone_path, fully "
@@ -20,9 +20,9 @@ class RewardRoundConfig:
     backbone_path: str = field(default="", metadata={
         "help": "With backbone encoder: a folder holding an encoder model (config.json and safetensors weights, "
                 "e.g. a BERT, DistilBERT or DeBERTa) and its tokenizer."})
-    learning_rate: float | None = field(default=None, metadata={"above": 0,
+    learning_rate: float | None = field(default=None, metadata={"basic": True, "above": 0,
         "help": "AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 6e-5 for MiniLM)."})
-    epochs: float = field(default=1.5, metadata={"above": 0, "help": "Passes over the training pairs."})
+    epochs: float = field(default=1.5, metadata={"basic": True, "above": 0, "help": "Passes over the training pairs."})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "Pairs per optimizer step."})
     max_length: int = field(default=256, metadata={"min": 8,
         "help": "Longest prompt + response in tokens: the response's end is cut first, and a long prompt loses "

@@ -4,6 +4,8 @@ from the points `python -m training evaluate` stored (no model is loaded here):
   * the reward model's win rate, sample by sample (same prompts, same seeds), ties half, with a
     95% interval from a bootstrap over prompts;
   * KL to the base and the change in answer length;
+  * the length-controlled win rate: the reward model's win rate at equal length, from a logistic
+    regression of each answer's outcome on the length difference (AlpacaEval 2's control);
   * people's win rate from the blind arena, when they voted between the two versions;
   * a Goodhart meter: one sentence when the reward model's gain is not shared by people's votes,
     or when answer length alone explains it.
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from labeling.paired import win_rate
+from labeling.paired import length_controlled_win_rate, outcomes, win_rate
 from training import points, versions
 
 MIN_HUMAN_VOTES = 5  # fewer decisive arena votes than this say nothing either way
@@ -61,8 +63,11 @@ def compare(version_id: str, new: dict, other_id: str) -> dict[str, Any] | None:
         return None
     s_new, s_old = new["details"]["per_sample"], old["details"]["per_sample"]
     w = win_rate(s_new["score"], s_old["score"], s_new["prompt"])
+    length_diff = np.subtract(s_new["tokens"], s_old["tokens"])
+    lc = length_controlled_win_rate(outcomes(s_new["score"], s_old["score"]), length_diff, s_new["prompt"])
     raw, adjusted = length_adjusted_gain(new, old)
     return {"version": other_id, "win_rate": w.rate, "low": w.low, "high": w.high, "prompts": w.prompts,
+            "lc_win_rate": lc.rate, "lc_low": lc.low, "lc_high": lc.high,
             "reward_gain": raw, "gain_at_equal_length": adjusted,
             "length_change": np.mean(s_new["tokens"]) / max(np.mean(s_old["tokens"]), 1e-9) - 1,
             "human": human_win_rate(version_id, other_id)}
@@ -95,7 +100,7 @@ def round_report(version_id: str) -> dict[str, Any]:
     report: dict[str, Any] = {"version": version_id, "method": row.method, "parent": row.parent_id,
                               "comparisons": {}, "warnings": []}
     if new is None:
-        report["missing"] = f"{version_id} has not been measured yet: press Measure (all versions) above."
+        report["missing"] = f"{version_id} has not been measured yet: press Measure on the Evaluate page."
         return report
     report.update(kl=new["kl"], kl_se=new["kl_se"], mean_tokens=new["details"].get("mean_tokens"))
     for label, other in (("parent", report["parent"]), ("base", base_id)):

@@ -115,6 +115,22 @@ def list_versions(kind: str | None = None) -> list[ModelVersion]:
         return list(s.scalars(stmt))
 
 
+METHOD_WORDS = {"base": "base model", "dpo": "DPO", "ppo": "PPO", "reward": "reward model"}
+
+
+def describe(row: ModelVersion) -> str:
+    """A version as a select box shows it: name, method, parent and date.
+
+    "v3-dpo · DPO from v1-base · 2026-11-24 05:10 · current"."""
+    method = METHOD_WORDS.get(row.method, row.method) + (f" from {row.parent_id}" if row.parent_id else "")
+    return f"{row.id} · {method} · {row.created_at:%Y-%m-%d %H:%M}" + (" · current" if row.is_current else "")
+
+
+def version_labels(kind: str | None = "policy") -> dict[str, str]:
+    """{id: describe(version)} of every version (of `kind`), oldest first."""
+    return {row.id: describe(row) for row in list_versions(kind)}
+
+
 def current_policy_id() -> str | None:
     with db.session() as s:
         return s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current))

@@ -1,0 +1,57 @@
+"""Workspace settings an admin changes on the Data page, kept in the workspace database (the Meta
+table), so every annotator's session and every server on that database reads the same value.
+
+    overlap()        # how many annotators judge each pair: as saved, else PREFLOOP_OVERLAP, else 1
+    set_overlap(2)   # two people judge each pair, so the Data page can report their agreement
+
+The labeling guidelines, another such setting, live beside the queue (`queue.guidelines`).
+"""
+from __future__ import annotations
+
+import os
+
+from labeling import db
+from labeling.models import Meta
+
+OVERLAP_KEY = "labeling_overlap"
+MAX_OVERLAP = 20  # more people per pair than this is a typo, not a plan
+
+
+class SettingError(ValueError):
+    """A setting prefloop cannot use; one sentence naming it and what to do."""
+
+
+def _check_overlap(value: object, where: str) -> int:
+    try:
+        overlap = int(str(value).strip())
+    except ValueError:
+        overlap = 0
+    if not 1 <= overlap <= MAX_OVERLAP:
+        raise SettingError(f"{where} must be a whole number from 1 to {MAX_OVERLAP}, got {value!r}.")
+    return overlap
+
+
+def default_overlap() -> int:
+    """PREFLOOP_OVERLAP, the value until an admin saves one; 1 when it is unset."""
+    value = os.environ.get("PREFLOOP_OVERLAP", "").strip()
+    return _check_overlap(value, "PREFLOOP_OVERLAP") if value else 1
+
+
+def overlap() -> int:
+    """How many annotators judge each pair: the workspace's saved setting, else default_overlap()."""
+    with db.session() as s:
+        row = s.get(Meta, OVERLAP_KEY)
+        stored = row.value if row is not None else None
+    return _check_overlap(stored, "The saved overlap") if stored is not None else default_overlap()
+
+
+def set_overlap(value: int) -> int:
+    """Save how many annotators judge each pair, for the whole workspace; returns it."""
+    overlap = _check_overlap(value, "Overlap")
+    with db.session() as s:
+        row = s.get(Meta, OVERLAP_KEY)
+        if row is None:
+            s.add(Meta(key=OVERLAP_KEY, value=str(overlap)))
+        else:
+            row.value = str(overlap)
+    return overlap
