@@ -1,45 +1,33 @@
 """Train: pick a round (reward model, DPO, PPO), fill its form, press Train, watch it run; the
 latest reward model's card; the versions table with lineage, make-current and export.
 
-The form comes from the round's config dataclass (the same one the CLI reads); the round runs as
-a background job, so its progress survives reloads. Nothing heavy is imported here.
+The rounds, their forms, readiness sentences and curves come from the round registry
+(`training/registry.py`), the form from the round's config dataclass (the same one the CLI reads);
+the round runs as a background job, so its progress survives reloads. Nothing heavy is imported here.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, job_panel, require_router, start
-from training import dpo, jobs, reward_report, rounds, versions
-
-ROUNDS = {  # label -> (job kind, config module, config class, curves to draw)
-    "Reward model": ("reward", "training.reward_config", "RewardRoundConfig", ("loss", "accuracy", "margin")),
-    "DPO": ("dpo", "training.dpo_config", "DPORoundConfig", ("loss", "accuracy", "margin")),
-    "PPO": ("ppo", "training.ppo_config", "PPOConfig", ("reward", "kl", "policy_loss", "value_loss", "entropy")),
-}
-PAIR_ROUNDS = {"reward": "The reward round", "dpo": "DPO"}
+from training import jobs, registry, reward_report, versions
+from training.cli import RoundLimits, form_fields
 
 
-def not_ready(kind: str) -> str | None:
-    """The sentence that says why a round cannot run now, or None (cheap checks only)."""
-    if kind == "ppo":
-        return None if versions.latest_reward_id() else "PPO needs a reward model: train one first."
-    return rounds.check_pairs(PAIR_ROUNDS[kind])
-
-
-def quick_limits(kind: str) -> dict[str, int]:
-    """Optional caps for a quick try, passed to the round as --max-pairs / --max-steps."""
-    if kind == "ppo":  # PPOConfig has its own max_steps and max_prompts fields
+def quick_limits(chosen: registry.Round) -> dict[str, int]:
+    """The round-wide caps its registry entry offers (RoundLimits), for a quick try; 0 = none."""
+    offered = [f for f in form_fields(RoundLimits) if f.name in chosen.quick_limits]
+    if not offered:
         return {}
     with st.expander("Quick run (optional limits)"):
-        cols = st.columns(2)
-        pairs = cols[0].number_input("max pairs (0 = all)", min_value=0, value=0, step=1, key=f"{kind}-max-pairs")
-        steps = cols[1].number_input("max steps (0 = all)", min_value=0, value=0, step=1, key=f"{kind}-max-steps")
-    return {k: int(v) for k, v in (("max_pairs", pairs), ("max_steps", steps)) if v}
+        values = {f.name: column.number_input(f"{f.name.replace('_', ' ')} (0 = all)", min_value=0, value=0, step=1,
+                                              help=f.help, key=f"{chosen.name}-{f.name.replace('_', '-')}")
+                  for column, f in zip(st.columns(len(offered)), offered)}
+    return {name: int(value) for name, value in values.items() if value}
 
 
 def last_job_id(kind: str) -> int | None:
@@ -50,27 +38,27 @@ def last_job_id(kind: str) -> int | None:
 
 
 def round_section() -> None:
-    label = st.radio("Round", list(ROUNDS), horizontal=True, key="round")
-    kind, module, class_name, curves = ROUNDS[label]
-    config_class = getattr(importlib.import_module(module), class_name)
-    reason = not_ready(kind)
+    by_label = {r.label: r for r in registry.ROUNDS.values()}
+    chosen = by_label[st.radio("Round", list(by_label), horizontal=True, key="round")]
+    reason = chosen.problem()  # the round's defaults: can it run at all now?
     if reason:
         st.warning(reason)
     if not admin_only("start training rounds"):
         return
-    if kind == "dpo" and not reason and (plan := dpo.plan_sentence()):
+    if not reason and (plan := chosen.plan_sentence()):
         st.caption(plan)
-    limits = quick_limits(kind)
-    config = config_form(config_class, key=f"form-{kind}", submit_label="Train")
+    limits = quick_limits(chosen)
+    config = config_form(chosen.config_class(), key=f"form-{chosen.name}", submit_label="Train")
     if config is not None:
+        reason = chosen.problem(config)  # the same check the CLI makes, on the settings typed
         if reason:
             st.error(reason)
         else:
-            start(kind, {**dataclasses.asdict(config), **limits})
-    job_id = last_job_id(kind)
+            start(chosen.name, {**dataclasses.asdict(config), **limits})
+    job_id = last_job_id(chosen.name)
     if job_id:
         st.subheader("Progress")
-        job_panel(job_id, curves=curves)
+        job_panel(job_id, curves=chosen.curves)
 
 
 def reward_card_section() -> None:

@@ -50,13 +50,16 @@ def test_form_is_built_from_the_dataclass(workspace, generator):  # noqa: F811
     assert next(w for w in at.selectbox if w.label == "loss type").value == "sigmoid"
 
 
-def test_not_ready_sentences_and_no_job(workspace, generator, started):  # noqa: F811
+def test_not_ready_sentences_and_no_job(workspace, generator, started, monkeypatch):  # noqa: F811
     at = pick_round(open_train(), "DPO")
     assert "DPO needs at least 8 labeled pairs; you have 0." in at.warning[0].value
     at = press_train(at)
     assert started == [] and "DPO needs at least 8 labeled pairs" in at.error[0].value
     at = pick_round(at, "PPO")
     assert at.warning[0].value == "PPO needs a reward model: train one first."
+    monkeypatch.setattr(versions, "latest_reward_id", lambda: "v1-reward")
+    at = pick_round(at, "PPO")  # the page and the CLI ask the same check: PPO also needs training prompts
+    assert at.warning[0].value == 'PPO needs training prompts (split "train"): import some on the Data page first.'
     at = pick_round(at, "Reward model")
     assert "The reward round needs at least 8 labeled pairs; you have 0." in at.warning[0].value
 
@@ -113,10 +116,12 @@ def test_make_current_from_the_versions_table(workspace, generator):  # noqa: F8
     assert versions.current_policy_id() == first
 
 
-def test_empty_optional_boxes_of_the_ppo_form_mean_none(workspace, generator, started, monkeypatch):  # noqa: F811
+def test_empty_optional_boxes_of_the_ppo_form_mean_none(workspace, generator, started, monkeypatch,  # noqa: F811
+                                                         tmp_path):
     # An empty "reward version" box once reached the PPO round as '' and failed it ("'' is not a
     # reward model"); found by bench/loop.py clicking through the real app.
     monkeypatch.setattr(versions, "latest_reward_id", lambda: "v1-reward")
+    import_pairs(tmp_path, 9)  # their prompts are the training prompts PPO samples from
     at = press_train(pick_round(open_train(), "PPO"))
     kind, config = started[0]
     assert kind == "ppo"
@@ -124,16 +129,9 @@ def test_empty_optional_boxes_of_the_ppo_form_mean_none(workspace, generator, st
 
 
 def test_ppo_curves_are_the_metrics_the_ppo_round_logs():
-    # the page runs when imported, so its ROUNDS table is read from the source
-    import ast
-    from pathlib import Path
+    from training import ppo, registry
 
-    from training import ppo
-
-    tree = ast.parse((Path(__file__).resolve().parent.parent / "pages" / "train.py").read_text())
-    rounds_table = next(ast.literal_eval(n.value) for n in tree.body
-                        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ROUNDS")
-    curves = rounds_table["PPO"][3]
+    curves = registry.get("ppo").curves
     assert set(curves) <= set(ppo.LOG_KEYS) and {"policy_loss", "reward", "kl"} <= set(curves)
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from tests.preference_fixtures import import_pairs, snapshot_trainable, tiny_single_thread
-from training import dpo, jobs, rounds, versions
+from training import dpo, jobs, registry, rounds, versions
 from training.dpo_config import DPORoundConfig
 
 
@@ -59,10 +59,10 @@ def test_max_pairs_below_the_minimum_says_so_not_that_pairs_are_missing(tiny, tm
 
 def test_not_enough_pairs_is_one_sentence_and_writes_nothing(tiny, tmp_path, capsys):
     import_pairs(tmp_path, 3)
-    assert dpo.check_ready() == ("DPO needs at least 8 labeled pairs; you have 3. "
-                                 "Label more pairs or import labels.")
+    sentence = "DPO needs at least 8 labeled pairs; you have 3. Label more pairs or import labels."
+    assert registry.get("dpo").problem() == sentence  # what the Train page shows
     assert dpo.main(["--max-steps", "1"]) == 1
-    assert "The DPO round needs at least 8 labeled pairs; you have 3." in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == sentence  # and the CLI, from the same check
     assert versions.list_versions() == []
 
 

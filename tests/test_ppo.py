@@ -262,13 +262,16 @@ def test_ppo_background_job_reports_every_step(round_workspace, capsys):
 
 
 def test_a_setting_ppo_cannot_use_names_the_field(tiny_folder):
-    from training.ppo import config_problem
+    # PPO's bounds are field metadata, checked by the one check every round's settings go through
+    from training.cli import settings_problem
 
-    assert config_problem(config()) is None
-    assert config_problem(config(temperature=0.0)) == "PPO setting 'temperature' must be greater than 0; got 0.0."
-    assert config_problem(config(lam=1.5)) == "PPO setting 'lam' must be between 0 and 1; got 1.5."
+    assert settings_problem(config()) is None
+    assert settings_problem(config(temperature=0.0)) == "field 'temperature' must be greater than 0; got 0.0."
+    assert settings_problem(config(lam=1.5)) == "field 'lam' must be at most 1; got 1.5."
+    assert settings_problem(config(beta=-0.1)) == "field 'beta' must be at least 0; got -0.1."
+    assert settings_problem(config(kl_horizon=0)) == "field 'kl_horizon' must be at least 1; got 0."
     model, tok = load(tiny_folder)
-    with pytest.raises(NotReady, match="'mini_batch_size' must be greater than 0"):
+    with pytest.raises(NotReady, match="'mini_batch_size' must be at least 1"):
         train_ppo(model, tok, PROMPTS, target_share_reward(tok), config(mini_batch_size=0))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.preference_fixtures import import_pairs, snapshot_trainable, use_tiny_policy
-from training import jobs, reward, versions
+from training import jobs, registry, reward, versions
 from training.reward_config import RewardRoundConfig
 
 
@@ -125,8 +125,8 @@ def test_minilm_reward_round_the_default_trains_and_scores_from_its_version(work
 
 def test_reward_round_not_ready_and_missing_reward_model(tiny, tmp_path, capsys):
     import_pairs(tmp_path, 2)
-    assert reward.check_ready() == ("The reward round needs at least 8 labeled pairs; you have 2. "
-                                    "Label more pairs or import labels.")
+    assert registry.get("reward").problem() == ("The reward round needs at least 8 labeled pairs; you have 2. "
+                                                "Label more pairs or import labels.")
     assert reward.main([]) == 1
     assert "needs at least 8 labeled pairs; you have 2" in capsys.readouterr().err
     with pytest.raises(reward.RewardError, match="train one first"):

@@ -202,7 +202,7 @@ def test_settings_are_checked_together_after_the_flags():
         cli.config_from_args(DPORoundConfig, ["--label-smoothing", "0.1"])
     with pytest.raises(cli.ConfigError, match="form: field 'samples' must be at least 1; got 0."):
         cli.config_from_dict(EvaluateConfig, {"samples": 0}, where="form")
-    with pytest.raises(cli.ConfigError, match="form: PPO setting 'mini_batch_size' must be greater than 0"):
+    with pytest.raises(cli.ConfigError, match="form: field 'mini_batch_size' must be at least 1; got 0."):
         cli.config_from_dict(PPOConfig, {"mini_batch_size": 0}, where="form")
     assert cli.config_from_dict(DPORoundConfig, {"beta": 0.5}).beta == 0.5
 

@@ -1,16 +1,16 @@
-"""`python -m training <command> ...`: each command lives in its own module and is imported lazily,
-so `versions` answers in a blink and only the rounds pay for torch."""
+"""`python -m training <command> ...`: a round from the registry (`training/registry.py`), or one of
+the other commands, each in its own module, imported lazily, so `versions` answers in a blink and
+only the rounds pay for torch."""
 from __future__ import annotations
 
 import importlib
 import sys
 
-COMMANDS = {
+from training import registry
+
+COMMANDS = {  # the commands that are not rounds
     "generate": "training.generate",
-    "reward": "training.reward",
     "reward-eval": "training.reward_eval",
-    "dpo": "training.dpo",
-    "ppo": "training.ppo",
     "versions": "training.versions",
     "evaluate": "training.evaluate",
     "sweep": "training.sweep",
@@ -23,10 +23,13 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m training {{{','.join(COMMANDS)}}} [options]", file=sys.stderr)
+    command = argv[0] if argv else None
+    if command in registry.ROUNDS:
+        return registry.main(command, argv[1:])
+    if command not in COMMANDS:
+        print(f"usage: python -m training {{{','.join([*registry.ROUNDS, *COMMANDS])}}} [options]", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[argv[0]])
+    module = importlib.import_module(COMMANDS[command])
     return module.main(argv[1:]) or 0
 
 

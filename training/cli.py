@@ -11,8 +11,13 @@ fields do not go together (or None). From that one definition:
     form_fields(DPORoundConfig) -> [FormField(name="beta", type=float, default=0.1, help=..., choices=None), ...]
 
 YAML values are read first and command-line flags override them. The round-wide options that are
-not part of a config (`--job-id`, `--max-steps`, `--max-pairs`) come back as `extras`; a YAML file
-may hold `max_steps` / `max_pairs` too, so the Train page can pass them through one config file.
+not part of a config (`--job-id` and the `RoundLimits`, `--max-steps` / `--max-pairs`) come back as
+`extras`; a YAML file may hold `max_steps` / `max_pairs` too, so the Train page can pass them through
+one config file.
+
+`settings_problem(config)` checks a config however it was built (form, YAML, flags or code): every
+field against its metadata, then the config's own `problem()`. It is the one check of a round's
+settings; the registry asks it before any round runs.
 """
 from __future__ import annotations
 
@@ -20,17 +25,11 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-EXTRAS = {  # name -> (type, help)
-    "job_id": (int, "Id of the background job this run reports to (set by the Train page)."),
-    "max_steps": (int, "Stop after this many optimizer steps (a quick try)."),
-    "max_pairs": (int, "Use at most this many labeled pairs."),
-}
 
 
 class ConfigError(ValueError):
@@ -52,6 +51,25 @@ class FormField:
 BOUND_WORDS = {"min": "at least", "max": "at most", "above": "greater than", "below": "less than"}
 
 
+@dataclass
+class RoundLimits:
+    """Caps for a quick try of any round, beside its own settings: `--max-steps` / `--max-pairs` on the
+    command line, "Quick run" on the Train page. A config that carries one as its own field
+    (PPOConfig.max_steps) makes it with `limit_field`, so type, bounds and help are these."""
+
+    max_steps: int | None = field(default=None, metadata={"min": 0,
+        "help": "Stop after this many training steps, for a quick try (empty or 0: the round's own count)."})
+    max_pairs: int | None = field(default=None, metadata={"min": 0,
+        "help": "Use at most this many labeled pairs (PPO: training prompts; empty or 0: all)."})
+
+
+def limit_field(name: str, help: str | None = None) -> Any:
+    """A config's own field for the round-wide limit `name`: RoundLimits' default, bounds and help
+    (`help` when the config means it a little differently, as a sweep does)."""
+    limit = next(f for f in dataclasses.fields(RoundLimits) if f.name == name)
+    return field(default=None, metadata={**limit.metadata, **({"help": help} if help else {})})
+
+
 def _base_type(annotation: Any) -> tuple[type, bool]:
     """(int, True) for `int | None`, (float, False) for `float`."""
     args = typing.get_args(annotation)
@@ -71,6 +89,8 @@ def form_fields(config_class: type) -> list[FormField]:
         kind, optional = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = f.metadata.get("choices")
+        if callable(choices):  # read when the form is built: the sweep's rounds come from the registry
+            choices = choices()
         bounds = tuple((rule, f.metadata[rule]) for rule in BOUND_WORDS if rule in f.metadata)
         out.append(FormField(f.name, kind, default, f.metadata.get("help", ""),
                              tuple(choices) if choices else None, optional, bounds, bool(f.metadata.get("basic"))))
@@ -89,23 +109,43 @@ def coerce(field: FormField, value: Any, where: str) -> Any:
             value = {"true": True, "false": False}[text] if field.type is bool else field.type(text)
         except (KeyError, ValueError):
             raise ConfigError(f"{where}: field '{field.name}' must be {field.type.__name__}, got {value!r}.") from None
-    ok = isinstance(value, field.type) and not (field.type is not bool and isinstance(value, bool))
     if field.type is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        raise ConfigError(f"{where}: field '{field.name}' must be {field.type.__name__}, got {value!r}.")
-    if field.choices and value not in field.choices:
-        raise ConfigError(f"{where}: field '{field.name}' must be one of {', '.join(map(str, field.choices))}; "
-                          f"got {value!r}.")
-    for rule, bound in field.bounds:
-        if not {"min": value >= bound, "max": value <= bound, "above": value > bound, "below": value < bound}[rule]:
-            raise ConfigError(f"{where}: field '{field.name}' must be {BOUND_WORDS[rule]} {bound:g}; got {value!r}.")
+        value = float(value)
+    problem = value_problem(field, value)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     return value
 
 
+def value_problem(field: FormField, value: Any) -> str | None:
+    """Why `value` cannot be the field's value (its type, choices or bounds), as one sentence, or None."""
+    if value is None and field.optional:
+        return None
+    is_bool = isinstance(value, bool)
+    ok = isinstance(value, field.type) or field.type is float and isinstance(value, int)
+    if not ok or is_bool and field.type is not bool:
+        return f"field '{field.name}' must be {field.type.__name__}, got {value!r}."
+    if field.choices and value not in field.choices:
+        return f"field '{field.name}' must be one of {', '.join(map(str, field.choices))}; got {value!r}."
+    for rule, bound in field.bounds:
+        if not {"min": value >= bound, "max": value <= bound, "above": value > bound, "below": value < bound}[rule]:
+            return f"field '{field.name}' must be {BOUND_WORDS[rule]} {bound:g}; got {value!r}."
+    return None
+
+
+def settings_problem(config: Any) -> str | None:
+    """The first setting of `config` out of its field's type, choices or bounds, else the config's
+    own `problem()` (fields that do not go together), as one sentence; None when it can run."""
+    for f in form_fields(type(config)):
+        problem = value_problem(f, getattr(config, f.name))
+        if problem:
+            return problem
+    return config.problem() if hasattr(config, "problem") else None
+
+
 def _checked(config: Any, where: str) -> Any:
-    """`config` if its fields go together, else ConfigError with the config's own sentence."""
-    problem = config.problem() if hasattr(config, "problem") else None
+    """`config` if its settings can run, else ConfigError with the sentence saying why not."""
+    problem = settings_problem(config)
     if problem:
         raise ConfigError(f"{where}: {problem}")
     return config
@@ -137,14 +177,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+JOB_ID = FormField("job_id", int, None, "Id of the background job this run reports to (set by the Train page).",
+                   None, True)
+LIMITS = tuple(f.name for f in dataclasses.fields(RoundLimits))  # ("max_steps", "max_pairs")
+EXTRAS = ("job_id", *LIMITS)  # the keys of `extras`
+
+
+def extra_fields(config_class: type) -> list[FormField]:
+    """The options a round takes beside its config: --job-id and the RoundLimits the config does not
+    carry as fields of its own (PPOConfig has its own max_steps)."""
+    own = {f.name for f in form_fields(config_class)}
+    return [f for f in [JOB_ID, *form_fields(RoundLimits)] if f.name not in own]
+
+
 def build_parser(config_class: type, prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=(config_class.__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--config", help="YAML file of field: value; flags given here override it.")
-    names = {f.name for f in form_fields(config_class)}
-    for name, (kind, text) in EXTRAS.items():
-        if name in names:  # the config has its own field of that name (PPOConfig.max_steps)
-            continue
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    for f in extra_fields(config_class):  # parsed as text and checked by `coerce`, as the fields below
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            metavar=f.type.__name__.upper(), help=f.help)
     for f in form_fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
@@ -161,21 +212,22 @@ def config_from_args(config_class: type, argv: list[str], prog: str = "python -m
     args = vars(build_parser(config_class, prog).parse_args(argv))
     values: dict[str, Any] = {}
     extras: dict[str, Any] = {name: None for name in EXTRAS}
-    own = {name for name in EXTRAS if name not in {f.name for f in form_fields(config_class)}}
+    separate = extra_fields(config_class)
     if args["config"]:
         values = read_yaml(args["config"])
-        for name in own:
-            if name in values:
-                field = FormField(name, EXTRAS[name][0], None, EXTRAS[name][1], None, True)
-                extras[name] = coerce(field, values.pop(name), args["config"])
+        for f in separate:
+            if f.name in values:
+                extras[f.name] = coerce(f, values.pop(f.name), args["config"])
     config = config_from_dict(config_class, values, where=str(args["config"] or "config"), check=False)
     flags = {f.name: args[f.name] for f in form_fields(config_class) if args[f.name] is not None}
     where = "command line" if flags or not args["config"] else str(args["config"])
     config = _checked(_override(config_class, config, flags), where)
-    for name in EXTRAS:
-        value = args.get(name) if name in own else getattr(config, name)
-        if value is not None:
-            extras[name] = value
+    for f in separate:
+        if args[f.name] is not None:
+            extras[f.name] = coerce(f, args[f.name], "command line")
+    for name in set(EXTRAS) - {f.name for f in separate}:  # a limit the config carries itself
+        if getattr(config, name) is not None:
+            extras[name] = getattr(config, name)
     extras["config_path"] = args["config"]
     return config, extras
 

@@ -7,8 +7,8 @@ it reports loss, implicit-reward accuracy and margin and the chosen/rejected log
 end it evaluates on the held-out prompts and saves the adapter (with the tokenizer) as a new
 policy version whose parent is the starting version and whose lineage is the exact judgments used.
 
-Heavy imports (torch, trl, peft) happen inside the functions: the Train page imports
-`check_ready` from here and must stay quick.
+Heavy imports (torch, trl, peft) happen inside the functions, so a settings error is answered
+before they load. The round is declared in `training/registry.py`.
 """
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ LOGGED = {  # TRL's log key -> our metric name (the curves on the Train page)
     "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
     "logps/chosen": "logp_chosen", "logps/rejected": "logp_rejected", "grad_norm": "grad_norm",
 }
-
-
-def check_ready() -> str | None:
-    """None when a DPO round can start, else the sentence that says why not."""
-    return rounds.check_pairs("DPO", MIN_PAIRS)
 
 
 def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
@@ -198,4 +193,6 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
 
 def main(argv: list[str]) -> int:
     """`python -m training dpo [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    return rounds.run_main(argv, DPORoundConfig, run_round, "python -m training dpo")
+    from training import registry
+
+    return registry.main("dpo", argv)

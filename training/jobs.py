@@ -27,9 +27,10 @@ from sqlalchemy import func, select
 
 from labeling import db
 from labeling.models import Job, JobMetric, utcnow
+from training import registry
 
 ACTIVE = ("queued", "running")
-HEAVY_KINDS = ("reward", "dpo", "ppo", "generate", "evaluate", "sweep", "arena")
+OTHER_HEAVY_KINDS = ("generate", "evaluate", "sweep", "arena")  # besides every round; an export is light
 STALE_AFTER = dt.timedelta(seconds=120)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,8 +122,13 @@ def _remove_partial_versions() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def heavy_kinds() -> tuple[str, ...]:
+    """Job kinds that load a model and train or sample: every registered round, and the others."""
+    return (*registry.ROUNDS, *OTHER_HEAVY_KINDS)
+
+
 def _active_heavy():
-    return select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(HEAVY_KINDS))
+    return select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(heavy_kinds()))
 
 
 def active_jobs_rows() -> list[Job]:

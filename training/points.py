@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from labeling import db
 from labeling.models import EvalPoint, ModelVersion
+from training import registry
 
 
 def plot_path() -> Path:
@@ -60,6 +61,12 @@ def frontier(points: list[dict]) -> list[dict]:
     return out
 
 
+def method_colours() -> dict[str, str]:
+    """The chart's colour of each method: black for the base model, then matplotlib's C0, C1, ... for
+    the rounds that make policies, in registry order (DPO tab:blue, PPO tab:orange)."""
+    return {"base": "black", **{name: f"C{i}" for i, name in enumerate(registry.names(produces="policy"))}}
+
+
 def plot_reward_vs_kl(points: list[dict], path: Path) -> Path:
     """Draw the measured points with ±1 standard-error bars, the frontier through sweep points, and
     save a PNG."""
@@ -70,7 +77,7 @@ def plot_reward_vs_kl(points: list[dict], path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colours = {"base": "black", "dpo": "tab:blue", "ppo": "tab:orange"}
+    colours = method_colours()
     for p in points:
         ax.errorbar(p["kl"], p["reward"], xerr=p["kl_se"], yerr=p["reward_se"], fmt="o",
                     color=colours.get(p["method"], "tab:gray"), capsize=3)

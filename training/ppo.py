@@ -17,33 +17,16 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from training.cli import settings_problem
 from training.ppo_config import PPOConfig
-from training.rounds import NotReady
+from training.rounds import NotReady, load_train_prompts
 
-if TYPE_CHECKING:  # torch is imported inside the functions: the Train page imports check_ready from here
+if TYPE_CHECKING:  # torch is imported inside the functions, so the CLI answers --help without it
     import torch
 
     from training.rollout import RewardFn, Rollout
 
 LOG_KEYS = ("reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "policy_loss", "beta", "ended")
-
-
-def config_problem(config: PPOConfig) -> str | None:
-    """The first setting PPO cannot run with, as one sentence naming the field, else None."""
-    positive = ("learning_rate", "steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
-                "max_prompt_tokens", "temperature", "kl_target", "clip_eps", "lora_r", "lora_alpha")
-    for name in positive:
-        if getattr(config, name) <= 0:
-            return f"PPO setting '{name}' must be greater than 0; got {getattr(config, name)}."
-    if config.kl_horizon is not None and config.kl_horizon <= 0:
-        return f"PPO setting 'kl_horizon' must be greater than 0 (or empty); got {config.kl_horizon}."
-    for name in ("beta", "clip_value", "vf_coef", "max_grad_norm", "missing_eos_penalty"):
-        if getattr(config, name) < 0:
-            return f"PPO setting '{name}' must not be negative; got {getattr(config, name)}."
-    for name in ("gamma", "lam"):
-        if not 0 <= getattr(config, name) <= 1:
-            return f"PPO setting '{name}' must be between 0 and 1; got {getattr(config, name)}."
-    return None
 
 
 def step_rewards(rollout: Rollout, normalised_scores: torch.Tensor, beta: float, config: PPOConfig):
@@ -152,8 +135,8 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
 
     if not prompts:
         raise NotReady("PPO needs at least one training prompt; import prompts first.")
-    if config_problem(config):
-        raise NotReady(config_problem(config))
+    if problem := settings_problem(config):
+        raise NotReady(problem)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if tokenizer.pad_token is None:
@@ -194,53 +177,16 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
 # ---------------------------------------------------------------- the round
 
 
-def load_train_prompts(max_prompts: int | None) -> list[list[dict]]:
-    """Messages of the prompts in the "train" split, oldest first."""
-    from sqlalchemy import select
-
-    from labeling import db
-    from labeling.models import Prompt
-
-    query = select(Prompt.messages).where(Prompt.split == "train").order_by(Prompt.id)
-    if max_prompts:
-        query = query.limit(max_prompts)
-    with db.session() as s:
-        return list(s.scalars(query))
-
-
-def check_ready(config: PPOConfig | None = None) -> str | None:
-    """None when a PPO round can start, else the sentence that says why not."""
-    from training import versions
-
-    config = config or PPOConfig()
-    problem = config_problem(config)
-    if problem:
-        return problem
-    reward_version = config.reward_version
-    if reward_version is None and versions.latest_reward_id() is None:
-        return "PPO needs a reward model: train one first."
-    if reward_version is not None:
-        row = versions.get_version(reward_version)
-        if row is None or row.kind != "reward":
-            return (f"PPO's reward_version '{reward_version}' is not a reward model; "
-                    "leave it empty for the latest or pick one from `python -m training versions`.")
-    if not load_train_prompts(1):
-        return 'PPO needs training prompts (split "train"): import some on the Data page first.'
-    return None
-
-
 def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
     """Reward model and prompts → current policy → train → save a new policy version → metrics.
-    `max_pairs` caps the prompts rolled out on (PPO has no pairs). Returns {"version": id, **metrics}."""
+    `max_pairs` caps the prompts rolled out on (PPO has no pairs). Returns {"version": id, **metrics}.
+    Whoever starts it asks the registry first whether it can run (`training.registry.run` does)."""
     from training import reward, versions
     from training.model import load_policy
     from training.rollout import load_value_head, save_value_head
 
     config = replace(config, max_steps=max_steps or config.max_steps, max_prompts=max_pairs or config.max_prompts)
-    problem = check_ready(config)
-    if problem:
-        raise NotReady(problem)
     reward_id = config.reward_version or versions.latest_reward_id()
     prompts = load_train_prompts(config.max_prompts)
     scorer = reward.load_scorer(reward_id)
@@ -272,6 +218,6 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
 
 def main(argv: list[str]) -> int:
     """`python -m training ppo [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    from training import rounds
+    from training import registry
 
-    return rounds.run_main(argv, PPOConfig, run_round, "python -m training ppo")
+    return registry.main("ppo", argv)

@@ -10,7 +10,7 @@ the held-out pairs (training/reward_report.py: accuracy with its interval beside
 backbone and "longer wins"), and the annotators' own agreement when several people labeled a pair.
 The result is a version of kind "reward"; `load_scorer` turns one back into a batched scorer.
 
-Heavy imports happen inside the functions: the Train page imports `check_ready` from here.
+Heavy imports happen inside the functions. The round is declared in `training/registry.py`.
 """
 from __future__ import annotations
 
@@ -40,11 +40,6 @@ Scorer = Callable[[list[list[dict]], list[str]], "torch.Tensor"]  # noqa: F821 (
 class RewardError(rounds.NotReady):
     """A reward model that cannot be built or loaded; one sentence for the user (a round that
     needs it stops with that sentence, as for any other NotReady)."""
-
-
-def check_ready() -> str | None:
-    """None when a reward round can start, else the sentence that says why not."""
-    return rounds.check_pairs("The reward round", MIN_PAIRS)
 
 
 # ---------------------------------------------------------------- backbones
@@ -328,4 +323,6 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
 
 def main(argv: list[str]) -> int:
     """`python -m training reward [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    return rounds.run_main(argv, RewardRoundConfig, run_round, "python -m training reward")
+    from training import registry
+
+    return registry.main("reward", argv)

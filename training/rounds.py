@@ -1,7 +1,8 @@
-"""What the reward and DPO rounds share: labeled pairs split by prompt, progress reporting from a
-transformers `Trainer`, and the command-line `main`.
+"""What the rounds share: labeled pairs split by prompt, the training prompts, the readiness checks
+the registry declares ("DPO needs at least 8 labeled pairs; you have 3."), progress reporting from
+a transformers `Trainer`, and the command-line `main` of a job.
 
-Light to import (no torch at module level): the Train page asks `check_ready` before a job starts.
+Light to import (no torch at module level): the Train page asks a round's readiness before a job starts.
 """
 from __future__ import annotations
 
@@ -61,6 +62,46 @@ def check_pairs(what: str, min_pairs: int = MIN_PAIRS) -> str | None:
     if have < min_pairs:
         return f"{what} needs at least {min_pairs} labeled pairs; you have {have}. Label more pairs or import labels."
     return None
+
+
+def needs_pairs(what: str, min_pairs: int = MIN_PAIRS) -> Callable[[Any], str | None]:
+    """A round's readiness check: `what` needs at least `min_pairs` labeled pairs."""
+    return lambda config: check_pairs(what, min_pairs)
+
+
+def needs_reward_model(what: str) -> Callable[[Any], str | None]:
+    """A round's readiness check: a reward model to score with (the config's `reward_version`, else
+    the latest) and prompts in the "train" split to sample from."""
+    def check(config: Any) -> str | None:
+        from training import versions
+
+        reward_version = getattr(config, "reward_version", None)
+        if reward_version is None and versions.latest_reward_id() is None:
+            return f"{what} needs a reward model: train one first."
+        if reward_version is not None:
+            row = versions.get_version(reward_version)
+            if row is None or row.kind != "reward":
+                return (f"{what}'s reward_version '{reward_version}' is not a reward model; "
+                        "leave it empty for the latest or pick one from `python -m training versions`.")
+        if not load_train_prompts(1):
+            return f'{what} needs training prompts (split "train"): import some on the Data page first.'
+        return None
+
+    return check
+
+
+def load_train_prompts(max_prompts: int | None) -> list[list[dict]]:
+    """Messages of the prompts in the "train" split, oldest first."""
+    from sqlalchemy import select
+
+    from labeling import db
+    from labeling.models import Prompt
+
+    query = select(Prompt.messages).where(Prompt.split == "train").order_by(Prompt.id)
+    if max_prompts:
+        query = query.limit(max_prompts)
+    with db.session() as s:
+        return list(s.scalars(query))
 
 
 def _judgments_of(pair_ids: set[int], allowed: list[int]) -> list[int]:

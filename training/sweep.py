@@ -1,6 +1,7 @@
 """`python -m training sweep --method dpo --betas 0.01,0.05,0.1,0.5`: one round per β from the same
 starting policy, each then measured by `training.evaluate`, which traces the reward-vs-KL frontier.
-For PPO the swept value is the KL coefficient β of its per-token penalty.
+For PPO the swept value is the KL coefficient β of its per-token penalty. Any round whose registry
+entry has a `sweep` mapping can be swept; the mapping says which config field each setting sets.
 
 Sweep versions are not made current (the starting policy stays current); each carries the sweep's
 id in its config so the Evaluate page can draw the frontier through them.
@@ -13,7 +14,8 @@ from typing import Any
 
 from labeling import db
 from labeling.models import ModelVersion
-from training import jobs
+from training import jobs, registry
+from training.cli import LIMITS, limit_field
 from training.rounds import NotReady
 
 
@@ -21,14 +23,13 @@ from training.rounds import NotReady
 class SweepConfig:
     """A β sweep: one round per β from the same start, each evaluated."""
 
-    method: str = field(default="dpo", metadata={"help": "Round to sweep.", "choices": ("dpo", "ppo")})
+    method: str = field(default="dpo", metadata={"help": "Round to sweep.", "choices": registry.sweepable})
     betas: str = field(default="0.01,0.1,0.5", metadata={"help": "Comma-separated β values, one round each."})
     prompts: int = field(default=16, metadata={"min": 1, "help": "Held-out prompts to evaluate each version on."})
     samples: int = field(default=2, metadata={"min": 1, "help": "Responses sampled per prompt in evaluation."})
     max_new_tokens: int = field(default=64, metadata={"min": 1, "help": "Longest response sampled in evaluation."})
-    max_steps: int | None = field(default=None, metadata={"min": 1,
-        "help": "Optimizer steps per round (None: the round's own)."})
-    max_pairs: int | None = field(default=None, metadata={"min": 1, "help": "Labeled pairs per DPO round (None: all)."})
+    max_steps: int | None = limit_field("max_steps", help="Optimizer steps per round (None: the round's own).")
+    max_pairs: int | None = limit_field("max_pairs", help="Labeled pairs per round (PPO: training prompts; None: all).")
     learning_rate: float | None = field(default=None, metadata={"above": 0,
         "help": "Learning rate of every round (None: the round's own default)."})
     max_length: int | None = field(default=None, metadata={"min": 8,
@@ -81,25 +82,14 @@ def _tag(version_id: str, sweep: str) -> None:
 
 
 def _round(method: str, beta: float, config: SweepConfig, reporter) -> dict[str, Any]:
-    """One round at `beta` from the current policy, not made current."""
-    settings: dict[str, Any] = {"beta": beta, "make_current": False}
-    if config.learning_rate:
-        settings["learning_rate"] = config.learning_rate
-    if method == "dpo":
-        from training import dpo
-        from training.dpo_config import DPORoundConfig
-
-        if config.max_length:
-            settings["max_length"] = config.max_length
-        return dpo.run_round(DPORoundConfig(**settings), reporter, max_steps=config.max_steps, max_pairs=config.max_pairs)
-    from training import ppo
-    from training.ppo_config import PPOConfig
-
-    if config.max_length:
-        settings["max_new_tokens"] = config.max_length
-    if config.max_steps:
-        settings["steps"] = config.max_steps
-    return ppo.run_round(PPOConfig(**settings), reporter)
+    """One round at `beta` from the current policy, not made current. The round's `sweep` mapping
+    names the config field each sweep setting sets; the limits it does not map cap the run."""
+    chosen = registry.get(method)
+    values = {name: beta if name == "beta" else getattr(config, name) for name in chosen.sweep}
+    settings = {chosen.sweep[name]: value for name, value in values.items() if value}  # empty: the round's own
+    limits = {name: getattr(config, name) for name in LIMITS if name not in chosen.sweep}
+    round_config = chosen.config_class()(**settings, make_current=False)
+    return registry.run(method, round_config, reporter, **limits)
 
 
 def run_sweep(config: SweepConfig, reporter: jobs.Reporter | None = None) -> dict[str, Any]:

@@ -28,9 +28,7 @@ from sqlalchemy import select
 
 from labeling import db
 from labeling.models import ModelVersion
-
-POLICY_METHODS = ("base", "dpo", "ppo")
-KINDS = {"base": "policy", "dpo": "policy", "ppo": "policy", "reward": "reward"}
+from training import registry
 
 
 class VersionError(RuntimeError):
@@ -60,8 +58,8 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
     the new version becomes current, unless the current policy is no longer `parent_id` (someone
     rolled back while the round ran: their choice stands). Returns the new id.
     """
-    if KINDS.get(method) != kind:
-        raise VersionError(f"A '{method}' version must be of kind '{KINDS.get(method)}', not '{kind}'.")
+    if registry.version_kind(method) != kind:  # the method is the round that made it, or "base"
+        raise VersionError(f"A '{method}' version must be of kind '{registry.version_kind(method)}', not '{kind}'.")
     if parent_id is not None and get_version(parent_id) is None:
         raise VersionError(f"The parent version '{parent_id}' does not exist.")
     with db.session() as s:
