@@ -20,14 +20,13 @@ def pick_versions() -> tuple[str, str] | None:
     if len(ids) < 2:
         st.info("Compare needs two policy versions: run a DPO or PPO round on the Train page first.")
         return None
-    # before/after of the newest round: its parent on the left, the round on the right
-    base = next((v.id for v in rows if v.method == "base"), ids[0])
-    newest = next(v for v in reversed(rows) if v.id != base)
-    before = newest.parent_id if newest.parent_id in ids else base
+    current = versions.current_policy_id() or ids[0]
+    base = next((v.id for v in rows if v.method == "base"), ids[-1])
+    other = current if current != base else next(i for i in reversed(ids) if i != base)  # the newest besides
     labels = {v.id: versions.describe(v) for v in rows}
     left, right = st.columns(2)
-    a = left.selectbox("Version A (before)", ids, index=ids.index(before), format_func=labels.get, key="compare-a")
-    b = right.selectbox("Version B (after)", ids, index=ids.index(newest.id), format_func=labels.get, key="compare-b")
+    a = left.selectbox("Version A", ids, index=ids.index(base), format_func=labels.get, key="compare-a")
+    b = right.selectbox("Version B", ids, index=ids.index(other), format_func=labels.get, key="compare-b")
     return a, b
 
 
