@@ -45,16 +45,16 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[list[dict]], samples: int, max_new_tokens: int, seed: int):
-    """K samples per prompt at temperature 1. Returns (input_ids, attention_mask, response_mask, texts);
-    the responses fill the last R = response_mask's width minus the prompts' columns of each tensor.
-    Rows are ordered prompt-major: row i*K + k is sample k of prompt i."""
+    """K samples per prompt at temperature 1. Returns (input_ids, attention_mask, response_mask, texts, R):
+    the responses fill the last R columns of each tensor. Rows are ordered prompt-major: row i*K + k
+    is sample k of prompt i."""
     query_ids, query_mask = sampling.encode_chats(tokenizer, [p for p in prompts for _ in range(samples)])
     response, kept = sampling.sample(model, tokenizer, query_ids, query_mask, max_new_tokens=max_new_tokens,
                                      seed=seed)  # (B, R) each: tokens up to and including the first stop token
     input_ids = torch.cat([query_ids, response], dim=1)
     response_mask = torch.cat([torch.zeros_like(query_ids), kept], dim=1)
     attention_mask = torch.cat([query_mask, kept], dim=1)
-    return input_ids, attention_mask, response_mask, sampling.decode(tokenizer, response, kept)
+    return input_ids, attention_mask, response_mask, sampling.decode(tokenizer, response, kept), response.shape[1]
 
 
 def heldout_prompts(n: int) -> list[tuple[int, list[dict]]]:
@@ -103,8 +103,7 @@ def sample_and_score(policy, base, tokenizer, prompts: list[list[dict]], samples
                      seed: int, batch_size: int) -> dict[str, list]:
     """K samples per prompt from `policy` (same seed for every version) with their KL to `base`,
     base log-probs and token counts; "prompt" holds each row's prompt index (the cluster)."""
-    ids, attn, rmask, texts = sample(policy, tokenizer, prompts, samples, max_new_tokens, seed)
-    width = ids.shape[1] - prompt_width(rmask)
+    ids, attn, rmask, texts, width = sample(policy, tokenizer, prompts, samples, max_new_tokens, seed)
     rows: dict[str, list] = {"kl": [], "base_logp": [], "tokens": []}
     for lo in range(0, ids.shape[0], batch_size):
         part = response_stats(policy, base, ids[lo:lo + batch_size], attn[lo:lo + batch_size],
@@ -114,13 +113,6 @@ def sample_and_score(policy, base, tokenizer, prompts: list[list[dict]], samples
     rows["texts"] = texts
     rows["prompt"] = [i for i in range(len(prompts)) for _ in range(samples)]
     return rows
-
-
-def prompt_width(response_mask: torch.Tensor) -> int:
-    """Columns of the left-padded prompts: every response keeps its first token, so the first
-    column where any row's response mask is 1 is where the responses begin."""
-    used = response_mask.any(0).nonzero()
-    return int(used[0]) if len(used) else response_mask.shape[1]
 
 
 @torch.no_grad()
