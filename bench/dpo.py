@@ -58,7 +58,7 @@ def bench_data(home: Path, pairs: int, heldout: int):
 
     import_file(HH, fmt="hh")
     rows = [dict(r, split="train") for r in preference_rows().rows][: pairs + heldout]
-    train, held, _ = rounds.split_by_prompt(rows, heldout / (pairs + heldout), seed=0)
+    train, held, _ = rounds.split_by_conversation(rows, heldout / (pairs + heldout), seed=0)
     return rounds.PreferenceData(train[:pairs], held[:heldout], [], True)
 
 

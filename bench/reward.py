@@ -1,23 +1,42 @@
-"""Reward-model accuracy per backbone: held-out pairwise accuracy on an 80/20 prompt split of the
-hh-rlhf file and on the OASST pairs (never trained on), with training time.
+"""Which reward model ranks answers better than their length does, on conversations it never saw?
 
-    python bench/reward.py [--backbones policy minilm] [--max-pairs N] [--max-length N] [--epochs N]
-                           [--learning-rate LR] [--max-heldout N] [--max-oasst N]
+    python bench/reward.py [--max-hh N] [--folds 5] [--backbones minilm policy] [--finetune]
+                           [--home DIR] [--threads N]
 
-Each backbone trains with prefloop's reward round (`training.reward.train`, TRL RewardTrainer,
-Bradley-Terry loss) and its default settings, unless the flags change them. One JSON line per
-backbone, then the last line for the better one on hh-rlhf: {"hh_acc": x, "oasst_acc": y, "train_s": t, "backbone": "..."}.
-Target: ≥ 0.65 on hh-rlhf held out within 15 minutes of CPU.
+Data: `../shared/data`, hh-rlhf harmless-base (split 80/20 by conversation) and the OpenAssistant
+trees (split into `--folds` folds by tree). Every option is trained on the hh training split plus
+the OASST trees of all other folds and scored on each held-out fold, so every OASST pair is
+scored by a model that never saw its tree; hh is scored on its held-out conversations (by the
+fold-0 model). "cross-source" trains on hh alone and scores every OASST pair.
+
+Options, side by side in one run:
+  * frozen backbone + an ensemble of 8 linear Bradley-Terry heads (training/reward_heads.py), for
+    the MiniLM encoder and for the policy's base model (SmolLM2), with length "free", "remove"
+    (length-disentangled) or "keep", each with and without source-balanced weights;
+  * `--finetune`: the fully fine-tuned MiniLM (prefloop's reward round before this bench, TRL
+    RewardTrainer), on fold 0 only (it costs minutes per fold).
+Baselines on the same pairs: "longer wins" and "shorter wins". Reported per option: accuracy on
+OASST held out by tree and on hh held out, each with a 95 % interval clustered by conversation,
+the cross-source OASST accuracy, the reward–length correlation on held-out responses, the
+ensemble's mean spread, and seconds. Features are cached in the home folder (keyed by the
+backbone and the pairs), so a second run only refits the heads.
+
+One JSON line per option, then the last line for the option with the best OASST held-out accuracy.
+Targets (issue 20): OASST held out by tree ≥ 0.70 and above "longer wins"; hh held out ≥ 0.68;
+reward–length correlation below 0.2 unless the labels themselves prefer length; under 20 minutes
+on 2 cores.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,59 +45,231 @@ HH, OASST = DATA / "hh-rlhf-harmless-base-test.jsonl.gz", DATA / "oasst-en-trees
 
 
 def rows_of(path: Path, fmt: str, home: Path) -> list[dict]:
-    """The file's labeled pairs as export rows, via a workspace of its own."""
+    """The file's labeled pairs as export rows, via a workspace of its own, each with its source
+    and its conversation (the first message: one hh dialogue, one OASST tree)."""
     os.environ["PREFLOOP_HOME"] = str(home)
     from labeling.export import preference_rows
     from labeling.store import import_file
 
     import_file(path, fmt=fmt)
-    return [dict(r, split="train") for r in preference_rows().rows]
+    return [dict(r, source=fmt, conversation=json.dumps(r["prompt"][:1], sort_keys=True))
+            for r in preference_rows().rows]
 
 
-def run_backbone(backbone: str, data, oasst: list[dict], args) -> dict:
-    from training import jobs, reward
+def fold_of(rows: list[dict], folds: int, seed: int = 0) -> np.ndarray:
+    """A fold per row, whole conversations together. Shape: (rows,)."""
+    keys = sorted({r["conversation"] for r in rows})
+    order = np.random.default_rng(seed).permutation(len(keys))
+    fold = {keys[k]: i % folds for i, k in enumerate(order)}
+    return np.array([fold[r["conversation"]] for r in rows])
+
+
+# ---------------------------------------------------------------- features, cached
+
+
+def load_backbone(name: str):
+    """(model without a head, tokenizer) of a backbone, as the reward round would read it."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from training import device, reward
+    from training.model import with_chat_template
     from training.reward_config import RewardRoundConfig
 
-    given = {"epochs": args.epochs, "max_length": args.max_length, "learning_rate": args.learning_rate}
-    config = RewardRoundConfig(backbone=backbone, **{k: v for k, v in given.items() if v is not None})
-    with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        model, tokenizer, _, metrics = reward.train(config, data, jobs.Reporter(None), out)
-        train_s = time.perf_counter() - started
+    folder = reward.backbone_folder(RewardRoundConfig(backbone=name))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if name == "policy":
+        tokenizer = with_chat_template(tokenizer, folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return device.place(AutoModel.from_pretrained(folder, use_safetensors=True).eval()), tokenizer
+
+
+def cached_features(name: str, rows: list[dict], home: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen, rejected) features of `rows` under backbone `name`. Shape: (rows, d) each."""
+    from training import reward_heads
+
+    key = hashlib.sha256(json.dumps([name, max_length] + [[r["prompt"], r["chosen"], r["rejected"]] for r in rows],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = home / f"features-{name}-{key}.npz"
+    if path.is_file():
+        f = np.load(path)
+        return f["chosen"], f["rejected"]
+    model, tokenizer = load_backbone(name)
+    prompts = [r["prompt"] for r in rows]
+    started = time.perf_counter()
+    chosen = reward_heads.features(model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in rows], max_length)
+    rejected = reward_heads.features(model, tokenizer, prompts, [r["rejected"][-1]["content"] for r in rows], max_length)
+    print(json.dumps({"features": name, "responses": 2 * len(rows), "seconds": round(time.perf_counter() - started, 1)}),
+          flush=True)
+    np.savez(path, chosen=chosen, rejected=rejected)
+    return chosen, rejected
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def texts(rows: list[dict], side: str) -> list[str]:
+    return [r[side][-1]["content"] for r in rows]
+
+
+def accuracy(won: np.ndarray, conversations: list[str]) -> dict:
+    from training import metrics
+
+    low, high = metrics.cluster_bootstrap_ci(won, conversations)
+    return {"accuracy": round(float(won.mean()), 3), "low": round(low, 3), "high": round(high, 3)}
+
+
+def baselines(rows: list[dict]) -> dict:
+    from training import metrics
+
+    conversations = [r["conversation"] for r in rows]
+    return {"longer": accuracy(metrics.longer_wins(texts(rows, "chosen"), texts(rows, "rejected")), conversations),
+            "shorter": accuracy(metrics.shorter_wins(texts(rows, "chosen"), texts(rows, "rejected")), conversations)}
+
+
+class Pool:
+    """All pairs with their features, lengths, sources and conversations, indexable by a mask."""
+
+    def __init__(self, rows: list[dict], chosen: np.ndarray, rejected: np.ndarray):
+        from training import reward_heads
+
+        self.rows, self.chosen, self.rejected = rows, chosen, rejected
+        self.chosen_len = reward_heads.response_length(texts(rows, "chosen"))
+        self.rejected_len = reward_heads.response_length(texts(rows, "rejected"))
+        self.groups = [r["conversation"] for r in rows]
+        self.sources = [r["source"] for r in rows]
+
+    def fit(self, mask: np.ndarray, length: str, balanced: bool, seed: int = 0):
+        from training import reward_heads
+
+        sources = [s for s, m in zip(self.sources, mask) if m]
+        weights = reward_heads.source_weights(sources) if balanced else None
+        return reward_heads.fit(self.chosen[mask], self.rejected[mask], self.chosen_len[mask],
+                                self.rejected_len[mask], [g for g, m in zip(self.groups, mask) if m],
+                                weights, length=length, seed=seed)
+
+    def score(self, heads, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(outcome per pair, every response's mean reward, ensemble spread per response)."""
+        from training import metrics, reward_heads
+
+        chosen = heads.rewards(self.chosen[mask], self.chosen_len[mask])  # (heads, pairs)
+        rejected = heads.rewards(self.rejected[mask], self.rejected_len[mask])
+        won = metrics.pair_outcomes(chosen.mean(0), rejected.mean(0))
+        both = np.concatenate([chosen, rejected], axis=1)
+        return won, both.mean(0), reward_heads.spread(both)
+
+
+def run_heads(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray, folds: np.ndarray,
+              length: str, balanced: bool, both: bool) -> dict:
+    """One frozen-backbone option. OASST: K folds over trees, each scored by heads trained on the
+    other trees (and on hh's training split when `both`); hh held out: scored by heads trained on
+    hh's training split (and on OASST folds 1.. when `both`). Cross-source: trained on one source,
+    scored on the other."""
+    from training import metrics
+
+    started = time.perf_counter()
+    won_oasst, fold0 = np.zeros(len(pool.rows)), None
+    rewards, lengths, spreads = [], [], []
+    for k in sorted(set(folds[oasst])):
+        test = oasst & (folds == k)
+        heads = pool.fit((hh_train if both else np.zeros_like(oasst)) | (oasst & ~test), length, balanced)
+        won, reward, spread = pool.score(heads, test)
+        won_oasst[test] = won
+        fold0 = won if k == 0 else fold0
+        rewards.append(reward), spreads.append(spread)
+        lengths.append(np.concatenate([pool.chosen_len[test], pool.rejected_len[test]]))
+    hh_heads = pool.fit(hh_train | (oasst & (folds != 0) if both else hh_train), length, balanced)
+    won_hh, reward_hh, spread_hh = pool.score(hh_heads, hh_heldout)
+    won_to_oasst, _, _ = pool.score(pool.fit(hh_train, length, balanced), oasst)
+    won_to_hh, _, _ = pool.score(pool.fit(oasst, length, balanced), hh_heldout)
+    hh_lengths = np.concatenate([pool.chosen_len[hh_heldout], pool.rejected_len[hh_heldout]])
+    conversations = np.array(pool.groups)
+    return {"oasst": accuracy(won_oasst[oasst], list(conversations[oasst])),
+            "oasst_fold0": round(float(fold0.mean()), 3),
+            "hh": accuracy(won_hh, list(conversations[hh_heldout])),
+            "cross_source": {"hh_to_oasst": accuracy(won_to_oasst, list(conversations[oasst])),
+                             "oasst_to_hh": accuracy(won_to_hh, list(conversations[hh_heldout]))},
+            "length_r": {"oasst": round(metrics.pearson(np.concatenate(rewards), np.concatenate(lengths)), 3),
+                         "hh": round(metrics.pearson(reward_hh, hh_lengths), 3)},
+            "spread": {"oasst": round(float(np.concatenate(spreads).mean()), 3), "hh": round(float(spread_hh.mean()), 3)},
+            "l2": hh_heads.l2, "fit_s": round(time.perf_counter() - started, 1)}
+
+
+def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray,
+                 folds: np.ndarray, home: Path) -> dict:
+    """The fully fine-tuned MiniLM (TRL RewardTrainer, the reward round's defaults) on fold 0."""
+    import tempfile
+
+    from training import jobs, metrics, reward, rounds
+    from training.reward_config import RewardRoundConfig
+
+    config = RewardRoundConfig(backbone="minilm", method="fine-tune")
+    train_mask = hh_train | (oasst & (folds != 0))
+    data = rounds.PreferenceData([r for r, m in zip(rows, train_mask) if m], [], [], False)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=home) as out:
+        model, tokenizer, _, _ = reward.train(config, data, jobs.Reporter(None), out)
+    seconds = time.perf_counter() - started
     scorer = reward.make_scorer(model, tokenizer, config.max_length, batch_size=16)
-    return {"backbone": backbone, "hh_acc": reward.heldout_accuracy(scorer, data.heldout), "lr": config.lr, "epochs": config.epochs,
-            "max_length": config.max_length,
-            "oasst_acc": reward.heldout_accuracy(scorer, oasst), "train_s": train_s,
-            "train_pairs": len(data.train), "hh_heldout_pairs": len(data.heldout), "oasst_pairs": len(oasst)}
+    result = {}
+    for name, mask in (("oasst_fold0", oasst & (folds == 0)), ("hh", hh_heldout)):
+        chosen_rows = [r for r, m in zip(rows, mask) if m]
+        prompts = [r["prompt"] for r in chosen_rows]
+        won = metrics.pair_outcomes(scorer(prompts, texts(chosen_rows, "chosen")),
+                                    scorer(prompts, texts(chosen_rows, "rejected")))
+        result[name] = accuracy(won, [r["conversation"] for r in chosen_rows])
+    return {"option": "minilm fine-tuned (TRL RewardTrainer)", **result, "train_s": round(seconds, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbones", nargs="+", default=["policy", "minilm"], choices=["policy", "minilm"])
-    parser.add_argument("--max-pairs", type=int, help="Train on at most this many hh pairs (a quicker run).")
-    parser.add_argument("--max-length", type=int, help="Default: the round's own.")
-    parser.add_argument("--epochs", type=float, help="Default: the round's own.")
-    parser.add_argument("--learning-rate", type=float, help="AdamW learning rate; default: the backbone's own.")
-    parser.add_argument("--max-heldout", type=int, help="Score only the first N held-out hh pairs (a quicker run).")
-    parser.add_argument("--max-oasst", type=int, help="Score only the first N OASST pairs (a quicker run).")
-    parser.add_argument("--home", default=str(ROOT / "bench-workspace"), help="Workspace for data and models.")
+    parser.add_argument("--backbones", nargs="+", default=["minilm", "policy"], choices=["minilm", "policy"])
+    parser.add_argument("--max-hh", type=int, default=800, help="hh training pairs (the held-out ones are all kept)")
+    parser.add_argument("--max-heldout", type=int, help="hh held-out pairs (default: every one)")
+    parser.add_argument("--folds", type=int, default=5, help="folds of OASST trees")
+    parser.add_argument("--max-length", type=int, default=384, help="tokens of prompt + response the backbone reads")
+    parser.add_argument("--finetune", action="store_true", help="also fine-tune MiniLM fully on fold 0 (minutes)")
+    parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
+    parser.add_argument("--threads", type=int, help="torch threads (default: PREFLOOP_THREADS or every core)")
     args = parser.parse_args()
     if not (HH.is_file() and OASST.is_file()):
         sys.exit(f"{DATA} lacks the hh-rlhf or OASST file; the benchmark needs the shared data beside the checkout.")
-    from training import jobs, rounds
+    from training import jobs
 
-    jobs.set_threads()
+    jobs.set_threads(args.threads)
+    started = time.perf_counter()
     home = Path(args.home)
-    oasst = rows_of(OASST, "oasst", home / "oasst")[: args.max_oasst]
-    hh = rows_of(HH, "hh", home / "hh")  # the last workspace set stays: the models live in it
-    train, heldout, _ = rounds.split_by_prompt(hh, 0.2, seed=0)
-    data = rounds.PreferenceData(train[: args.max_pairs], heldout[: args.max_heldout], [], True)
+    home.mkdir(parents=True, exist_ok=True)
+    oasst_rows = rows_of(OASST, "oasst", home / "oasst")
+    hh_rows = rows_of(HH, "hh", home / "hh")  # the last workspace set stays: the models live in it
+    hh_fold = fold_of(hh_rows, 5)
+    hh_train_rows = [r for r, f in zip(hh_rows, hh_fold) if f != 0][: args.max_hh]
+    hh_heldout_rows = [r for r, f in zip(hh_rows, hh_fold) if f == 0][: args.max_heldout]
+    rows = hh_train_rows + hh_heldout_rows + oasst_rows
+    n_train, n_heldout = len(hh_train_rows), len(hh_heldout_rows)
+    hh_train, hh_heldout, oasst = (np.zeros(len(rows), bool) for _ in range(3))
+    hh_train[:n_train], hh_heldout[n_train:n_train + n_heldout], oasst[n_train + n_heldout:] = True, True, True
+    folds = np.full(len(rows), -1)
+    folds[oasst] = fold_of(oasst_rows, args.folds)
+    print(json.dumps({"pairs": {"hh_train": n_train, "hh_heldout": n_heldout, "oasst": int(oasst.sum()),
+                                "oasst_trees": len({r["conversation"] for r in oasst_rows})},
+                      "baselines": {"oasst": baselines(oasst_rows), "hh": baselines(rows[n_train:n_train + n_heldout])}}),
+          flush=True)
     results = []
     for backbone in args.backbones:
-        results.append(run_backbone(backbone, data, oasst, args))
-        print(json.dumps(results[-1]), flush=True)
-    best = max(results, key=lambda r: r["hh_acc"])
-    print(json.dumps({k: best[k] for k in ("hh_acc", "oasst_acc", "train_s", "backbone")}))
+        pool = Pool(rows, *cached_features(backbone, rows, home, args.max_length))
+        for both, balanced in ((False, False), (True, False), (True, True)):
+            for length in ("free", "remove", "keep"):
+                name = (f"{backbone} frozen + 8 heads, length {length}, "
+                        + ("trained on both sources" + (" balanced" if balanced else "") if both else "trained on its own source"))
+                results.append({"option": name, "both_sources": both,
+                                **run_heads(pool, hh_train, hh_heldout, oasst, folds, length, balanced, both)})
+                print(json.dumps(results[-1]), flush=True)
+    if args.finetune:
+        print(json.dumps(run_finetune(rows, hh_train, hh_heldout, oasst, folds, home)), flush=True)
+    best = max(results, key=lambda r: r["oasst"]["accuracy"])
+    print(json.dumps({"best": best["option"], "oasst": best["oasst"], "hh": best["hh"],
+                      "longer_wins_oasst": baselines(oasst_rows)["longer"], "total_s": round(time.perf_counter() - started)}))
 
 
 if __name__ == "__main__":

@@ -159,8 +159,8 @@ def test_an_encoder_backbone_from_a_folder_trains_in_full_and_scores_from_its_ve
 
     before = {}
     snapshot_trainable(monkeypatch, before)
-    config = RewardRoundConfig(backbone="encoder", backbone_path=str(bert), max_length=64, batch_size=4,
-                               learning_rate=1e-3)
+    config = RewardRoundConfig(backbone="encoder", method="fine-tune", backbone_path=str(bert), max_length=64,
+                               batch_size=4, learning_rate=1e-3)
     summary = reward.run_round(config, jobs.Reporter(None), max_steps=2)
     model = before.pop("__model__")
     after = dict(model.named_parameters())

@@ -66,14 +66,20 @@ def test_not_enough_pairs_is_one_sentence_and_writes_nothing(tiny, tmp_path, cap
     assert versions.list_versions() == []
 
 
-def test_split_by_prompt_keeps_prompts_on_one_side():
-    rows = [{"prompt_id": p, "pair_id": i, "split": "train"} for i, p in enumerate([1, 1, 2, 3, 3, 4, 5, 6, 7, 8])]
-    train, heldout, fallback = rounds.split_by_prompt(rows, 0.2, seed=0)
-    assert fallback and len({r["prompt_id"] for r in heldout}) == 2
+def test_split_by_conversation_keeps_prompts_and_trees_on_one_side():
+    def row(i: int, p: int) -> dict:
+        root = {"role": "user", "content": f"question {p // 10}"}  # prompts 10 and 11: one tree, two depths
+        turns = [root] if p % 10 == 0 else [root, {"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
+        return {"prompt_id": p, "pair_id": i, "split": "train", "prompt": turns}
+
+    rows = [row(i, p) for i, p in enumerate([10, 10, 11, 20, 30, 30, 31, 40, 50, 60, 70, 80, 81])]
+    train, heldout, fallback = rounds.split_by_conversation(rows, 0.2, seed=0)
+    assert fallback and len({rounds.conversation(r) for r in heldout}) == 2  # 20 % of 8 trees, rounded up
     assert not {r["prompt_id"] for r in train} & {r["prompt_id"] for r in heldout}
+    assert not {r["prompt_id"] // 10 for r in train} & {r["prompt_id"] // 10 for r in heldout}
     assert len(train) + len(heldout) == len(rows)
     rows[0]["split"] = rows[1]["split"] = "heldout"  # the workspace's own split wins when both sides exist
-    assert rounds.split_by_prompt(rows, 0.2)[1:] == ([rows[0], rows[1]], False)
+    assert rounds.split_by_conversation(rows, 0.2)[1:] == ([rows[0], rows[1]], False)
 
 
 def test_trim_prompt_drops_oldest_turns():

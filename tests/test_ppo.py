@@ -218,6 +218,21 @@ def test_ppo_round_writes_a_current_policy_version_with_lineage(round_workspace,
     assert differ and all("proj" in n for n in differ)
 
 
+def test_a_conservative_round_scores_with_the_reward_heads_spread_subtracted(round_workspace, capsys, monkeypatch):
+    from training import ppo, reward
+
+    train_tiny_reward_model(capsys)  # method heads, the default: an ensemble
+    penalties, real = [], reward.load_scorer
+
+    def spy(version_id=None, batch_size=8, penalty=0.0):
+        penalties.append(penalty)
+        return real(version_id, batch_size, penalty)
+
+    monkeypatch.setattr(reward, "load_scorer", spy)
+    assert ppo.main(["--max-steps", "1", "--uncertainty-penalty", "2", *flags(ROUND_FLAGS)]) == 0
+    assert penalties == [2.0]
+
+
 def test_a_round_from_a_ppo_version_starts_from_its_saved_value_head(round_workspace, capsys, monkeypatch):
     from safetensors.torch import load_file
 

@@ -75,7 +75,8 @@ def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypa
     import_pairs(tmp_path, 12)
     snapshot = {}
     snapshot_trainable(monkeypatch, snapshot)
-    summary = reward.run_round(RewardRoundConfig(backbone="policy", learning_rate=1e-2, batch_size=4), jobs.Reporter(None), max_steps=4)
+    summary = reward.run_round(RewardRoundConfig(backbone="policy", method="fine-tune", learning_rate=1e-2, batch_size=4),
+                               jobs.Reporter(None), max_steps=4)
 
     model = snapshot.pop("__model__")
     after = dict(model.named_parameters())
@@ -92,18 +93,19 @@ def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypa
     # the stored version scores exactly as the trained model did
     prompts = [[{"role": "user", "content": "Tell me about tea (5)."}]] * 2
     responses = ["Sure, here is a short answer about tea.", "No."]
-    live = reward.make_scorer(model, reward.load_backbone(RewardRoundConfig(backbone="policy"))[1], 256)(prompts, responses)
+    live = reward.make_scorer(model, reward.load_backbone(RewardRoundConfig(backbone="policy", method="fine-tune"))[1],
+                              256)(prompts, responses)
     stored = reward.load_scorer(row.id)(prompts, responses)
     assert stored.shape == (2,) and torch.allclose(live, stored, atol=1e-4)
     assert stored[0] > stored[1]  # it learned that the polite answer is chosen
 
 
-def test_minilm_reward_round_the_default_trains_and_scores_from_its_version(workspace, tmp_path):
+def test_minilm_fine_tuned_reward_round_trains_and_scores_from_its_version(workspace, tmp_path):
     import torch
 
     import_pairs(tmp_path, 12)
-    summary = reward.run_round(RewardRoundConfig(learning_rate=1e-3, batch_size=4, max_length=64), jobs.Reporter(None),
-                               max_steps=4)
+    summary = reward.run_round(RewardRoundConfig(backbone="minilm", method="fine-tune", learning_rate=1e-3, batch_size=4,
+                                                 max_length=64), jobs.Reporter(None), max_steps=4)
     assert summary["backbone"] == "minilm" and summary["steps"] == 4 and math.isfinite(summary["train_loss"])
     row = versions.get_version(summary["version"])
     meta = json.loads((Path(row.path) / "reward.json").read_text())
@@ -123,6 +125,36 @@ def test_minilm_reward_round_the_default_trains_and_scores_from_its_version(work
     assert stored[0] > stored[1]  # it learned that the polite answer is chosen
 
 
+def test_heads_reward_round_keeps_the_backbone_frozen_and_scores_from_its_version(tiny, tmp_path):
+    import torch
+
+    from training import reward_heads
+
+    import_pairs(tmp_path, 12)
+    summary = reward.run_round(RewardRoundConfig(backbone="policy", method="heads", heads=4, max_length=64),
+                               jobs.Reporter(None))
+    assert (summary["heads"], summary["length"], summary["steps"]) == (4, "free", 0)
+    assert summary["l2"] in reward_heads.L2_GRID and "heldout_pairs" in summary
+    row = versions.get_version(summary["version"])
+    folder = Path(row.path)
+    meta = json.loads((folder / "reward.json").read_text())
+    assert (meta["method"], meta["lora"]) == ("heads", False)
+    assert (folder / reward_heads.HEADS_FILE).is_file() and not (folder / "model.safetensors").exists()
+
+    model, _, _ = reward.load_model(row.id)
+    prompts = [[{"role": "user", "content": "Tell me about tea (5)."}]] * 2
+    responses = ["Sure, here is a short answer about tea.", "No."]
+    every = model.rewards(prompts, responses)
+    assert every.shape == (4, 2) and reward_heads.spread(every).min() > 0
+    stored = reward.load_scorer(row.id)(prompts, responses)
+    assert torch.allclose(stored, torch.as_tensor(every.mean(0), dtype=torch.float32))
+    assert stored[0] > stored[1]  # it learned that the polite answer is chosen
+    # a conservative scorer subtracts the heads' spread
+    cautious = reward.load_scorer(row.id, penalty=1.0)(prompts, responses)
+    expected = every.mean(0) - reward_heads.spread(every)
+    assert torch.allclose(cautious, torch.as_tensor(expected, dtype=torch.float32)) and (cautious < stored).all()
+
+
 def test_reward_round_not_ready_and_missing_reward_model(tiny, tmp_path, capsys):
     import_pairs(tmp_path, 2)
     assert registry.get("reward").problem() == ("The reward round needs at least 8 labeled pairs; you have 2. "
@@ -140,7 +172,7 @@ def test_reward_on_smollm2_with_real_pairs(workspace, shared_data, model_cache_h
 
     monkeypatch.setenv("PREFLOOP_MODEL", str(convert_default_model(out=model_cache_home / "models" / "base")))
     import_file(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz", fmt="hh")
-    assert reward.main(["--backbone", "policy", "--max-pairs", "16", "--max-steps", "3", "--batch-size", "4",
+    assert reward.main(["--backbone", "policy", "--method", "fine-tune", "--max-pairs", "16", "--max-steps", "3", "--batch-size", "4",
                         "--max-length", "256"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["backbone"] == "policy" and math.isfinite(summary["train_loss"]) and summary["heldout_pairs"] >= 1

@@ -90,7 +90,7 @@ def tiny_reward(workspace, tmp_path, monkeypatch):
     import_pairs(tmp_path, 12)
     snapshot = {}
     snapshot_trainable(monkeypatch, snapshot)
-    config = RewardRoundConfig(backbone="policy", learning_rate=1e-2, batch_size=4, seed=3)
+    config = RewardRoundConfig(backbone="policy", method="fine-tune", learning_rate=1e-2, batch_size=4, seed=3)
     summary = reward.run_round(config, jobs.Reporter(None), max_steps=2)
     return summary, snapshot, config
 
@@ -147,3 +147,14 @@ def test_reward_eval_command_scores_a_user_file_and_refuses_a_bad_one(tiny_rewar
 
     assert reward_eval.main(["v99-reward"]) == 1
     assert "There is no reward model 'v99-reward'" in capsys.readouterr().err
+
+
+def test_reward_eval_scores_a_heads_version_beside_random_heads(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+    import_pairs(tmp_path, 12)
+    summary = reward.run_round(RewardRoundConfig(backbone="policy", heads=2, max_length=64), jobs.Reporter(None))
+    report = reward_eval.evaluate(summary["version"], [])
+    systems = report["all"]["accuracy"]
+    assert set(systems) == {"model", "untrained", "longer", "shorter"}
+    assert systems["model"]["accuracy"] == summary["heldout_accuracy"]

@@ -37,7 +37,7 @@ def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
     rows = list(preference_rows().rows)
     if len(rows) < MIN_PAIRS:
         return None
-    train, heldout, _ = rounds.split_by_prompt(rows, config.heldout_fraction, config.seed)
+    train, heldout, _ = rounds.split_by_conversation(rows, config.heldout_fraction, config.seed)
     plan = config.plan(len(train))
     sentence = (f"With these settings: {plan['pairs']} training pairs ({len(heldout)} held out), "
                 f"{plan['epochs']:g} epochs, {plan['steps']} steps")

@@ -189,7 +189,7 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     config = replace(config, max_steps=max_steps or config.max_steps, max_prompts=max_pairs or config.max_prompts)
     reward_id = config.reward_version or versions.latest_reward_id()
     prompts = load_train_prompts(config.max_prompts)
-    scorer = reward.load_scorer(reward_id)
+    scorer = reward.load_scorer(reward_id, penalty=config.uncertainty_penalty)
     base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
     model, tokenizer = load_policy(parent_id)

@@ -42,6 +42,10 @@ class PPOConfig:
     reference: str = field(default="base", metadata={"choices": ("base", "parent"), "help": (
         "The reference the KL penalty holds the policy to: base (the base model: the KL penalised is the KL the "
         "Evaluate page plots) or parent (the version this round starts from).")})
+    uncertainty_penalty: float = field(default=0.0, metadata={"min": 0, "help": (
+        "Subtract this many standard deviations of the reward model's heads from each score (a conservative "
+        "reward: the policy gains little where the ensemble disagrees, Coste et al. 2024). Needs a reward model "
+        "of method heads with two or more heads; a fine-tuned one has no spread.")})
     normalize_scores: bool = field(default=True, metadata={
         "help": "Normalise reward-model scores by their running mean and std."})
     max_grad_norm: float = field(default=1.0, metadata={"min": 0, "help": "Gradient norm clip."})

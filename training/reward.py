@@ -74,26 +74,38 @@ def backbone_folder(config: RewardRoundConfig) -> Path:
     return minilm_path()
 
 
-def load_backbone(config: RewardRoundConfig):
-    """(model with a scalar head, tokenizer, base folder), on the device: LoRA-wrapped for the
-    policy backbone (whose tokenizer reads prompts as the policy does, its chat template or the
-    plain format), in full and in fp32 weights for an encoder. The new head is drawn from
-    `config.seed`, so the untrained baseline of the reward card is exactly the network a round with
-    that config starts from."""
-    from peft import get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+def load_tokenizer(config: RewardRoundConfig, folder: Path):
+    """The backbone's tokenizer, right-padded: the policy's reads prompts as the policy does (its
+    chat template or the plain format)."""
+    from transformers import AutoTokenizer
 
-    from training import device, lora
     from training.model import with_chat_template
 
-    set_seed(config.seed)
-
-    folder = backbone_folder(config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if config.backbone == "policy":
         tokenizer = with_chat_template(tokenizer, folder)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_backbone(config: RewardRoundConfig):
+    """(model, tokenizer, base folder), on the device. Method heads: the backbone without a head,
+    frozen, in the device's precision. Method fine-tune: with a scalar head, LoRA-wrapped for the
+    policy backbone, in full and in fp32 weights for an encoder; the new head is drawn from
+    `config.seed`, so the untrained baseline of the reward card is exactly the network a round with
+    that config starts from."""
+    from peft import get_peft_model
+    from transformers import AutoModel, AutoModelForSequenceClassification, set_seed
+
+    from training import device, lora
+
+    set_seed(config.seed)
+    folder = backbone_folder(config)
+    tokenizer = load_tokenizer(config, folder)
+    if config.method == "heads":
+        model = AutoModel.from_pretrained(folder, use_safetensors=True, dtype=device.weights_dtype())
+        return device.place(model.eval().requires_grad_(False)), tokenizer, folder
     lora_backbone = config.backbone == "policy"
     model = AutoModelForSequenceClassification.from_pretrained(
         folder, num_labels=1, use_safetensors=True, dtype=device.weights_dtype(trained_in_full=not lora_backbone))
@@ -172,12 +184,16 @@ def to_dataset(rows: list[dict], tokenizer, max_length: int):
 # ---------------------------------------------------------------- scoring
 
 
-def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8) -> Scorer:
+def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8, penalty: float = 0.0) -> Scorer:
     """A function (prompts, responses) -> rewards, Shape: (batch,), computed without gradients on
-    the model's device; the rewards come back in CPU memory, as fp32."""
+    the model's device; the rewards come back in CPU memory, as fp32. A frozen backbone with heads
+    (`reward_heads.HeadsModel`) gives its heads' mean less `penalty` times their spread."""
     import torch
 
-    from training import device
+    from training import device, reward_heads
+
+    if isinstance(model, reward_heads.HeadsModel):
+        return model.scorer(batch_size, penalty)
 
     def score(prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
         was_training = model.training
@@ -204,8 +220,11 @@ def heldout_accuracy(scorer: Scorer, rows: list[dict]) -> float:
     return preference_accuracy(chosen, rejected)
 
 
-def untrained_scorer(config: RewardRoundConfig, batch_size: int = 8) -> Scorer:
-    """The scorer of the backbone before training: the reward card's "untrained backbone"."""
+def untrained_scorer(config: RewardRoundConfig, batch_size: int = 8, trained=None) -> Scorer:
+    """The scorer of the backbone before training: the reward card's "untrained backbone". For
+    method heads, `trained` (the HeadsModel) lends its backbone, with random heads."""
+    if config.method == "heads":
+        return make_scorer(trained.untrained(config.seed), trained.tokenizer, config.max_length, batch_size)
     model, tokenizer, _ = load_backbone(config)
     return make_scorer(model.eval(), tokenizer, config.max_length, batch_size)
 
@@ -224,18 +243,24 @@ def reward_folder(version_id: str | None = None) -> Path:
     return folder
 
 
-def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
-    """The scorer of a reward version (the latest when None), on the device in its precision."""
+def load_model(version_id: str | None = None):
+    """(model, tokenizer, meta) of a reward version (the latest when None), on the device in its
+    precision: a `reward_heads.HeadsModel` for method heads, else the network with its head."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-    from training import device
+    from training import device, reward_heads
 
     folder = reward_folder(version_id)
     meta = json.loads((folder / "reward.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "right"
+    if meta.get("method") == "heads":
+        backbone = AutoModel.from_pretrained(meta["base_path"], use_safetensors=True, dtype=device.dtype())
+        backbone = device.place(backbone.eval().requires_grad_(False))
+        return reward_heads.HeadsModel(backbone, tokenizer, reward_heads.Heads.load(folder), meta["max_length"]), \
+            tokenizer, meta
     base = meta["base_path"] if meta["lora"] else folder
     # a LoRA merges into fp32 weights (a small delta would round away in bf16), then all is cast
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -243,8 +268,13 @@ def load_scorer(version_id: str | None = None, batch_size: int = 8) -> Scorer:
     model.config.pad_token_id = tokenizer.pad_token_id
     if meta["lora"]:
         model = PeftModel.from_pretrained(model, folder).merge_and_unload()
-    model = device.place(model, device.dtype())
-    return make_scorer(model.eval(), tokenizer, meta["max_length"], batch_size)
+    return device.place(model, device.dtype()).eval(), tokenizer, meta
+
+
+def load_scorer(version_id: str | None = None, batch_size: int = 8, penalty: float = 0.0) -> Scorer:
+    """The scorer of a reward version (the latest when None). `penalty`: see `make_scorer`."""
+    model, tokenizer, meta = load_model(version_id)
+    return make_scorer(model, tokenizer, meta["max_length"], batch_size, penalty)
 
 
 # ---------------------------------------------------------------- the round
@@ -263,9 +293,13 @@ def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, outp
     """Fit the reward model; return (model, tokenizer, base folder, metrics)."""
     from trl import RewardConfig, RewardTrainer
 
-    from training import device
+    from training import device, reward_heads
 
     model, tokenizer, base = load_backbone(config)
+    if config.method == "heads":
+        trained, metrics = reward_heads.train(model, tokenizer, data.train, config, reporter)
+        return trained, tokenizer, base, {**metrics, "train_seconds": metrics["read_seconds"] + metrics["fit_seconds"],
+                                          "steps": 0, "pairs": len(data.train), "backbone": config.backbone}
     args = RewardConfig(
         output_dir=output_dir, learning_rate=config.lr, num_train_epochs=config.epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, max_length=config.max_length, seed=config.seed,
@@ -286,7 +320,8 @@ def evaluate_heldout(model, tokenizer, config: RewardRoundConfig, heldout: list[
     if not heldout:
         return None
     sets = reward_report.heldout_sets(heldout)
-    return reward_report.evaluate(sets, make_scorer(model, tokenizer, config.max_length), untrained_scorer(config))
+    return reward_report.evaluate(sets, make_scorer(model, tokenizer, config.max_length),
+                                  untrained_scorer(config, trained=model))
 
 
 def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
@@ -306,12 +341,12 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
     if agreement:
         metrics["human_agreement"], metrics["overlap_pairs"] = agreement["percent_agreement"], agreement["pairs"]
     metrics["fallback_split"] = data.fallback_split
-    lora = config.backbone == "policy"
+    lora = config.backbone == "policy" and config.method == "fine-tune"
 
     def write(folder: Path):
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        meta = {"backbone": config.backbone, "lora": lora, "base_path": str(base), "max_length": config.max_length}
+        meta = {"backbone": config.backbone, "method": config.method, "lora": lora, "base_path": str(base), "max_length": config.max_length}
         (folder / "reward.json").write_text(json.dumps(meta, indent=1))
         if report:
             reward_report.write_report(folder, report)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 BACKBONES = ("policy", "minilm", "encoder")
+METHODS = ("heads", "fine-tune")
+LENGTHS = ("free", "remove", "keep")  # training/reward_heads.py
 # LoRA on the policy; full fine-tune of MiniLM or of an encoder of one's own
 DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 6e-5, "encoder": 6e-5}
 
@@ -20,10 +22,22 @@ class RewardRoundConfig:
     backbone_path: str = field(default="", metadata={
         "help": "With backbone encoder: a folder holding an encoder model (config.json and safetensors weights, "
                 "e.g. a BERT, DistilBERT or DeBERTa) and its tokenizer."})
+    method: str = field(default="heads", metadata={"basic": True, "choices": METHODS,
+        "help": "heads: the backbone stays frozen and an ensemble of linear Bradley-Terry heads is fitted on its "
+                "features (seconds once the responses are read; its spread is the reward's uncertainty); "
+                "fine-tune: the backbone is trained too (fully for an encoder, LoRA on the policy), many minutes "
+                "on a CPU."})
+    heads: int = field(default=8, metadata={"min": 1, "help": "Heads in the ensemble (method heads): the first fits "
+                                            "every pair, the others bootstrap resamples of the conversations."})
+    length: str = field(default="free", metadata={"choices": LENGTHS,
+        "help": "Method heads: free reads the features as they are; remove residualises them on the response's "
+                "length so the reward cannot follow length (for annotators who favour long answers without "
+                "meaning to); keep adds length as a feature of its own."})
     learning_rate: float | None = field(default=None, metadata={"basic": True, "above": 0,
-        "help": "AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 6e-5 for MiniLM)."})
-    epochs: float = field(default=1.5, metadata={"basic": True, "above": 0, "help": "Passes over the training pairs."})
-    batch_size: int = field(default=8, metadata={"min": 1, "help": "Pairs per optimizer step."})
+        "help": "Method fine-tune: AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 6e-5 for MiniLM)."})
+    epochs: float = field(default=1.5, metadata={"basic": True, "above": 0, "help": "Method fine-tune: passes over the training pairs."})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "Pairs per optimizer step (method fine-tune); "
+                                                 "responses read at once (method heads)."})
     max_length: int = field(default=256, metadata={"min": 8,
         "help": "Longest prompt + response in tokens: the response's end is cut first, and a long prompt loses "
                 "its oldest turns (the response keeps at least half)."})

@@ -1,7 +1,7 @@
 """`python -m training reward-eval VERSION [FILE...]`: a reward version's card, on demand.
 
 Scores the version on the held-out pairs of its round (the workspace's held-out prompts, or the
-round's own split by prompt when it had to make one: `rounds.split_by_prompt`, never by pair) and
+round's own split by conversation when it had to make one: `rounds.split_by_conversation`, never by pair) and
 on each labeled file given, read with the importers (`prompt`/`chosen`/`rejected` as JSONL, CSV,
 Parquet or a datasets folder, hh-rlhf transcripts, OpenAssistant trees), beside the untrained
 backbone and the length baselines (training/reward_report.py). Prints the table, then the report
@@ -45,9 +45,10 @@ def read_file(path: str | Path) -> EvalSet:
 
 
 def round_config(row) -> RewardRoundConfig:
-    """The config a reward version was trained with (fields added since then keep their defaults)."""
+    """The config a reward version was trained with (fields added since then keep their defaults,
+    except `method`: a version from before it was fine-tuned)."""
     names = {f.name for f in dataclasses.fields(RewardRoundConfig)}
-    return RewardRoundConfig(**{k: v for k, v in (row.config or {}).items() if k in names})
+    return RewardRoundConfig(**{"method": "fine-tune", **{k: v for k, v in (row.config or {}).items() if k in names}})
 
 
 def heldout_rows(row) -> list[dict[str, Any]]:
@@ -64,7 +65,7 @@ def heldout_rows(row) -> list[dict[str, Any]]:
         pair_ids = {pair for judgment, pair in judged if judgment in trained_on}
     config = round_config(row)
     rows = [r for r in preference_rows().rows if r["pair_id"] in pair_ids]
-    return rounds.split_by_prompt(rows, config.heldout_fraction, config.seed)[1] if rows else []
+    return rounds.split_by_conversation(rows, config.heldout_fraction, config.seed)[1] if rows else []
 
 
 def evaluate(version_id: str, files: list[EvalSet], batch_size: int = 8) -> dict[str, Any]:
@@ -76,8 +77,9 @@ def evaluate(version_id: str, files: list[EvalSet], batch_size: int = 8) -> dict
     if not sets:
         raise reward.RewardError(f"{version_id} has no held-out pairs in this workspace and no file was given; "
                                  f"pass a labeled file: python -m training reward-eval {version_id} FILE.")
-    report = reward_report.evaluate(sets, reward.load_scorer(version_id, batch_size),
-                                    reward.untrained_scorer(round_config(row), batch_size))
+    model, tokenizer, meta = reward.load_model(version_id)
+    report = reward_report.evaluate(sets, reward.make_scorer(model, tokenizer, meta["max_length"], batch_size),
+                                    reward.untrained_scorer(round_config(row), batch_size, trained=model))
     reward_report.write_report(folder, report)
     return report
 

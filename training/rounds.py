@@ -31,22 +31,29 @@ class PreferenceData:
     fallback_split: bool  # True when the workspace's held-out prompts were empty and we split here
 
 
-def _prompt_rank(prompt_id: Any, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{prompt_id}".encode()).hexdigest()
+def _rank(key: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
-def split_by_prompt(rows: list[dict], heldout_fraction: float, seed: int = 0) -> tuple[list, list, bool]:
+def conversation(row: dict) -> str:
+    """The conversation an export row belongs to: its prompt's first message. Pairs deeper in one
+    OpenAssistant tree, or later in one dialogue, share it and are not independent of each other."""
+    return json.dumps(row["prompt"][:1], sort_keys=True, ensure_ascii=False)
+
+
+def split_by_conversation(rows: list[dict], heldout_fraction: float, seed: int = 0) -> tuple[list, list, bool]:
     """(train, heldout, fallback): the rows' own `split` column, or, when it leaves either side
-    empty, a split by prompt: a `heldout_fraction` of the prompts (at least one when there are
-    two or more), chosen by a seeded hash, so no prompt is on both sides."""
+    empty, a split by conversation: a `heldout_fraction` of the conversations (at least one when
+    there are two or more), chosen by a seeded hash, so no conversation (and so no prompt) is on
+    both sides."""
     train = [r for r in rows if r.get("split") != "heldout"]
     heldout = [r for r in rows if r.get("split") == "heldout"]
     if train and heldout:
         return train, heldout, False
-    prompts = sorted({r["prompt_id"] for r in rows}, key=lambda p: _prompt_rank(p, seed))
-    n_heldout = min(max(math.ceil(heldout_fraction * len(prompts)), 1), len(prompts) - 1) if len(prompts) > 1 else 0
-    chosen = set(prompts[:n_heldout])
-    return ([r for r in rows if r["prompt_id"] not in chosen], [r for r in rows if r["prompt_id"] in chosen], True)
+    keys = sorted({conversation(r) for r in rows}, key=lambda k: _rank(k, seed))
+    n_heldout = min(max(math.ceil(heldout_fraction * len(keys)), 1), len(keys) - 1) if len(keys) > 1 else 0
+    chosen = set(keys[:n_heldout])
+    return ([r for r in rows if conversation(r) not in chosen], [r for r in rows if conversation(r) in chosen], True)
 
 
 def count_pairs() -> int:
@@ -135,7 +142,7 @@ def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, s
     judgment_ids = list(export.judgment_ids)
     if len(rows) < len(export.rows):
         judgment_ids = _judgments_of({r["pair_id"] for r in rows}, judgment_ids)
-    train, heldout, fallback = split_by_prompt(rows, heldout_fraction, seed)
+    train, heldout, fallback = split_by_conversation(rows, heldout_fraction, seed)
     return PreferenceData(train, heldout, judgment_ids, fallback)
 
 

@@ -1,0 +1,107 @@
+"""The frozen-backbone reward heads (training/reward_heads.py): Bradley-Terry fit, length
+disentangling on a planted length signal, ensemble spread, source weights, save/load, and the
+features of a tiny real model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import metrics, reward_heads
+
+
+def planted(n: int, seed: int, preference: str):
+    """Synthetic pairs: a content feature, three features that carry the length ℓ, four of noise.
+    `preference` "length": the longer response is chosen; "content": the higher content wins and
+    lengths are drawn independently of it. Returns chosen, rejected features, lengths, groups."""
+    rng = np.random.default_rng(seed)
+
+    def responses(k):
+        content, ell = rng.normal(size=k), rng.normal(5, 1, size=k)
+        x = np.column_stack([content, ell, 0.5 * ell + 0.1 * rng.normal(size=k), ell ** 2 / 10,
+                             rng.normal(size=(k, 4))])
+        return x, content, ell
+
+    a, content_a, ell_a = responses(n)
+    b, content_b, ell_b = responses(n)
+    a_wins = (ell_a > ell_b) if preference == "length" else (content_a > content_b)
+    chosen = np.where(a_wins[:, None], a, b)
+    rejected = np.where(a_wins[:, None], b, a)
+    return chosen, rejected, np.where(a_wins, ell_a, ell_b), np.where(a_wins, ell_b, ell_a), list(range(n))
+
+
+def heldout_accuracy(heads, seed: int, preference: str) -> float:
+    chosen, rejected, chosen_len, rejected_len, _ = planted(400, seed, preference)
+    return metrics.preference_accuracy(heads.rewards(chosen, chosen_len).mean(0),
+                                       heads.rewards(rejected, rejected_len).mean(0))
+
+
+def test_bradley_terry_fit_learns_a_separable_preference():
+    chosen, rejected, chosen_len, rejected_len, groups = planted(300, 0, "content")
+    heads = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="free")
+    assert heldout_accuracy(heads, 1, "content") > 0.9
+    assert np.argmax(np.abs(heads.theta[0])) == 0  # the content feature carries the weight
+
+
+def test_length_disentangled_heads_drop_a_planted_length_preference_and_keep_content():
+    chosen, rejected, chosen_len, rejected_len, groups = planted(300, 0, "length")
+    free = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="free")
+    removed = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="remove")
+    assert heldout_accuracy(free, 1, "length") > 0.9  # length is in the features: a free head reads it
+    assert abs(heldout_accuracy(removed, 1, "length") - 0.5) < 0.08
+
+    chosen, rejected, chosen_len, rejected_len, groups = planted(300, 2, "content")
+    removed = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="remove")
+    assert heldout_accuracy(removed, 3, "content") > 0.9
+    x, ell = np.concatenate([chosen, rejected]), np.concatenate([chosen_len, rejected_len])
+    assert abs(metrics.pearson(removed.rewards(x, ell)[0], ell)) < 1e-6
+
+
+def test_keep_learns_length_from_the_length_term():
+    chosen, rejected, chosen_len, rejected_len, groups = planted(300, 0, "length")
+    # only noise features: what the heads know of length comes from the kept length term
+    noise = np.random.default_rng(5).normal(size=(300, 3))
+    heads = reward_heads.fit(noise, noise[::-1], chosen_len, rejected_len, groups, heads=1, length="keep")
+    assert heads.theta.shape == (1, 4)
+    assert metrics.preference_accuracy(heads.rewards(noise, chosen_len)[0], heads.rewards(noise[::-1], rejected_len)[0]) > 0.95
+
+
+def test_ensemble_spread_is_zero_for_identical_heads_and_positive_for_resampled_ones():
+    chosen, rejected, chosen_len, rejected_len, groups = planted(120, 0, "content")
+    heads = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=4, length="free", l2=0.1)
+    same = reward_heads.Heads(np.repeat(heads.theta[:1], 4, axis=0), heads.mean, heads.scale, heads.beta, heads.length,
+                              heads.length_mean, heads.length_scale)
+    assert np.all(reward_heads.spread(same.rewards(chosen, chosen_len)) == 0)
+    assert reward_heads.spread(heads.rewards(chosen, chosen_len)).mean() > 0
+
+
+def test_l2_is_chosen_by_held_out_loss_and_larger_with_fewer_pairs():
+    chosen, rejected, chosen_len, rejected_len, groups = planted(400, 0, "content")
+    many = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="free")
+    few = reward_heads.fit(chosen[:12], rejected[:12], chosen_len[:12], rejected_len[:12], groups[:12], heads=1,
+                           length="free")
+    assert many.l2 in reward_heads.L2_GRID and few.l2 in reward_heads.L2_GRID
+    assert few.l2 >= many.l2
+    # fewer conversations than folds: the strongest regularisation
+    tiny = reward_heads.fit(chosen[:2], rejected[:2], chosen_len[:2], rejected_len[:2], ["a", "a"], heads=1)
+    assert tiny.l2 == max(reward_heads.L2_GRID)
+
+
+def test_source_weights_give_each_source_the_same_total():
+    weights = reward_heads.source_weights(["hh"] * 6 + ["oasst"] * 2)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[:6].sum() == pytest.approx(weights[6:].sum())
+
+
+def test_heads_round_trip_through_a_folder(tmp_path):
+    chosen, rejected, chosen_len, rejected_len, groups = planted(60, 0, "content")
+    heads = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=3, length="remove")
+    heads.save(tmp_path)
+    loaded = reward_heads.Heads.load(tmp_path)
+    np.testing.assert_allclose(loaded.rewards(chosen, chosen_len), heads.rewards(chosen, chosen_len))
+    assert loaded.length == "remove" and loaded.l2 == heads.l2
+
+
+def test_unknown_length_mode_is_refused():
+    chosen, rejected, chosen_len, rejected_len, groups = planted(10, 0, "content")
+    with pytest.raises(ValueError, match="length must be one of"):
+        reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, length="ignore")

@@ -1,0 +1,297 @@
+"""A reward model with a frozen backbone: features of (prompt, response) read once from a language
+model, and an ensemble of linear Bradley-Terry heads fitted on them in seconds.
+
+Why: fine-tuning even a small encoder on a few hundred pairs costs many minutes on a CPU and, on
+conversations it never saw, ranked answers worse than their length did (issue 20). A frozen
+backbone reads each response once; the heads are a convex problem, so the strength of their
+regularisation can be chosen by cross-validation on the user's own pairs, and an ensemble of
+heads on bootstrap resamples of the pairs costs nothing more. Their spread is the reward model's
+uncertainty (Lakshminarayanan et al. 2017; Coste et al. 2024, "Reward model ensembles help
+mitigate overoptimization").
+
+Features of one response (`features`), from the backbone's hidden states:
+    [mean over the response's tokens at the middle layer,
+     mean over the response's tokens at the last layer,
+     the last token at the last layer]                                Shape: (3 · hidden,)
+and its length ℓ = log(1 + characters).
+
+Length (`LENGTHS`), the reward's relation to how long an answer is:
+  * "remove" (length-disentangled, in the spirit of ODIN, Chen et al. 2024): every feature is
+    residualised on a cubic in ℓ over the training responses, x' = x − B(ℓ) β, so no head can
+    read length through those; a length preference in the labels is not learned;
+  * "keep": ℓ is one more feature, so the heads weigh length as the labels do;
+  * "free": the features as they are (length is whatever the features carry).
+
+Bradley-Terry (Bradley & Terry 1952; Ouyang et al. 2022, eq. 1): each head θ minimises the
+weighted −log σ(θ·(z_chosen − z_rejected)) + λ/2 ‖θ‖², z the standardised features; λ is picked by
+grouped K-fold cross-validation over conversations. numpy and torch only; the backbone is loaded
+by the caller.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+LENGTHS = ("remove", "keep", "free")
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # λ per pair-average loss, on standardised features
+HEADS_FILE = "heads.npz"
+
+
+def response_length(texts: Sequence[str]) -> np.ndarray:
+    """ℓ = log(1 + characters) per text. Shape: (n,)."""
+    return np.log1p(np.array([len(t) for t in texts], dtype=float))
+
+
+# ---------------------------------------------------------------- features
+
+
+def features(model, tokenizer, prompts: list[list[dict]], responses: list[str], max_length: int,
+             batch_size: int = 8) -> np.ndarray:
+    """Pooled hidden states of each (prompt, response), encoded as the fine-tuned reward model
+    reads it (`reward.encode`: prompt kept, response cut at its end). Shape: (n, 3 · hidden).
+
+    The response's tokens are those after the longest prefix shared with the prompt encoded alone
+    (a truncated prompt shares less, so a few prompt tokens may join the mean: harmless)."""
+    import torch
+
+    from training import device
+    from training.reward import encode
+
+    ids = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    starts = [_shared_prefix(i, encode(tokenizer, p, "", max_length)) for i, p in zip(ids, prompts)]
+    order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
+    out = [None] * len(ids)
+    model.eval()
+    with torch.no_grad(), device.autocast():
+        for first in range(0, len(order), batch_size):
+            chunk = order[first:first + batch_size]
+            batch = device.place(tokenizer.pad({"input_ids": [ids[k] for k in chunk]}, return_tensors="pt"))
+            hidden = model(**batch, output_hidden_states=True).hidden_states  # layers + 1 × (b, T, h)
+            mask = batch["attention_mask"].bool()  # (b, T), right-padded
+            positions = torch.arange(mask.shape[1], device=mask.device)[None, :]  # (1, T)
+            start = torch.tensor([min(starts[k], len(ids[k]) - 1) for k in chunk], device=mask.device)[:, None]
+            response = (mask & (positions >= start)).unsqueeze(-1).float()  # (b, T, 1)
+            last = mask.sum(1) - 1  # (b,)
+            middle, final = hidden[len(hidden) // 2].float(), hidden[-1].float()
+            pooled = torch.cat([(middle * response).sum(1) / response.sum(1),
+                                (final * response).sum(1) / response.sum(1),
+                                final[torch.arange(len(chunk)), last]], dim=-1)  # (b, 3h)
+            for k, row in zip(chunk, device.to_host(pooled).numpy()):
+                out[k] = row
+    return np.stack(out) if out else np.zeros((0, 0))
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------- the heads
+
+
+@dataclasses.dataclass
+class Heads:
+    """An ensemble of linear reward heads on standardised, optionally length-residualised features.
+
+    reward_e(x, ℓ) = θ_e · z,  z = ((x − B(ℓ) β) − μ) / σ,  B(ℓ) = [1, u, u², u³] with u the
+    standardised ℓ (then u appended with length "keep"; β = 0 unless length "remove").
+    Shapes: theta (heads, d'), mean/scale (d,), beta (4, d)."""
+
+    theta: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    beta: np.ndarray
+    length: str
+    length_mean: float = 0.0
+    length_scale: float = 1.0
+    l2: float = 0.0
+
+    def standardise(self, x: np.ndarray, ell: np.ndarray) -> np.ndarray:
+        """z of each response. Shape: x (n, d), ell (n,) -> (n, d')."""
+        z = (x - self.basis(ell) @ self.beta - self.mean) / self.scale
+        if self.length == "keep":
+            z = np.concatenate([z, self.basis(ell)[:, 1:2]], axis=1)
+        return z
+
+    def basis(self, ell: np.ndarray) -> np.ndarray:
+        """B(ℓ) = [1, u, u², u³], u = (ℓ − mean) / scale. Shape: (n,) -> (n, 4)."""
+        u = (np.asarray(ell, dtype=float) - self.length_mean) / self.length_scale
+        return np.stack([np.ones_like(u), u, u * u, u * u * u], axis=1)
+
+    def rewards(self, x: np.ndarray, ell: np.ndarray) -> np.ndarray:
+        """Every head's reward of each response. Shape: (heads, n)."""
+        return self.theta @ self.standardise(x, ell).T
+
+    def save(self, folder: Path) -> None:
+        np.savez(Path(folder) / HEADS_FILE, theta=self.theta, mean=self.mean, scale=self.scale, beta=self.beta,
+                 length=np.array(self.length), stats=np.array([self.length_mean, self.length_scale, self.l2]))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Heads":
+        f = np.load(Path(folder) / HEADS_FILE)
+        length_mean, length_scale, l2 = (float(v) for v in f["stats"])
+        return cls(f["theta"], f["mean"], f["scale"], f["beta"], str(f["length"]), length_mean, length_scale, l2)
+
+
+def spread(rewards: np.ndarray) -> np.ndarray:
+    """The ensemble's disagreement per response: the standard deviation of the heads' rewards
+    (0 for identical heads). Shape: (heads, n) -> (n,)."""
+    return rewards.std(axis=0)
+
+
+def bt_fit(difference: np.ndarray, weights: np.ndarray, l2: float, steps: int = 200) -> np.ndarray:
+    """θ minimising Σ_i w_i · softplus(−θ·d_i) / Σ w + λ/2 ‖θ‖² (Bradley-Terry on differences
+    d_i = z_chosen − z_rejected; a strictly convex problem, solved by L-BFGS).
+    Shape: difference (pairs, d), weights (pairs,) -> (d,)."""
+    import torch
+
+    d = torch.as_tensor(difference, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    w = w / w.sum()
+    theta = torch.zeros(d.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([theta], lr=1, max_iter=steps, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                  history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (w * torch.nn.functional.softplus(-(d @ theta))).sum() + 0.5 * l2 * (theta * theta).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return theta.detach().numpy()
+
+
+def fit(chosen: np.ndarray, rejected: np.ndarray, chosen_len: np.ndarray, rejected_len: np.ndarray,
+        groups: Sequence[Any], weights: np.ndarray | None = None, heads: int = 8, length: str = "remove",
+        l2: float | None = None, seed: int = 0) -> Heads:
+    """Fit the ensemble on labeled pairs' features.
+
+    Shapes: chosen/rejected (pairs, d) features, chosen_len/rejected_len (pairs,) ℓ, groups
+    (pairs,) conversation keys (cross-validation never splits one), weights (pairs,) or None.
+    Head 0 fits all pairs; heads 1.. fit bootstrap resamples of the conversations."""
+    if length not in LENGTHS:
+        raise ValueError(f"length must be one of {', '.join(LENGTHS)}, not {length!r}")
+    weights = np.ones(len(chosen)) if weights is None else np.asarray(weights, dtype=float)
+    x = np.concatenate([chosen, rejected])  # every training response, Shape: (2·pairs, d)
+    ell = np.concatenate([chosen_len, rejected_len])
+    template = Heads(np.zeros((0, 0)), np.zeros(x.shape[1]), np.ones(x.shape[1]), np.zeros((4, x.shape[1])), length,
+                     float(ell.mean()), float(ell.std() + 1e-6))
+    if length == "remove":  # least squares of each feature on B(ℓ): x − B(ℓ) β is uncorrelated with B(ℓ)
+        template.beta = np.linalg.lstsq(template.basis(ell), x, rcond=None)[0]
+    residual = x - template.basis(ell) @ template.beta
+    template.mean, template.scale = residual.mean(0), residual.std(0) + 1e-6
+    n = len(chosen)
+    difference = template.standardise(chosen, chosen_len) - template.standardise(rejected, rejected_len)
+    l2 = choose_l2(difference, weights, groups, seed) if l2 is None else l2
+    rng = np.random.default_rng(seed)
+    keys = sorted(set(groups), key=str)
+    index = {k: i for i, k in enumerate(keys)}
+    member = np.array([index[g] for g in groups])
+    thetas = []
+    for head in range(heads):
+        resample = np.ones(n) if head == 0 else np.bincount(rng.integers(0, len(keys), len(keys)),
+                                                            minlength=len(keys))[member].astype(float)
+        thetas.append(bt_fit(difference, weights * resample, l2) if resample.any() else np.zeros(difference.shape[1]))
+    return dataclasses.replace(template, theta=np.stack(thetas), l2=l2)
+
+
+def choose_l2(difference: np.ndarray, weights: np.ndarray, groups: Sequence[Any], seed: int = 0,
+              folds: int = 3) -> float:
+    """λ of `L2_GRID` with the lowest held-out Bradley-Terry loss over `folds` folds of whole
+    conversations (the largest λ when there are too few conversations to fold)."""
+    keys = sorted(set(groups), key=str)
+    if len(keys) < folds:
+        return L2_GRID[-1]
+    fold_of = {k: i % folds for i, k in enumerate(np.random.default_rng(seed).permutation(len(keys)))}
+    position = {k: i for i, k in enumerate(keys)}
+    fold = np.array([fold_of[position[g]] for g in groups])
+    losses = []
+    for l2 in L2_GRID:
+        total = 0.0
+        for f in range(folds):
+            train, test = fold != f, fold == f
+            theta = bt_fit(difference[train], weights[train], l2)
+            margin = difference[test] @ theta
+            total += float((weights[test] * np.logaddexp(0, -margin)).sum())
+        losses.append(total)
+    return L2_GRID[int(np.argmin(losses))]
+
+
+def source_weights(sources: Sequence[str]) -> np.ndarray:
+    """Weights that give every data source the same total weight, mean 1. Shape: (pairs,)."""
+    names, counts = np.unique(np.asarray(sources), return_counts=True)
+    per = {n: len(sources) / (len(names) * c) for n, c in zip(names, counts)}
+    return np.array([per[s] for s in sources])
+
+
+def describe(heads: Heads) -> dict[str, Any]:
+    """What the card and the logs say about an ensemble."""
+    return {"heads": int(heads.theta.shape[0]), "features": int(heads.theta.shape[1]), "length": heads.length,
+            "l2": heads.l2, "l2_log10": round(math.log10(heads.l2), 2) if heads.l2 > 0 else None}
+
+
+# ---------------------------------------------------------------- the round's model
+
+
+class HeadsModel:
+    """A frozen backbone and its heads: what a reward round of method "heads" trains, saves and
+    scores with. `rewards` gives every head's reward; the scorer their mean, less `penalty` times
+    their spread (a conservative reward for PPO; Coste et al. 2024)."""
+
+    def __init__(self, backbone, tokenizer, heads: Heads, max_length: int):
+        self.backbone, self.tokenizer, self.heads, self.max_length = backbone, tokenizer, heads, max_length
+
+    def rewards(self, prompts: list[list[dict]], responses: list[str], batch_size: int = 8) -> np.ndarray:
+        """Shape: (heads, n)."""
+        x = features(self.backbone, self.tokenizer, prompts, responses, self.max_length, batch_size)
+        return self.heads.rewards(x, response_length(responses)) if len(responses) else np.zeros((len(self.heads.theta), 0))
+
+    def scorer(self, batch_size: int = 8, penalty: float = 0.0):
+        import torch
+
+        def score(prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
+            every = self.rewards(prompts, responses, batch_size)
+            return torch.as_tensor(every.mean(0) - penalty * spread(every), dtype=torch.float32)  # (batch,)
+
+        return score
+
+    def untrained(self, seed: int = 0) -> "HeadsModel":
+        """The same backbone and standardisation with random heads: the reward card's "untrained" row."""
+        theta = np.random.default_rng(seed).normal(size=self.heads.theta.shape) / math.sqrt(self.heads.theta.shape[1])
+        return HeadsModel(self.backbone, self.tokenizer, dataclasses.replace(self.heads, theta=theta), self.max_length)
+
+    def save_pretrained(self, folder: Path, **_) -> None:
+        self.heads.save(folder)
+
+
+def train(model, tokenizer, rows: list[dict], config, reporter) -> tuple[HeadsModel, dict[str, Any]]:
+    """Read the labeled pairs' responses once with the frozen `model`, then fit the heads.
+    `rows`: export rows (`labeling.export.preference_rows`); grouped by conversation (first
+    message) for the choice of λ and the bootstrap."""
+    import time
+
+    started = time.perf_counter()
+    prompts = [r["prompt"] for r in rows]
+    chosen_text, rejected_text = [r["chosen"][-1]["content"] for r in rows], [r["rejected"][-1]["content"] for r in rows]
+    reporter.start(2)
+    chosen = features(model, tokenizer, prompts, chosen_text, config.max_length, config.batch_size)
+    reporter.step(1, {})
+    rejected = features(model, tokenizer, prompts, rejected_text, config.max_length, config.batch_size)
+    read = time.perf_counter() - started
+    groups = [repr(p[:1]) for p in prompts]
+    heads = fit(chosen, rejected, response_length(chosen_text), response_length(rejected_text), groups,
+                heads=config.heads, length=config.length, seed=config.seed)
+    trained = HeadsModel(model, tokenizer, heads, config.max_length)
+    train_rewards = heads.rewards(chosen, response_length(chosen_text)).mean(0) - \
+        heads.rewards(rejected, response_length(rejected_text)).mean(0)
+    reporter.step(2, {"accuracy": float((train_rewards > 0).mean() + 0.5 * (train_rewards == 0).mean())})
+    return trained, {"read_seconds": read, "fit_seconds": time.perf_counter() - started - read, **describe(heads)}
