@@ -48,6 +48,7 @@ def test_length_disentangled_heads_drop_a_planted_length_preference_and_keep_con
     removed = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="remove")
     assert heldout_accuracy(free, 1, "length") > 0.9  # length is in the features: a free head reads it
     assert abs(heldout_accuracy(removed, 1, "length") - 0.5) < 0.08
+    assert removed.length_weight[0] > 1  # the length head absorbed the preference, and is dropped
 
     chosen, rejected, chosen_len, rejected_len, groups = planted(300, 2, "content")
     removed = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="remove")
@@ -61,7 +62,7 @@ def test_keep_learns_length_from_the_length_term():
     # only noise features: what the heads know of length comes from the kept length term
     noise = np.random.default_rng(5).normal(size=(300, 3))
     heads = reward_heads.fit(noise, noise[::-1], chosen_len, rejected_len, groups, heads=1, length="keep")
-    assert heads.theta.shape == (1, 4)
+    assert heads.theta.shape == (1, 3) and heads.length_weight[0] > 1
     assert metrics.preference_accuracy(heads.rewards(noise, chosen_len)[0], heads.rewards(noise[::-1], rejected_len)[0]) > 0.95
 
 
@@ -69,7 +70,7 @@ def test_ensemble_spread_is_zero_for_identical_heads_and_positive_for_resampled_
     chosen, rejected, chosen_len, rejected_len, groups = planted(120, 0, "content")
     heads = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=4, length="free", l2=0.1)
     same = reward_heads.Heads(np.repeat(heads.theta[:1], 4, axis=0), heads.mean, heads.scale, heads.beta, heads.length,
-                              heads.length_mean, heads.length_scale)
+                              heads.length_mean, heads.length_scale, heads.l2, np.zeros(4))
     assert np.all(reward_heads.spread(same.rewards(chosen, chosen_len)) == 0)
     assert reward_heads.spread(heads.rewards(chosen, chosen_len)).mean() > 0
 
@@ -94,11 +95,12 @@ def test_source_weights_give_each_source_the_same_total():
 
 def test_heads_round_trip_through_a_folder(tmp_path):
     chosen, rejected, chosen_len, rejected_len, groups = planted(60, 0, "content")
-    heads = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=3, length="remove")
+    heads = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=3, length="keep")
     heads.save(tmp_path)
     loaded = reward_heads.Heads.load(tmp_path)
     np.testing.assert_allclose(loaded.rewards(chosen, chosen_len), heads.rewards(chosen, chosen_len))
-    assert loaded.length == "remove" and loaded.l2 == heads.l2
+    assert loaded.length == "keep" and loaded.l2 == heads.l2
+    np.testing.assert_array_equal(loaded.length_weight, heads.length_weight)
 
 
 def test_unknown_length_mode_is_refused():

@@ -16,10 +16,12 @@ Features of one response (`features`), from the backbone's hidden states:
 and its length ℓ = log(1 + characters).
 
 Length (`LENGTHS`), the reward's relation to how long an answer is:
-  * "remove" (length-disentangled, in the spirit of ODIN, Chen et al. 2024): every feature is
-    residualised on a cubic in ℓ over the training responses, x' = x − B(ℓ) β, so no head can
-    read length through those; a length preference in the labels is not learned;
-  * "keep": ℓ is one more feature, so the heads weigh length as the labels do;
+  * "remove" and "keep" (length disentangled, in the spirit of ODIN, Chen et al. 2024): every
+    feature is residualised on a cubic in ℓ over the training responses, x' = x − B(ℓ) β, so the
+    content head θ cannot read length through them, and a length head a·u (u the standardised ℓ,
+    not regularised) is fitted jointly and absorbs whatever length preference the labels hold.
+    "remove" drops the length head when scoring (the reward ignores length); "keep" keeps it (the
+    reward weighs length exactly as the labels did, and content on top);
   * "free": the features as they are (length is whatever the features carry).
 
 Bradley-Terry (Bradley & Terry 1952; Ouyang et al. 2022, eq. 1): each head θ minimises the
@@ -101,9 +103,9 @@ def _shared_prefix(a: list[int], b: list[int]) -> int:
 class Heads:
     """An ensemble of linear reward heads on standardised, optionally length-residualised features.
 
-    reward_e(x, ℓ) = θ_e · z,  z = ((x − B(ℓ) β) − μ) / σ,  B(ℓ) = [1, u, u², u³] with u the
-    standardised ℓ (then u appended with length "keep"; β = 0 unless length "remove").
-    Shapes: theta (heads, d'), mean/scale (d,), beta (4, d)."""
+    reward_e(x, ℓ) = θ_e · z (+ a_e · u with length "keep"),  z = ((x − B(ℓ) β) − μ) / σ,
+    B(ℓ) = [1, u, u², u³] with u the standardised ℓ; β = 0 with length "free".
+    Shapes: theta (heads, d), length_weight (heads,), mean/scale (d,), beta (4, d)."""
 
     theta: np.ndarray
     mean: np.ndarray
@@ -113,13 +115,11 @@ class Heads:
     length_mean: float = 0.0
     length_scale: float = 1.0
     l2: float = 0.0
+    length_weight: np.ndarray | None = None
 
     def standardise(self, x: np.ndarray, ell: np.ndarray) -> np.ndarray:
-        """z of each response. Shape: x (n, d), ell (n,) -> (n, d')."""
-        z = (x - self.basis(ell) @ self.beta - self.mean) / self.scale
-        if self.length == "keep":
-            z = np.concatenate([z, self.basis(ell)[:, 1:2]], axis=1)
-        return z
+        """z of each response. Shape: x (n, d), ell (n,) -> (n, d)."""
+        return (x - self.basis(ell) @ self.beta - self.mean) / self.scale
 
     def basis(self, ell: np.ndarray) -> np.ndarray:
         """B(ℓ) = [1, u, u², u³], u = (ℓ − mean) / scale. Shape: (n,) -> (n, 4)."""
@@ -128,17 +128,22 @@ class Heads:
 
     def rewards(self, x: np.ndarray, ell: np.ndarray) -> np.ndarray:
         """Every head's reward of each response. Shape: (heads, n)."""
-        return self.theta @ self.standardise(x, ell).T
+        content = self.theta @ self.standardise(x, ell).T
+        if self.length != "keep":
+            return content
+        return content + self.length_weight[:, None] * self.basis(ell)[None, :, 1]
 
     def save(self, folder: Path) -> None:
         np.savez(Path(folder) / HEADS_FILE, theta=self.theta, mean=self.mean, scale=self.scale, beta=self.beta,
-                 length=np.array(self.length), stats=np.array([self.length_mean, self.length_scale, self.l2]))
+                 length=np.array(self.length), stats=np.array([self.length_mean, self.length_scale, self.l2]),
+                 length_weight=self.length_weight)
 
     @classmethod
     def load(cls, folder: Path) -> "Heads":
         f = np.load(Path(folder) / HEADS_FILE)
         length_mean, length_scale, l2 = (float(v) for v in f["stats"])
-        return cls(f["theta"], f["mean"], f["scale"], f["beta"], str(f["length"]), length_mean, length_scale, l2)
+        return cls(f["theta"], f["mean"], f["scale"], f["beta"], str(f["length"]), length_mean, length_scale, l2,
+                   f["length_weight"])
 
 
 def spread(rewards: np.ndarray) -> np.ndarray:
@@ -147,9 +152,10 @@ def spread(rewards: np.ndarray) -> np.ndarray:
     return rewards.std(axis=0)
 
 
-def bt_fit(difference: np.ndarray, weights: np.ndarray, l2: float, steps: int = 200) -> np.ndarray:
+def bt_fit(difference: np.ndarray, weights: np.ndarray, l2: float, free: int = 0, steps: int = 200) -> np.ndarray:
     """θ minimising Σ_i w_i · softplus(−θ·d_i) / Σ w + λ/2 ‖θ‖² (Bradley-Terry on differences
-    d_i = z_chosen − z_rejected; a strictly convex problem, solved by L-BFGS).
+    d_i = z_chosen − z_rejected; a strictly convex problem, solved by L-BFGS). The last `free`
+    coordinates are barely regularised (λ = 1e-6): the length head.
     Shape: difference (pairs, d), weights (pairs,) -> (d,)."""
     import torch
 
@@ -157,12 +163,14 @@ def bt_fit(difference: np.ndarray, weights: np.ndarray, l2: float, steps: int = 
     w = torch.as_tensor(weights, dtype=torch.float64)
     w = w / w.sum()
     theta = torch.zeros(d.shape[1], dtype=torch.float64, requires_grad=True)
+    penalty = torch.full((d.shape[1],), float(l2), dtype=torch.float64)
+    penalty[d.shape[1] - free:] = 1e-6
     optimizer = torch.optim.LBFGS([theta], lr=1, max_iter=steps, tolerance_grad=1e-9, tolerance_change=1e-12,
                                   history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = (w * torch.nn.functional.softplus(-(d @ theta))).sum() + 0.5 * l2 * (theta * theta).sum()
+        loss = (w * torch.nn.functional.softplus(-(d @ theta))).sum() + 0.5 * (penalty * theta * theta).sum()
         loss.backward()
         return loss
 
@@ -185,13 +193,17 @@ def fit(chosen: np.ndarray, rejected: np.ndarray, chosen_len: np.ndarray, reject
     ell = np.concatenate([chosen_len, rejected_len])
     template = Heads(np.zeros((0, 0)), np.zeros(x.shape[1]), np.ones(x.shape[1]), np.zeros((4, x.shape[1])), length,
                      float(ell.mean()), float(ell.std() + 1e-6))
-    if length == "remove":  # least squares of each feature on B(ℓ): x − B(ℓ) β is uncorrelated with B(ℓ)
+    if length != "free":  # least squares of each feature on B(ℓ): x − B(ℓ) β is uncorrelated with B(ℓ)
         template.beta = np.linalg.lstsq(template.basis(ell), x, rcond=None)[0]
     residual = x - template.basis(ell) @ template.beta
     template.mean, template.scale = residual.mean(0), residual.std(0) + 1e-6
     n = len(chosen)
     difference = template.standardise(chosen, chosen_len) - template.standardise(rejected, rejected_len)
-    l2 = choose_l2(difference, weights, groups, seed) if l2 is None else l2
+    free = 0 if length == "free" else 1
+    if free:  # the length head's input: u of the chosen minus u of the rejected
+        u = template.basis(chosen_len)[:, 1] - template.basis(rejected_len)[:, 1]
+        difference = np.concatenate([difference, u[:, None]], axis=1)
+    l2 = choose_l2(difference, weights, groups, free, seed) if l2 is None else l2
     rng = np.random.default_rng(seed)
     keys = sorted(set(groups), key=str)
     index = {k: i for i, k in enumerate(keys)}
@@ -200,11 +212,14 @@ def fit(chosen: np.ndarray, rejected: np.ndarray, chosen_len: np.ndarray, reject
     for head in range(heads):
         resample = np.ones(n) if head == 0 else np.bincount(rng.integers(0, len(keys), len(keys)),
                                                             minlength=len(keys))[member].astype(float)
-        thetas.append(bt_fit(difference, weights * resample, l2) if resample.any() else np.zeros(difference.shape[1]))
-    return dataclasses.replace(template, theta=np.stack(thetas), l2=l2)
+        thetas.append(bt_fit(difference, weights * resample, l2, free) if resample.any()
+                      else np.zeros(difference.shape[1]))
+    thetas = np.stack(thetas)  # (heads, d + free)
+    length_weight = thetas[:, -1] if free else np.zeros(heads)
+    return dataclasses.replace(template, theta=thetas[:, :thetas.shape[1] - free], l2=l2, length_weight=length_weight)
 
 
-def choose_l2(difference: np.ndarray, weights: np.ndarray, groups: Sequence[Any], seed: int = 0,
+def choose_l2(difference: np.ndarray, weights: np.ndarray, groups: Sequence[Any], free: int = 0, seed: int = 0,
               folds: int = 3) -> float:
     """λ of `L2_GRID` with the lowest held-out Bradley-Terry loss over `folds` folds of whole
     conversations (the largest λ when there are too few conversations to fold)."""
@@ -219,7 +234,7 @@ def choose_l2(difference: np.ndarray, weights: np.ndarray, groups: Sequence[Any]
         total = 0.0
         for f in range(folds):
             train, test = fold != f, fold == f
-            theta = bt_fit(difference[train], weights[train], l2)
+            theta = bt_fit(difference[train], weights[train], l2, free)
             margin = difference[test] @ theta
             total += float((weights[test] * np.logaddexp(0, -margin)).sum())
         losses.append(total)
@@ -236,7 +251,7 @@ def source_weights(sources: Sequence[str]) -> np.ndarray:
 def describe(heads: Heads) -> dict[str, Any]:
     """What the card and the logs say about an ensemble."""
     return {"heads": int(heads.theta.shape[0]), "features": int(heads.theta.shape[1]), "length": heads.length,
-            "l2": heads.l2, "l2_log10": round(math.log10(heads.l2), 2) if heads.l2 > 0 else None}
+            "l2": heads.l2, "length_weight": round(float(np.mean(heads.length_weight)), 3)}
 
 
 # ---------------------------------------------------------------- the round's model
@@ -267,7 +282,7 @@ class HeadsModel:
     def untrained(self, seed: int = 0) -> "HeadsModel":
         """The same backbone and standardisation with random heads: the reward card's "untrained" row."""
         theta = np.random.default_rng(seed).normal(size=self.heads.theta.shape) / math.sqrt(self.heads.theta.shape[1])
-        return HeadsModel(self.backbone, self.tokenizer, dataclasses.replace(self.heads, theta=theta), self.max_length)
+        return HeadsModel(self.backbone, self.tokenizer, dataclasses.replace(self.heads, theta=theta, length_weight=np.zeros(len(theta))), self.max_length)
 
     def save_pretrained(self, folder: Path, **_) -> None:
         self.heads.save(folder)
