@@ -29,7 +29,8 @@ class Version:
     created_at: dt.datetime
 
 
-def _record(row: ModelVersion) -> Version:
+def from_row(row: ModelVersion) -> Version:
+    """A stored row as a `Version` record (for the storage modules that join versions)."""
     return Version(id=row.id, kind=row.kind, method=row.method, parent_id=row.parent_id, path=row.path,
                    config=row.config, judgment_ids=row.judgment_ids, metrics=row.metrics,
                    is_current=row.is_current, created_at=row.created_at)
@@ -65,7 +66,7 @@ def get_version(version_id: str) -> Version | None:
     """The version `version_id`, or None when there is none."""
     with db.session() as s:
         row = s.get(ModelVersion, version_id)
-        return _record(row) if row is not None else None
+        return from_row(row) if row is not None else None
 
 
 def list_versions(kind: str | None = None) -> list[Version]:
@@ -74,7 +75,7 @@ def list_versions(kind: str | None = None) -> list[Version]:
     if kind:
         stmt = stmt.where(ModelVersion.kind == kind)
     with db.session() as s:
-        return [_record(row) for row in s.scalars(stmt)]
+        return [from_row(row) for row in s.scalars(stmt)]
 
 
 def policy_ids_newest_first() -> list[str]:
@@ -98,8 +99,8 @@ def make_current(version_id: str, if_current: str | None = None) -> tuple[Versio
         db.serialize(s, "set_current")  # the read of the current version and the switch, alone
         row = s.get(ModelVersion, version_id)
         if row is None or row.kind != "policy":
-            return (_record(row) if row is not None else None), False
-        before = _record(row)
+            return (from_row(row) if row is not None else None), False
+        before = from_row(row)
         current = list(s.scalars(select(ModelVersion).where(ModelVersion.is_current)))
         if if_current is not None and [c.id for c in current] != [if_current]:
             return before, False
@@ -119,7 +120,7 @@ def chain(version_id: str | None, limit: int) -> list[Version]:
             row = s.get(ModelVersion, version_id)
         out = []
         while row is not None and len(out) < limit:
-            out.append(_record(row))
+            out.append(from_row(row))
             row = s.get(ModelVersion, row.parent_id) if row.parent_id else None
         return out
 
