@@ -11,7 +11,6 @@ import functools
 import hashlib
 import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event, select, text
@@ -20,17 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labeling.migrations import MIGRATIONS
 from labeling.models import SCHEMA_VERSION, Base, Meta
+from labeling.workspace import home
 
 
 class SchemaError(RuntimeError):
     pass
-
-
-def home() -> Path:
-    """The workspace folder, created when missing."""
-    path = Path(os.environ.get("PREFLOOP_HOME", "workspace")).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def database_url() -> str:

@@ -314,6 +314,13 @@ def _get_or_create_response(session: Session, prompt_id: int, body: str, version
     return response
 
 
+def add_generated_pairs(pairs: Iterable[tuple[int, str, str, Any, Any]], kind: str = "label") -> int:
+    """Store generated pairs, each (prompt_id, text_a, text_b, model_version, generation) as for
+    `add_generated_pair`, in one transaction. Returns how many were new and stored."""
+    with db.session() as s:
+        return sum(add_generated_pair(s, *pair, kind=kind) is not None for pair in pairs)
+
+
 def add_generated_pair(session: Session, prompt_id: int, text_a: str, text_b: str,
                        model_version: str | tuple[str, str], generation: dict | tuple[dict, dict] | None,
                        kind: str = "label") -> Pair | None:

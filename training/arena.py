@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from labeling import db
-from labeling.store import add_generated_pair
+from labeling.store import add_generated_pairs
 from training.rounds import NotReady
 
 
@@ -97,12 +96,8 @@ def run_arena(config: ArenaConfig, reporter) -> dict[str, Any]:
                 "max_new_tokens": config.max_new_tokens, "reward_version": reward_id}
     scores = {v: _scores(scorer, base_model, tokenizer, messages, texts[v], settings) for v in (a, b)}
     reporter.step(3)
-    stored = 0
-    with db.session() as s:
-        for k, (prompt_id, _) in enumerate(prompts):
-            pair = add_generated_pair(s, prompt_id, texts[a][k], texts[b][k], (a, b),
-                                      (scores[a][k], scores[b][k]), kind="arena")
-            stored += pair is not None
+    stored = add_generated_pairs([(prompt_id, texts[a][k], texts[b][k], (a, b), (scores[a][k], scores[b][k]))
+                                  for k, (prompt_id, _) in enumerate(prompts)], kind="arena")
     reporter.step(4, {"pairs": stored})
     # skipped: an answer was empty, both were the same, or the pair was stored by an earlier run
     return {"pairs": stored, "skipped": len(prompts) - stored, "version_a": a, "version_b": b,

@@ -10,17 +10,15 @@ whole vocabulary at each sampled position, which is never negative (the sampled-
 Σ_t log π_v(y_t) − log π_base(y_t) drew short rounds at KL −0.04). It and the reward are reported
 with standard errors clustered by prompt (K samples of one prompt are not K independent draws),
 and the same sum divided by the token count is the per-token value. Reward is the
-chosen reward version's mean score. Points are stored (`EvalPoint`) and drawn as a PNG.
+chosen reward version's mean score. Points are stored (`labeling.eval_points`) and drawn as a PNG.
 """
 from __future__ import annotations
 
 from dataclasses import asdict
 
 import torch
-from sqlalchemy import select
 
-from labeling import db
-from labeling.models import EvalPoint, Prompt
+from labeling import eval_points, prompts as stored_prompts
 from labeling.paired import clustered_mean_se
 from training import jobs, sampling
 from training.losses import exact_kl, token_logprobs
@@ -59,13 +57,7 @@ def sample(model, tokenizer, prompts: list[list[dict]], samples: int, max_new_to
 
 def heldout_prompts(n: int) -> list[tuple[int, list[dict]]]:
     """The first `n` held-out prompts by id (train prompts fill in when too few are held out)."""
-    with db.session() as s:
-        rows = list(s.execute(select(Prompt.id, Prompt.messages).where(Prompt.split == "heldout")
-                              .order_by(Prompt.id).limit(n)))
-        if len(rows) < n:
-            rows += list(s.execute(select(Prompt.id, Prompt.messages).where(Prompt.split == "train")
-                                   .order_by(Prompt.id).limit(n - len(rows))))
-    return [(r[0], r[1]) for r in rows]
+    return stored_prompts.heldout_prompts(n)
 
 
 class EvaluationError(NotReady):
@@ -149,9 +141,8 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
     prompts = heldout_prompts(config.prompts)
     if not prompts:
         raise EvaluationError("There are no prompts to evaluate on: import prompts or pairs first.")
-    with db.session() as s:  # heldout_prompts fills in with training prompts when too few are held out
-        train_prompts = len(prompts) - len(set(s.scalars(select(Prompt.id).where(
-            Prompt.id.in_([i for i, _ in prompts]), Prompt.split == "heldout"))))
+    # heldout_prompts fills in with training prompts when too few are held out
+    train_prompts = len(prompts) - stored_prompts.count_heldout([i for i, _ in prompts])
     scorer = reward.load_scorer(reward_id)
     base, tokenizer = models.load_policy(base_id)
     base.eval()
@@ -170,10 +161,8 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
         details = {"prompt_ids": [i for i, _ in prompts], "train_prompts": train_prompts, "config": asdict(config),
                    "samples": m["samples"], "mean_tokens": m["mean_tokens"], "example": m["example"],
                    "base_logp_per_token": m["base_logp_per_token"], "per_sample": m["per_sample"]}
-        with db.session() as s:
-            s.add(EvalPoint(version_id=version_id, reward_version_id=reward_id, reward=m["reward"],
-                            reward_se=m["reward_se"], kl=m["kl"], kl_se=m["kl_se"],
-                            kl_per_token=m["kl_per_token"], details=details))
+        eval_points.add_point(version_id, reward_id, m["reward"], m["reward_se"], m["kl"], m["kl_se"],
+                              m["kl_per_token"], details)
         stored.append({"version": version_id, **{k: m[k] for k in ("reward", "reward_se", "kl", "kl_se", "kl_per_token")}})
         reporter.step(step, {"reward": m["reward"], "kl": m["kl"]})
     plot = points.plot_reward_vs_kl(points.latest_points(reward_id), points.plot_path())

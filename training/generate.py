@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from labeling import db
 from training import jobs
 
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
@@ -136,16 +135,9 @@ def _sample_pairs(model, tokenizer, texts, batch: list[int], settings: dict, see
 
 def pick_prompts(n: int) -> list[tuple[int, list[dict]]]:
     """(id, messages) of `n` training prompts, those with the fewest labeling pairs first."""
-    from sqlalchemy import func, select
+    from labeling import prompts
 
-    from labeling.models import Pair, Prompt
-
-    pairs = (select(Pair.prompt_id, func.count(Pair.id).label("n")).where(Pair.kind == "label")
-             .group_by(Pair.prompt_id).subquery())
-    stmt = (select(Prompt.id, Prompt.messages).outerjoin(pairs, pairs.c.prompt_id == Prompt.id)
-            .where(Prompt.split == "train").order_by(func.coalesce(pairs.c.n, 0), Prompt.id).limit(n))
-    with db.session() as s:
-        return [(row.id, row.messages) for row in s.execute(stmt)]
+    return prompts.least_paired_prompts(n)
 
 
 def side_settings(settings: dict) -> tuple[dict, dict]:
@@ -180,10 +172,8 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
                                seed=seed + step * 1000)
         seconds += time.perf_counter() - t0
         tokens += sum(p[2]["tokens_a"] + p[2]["tokens_b"] for p in pairs)
-        with db.session() as s:
-            for a, b, settings in pairs:
-                prompt_id = chosen[chunk[settings["prompt_index"]]][0]
-                stored += store.add_generated_pair(s, prompt_id, a, b, version, side_settings(settings)) is not None
+        stored += store.add_generated_pairs([(chosen[chunk[settings["prompt_index"]]][0], a, b, version,
+                                              side_settings(settings)) for a, b, settings in pairs])
         reporter.step(step, {"pairs": stored, "tokens_per_s": tokens / max(seconds, 1e-9)})
     return {"pairs": stored, "tokens_per_s": round(tokens / max(seconds, 1e-9), 2), "prompts": len(chosen),
             "version": version, "seed": seed}
@@ -238,11 +228,8 @@ def ensure_pairs_waiting(min_waiting: int = 20, waiting: int | None = None) -> i
 
 def _failed_recently() -> bool:
     """The last generation job failed less than RETRY_AFTER_FAILURE ago (its error is on the Jobs view)."""
-    from sqlalchemy import select
+    from labeling import runs
 
-    from labeling.models import Job, utcnow
-
-    with db.session() as s:
-        last = s.scalar(select(Job).where(Job.kind == "generate").order_by(Job.id.desc()).limit(1))
-        return bool(last and last.status == "failed" and last.finished_at
-                    and utcnow() - last.finished_at < RETRY_AFTER_FAILURE)
+    last = runs.last_job("generate")
+    return bool(last and last.status == "failed" and last.finished_at
+                and runs.utcnow() - last.finished_at < RETRY_AFTER_FAILURE)

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
-from sqlalchemy import func, select
 
-from labeling import db
-from labeling.models import Job, JobMetric, utcnow
+from labeling import runs
+from labeling.runs import ACTIVE, Job, utcnow
+from labeling.workspace import home
 from training import registry
 
-ACTIVE = ("queued", "running")
 OTHER_HEAVY_KINDS = ("generate", "evaluate", "sweep", "arena")  # besides every round; an export is light
 STALE_AFTER = dt.timedelta(seconds=120)
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,16 +93,11 @@ def _is_zombie(pid: int) -> bool:
 
 def refresh_stale() -> int:
     """Mark as failed the active jobs whose worker is gone. Returns how many were marked."""
-    now = utcnow()
-    marked = 0
-    with db.session() as s:
-        for job in s.scalars(select(Job).where(Job.status.in_(ACTIVE))):
-            # a worker's pid is stored when it is spawned; before that only the age can tell
-            gone = not _pid_alive(job.pid) if job.pid else now - job.created_at > STALE_AFTER
-            if gone:
-                job.status, job.finished_at = "failed", now
-                job.error = job.error or "The worker process stopped without reporting (killed or out of memory)."
-                marked += 1
+    def gone(job: Job, now: dt.datetime) -> bool:
+        # a worker's pid is stored when it is spawned; before that only the age can tell
+        return not _pid_alive(job.pid) if job.pid else now - job.created_at > STALE_AFTER
+
+    marked = runs.fail_active_jobs(gone, "The worker process stopped without reporting (killed or out of memory).")
     if marked:
         _remove_partial_versions()
     return marked
@@ -127,13 +121,9 @@ def heavy_kinds() -> tuple[str, ...]:
     return (*registry.ROUNDS, *OTHER_HEAVY_KINDS)
 
 
-def _active_heavy():
-    return select(Job).where(Job.status.in_(ACTIVE), Job.kind.in_(heavy_kinds()))
-
-
 def active_jobs_rows() -> list[Job]:
-    with db.session() as s:
-        return list(s.scalars(_active_heavy()))
+    """Heavy jobs queued or running, as stored (dead workers not looked for)."""
+    return runs.active_jobs(heavy_kinds())
 
 
 def active_jobs() -> list[Job]:
@@ -145,19 +135,15 @@ def active_jobs() -> list[Job]:
 def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> int:
     """Queue a job of `kind` with `config` and spawn its worker. Returns the job id."""
     refresh_stale()
-    with db.session() as s:
-        # the check and the insert in one serialized transaction, so two pages clicking at the same
-        # moment cannot both start a heavy job
-        db.serialize(s, "start_job")
-        busy = s.scalars(_active_heavy().limit(1)).first()
-        if busy:
-            raise JobError(f"Job #{busy.id} ({busy.kind}) is still {busy.status}; "
-                           "wait for it to finish or cancel it first.")
-        job = Job(kind=kind, status="queued", config=config)
-        s.add(job)
-        s.flush()
-        job_id = job.id
-    folder = db.home() / "jobs" / str(job_id)
+    try:
+        # the check and the insert are serialized, so two pages clicking at the same moment cannot
+        # both start a heavy job
+        job_id = runs.queue_job(kind, config, unless_active=heavy_kinds())
+    except runs.Busy as exc:
+        busy = exc.job
+        raise JobError(f"Job #{busy.id} ({busy.kind}) is still {busy.status}; "
+                       "wait for it to finish or cancel it first.") from None
+    folder = home() / "jobs" / str(job_id)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -170,22 +156,18 @@ def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> 
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=lower_priority,
         )
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        job.pid, job.log_path, job.heartbeat_at = proc.pid, str(log_path), utcnow()
+    runs.set_worker(job_id, proc.pid, str(log_path))
     return job_id
 
 
 def cancel(job_id: int) -> None:
     """Cancel a queued or running job: the worker stops at its next step, or is terminated."""
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise JobError(f"There is no job #{job_id}.")
-        if job.status not in ACTIVE:
-            raise JobError(f"Job #{job_id} is already {job.status}.")
-        job.status, job.finished_at = "cancelled", utcnow()
-        pid = job.pid
+    job = runs.cancel_job(job_id)
+    if job is None:
+        raise JobError(f"There is no job #{job_id}.")
+    if job.status not in ACTIVE:
+        raise JobError(f"Job #{job_id} is already {job.status}.")
+    pid = job.pid
     if _pid_alive(pid):
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -194,22 +176,20 @@ def cancel(job_id: int) -> None:
 
 
 def get_job(job_id: int) -> Job | None:
+    """Job `job_id` (None when there is none), after marking dead workers as failed."""
     refresh_stale()
-    with db.session() as s:
-        return s.get(Job, job_id)
+    return runs.get_job(job_id)
 
 
 def list_jobs(limit: int = 50) -> list[Job]:
+    """The newest `limit` jobs, newest first, after marking dead workers as failed."""
     refresh_stale()
-    with db.session() as s:
-        return list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+    return runs.list_jobs(limit)
 
 
 def job_metrics(job_id: int) -> list[dict[str, Any]]:
     """Per-step metrics of a job as rows {"step": n, name: value, ...}, in step order."""
-    with db.session() as s:
-        rows = s.scalars(select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.id))
-        return [{"step": m.step, **m.values} for m in rows]
+    return runs.job_metrics(job_id)
 
 
 def eta_seconds(job: Job) -> float | None:
@@ -218,10 +198,7 @@ def eta_seconds(job: Job) -> float | None:
     Before a second step is logged, from the time since the job started."""
     if not job.started_at or not job.total_steps or job.step <= 0:
         return None
-    with db.session() as s:
-        first, last, first_at, last_at = s.execute(
-            select(func.min(JobMetric.step), func.max(JobMetric.step), func.min(JobMetric.created_at),
-                   func.max(JobMetric.created_at)).where(JobMetric.job_id == job.id)).one()
+    first, last, first_at, last_at = runs.metric_span(job.id)
     if first is not None and last > first:
         per_step = (last_at - first_at).total_seconds() / (last - first)
     else:
@@ -239,13 +216,8 @@ class Reporter:
         self.total = total_steps
         if self.job_id is None:
             return
-        with db.session() as s:
-            job = s.get(Job, self.job_id)
-            if job.status == "cancelled":
-                raise Cancelled(f"job {self.job_id} was cancelled")
-            job.status, job.total_steps = "running", total_steps
-            job.started_at = job.started_at or utcnow()
-            job.heartbeat_at, job.pid = utcnow(), os.getpid()
+        if not runs.start_run(self.job_id, total_steps, os.getpid()):
+            raise Cancelled(f"job {self.job_id} was cancelled")
 
     def step(self, step: int, metrics: dict[str, float] | None = None) -> None:
         """Record `metrics` at `step`; raise `Cancelled` when the job was cancelled meanwhile."""
@@ -255,22 +227,13 @@ class Reporter:
                 print(f"step {step}/{self.total}: " + " ".join(f"{k}={v:.4g}" for k, v in clean.items()),
                       file=sys.stderr, flush=True)
             return
-        with db.session() as s:
-            job = s.get(Job, self.job_id)
-            if job.status == "cancelled":
-                raise Cancelled(f"job {self.job_id} was cancelled")
-            job.step, job.heartbeat_at = step, utcnow()
-            if clean:
-                s.add(JobMetric(job_id=self.job_id, step=step, values=clean))
+        if not runs.record_step(self.job_id, step, clean):
+            raise Cancelled(f"job {self.job_id} was cancelled")
 
     def finish(self, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> None:
         if self.job_id is None:
             return
-        with db.session() as s:
-            job = s.get(Job, self.job_id)
-            if job.status != "cancelled":
-                job.status = status
-            job.result, job.error, job.finished_at = result, error, utcnow()
+        runs.finish_job(self.job_id, status, result, error)
 
 
 @contextmanager

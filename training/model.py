@@ -25,7 +25,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labeling import db
+from labeling import model_versions
+from labeling.workspace import home
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +117,7 @@ def default_gguf() -> Path:
 
 
 def converted_model_dir() -> Path:
-    return db.home() / "models" / "base"
+    return home() / "models" / "base"
 
 
 def _is_complete(folder: Path) -> bool:
@@ -212,29 +213,16 @@ def load_model(folder: Path, dtype: "torch.dtype | None" = None):
 
 def _version_rows(version_id: str | None) -> list[dict]:
     """The lineage of a policy version as plain dicts, base first. [] means the plain base model."""
-    from sqlalchemy import select
-
-    from labeling.models import ModelVersion
-
-    with db.session() as s:
-        if version_id is None:
-            row = s.scalar(select(ModelVersion).where(ModelVersion.is_current, ModelVersion.kind == "policy"))
-            if row is None:
-                return []
-        else:
-            row = s.get(ModelVersion, version_id)
-            if row is None:
-                if version_id == "base":
-                    return []
-                raise ModelPathError(f"There is no model version '{version_id}'; list the versions with "
-                                     f"`python -m training versions`.")
-        if row.kind != "policy":
-            raise ModelPathError(f"Model version '{row.id}' is a {row.kind} model, not a policy; pick a policy version.")
-        chain = []
-        while row is not None and len(chain) < MAX_LINEAGE:
-            chain.append({"id": row.id, "method": row.method, "path": row.path, "parent_id": row.parent_id})
-            row = s.get(ModelVersion, row.parent_id) if row.parent_id else None
-    return chain[::-1]
+    chain = model_versions.chain(version_id, MAX_LINEAGE)
+    if not chain:
+        if version_id is None or version_id == "base":
+            return []
+        raise ModelPathError(f"There is no model version '{version_id}'; list the versions with "
+                             f"`python -m training versions`.")
+    if chain[0].kind != "policy":
+        raise ModelPathError(f"Model version '{chain[0].id}' is a {chain[0].kind} model, not a policy; "
+                             f"pick a policy version.")
+    return [{"id": row.id, "method": row.method, "path": row.path, "parent_id": row.parent_id} for row in chain[::-1]]
 
 
 def _folder_kind(folder: Path, version_id: str) -> str:

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
-
-from labeling import db
-from labeling.models import EvalPoint, ModelVersion
+from labeling import eval_points, model_versions, runs
+from labeling.workspace import home
 from training import registry
 
 
 def plot_path() -> Path:
-    return db.home() / "plots" / "reward_vs_kl.png"
+    return home() / "plots" / "reward_vs_kl.png"
 
 
 def trained_versions() -> list[str]:
     """Ids of the policy versions, newest first."""
-    with db.session() as s:
-        return list(s.scalars(select(ModelVersion.id).where(ModelVersion.kind == "policy")
-                              .order_by(ModelVersion.created_at.desc())))
+    return model_versions.policy_ids_newest_first()
 
 
 def latest_points(reward_version: str | None = None) -> list[dict]:
@@ -27,26 +23,22 @@ def latest_points(reward_version: str | None = None) -> list[dict]:
 
     With `reward_version` only points scored by that reward model are returned; otherwise the newest
     point per version whatever scored it (the `reward_version` column tells them apart)."""
-    query = select(EvalPoint, ModelVersion).join(ModelVersion, EvalPoint.version_id == ModelVersion.id)
-    if reward_version:
-        query = query.where(EvalPoint.reward_version_id == reward_version)
     newest: dict[str, dict] = {}
-    with db.session() as s:
-        for point, version in s.execute(query.order_by(EvalPoint.id)):
-            config = version.config or {}
-            # PPO optimised this very reward model: its score here is in-sample, not a held-out measure
-            trained_on = (version.metrics or {}).get("reward_version") if version.method == "ppo" else None
-            newest[point.version_id] = {
-                "in_sample": trained_on is not None and trained_on == point.reward_version_id,
-                "version": point.version_id, "method": version.method, "parent": version.parent_id,
-                "beta": config.get("beta"), "sweep": config.get("sweep"),
-                "reward": point.reward, "reward_se": point.reward_se or 0.0,
-                "kl": point.kl, "kl_se": point.kl_se or 0.0, "kl_per_token": point.kl_per_token,
-                "reward_version": point.reward_version_id, "samples": (point.details or {}).get("samples"),
-                "mean_tokens": (point.details or {}).get("mean_tokens"),  # answer length, for the table
-                "train_prompts": (point.details or {}).get("train_prompts", 0),  # not held out
-                "measured_at": point.created_at.isoformat(timespec="seconds"),
-            }
+    for point, version in eval_points.points_with_versions(reward_version):
+        config = version.config or {}
+        # PPO optimised this very reward model: its score here is in-sample, not a held-out measure
+        trained_on = (version.metrics or {}).get("reward_version") if version.method == "ppo" else None
+        newest[point.version_id] = {
+            "in_sample": trained_on is not None and trained_on == point.reward_version_id,
+            "version": point.version_id, "method": version.method, "parent": version.parent_id,
+            "beta": config.get("beta"), "sweep": config.get("sweep"),
+            "reward": point.reward, "reward_se": point.reward_se or 0.0,
+            "kl": point.kl, "kl_se": point.kl_se or 0.0, "kl_per_token": point.kl_per_token,
+            "reward_version": point.reward_version_id, "samples": (point.details or {}).get("samples"),
+            "mean_tokens": (point.details or {}).get("mean_tokens"),  # answer length, for the table
+            "train_prompts": (point.details or {}).get("train_prompts", 0),  # not held out
+            "measured_at": point.created_at.isoformat(timespec="seconds"),
+        }
     return sorted(newest.values(), key=lambda p: p["kl"])
 
 
@@ -104,25 +96,14 @@ def plot_reward_vs_kl(points: list[dict], path: Path) -> Path:
 
 def training_curves(version_id: str) -> list[dict]:
     """Per-step metrics of the job that trained `version_id` (empty when it was trained elsewhere)."""
-    from labeling.models import Job, JobMetric
-
-    with db.session() as s:
-        for job in s.scalars(select(Job).where(Job.status == "done").order_by(Job.id.desc())):
-            if (job.result or {}).get("version") == version_id:
-                rows = s.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id))
-                return [{"step": m.step, **m.values} for m in rows]
-    return []
+    return runs.training_curves(version_id)
 
 
 def newest_point(version_id: str, reward_version: str | None = None) -> dict | None:
     """The newest measured point of a version (optionally scored by one reward model), details included."""
-    query = select(EvalPoint).where(EvalPoint.version_id == version_id)
-    if reward_version:
-        query = query.where(EvalPoint.reward_version_id == reward_version)
-    with db.session() as s:
-        point = s.scalar(query.order_by(EvalPoint.id.desc()).limit(1))
-        if point is None:
-            return None
-        return {"version": version_id, "reward_version": point.reward_version_id, "reward": point.reward,
-                "reward_se": point.reward_se or 0.0, "kl": point.kl, "kl_se": point.kl_se or 0.0,
-                "details": dict(point.details or {})}
+    point = eval_points.newest_point(version_id, reward_version)
+    if point is None:
+        return None
+    return {"version": version_id, "reward_version": point.reward_version_id, "reward": point.reward,
+            "reward_se": point.reward_se or 0.0, "kl": point.kl, "kl_se": point.kl_se or 0.0,
+            "details": dict(point.details or {})}

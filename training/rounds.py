@@ -99,29 +99,16 @@ def needs_reward_model(what: str) -> Callable[[Any], str | None]:
 
 def load_train_prompts(max_prompts: int | None) -> list[list[dict]]:
     """Messages of the prompts in the "train" split, oldest first."""
-    from sqlalchemy import select
+    from labeling import prompts
 
-    from labeling import db
-    from labeling.models import Prompt
-
-    query = select(Prompt.messages).where(Prompt.split == "train").order_by(Prompt.id)
-    if max_prompts:
-        query = query.limit(max_prompts)
-    with db.session() as s:
-        return list(s.scalars(query))
+    return prompts.train_prompts(max_prompts)
 
 
 def _judgments_of(pair_ids: set[int], allowed: list[int]) -> list[int]:
     """The exported judgment ids that belong to `pair_ids`."""
-    from sqlalchemy import select
+    from labeling import pairs
 
-    from labeling import db
-    from labeling.models import Judgment
-
-    allowed_set = set(allowed)
-    with db.session() as s:
-        rows = s.execute(select(Judgment.id, Judgment.pair_id).where(Judgment.pair_id.in_(pair_ids)))
-        return sorted(jid for jid, _ in rows if jid in allowed_set)
+    return pairs.judgments_of(pair_ids, allowed)
 
 
 def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int,

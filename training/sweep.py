@@ -12,8 +12,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from labeling import db
-from labeling.models import ModelVersion
+from labeling import model_versions
 from training import jobs, registry
 from training.cli import LIMITS, limit_field
 from training.rounds import NotReady
@@ -75,12 +74,6 @@ class StageReporter:
         self.reporter.step(self.index * self.STEPS + round(done * self.STEPS), metrics)
 
 
-def _tag(version_id: str, sweep: str) -> None:
-    with db.session() as s:
-        row = s.get(ModelVersion, version_id)
-        row.config = {**(row.config or {}), "sweep": sweep}
-
-
 def _round(method: str, beta: float, config: SweepConfig, reporter) -> dict[str, Any]:
     """One round at `beta` from the current policy, not made current. The round's `sweep` mapping
     names the config field each sweep setting sets; the limits it does not map cap the run."""
@@ -104,7 +97,7 @@ def run_sweep(config: SweepConfig, reporter: jobs.Reporter | None = None) -> dic
     made = []
     for beta in betas:
         result = _round(config.method, beta, config, stages.next_stage())
-        _tag(result["version"], sweep)
+        model_versions.add_to_config(result["version"], {"sweep": sweep})
         made.append(result["version"])
     base = versions.ensure_base_version()
     ids = list(dict.fromkeys([base, start, *made]))

@@ -1,7 +1,7 @@
 """Model versions: every trained artefact (policy or reward model) with its lineage.
 
-A version is a row (`labeling.models.ModelVersion`: id, kind, method, parent, config, the exact
-judgment ids it trained on, metrics, time) and a folder `$PREFLOOP_HOME/versions/<id>` holding a
+A version is a stored record (`labeling.model_versions.Version`: id, kind, method, parent, config,
+the exact judgment ids it trained on, metrics, time) and a folder `$PREFLOOP_HOME/versions/<id>` holding a
 LoRA adapter or weights as safetensors, with the tokenizer. The folder is written as
 `versions/.tmp-<id>` and renamed only once complete, and the row is committed only after the
 rename, so a crash never leaves half a version. The base model is version 1 (method "base"), whose
@@ -24,10 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import select
-
-from labeling import db
-from labeling.models import ModelVersion
+from labeling import model_versions
+from labeling.model_versions import Version
+from labeling.workspace import home
 from training import registry
 
 
@@ -36,15 +35,14 @@ class VersionError(RuntimeError):
 
 
 def versions_root() -> Path:
-    path = db.home() / "versions"
+    path = home() / "versions"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _next_id(s, method: str) -> str:
-    """v<n>-<method> with n one more than the highest number used so far (rows or folders)."""
-    numbers = [int(m.group(1)) for vid in s.scalars(select(ModelVersion.id))
-               if (m := re.match(r"v(\d+)-", vid))]
+def _next_id(ids: list[str], method: str) -> str:
+    """v<n>-<method> with n one more than the highest number used so far (`ids` or folders)."""
+    numbers = [int(m.group(1)) for vid in ids if (m := re.match(r"v(\d+)-", vid))]
     numbers += [int(m.group(1)) for p in versions_root().iterdir() if (m := re.match(r"(?:\.tmp-)?v(\d+)-", p.name))]
     return f"v{max(numbers, default=0) + 1}-{method}"
 
@@ -62,8 +60,7 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
         raise VersionError(f"A '{method}' version must be of kind '{registry.version_kind(method)}', not '{kind}'.")
     if parent_id is not None and get_version(parent_id) is None:
         raise VersionError(f"The parent version '{parent_id}' does not exist.")
-    with db.session() as s:
-        version_id = _next_id(s, method)
+    version_id = _next_id(model_versions.version_ids(), method)
     tmp, final = versions_root() / f".tmp-{version_id}", versions_root() / version_id
     tmp.mkdir()
     try:
@@ -73,9 +70,8 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
-        with db.session() as s:
-            s.add(ModelVersion(id=version_id, kind=kind, method=method, parent_id=parent_id, path=str(final),
-                               config=config, judgment_ids=sorted(judgment_ids or []), metrics=metrics))
+        model_versions.add_version(version_id, kind, method, parent_id, str(final), config,
+                                   sorted(judgment_ids or []), metrics)
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         raise
@@ -89,36 +85,26 @@ def ensure_base_version() -> str:
     from training.model import base_model_path  # converts the default model on first use
 
     path = str(Path(base_model_path()).resolve())
-    with db.session() as s:
-        row = s.scalar(select(ModelVersion).where(ModelVersion.method == "base", ModelVersion.path == path))
-        if row is None:
-            row = ModelVersion(id=_next_id(s, "base"), kind="policy", method="base", path=path, config=None,
-                               judgment_ids=[], metrics=None)
-            s.add(row)
-        version_id = row.id
+    version_id = model_versions.base_version_id(path, lambda ids: _next_id(ids, "base"))
     if current_policy_id() is None:
         set_current(version_id)
     return version_id
 
 
-def get_version(version_id: str) -> ModelVersion | None:
-    with db.session() as s:
-        return s.get(ModelVersion, version_id)
+def get_version(version_id: str) -> Version | None:
+    """The stored version `version_id`, or None."""
+    return model_versions.get_version(version_id)
 
 
-def list_versions(kind: str | None = None) -> list[ModelVersion]:
+def list_versions(kind: str | None = None) -> list[Version]:
     """All versions (of one kind), oldest first."""
-    stmt = select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.id)
-    if kind:
-        stmt = stmt.where(ModelVersion.kind == kind)
-    with db.session() as s:
-        return list(s.scalars(stmt))
+    return model_versions.list_versions(kind)
 
 
 METHOD_WORDS = {"base": "base model", "dpo": "DPO", "ppo": "PPO", "reward": "reward model"}
 
 
-def describe(row: ModelVersion) -> str:
+def describe(row: Version) -> str:
     """A version as a select box shows it: name, method, parent and date.
 
     "v3-dpo · DPO from v1-base · 2026-11-24 05:10 · current"."""
@@ -132,28 +118,20 @@ def version_labels(kind: str | None = "policy") -> dict[str, str]:
 
 
 def current_policy_id() -> str | None:
-    with db.session() as s:
-        return s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current))
+    """The current policy's id, or None."""
+    return model_versions.current_policy_id()
 
 
 def set_current(version_id: str, if_current: str | None = None) -> bool:
     """Make a policy version the one generation uses (rollback = an older one). With `if_current`,
     only while that version is still current (a round finishing after someone rolled back leaves
     their choice alone); returns whether `version_id` was made current."""
-    with db.session() as s:
-        db.serialize(s, "set_current")  # the read of the current version and the switch, alone
-        row = s.get(ModelVersion, version_id)
-        if row is None:
-            raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
-        if row.kind != "policy":
-            raise VersionError(f"Version '{version_id}' is a {row.kind} model; only a policy can be current.")
-        current = list(s.scalars(select(ModelVersion).where(ModelVersion.is_current)))
-        if if_current is not None and [c.id for c in current] != [if_current]:
-            return False
-        for other in current:
-            other.is_current = False
-        row.is_current = True
-    return True
+    row, made = model_versions.make_current(version_id, if_current)
+    if row is None:
+        raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
+    if row.kind != "policy":
+        raise VersionError(f"Version '{version_id}' is a {row.kind} model; only a policy can be current.")
+    return made
 
 
 def latest_reward_id() -> str | None:
@@ -161,9 +139,9 @@ def latest_reward_id() -> str | None:
     return rewards[-1].id if rewards else None
 
 
-def lineage(version_id: str) -> list[ModelVersion]:
+def lineage(version_id: str) -> list[Version]:
     """The chain from the base version to `version_id`, base first."""
-    chain: list[ModelVersion] = []
+    chain: list[Version] = []
     row = get_version(version_id)
     if row is None:
         raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
@@ -173,7 +151,8 @@ def lineage(version_id: str) -> list[ModelVersion]:
     return chain[::-1]
 
 
-def as_dict(row: ModelVersion) -> dict[str, Any]:
+def as_dict(row: Version) -> dict[str, Any]:
+    """A version as the CLI prints it: a JSON-ready dict, the judgments counted."""
     return {"id": row.id, "kind": row.kind, "method": row.method, "parent_id": row.parent_id,
             "path": row.path, "is_current": row.is_current, "created_at": row.created_at.isoformat(),
             "judgments": len(row.judgment_ids or []), "config": row.config, "metrics": row.metrics}
