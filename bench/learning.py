@@ -420,7 +420,7 @@ def main(argv=None) -> int:
         plot(results_from_logs(args.logs), args.plot or "learning.png")
         return 0
     if args.quick:
-        args.labels, args.rounds, args.heldout, args.samples = min(args.labels, 48), min(args.rounds, 2), 6, 2
+        args.labels, args.rounds, args.heldout, args.samples = min(args.labels, 48), min(args.rounds, 2), 16, 4
         args.max_new_tokens = min(args.max_new_tokens, 16)
         args.set = ["ppo.steps=2", "reward.epochs=1"] + args.set
     tastes = args.taste or ["concise", "plain"]

@@ -1,7 +1,7 @@
 """Which reward model ranks answers better than their length does, on conversations it never saw?
 
-    python bench/reward.py [--max-hh N] [--folds 5] [--backbones minilm policy] [--finetune]
-                           [--home DIR] [--threads N]
+    python bench/reward.py [--max-hh 400] [--max-heldout 230] [--folds 5] [--backbones minilm policy]
+                           [--no-finetune] [--home DIR] [--threads N]
 
 Data: `../shared/data`, hh-rlhf harmless-base (split 80/20 by conversation) and the OpenAssistant
 trees (split into `--folds` folds by tree). Every option is trained on the hh training split plus
@@ -13,7 +13,7 @@ Options, side by side in one run:
   * frozen backbone + an ensemble of 8 linear Bradley-Terry heads (training/reward_heads.py), for
     the MiniLM encoder and for the policy's base model (SmolLM2), with length "free", "remove"
     (length-disentangled) or "keep", each with and without source-balanced weights;
-  * `--finetune`: the fully fine-tuned MiniLM (prefloop's reward round before this bench, TRL
+  * the fully fine-tuned MiniLM (prefloop's reward round before this bench, TRL
     RewardTrainer), on fold 0 only (it costs minutes per fold).
 Baselines on the same pairs: "longer wins" and "shorter wins". Reported per option: accuracy on
 OASST held out by tree and on hh held out, each with a 95 % interval clustered by conversation,
@@ -224,11 +224,12 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", nargs="+", default=["minilm", "policy"], choices=["minilm", "policy"])
-    parser.add_argument("--max-hh", type=int, default=800, help="hh training pairs (the held-out ones are all kept)")
-    parser.add_argument("--max-heldout", type=int, help="hh held-out pairs (default: every one)")
+    parser.add_argument("--max-hh", type=int, default=400, help="hh training pairs")
+    parser.add_argument("--max-heldout", type=int, default=230, help="hh held-out pairs")
     parser.add_argument("--folds", type=int, default=5, help="folds of OASST trees")
-    parser.add_argument("--max-length", type=int, default=384, help="tokens of prompt + response the backbone reads")
-    parser.add_argument("--finetune", action="store_true", help="also fine-tune MiniLM fully on fold 0 (minutes)")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens of prompt + response the backbone reads")
+    parser.add_argument("--no-finetune", dest="finetune", action="store_false",
+                        help="skip the fully fine-tuned MiniLM on fold 0 (minutes)")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
     parser.add_argument("--threads", type=int, help="torch threads (default: PREFLOOP_THREADS or every core)")
     args = parser.parse_args()

@@ -134,7 +134,7 @@ def test_a_bf16_policy_samples_and_its_reward_model_scores_into_fp32_on_the_host
     ids, mask = sampling.encode_chats(tokenizer, [[{"role": "user", "content": "Hi"}]])
     response, kept = sampling.sample(model, tokenizer, ids, mask, max_new_tokens=4, seed=0)
     assert response.shape[0] == 1 and kept.sum() >= 1
-    scorer_model, scorer_tokenizer, _ = reward.load_backbone(RewardRoundConfig(backbone="policy"))
+    scorer_model, scorer_tokenizer, _ = reward.load_backbone(RewardRoundConfig(backbone="policy", method="fine-tune"))
     trainable = {p.dtype for p in scorer_model.parameters() if p.requires_grad}
     frozen = {p.dtype for p in scorer_model.parameters() if not p.requires_grad}
     assert trainable == {torch.float32} and frozen == {torch.bfloat16}

@@ -18,7 +18,7 @@ def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
     # the tiny model needs a far larger step than SmolLM2's defaults
     assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "dpo,iterative",
-                          "--set", "dpo.learning_rate=0.02", "--set", "dpo.epochs=4", "--home", str(tmp_path)]) == 0
+                          "--set", "dpo.learning_rate=0.005", "--set", "dpo.epochs=8", "--home", str(tmp_path)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
     detail, summary = lines[-2]["tests.test_learning_bench:vowels"], lines[-1]
     assert detail["labels"]["judged"] == 48
@@ -26,8 +26,9 @@ def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
     dpo, last = detail["dpo"], detail["iterative"]["round 2"]
     for row in (dpo, last):
         assert row["kl"] > 0 and row["vs_base"]["low"] <= row["vs_base"]["win_rate"] <= row["vs_base"]["high"]
-    # measured: one round 0.75 [0.58, 0.92], two on-policy rounds 0.83 [0.67, 1.0]
-    assert dpo["vs_base"]["win_rate"] > 0.6 and last["vs_base"]["win_rate"] > 0.6
+    # measured (16 held-out prompts x 4 answers): one round 0.70 [0.59, 0.80], two on-policy rounds 1.0 [1.0, 1.0];
+    # other seeds: one round 0.43-0.70, two on-policy rounds 0.68-1.0 (one round on the tiny model is the weak arm)
+    assert dpo["vs_base"]["win_rate"] > 0.55 and last["vs_base"]["win_rate"] > 0.6 and last["vs_base"]["low"] > 0.5
     assert summary["tastes"]["tests.test_learning_bench:vowels"]["dpo"] == dpo["vs_base"]
 
 

@@ -9,7 +9,7 @@ from training.cli import form_fields
 
 BASIC = {  # what the Train form shows unfolded, per round
     ("training.dpo_config", "DPORoundConfig"): ["beta", "loss_type", "learning_rate", "epochs"],
-    ("training.reward_config", "RewardRoundConfig"): ["backbone", "learning_rate", "epochs"],
+    ("training.reward_config", "RewardRoundConfig"): ["backbone", "method", "length"],
     ("training.ppo_config", "PPOConfig"): ["learning_rate", "steps", "beta"],
 }
 
@@ -66,7 +66,7 @@ def test_the_defaults_are_unchanged_by_the_basic_marks():
     from training.reward_config import RewardRoundConfig
 
     assert (DPORoundConfig().beta, DPORoundConfig().learning_rate, DPORoundConfig().epochs) == (0.1, 5e-4, None)
-    assert (RewardRoundConfig().backbone, RewardRoundConfig().epochs) == ("minilm", 1.5)
+    assert (RewardRoundConfig().backbone, RewardRoundConfig().method, RewardRoundConfig().epochs) == ("policy", "heads", 1.5)
     assert (PPOConfig().steps, PPOConfig().beta, PPOConfig().learning_rate) == (20, 0.05, 1e-4)
 
 

@@ -14,11 +14,10 @@ DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 6e-5, "encoder": 6e-5}
 class RewardRoundConfig:
     """A Bradley-Terry reward model trained on the labeled pairs."""
 
-    backbone: str = field(default="minilm", metadata={"basic": True,
-        "help": "minilm: the small all-MiniLM-L6-v2 encoder, fully fine-tuned (the default: 0.66 held-out accuracy "
-                "on hh-rlhf after 13 minutes on 2 CPU cores, bench/reward.py); policy: the policy's base model with "
-                "LoRA and a scalar head, far slower per pair; encoder: the encoder in backbone_path, fully "
-                "fine-tuned like MiniLM.", "choices": BACKBONES})
+    backbone: str = field(default="policy", metadata={"basic": True, "choices": BACKBONES,
+        "help": "policy: the policy's base model (the default; with method heads it reads your labeled answers "
+                "best, bench/reward.py); minilm: the small all-MiniLM-L6-v2 encoder, about 4x quicker to read; "
+                "encoder: the encoder in backbone_path."})
     backbone_path: str = field(default="", metadata={
         "help": "With backbone encoder: a folder holding an encoder model (config.json and safetensors weights, "
                 "e.g. a BERT, DistilBERT or DeBERTa) and its tokenizer."})
@@ -29,13 +28,14 @@ class RewardRoundConfig:
                 "on a CPU."})
     heads: int = field(default=8, metadata={"min": 1, "help": "Heads in the ensemble (method heads): the first fits "
                                             "every pair, the others bootstrap resamples of the conversations."})
-    length: str = field(default="free", metadata={"choices": LENGTHS,
-        "help": "Method heads: free reads the features as they are; remove residualises them on the response's "
-                "length so the reward cannot follow length (for annotators who favour long answers without "
-                "meaning to); keep adds length as a feature of its own."})
-    learning_rate: float | None = field(default=None, metadata={"basic": True, "above": 0,
+    length: str = field(default="free", metadata={"basic": True, "choices": LENGTHS,
+        "help": "Method heads: free reads the features as they are; keep fits a length head beside a length-free "
+                "content head, so the reward weighs length exactly as your labels did; remove drops that length "
+                "head when scoring, so the reward ignores length (for annotators who favour long answers without "
+                "meaning to, and for PPO that should not learn to pad)."})
+    learning_rate: float | None = field(default=None, metadata={"above": 0,
         "help": "Method fine-tune: AdamW learning rate; empty = the backbone's default (1e-4 with LoRA, 6e-5 for MiniLM)."})
-    epochs: float = field(default=1.5, metadata={"basic": True, "above": 0, "help": "Method fine-tune: passes over the training pairs."})
+    epochs: float = field(default=1.5, metadata={"above": 0, "help": "Method fine-tune: passes over the training pairs."})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "Pairs per optimizer step (method fine-tune); "
                                                  "responses read at once (method heads)."})
     max_length: int = field(default=256, metadata={"min": 8,
