@@ -107,3 +107,24 @@ def test_unknown_length_mode_is_refused():
     chosen, rejected, chosen_len, rejected_len, groups = planted(10, 0, "content")
     with pytest.raises(ValueError, match="length must be one of"):
         reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, length="ignore")
+
+
+@pytest.mark.parametrize("kind", ["policy", "bert"])
+def test_features_pool_the_response_and_do_not_depend_on_the_batch(kind, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from tests import tiny_models
+
+    folder = (tiny_models.make_tiny_policy if kind == "policy" else tiny_models.make_tiny_bert)(tmp_path / kind)
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    prompt = [{"role": "user", "content": "What is the capital of France?"}]
+    responses = ["Paris.", "The capital of France is Paris, a city on the Seine.", "Paris."]
+    together = reward_heads.features(model, tokenizer, [prompt] * 3, responses, max_length=64, batch_size=3)
+    alone = np.stack([reward_heads.features(model, tokenizer, [prompt], [r], max_length=64)[0] for r in responses])
+    hidden = model.config.hidden_size
+    assert together.shape == (3, 3 * hidden)
+    np.testing.assert_allclose(together, alone, atol=1e-5)  # padding beside a longer answer changes nothing
+    np.testing.assert_array_equal(together[0], together[2])
+    assert not np.allclose(together[0], together[1])
