@@ -20,6 +20,8 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 run: $(STAMP)
+	# the base model is converted (about 30 s, once) before the server starts, not on the first page view
+	$(BIN)/python -c "from training.model import base_model_path; base_model_path()"
 	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) --browser.gatherUsageStats false
 
 test: $(STAMP)

@@ -6,12 +6,13 @@ the sidebar and runs the page picked in the navigation.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from labeling import access, queue, settings, stats, store
+from labeling import access, queue, settings, stats, store, workspace
 from pages.widgets import is_admin
 from training import loop
 
@@ -31,6 +32,19 @@ PAGE_PATHS = {title: path for path, title, _ in PAGE_FILES}
 def load_builtin_prompts() -> int:
     """Once per server: the built-in prompts, so a new workspace has something to generate for."""
     return store.ensure_builtin_prompts()
+
+
+@st.cache_resource
+def generate_at_start(home: str) -> int | None:
+    """Once per server and workspace, on its first page view: start generating pairs when few wait,
+    so whoever opens the Label page next finds pairs instead of an empty queue (the Label page keeps
+    them coming afterwards)."""
+    from training import generate  # lazy: the generator's module is only needed when pairs are short
+
+    try:
+        return generate.ensure_pairs_waiting()
+    except RuntimeError:  # e.g. jobs.JobError: a training round holds the machine; the Label page says so
+        return None
 
 
 def sign_in() -> None:
@@ -208,6 +222,8 @@ def main() -> None:
     st.set_page_config(page_title="prefloop", page_icon=":material/thumbs_up_down:", layout="wide")
     st.session_state["prefloop-routed"] = True  # pages check it (pages/widgets.require_router)
     load_builtin_prompts()
+    if os.environ.get("PREFLOOP_AUTOGENERATE", "1") != "0":
+        generate_at_start(str(workspace.home()))
     if access.enabled() and not signed_in():
         st.navigation([st.Page(sign_in, title="Sign in", default=True)], position="hidden").run()
         return

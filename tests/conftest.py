@@ -28,6 +28,9 @@ def workspace(tmp_path, monkeypatch):
     home = tmp_path / "workspace"
     monkeypatch.setenv("PREFLOOP_HOME", str(home))
     monkeypatch.delenv("PREFLOOP_DB", raising=False)
+    # no generation job starts by itself (app.py starts one at a server's first page view); the
+    # tests of that behaviour turn it back on
+    monkeypatch.setenv("PREFLOOP_AUTOGENERATE", "0")
     return home
 
 

@@ -1,6 +1,8 @@
 """The router and home view in AppTest: workspace state, the generate button, annotator identity."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from labeling import db, queue
 from labeling.models import Job, Meta, ModelVersion
 from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
@@ -47,7 +49,7 @@ def test_generate_pairs_button_starts_a_generation_job(workspace, generator):  #
     next(n for n in at.number_input if n.label.startswith("Prompts to generate")).set_value(12)
     next(b for b in at.button if b.label == "Generate pairs").click()
     at = at.run()
-    assert generator.calls == [("start", 12)]
+    assert [c for c in generator.calls if c[0] == "start"] == [("start", 12)]
     assert any("job #8" in s.value for s in at.success)
 
 
@@ -175,3 +177,25 @@ def test_today_agreement_and_an_unmeasured_version_on_the_dashboard(workspace, g
     agreement = next(m for m in at.metric if m.label == "Agreement")
     assert "on 2 pairs two or more people judged" in agreement.help
     assert "v1-base has not been measured yet" in " ".join(c.value for c in at.caption)
+
+
+def test_the_first_page_view_starts_generating_when_few_pairs_wait(workspace, monkeypatch):
+    """The server asks for pairs at its first page view, once per workspace, unless turned off."""
+    import sys
+    import types
+
+    import training
+    from streamlit.testing.v1 import AppTest
+
+    calls = []
+    fake = types.ModuleType("training.generate")
+    fake.ensure_pairs_waiting = lambda min_waiting=20, waiting=None: calls.append(min_waiting) or 3
+    monkeypatch.setitem(sys.modules, "training.generate", fake)
+    monkeypatch.setattr(training, "generate", fake, raising=False)
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    AppTest.from_file(app, default_timeout=30).run()
+    assert calls == []  # PREFLOOP_AUTOGENERATE=0 (the test default) keeps it off
+    monkeypatch.setenv("PREFLOOP_AUTOGENERATE", "1")
+    AppTest.from_file(app, default_timeout=30).run()
+    AppTest.from_file(app, default_timeout=30).run()
+    assert calls == [20]  # once per server and workspace

@@ -57,6 +57,7 @@ def generator(monkeypatch):
                                  fake.calls.append(("ensure", min_waiting, waiting)) or 7)
     fake.start_generation = lambda prompts: fake.calls.append(("start", prompts)) or 8
     monkeypatch.setitem(sys.modules, "training.generate", fake)
+    monkeypatch.setenv("PREFLOOP_AUTOGENERATE", "1")
     monkeypatch.setattr(training, "generate", fake, raising=False)
     return fake
 

@@ -25,7 +25,7 @@ from training import jobs
 
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
 RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
-FIRST_CHUNK_PROMPTS = 4  # prompts in the first chunk: a labeler on an empty queue sees pairs early
+FIRST_CHUNK_PROMPTS = 2  # prompts in the first chunk: a labeler on an empty queue sees pairs early
 
 
 @dataclass
