@@ -1,0 +1,89 @@
+"""How long does a new labeler wait for the first pair? Server start to the first pair on screen.
+
+    python bench/first_pair.py [--home DIR] [--runs 1]
+
+The condition of issue 19: the set-up has run once (the default model is converted: this script
+converts it first, untimed, into a shared folder), then a fresh workspace, `streamlit run app.py`,
+one Chromium on the Label page with a name in the URL, the generator started by the server, all on
+this machine's cores. Reported per run: seconds from launching the server to its health check and
+to the first pair on screen (the "Response A" heading), and the pairs stored by then. Target:
+first pair on screen within 60 s. Last line JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def stored_pairs(home: Path) -> int:
+    """Pairs in the workspace's database, read in a child process (this one never opens it)."""
+    code = "from labeling import queue; print(queue.pairs_waiting())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PREFLOOP_HOME": str(home)})
+    return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+
+
+def one_run(home: Path, model: Path, timeout: float) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from bench.loop import start_server
+
+    home.mkdir(parents=True)
+    env = {**os.environ, "PREFLOOP_HOME": str(home), "PREFLOOP_MODEL": str(model), "PREFLOOP_AUTOGENERATE": "1"}
+    started = time.monotonic()
+    proc, url = start_server(home, env)
+    result = {"server_up_s": round(time.monotonic() - started, 1)}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{url}/label?annotator=first-pair")
+            page.get_by_text("Response A", exact=True).first.wait_for(timeout=timeout * 1000)
+            result["first_pair_on_screen_s"] = round(time.monotonic() - started, 1)
+            page.screenshot(path=str(home / "first_pair.png"))
+            browser.close()
+        result["pairs_stored_by_then"] = stored_pairs(home)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", help="folder for the workspaces (default: a temporary one)")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the first pair")
+    args = parser.parse_args()
+    if not CHROMIUM.exists():
+        sys.exit(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium).")
+    root = Path(args.home or tempfile.mkdtemp(prefix="first-pair-"))
+    os.environ["PREFLOOP_HOME"] = str(root / "convert")
+    from training.model import convert_default_model
+
+    model = convert_default_model()  # the set-up that `make run` does once, untimed
+    runs = []
+    for k in range(args.runs):
+        runs.append(one_run(root / f"run-{k}", model, args.timeout))
+        print(json.dumps(runs[-1]), flush=True)
+    first = [r["first_pair_on_screen_s"] for r in runs]
+    print(json.dumps({"first_pair_on_screen_s": statistics.median(first), "runs": len(runs),
+                      "target_s": 60, "met": statistics.median(first) <= 60}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
