@@ -16,13 +16,13 @@ One policy version is *current*: generation uses it; rollback is `set_current(ol
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from labeling.command import run_command
 
 from labeling import model_versions
 from labeling.model_versions import Version
@@ -206,15 +206,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--set-current", metavar="ID", help="Make this policy version current (rollback).")
     parser.add_argument("--export", nargs=2, metavar=("ID", "OUT"), help="Write a merged standalone folder.")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> Any:
         if args.set_current:
             set_current(args.set_current)
         if args.export:
-            path = export_merged(*args.export)
-            print(json.dumps({"exported": args.export[0], "path": str(path)}))
-            return 0
-    except VersionError as exc:  # bad input: one sentence, exit 2, as every command
-        print(str(exc), file=sys.stderr)
-        return 2
-    print(json.dumps([as_dict(v) for v in list_versions(args.kind)]))  # one line: `| tail -1` is JSON
-    return 0
+            return {"exported": args.export[0], "path": str(export_merged(*args.export))}
+        return [as_dict(v) for v in list_versions(args.kind)]
+
+    return run_command(work, {VersionError: 2})  # bad input: one sentence, exit 2, as every command
