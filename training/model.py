@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labeling import model_versions
+from labeling import atomic, model_versions
 from labeling.workspace import home
 
 if TYPE_CHECKING:
@@ -143,14 +143,9 @@ def convert_default_model(gguf: Path | None = None, out: Path | None = None) -> 
             return out
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed conversion (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        try:
+        with atomic.write(out) as tmp:  # a failure or a cancelled job: no half copy of the model stays behind
             _convert(gguf, tmp)
-        except BaseException:  # a failure or a cancelled job: no half copy of the model stays behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(out, ignore_errors=True)  # a half folder left by hand, never one of ours
-        os.replace(tmp, out)
+            shutil.rmtree(out, ignore_errors=True)  # a half folder left by hand, never one of ours
     return out
 
 

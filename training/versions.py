@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from labeling import atomic
 from labeling.command import run_command
 
 from labeling import model_versions
@@ -62,13 +62,9 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
         raise VersionError(f"The parent version '{parent_id}' does not exist.")
     version_id = _next_id(model_versions.version_ids(), method)
     tmp, final = versions_root() / f".tmp-{version_id}", versions_root() / version_id
-    tmp.mkdir()
-    try:
+    tmp.mkdir()  # named for the id, so the next id skips it and a dead worker's is found (jobs.py)
+    with atomic.write(final, tmp=tmp):
         write(tmp)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     try:
         model_versions.add_version(version_id, kind, method, parent_id, str(final), config,
                                    sorted(judgment_ids or []), metrics)
@@ -187,16 +183,9 @@ def export_merged(version_id: str, out_folder: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # a temporary folder of its own: two exports to one folder cannot write into each other's files;
     # the second rename then fails on the first's complete folder
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    with atomic.write(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
