@@ -21,10 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from labeling import atomic
+from labeling import atomic, model_versions
 from labeling.command import run_command
-
-from labeling import model_versions
 from labeling.model_versions import Version
 from labeling.workspace import home
 from training import registry
@@ -137,13 +135,9 @@ def latest_reward_id() -> str | None:
 
 def lineage(version_id: str) -> list[Version]:
     """The chain from the base version to `version_id`, base first."""
-    chain: list[Version] = []
-    row = get_version(version_id)
-    if row is None:
+    chain = model_versions.chain(version_id)
+    if not chain:
         raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
-    while row is not None:
-        chain.append(row)
-        row = get_version(row.parent_id) if row.parent_id else None
     return chain[::-1]
 
 
