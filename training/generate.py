@@ -181,7 +181,7 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
 def main(argv: list[str]) -> int:
     """`python -m training generate [--prompts N] [--version V] [--job-id ID] [--config FILE.yaml]`."""
     from training import model as models
-    from training.cli import ConfigError, config_from_args
+    from training.config_fields import ConfigError, config_from_args
     from training.device import DeviceError
 
     def work() -> dict:

@@ -164,7 +164,7 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
     another error the user can fix returns 1, a cancelled job 130."""
     from labeling.command import run_command
     from training import jobs
-    from training.cli import ConfigError, config_from_args
+    from training.config_fields import ConfigError, config_from_args
     from training.device import DeviceError
     from training.model import ModelPathError
     from training.versions import VersionError
