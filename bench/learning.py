@@ -219,7 +219,7 @@ def round_config(kind: str, args, **fields):
                     "reward": ("training.reward_config", "RewardRoundConfig")}[kind]
     import importlib
 
-    from training.cli import config_from_dict
+    from training.config_fields import config_from_dict
 
     cls = getattr(importlib.import_module(module), name)
     values = {}

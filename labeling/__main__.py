@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import sys
 from pathlib import Path
 
 from labeling import access, backup, imports
+from labeling.command import run_command
 from labeling.export import AUDIT_CHECKS, EXPORT_FORMATS, ExportError, export
 from labeling.importers import FORMATS, InputError
 from labeling.planning import ReaderError
@@ -81,17 +81,10 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        summary = COMMANDS[args.command](args)
-    except (InputError, ExportError, imports.UnknownImport, backup.BackupError, access.AccessError) as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except ReaderError as e:  # the reader process died: not the file's fault, nothing written
-        print(str(e), file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
-
+    return run_command(lambda: COMMANDS[args.command](args), {
+        (InputError, ExportError, imports.UnknownImport, backup.BackupError, access.AccessError): 2,
+        ReaderError: 1,  # the reader process died: not the file's fault, nothing written
+    })
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from labeling import atomic
 from labeling.throttle import Throttle, Throttled
 
 ROLES = ("annotator", "admin")
@@ -134,10 +135,9 @@ def _write_password(path: Path, name: str, stored: str, role: str | None = None)
     with _USERS_FILE_LOCK:
         users = read_users(path)
         users[name] = {"password": stored, "role": role or users[name]["role"]}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(users, sort_keys=True), encoding="utf-8")
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        with atomic.write(path) as tmp:
+            tmp.write_text(yaml.safe_dump(users, sort_keys=True), encoding="utf-8")
+            tmp.chmod(0o600)
 
 
 def sign_in(name: str, password: str, address: str | None = None) -> User | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
-import os
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from sqlalchemy import DateTime, Integer, Table, func, insert, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from labeling import db
+from labeling import atomic, db
 from labeling.models import SCHEMA_VERSION, Base
 
 FORMAT = "prefloop backup"
@@ -89,14 +88,9 @@ def backup(path: str | Path) -> dict[str, Any]:
         raise BackupError(f"{path}: the folder {path.parent} does not exist; create it or pick another path.")
     if path.is_dir():
         raise BackupError(f"{path}: is a folder; give a file name for the backup, such as workspace.jsonl.gz.")
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with _snapshot() as conn, conn.begin(), open(partial, "wb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:  # no name, no time: same bytes
-            counts = _write(conn, out)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic.write(path) as partial, _snapshot() as conn, conn.begin(), open(partial, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:  # no name, no time: same bytes
+        counts = _write(conn, out)
     return {"backup": str(path), "schema_version": SCHEMA_VERSION, "rows": counts}
 
 

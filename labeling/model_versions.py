@@ -12,6 +12,8 @@ from sqlalchemy import select
 from labeling import db
 from labeling.models import ModelVersion
 
+MAX_LINEAGE = 1000  # deeper than any real history; stops a cycle in the table from hanging
+
 
 @dataclass(frozen=True)
 class Version:
@@ -110,9 +112,10 @@ def make_current(version_id: str, if_current: str | None = None) -> tuple[Versio
     return before, True
 
 
-def chain(version_id: str | None, limit: int) -> list[Version]:
+def chain(version_id: str | None, limit: int = MAX_LINEAGE) -> list[Version]:
     """Version `version_id` (None: the current policy) and its ancestors, newest first, at most
-    `limit` of them, read in one transaction. [] when there is no such version."""
+    `limit` of them, read in one transaction. [] when there is no such version. The one walk up a
+    version's parents: loading a policy and the lineage shown both read it."""
     with db.session() as s:
         if version_id is None:
             row = s.scalar(select(ModelVersion).where(ModelVersion.is_current, ModelVersion.kind == "policy"))

@@ -20,10 +20,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 SCHEMA_VERSION = 4  # labeling/migrations.py takes older workspaces here
 
 OUTCOMES = ("a", "b", "tie", "both_bad", "skip")
-# Who gave a judgment: a person (an Annotator), a labeled dataset brought in by an import, or
-# (later) a model acting as judge. Only "human" judgments have an annotator.
-JUDGMENT_SOURCES = ("human", "import", "ai")
-SPLITS = ("train", "heldout")
 
 
 def utcnow() -> dt.datetime:
@@ -58,7 +54,7 @@ class Prompt(Base):
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
     messages: Mapped[list[Any]]
     source: Mapped[str] = mapped_column(String(200))
-    split: Mapped[str] = mapped_column(String(10), default="train", index=True)
+    split: Mapped[str] = mapped_column(String(10), default="train", index=True)  # "train" or "heldout"
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -128,6 +124,8 @@ class Judgment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"))  # indexed by the unique constraint
     annotator_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"))
+    # Who gave it: "human" (a person, an Annotator: only these have one), "import" (a labeled dataset
+    # brought in by an import) or, later, "ai" (a model acting as judge).
     source: Mapped[str] = mapped_column(String(10), default="human", server_default="human")
     source_name: Mapped[str | None] = mapped_column(String(200))  # the import's name (later: the AI judge)
     outcome: Mapped[str] = mapped_column(String(10))

@@ -115,14 +115,19 @@ def queue_order(stmt: Select) -> Select:
     return stmt.order_by(Pair.created_at, Pair.id)
 
 
-def _annotator_id(s: Session, name: str, create: bool) -> int | None:
-    found = s.scalar(select(Annotator.id).where(Annotator.name == name))
-    if found is None and create:
+def get_or_create_annotator(s: Session, name: str) -> Annotator:
+    """The annotator named `name`, added (and flushed, so it has an id) when new."""
+    annotator = s.scalar(select(Annotator).where(Annotator.name == name))
+    if annotator is None:
         annotator = Annotator(name=name)
         s.add(annotator)
         s.flush()
-        found = annotator.id
-    return found
+    return annotator
+
+
+def _annotator_id(s: Session, name: str) -> int | None:
+    """The id of the annotator named `name`; None when they have judged nothing yet."""
+    return s.scalar(select(Annotator.id).where(Annotator.name == name))
 
 
 def _waiting_condition(annotator_id: int | None, overlap: int, kind: str = "label"):
@@ -204,7 +209,7 @@ def next_pair(annotator: str, overlap: int = 1, kind: str = "label") -> PairView
     _check_overlap(overlap)
     with db.session() as s:
         db.serialize(s, "next_pair")  # PostgreSQL: two draws at the same moment see each other's lease
-        annotator_id = _annotator_id(s, name, create=False)
+        annotator_id = _annotator_id(s, name)
         waiting = and_(_waiting_condition(annotator_id, overlap, kind), Pair.id.not_in(_held(s, overlap, name)))
         pair_id = s.scalar(queue_order(select(Pair.id).where(waiting)).limit(1))
         if pair_id is None:
@@ -221,7 +226,7 @@ def pair_view(pair_id: int, annotator: str) -> PairView:
         pair = s.get(Pair, pair_id)
         if pair is None:
             raise QueueError(f"Pair {pair_id} does not exist; it may have been deleted.")
-        annotator_id = _annotator_id(s, name, create=False)
+        annotator_id = _annotator_id(s, name)
         judged = annotator_id is not None and s.scalar(
             select(Judgment.id).where(Judgment.pair_id == pair.id, Judgment.annotator_id == annotator_id))
         if not judged:  # a pair this person judged or skipped (in another tab) is not held again
@@ -281,7 +286,7 @@ def submit_judgment(
             with db.session() as s:
                 if s.get(Pair, pair_id) is None:
                     raise QueueError(f"Pair {pair_id} does not exist; reload the page to get the next pair.")
-                judgment_id = _upsert(s, _annotator_id(s, name, create=True), pair_id, values)
+                judgment_id = _upsert(s, get_or_create_annotator(s, name).id, pair_id, values)
                 # judged (or skipped): the pair no longer waits on this screen
                 s.execute(delete(PairLease).where(PairLease.pair_id == pair_id, PairLease.annotator == name))
                 return judgment_id
@@ -296,7 +301,7 @@ def undo_last(annotator: str, kind: str = "label") -> int | None:
     return its pair id, or None if there is none."""
     name = check_annotator_name(annotator)
     with db.session() as s:
-        annotator_id = _annotator_id(s, name, create=False)
+        annotator_id = _annotator_id(s, name)
         if annotator_id is None:
             return None
         last = s.execute(
@@ -323,7 +328,7 @@ def progress(annotator: str, overlap: int = 1) -> Progress:
     _check_overlap(overlap)
     midnight = dt.datetime.combine(utcnow().date(), dt.time())
     with db.session() as s:
-        annotator_id = _annotator_id(s, name, create=False)
+        annotator_id = _annotator_id(s, name)
         waiting = _count_waiting(s, annotator_id, overlap, name)
         if annotator_id is None:
             return Progress(today=0, total=0, skipped=0, waiting=waiting)

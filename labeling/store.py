@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from labeling import db
 from labeling.importers import InputError, PromptRecord
-from labeling.models import Annotator, Judgment, Meta, Pair, Prompt, Response, utcnow
+from labeling.models import Judgment, Meta, Pair, Prompt, Response, utcnow
 from labeling.planning import PlannedChunk, Planner, planned
 from labeling.records import as_messages, content_hash, pair_hash
 
@@ -292,15 +292,6 @@ def ensure_builtin_prompts() -> int:
         if s.get(Meta, "builtin_prompts") is None:
             s.add(Meta(key="builtin_prompts", value=str(added)))
     return added
-
-
-def get_or_create_annotator(session: Session, name: str) -> Annotator:
-    annotator = session.scalar(select(Annotator).where(Annotator.name == name))
-    if annotator is None:
-        annotator = Annotator(name=name)
-        session.add(annotator)
-        session.flush()
-    return annotator
 
 
 def _get_or_create_response(session: Session, prompt_id: int, body: str, version: str, generation) -> Response:

@@ -11,7 +11,7 @@ from labeling import arena, queue
 from pages.widgets import (VOTE_KEYS_CAPTION, config_form, job_panel, plain_text_toggle, render_conversation, render_sides,
                            require_router, start, vote_buttons)
 from training import versions
-from training.arena import ArenaConfig
+from training.arena_answers import ArenaConfig
 
 
 def pick_versions() -> tuple[str, str] | None:

@@ -15,7 +15,7 @@ import streamlit as st
 
 from pages.widgets import admin_only, config_form, job_panel, require_router, start
 from training import jobs, registry, reward_report, versions
-from training.cli import RoundLimits, form_fields
+from training.config_fields import RoundLimits, form_fields
 
 
 def quick_limits(chosen: registry.Round) -> dict[str, int]:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from labeling import access, queue
 from training import jobs, versions
-from training.cli import ConfigError, FormField, config_from_dict, form_fields
+from training.config_fields import ConfigError, FormField, config_from_dict, form_fields
 
 
 ROUTED = "prefloop-routed"

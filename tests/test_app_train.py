@@ -8,7 +8,7 @@ import pytest
 
 from tests.preference_fixtures import import_pairs
 from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
-from training import cli, jobs, versions
+from training import config_fields, jobs, versions
 from training.dpo_config import DPORoundConfig
 from labeling import db
 from labeling.models import Job, JobMetric
@@ -43,7 +43,7 @@ def started(monkeypatch):
 def test_form_is_built_from_the_dataclass(workspace, generator):  # noqa: F811
     at = pick_round(open_train(), "DPO")
     labels = {w.label for w in [*at.number_input, *at.selectbox, *at.checkbox, *at.text_input]}
-    for field in cli.form_fields(DPORoundConfig):
+    for field in config_fields.form_fields(DPORoundConfig):
         assert field.name.replace("_", " ") in labels
     beta = next(w for w in at.number_input if w.label == "beta")
     assert beta.value == 0.1 and "β" in beta.help

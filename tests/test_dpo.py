@@ -217,3 +217,14 @@ def test_default_epochs_follow_the_number_of_pairs():
     assert config.plan(40) == {"pairs": 40, "epochs": 4.0, "steps": 40}  # at most 4 passes
     assert config.plan(5000)["epochs"] == 1.0  # at least 1
     assert DPORoundConfig(epochs=2).plan(128) == {"pairs": 128, "epochs": 2, "steps": 64}  # a set value wins
+
+
+def test_trl_still_has_the_log_prob_chunk_size_dpo_lowers(monkeypatch):
+    """dpo.small_logprob_chunks sets a private TRL constant (no public option reaches it); when a TRL
+    upgrade renames it, the memory saving would vanish silently: this fails instead."""
+    import trl.trainer.utils as trl_utils
+
+    assert hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE")
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
+    dpo.small_logprob_chunks()
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == dpo.LOGPROB_CHUNK_POSITIONS

@@ -99,15 +99,15 @@ def test_measuring_all_versions_skips_one_whose_folder_is_gone(trained, capsys):
 def test_a_deleted_reward_model_folder_is_one_sentence_before_any_work(trained, capsys, monkeypatch):
     import shutil
 
-    from training import arena, reward
+    from training import arena_answers, reward
     from training.evaluate import main
 
     shutil.rmtree(versions.get_version(trained["reward"]).path)
     assert main(["--prompts", "2"]) == 1
     assert f"The reward model '{trained['reward']}' has no files at" in capsys.readouterr().err
-    monkeypatch.setattr(arena, "answer", lambda *a: pytest.fail("answers generated before the reward check"))
+    monkeypatch.setattr(arena_answers, "answer", lambda *a: pytest.fail("answers generated before the reward check"))
     with pytest.raises(reward.RewardError, match="was the folder deleted"):
-        arena.run_arena(arena.ArenaConfig(prompts=2), jobs.Reporter(None))
+        arena_answers.run_arena(arena_answers.ArenaConfig(prompts=2), jobs.Reporter(None))
 
 
 def test_evaluate_without_reward_model_is_one_sentence(workspace, tmp_path, monkeypatch, capsys):
@@ -149,7 +149,7 @@ def test_sweep_makes_one_tagged_version_per_beta_and_a_frontier(trained):
 def test_arena_pairs_carry_scores_and_votes_become_ratings_and_training_pairs(trained):
     from labeling import arena, queue
     from labeling.export import preference_rows
-    from training.arena import ArenaConfig, run_arena
+    from training.arena_answers import ArenaConfig, run_arena
 
     before = len(preference_rows().rows)
     result = run_arena(ArenaConfig(prompts=4, max_new_tokens=12), jobs.Reporter(None))

@@ -5,7 +5,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from labeling import db, export, store
+from labeling import db, export, queue, store
 from labeling.export import ExportError, majority
 from labeling.models import Judgment, Pair
 from tests.conftest import FIXTURES
@@ -25,7 +25,7 @@ def judge(pair_id: int, **votes: str) -> dict[str, int]:
     ids = {}
     with db.session() as s:
         for name, outcome in votes.items():
-            annotator = store.get_or_create_annotator(s, name)
+            annotator = queue.get_or_create_annotator(s, name)
             j = Judgment(pair_id=pair_id, annotator_id=annotator.id, outcome=outcome, left="a", seconds=2.0)
             s.add(j)
             s.flush()
@@ -151,8 +151,6 @@ def test_trl_dpo_and_reward_trainers_take_the_hf_export(workspace, tmp_path):
 
 
 def test_reasons_of_the_deciding_votes_travel_with_the_pair_and_back(judged, tmp_path, monkeypatch):
-    from labeling import queue
-
     # pair 1: ana and ben outvote the import's "a" and cleo's tie; their tags (each once) go with
     # the row, cleo's do not. Pair 3: ana agrees with the import, so she decides it too.
     queue.submit_judgment("ana", 1, "b", "a", reasons=["more correct", "safer"])

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import FIXTURES
-from labeling import db, importers, planning, store
+from labeling import db, importers, planning, queue, store
 from labeling.importers import InputError
 from labeling.models import Annotator, Judgment, Meta, Pair, Prompt, Response
 from labeling.records import as_messages, content_hash, pair_hash
@@ -197,8 +197,8 @@ def test_add_generated_pair(workspace):
         arena = store.add_generated_pair(s, prompt_id, "Apple.", "Cherry.", ("v1", "v2"), None, kind="arena")
         assert arena.response_a_id == pair.response_a_id  # the v1 "Apple." response is reused
         assert arena.response_b.model_version == "v2" and arena.kind == "arena"
-        annotator = store.get_or_create_annotator(s, "ana")
-        assert store.get_or_create_annotator(s, "ana").id == annotator.id
+        annotator = queue.get_or_create_annotator(s, "ana")
+        assert queue.get_or_create_annotator(s, "ana").id == annotator.id
     assert counts()["responses"] == 3
 
 

@@ -1,10 +1,8 @@
 """Each loss against numbers worked out by hand in the comments, and against TRL's own code where
-TRL has it (DPO loss, per-token log-probs, entropy)."""
+TRL has it (per-token log-probs, entropy)."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +10,6 @@ import torch
 from training.losses import (
     AdaptiveKLController,
     RunningMoments,
-    bradley_terry_loss,
-    dpo_loss,
     entropy_from_logits,
     gae,
     kl_penalty_rewards,
@@ -35,67 +31,6 @@ def test_masked_mean_overall_and_per_row():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert close(masked_mean(x, mask), (1 + 2 + 4 + 6 + 8) / 5)  # 4.2
     assert close(masked_mean(x, mask, dim=1), [1.5, 6.0])
-
-
-def test_bradley_terry_loss_by_hand():
-    # −log σ(2) = log(1 + e^−2) = 0.126928; −log σ(0) = log 2 = 0.693147; mean = 0.410038
-    loss = bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0]))
-    assert close(loss, 0.410038)
-
-
-def test_dpo_loss_by_hand():
-    # pair 1: chosen log-ratio −1 − (−2) = 1, rejected −3 − (−2) = −1, h = 2; pair 2: h = 0. β = 0.5
-    args = (torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -2.0]), torch.tensor([-2.0, -2.0]),
-            torch.tensor([-2.0, -2.0]), 0.5)
-    losses, chosen, rejected = dpo_loss(*args, loss_type="sigmoid")
-    assert close(losses, [math.log(1 + math.exp(-1)), math.log(2)])  # −log σ(βh) = [0.313262, 0.693147]
-    assert close(chosen, [0.5, 0.0]) and close(rejected, [-0.5, 0.0])
-    assert close(dpo_loss(*args, loss_type="ipo")[0], [(2 - 1) ** 2, (0 - 1) ** 2])  # (h − 1/(2β))²
-    assert close(dpo_loss(*args, loss_type="hinge")[0], [0.0, 1.0])  # relu(1 − βh)
-    with pytest.raises(ValueError, match="sigmoid, ipo, hinge"):
-        dpo_loss(*args, loss_type="nope")
-
-
-def _trl_dpo(loss_type, beta, chosen_tok, rejected_tok, ref_chosen, ref_rejected, lengths):
-    """Run TRL 1.16's own `DPOTrainer._compute_loss` on given per-token log-probs: the model is a
-    stand-in returning those log-probs, the reference log-probs are "precomputed"."""
-    from trl.trainer.dpo_trainer import DPOTrainer
-
-    B, T = chosen_tok.shape
-    per_token = torch.cat([chosen_tok, rejected_tok])  # (2B, T); TRL reads [:, -(T_ids − 1):]
-    completion = (torch.arange(T + 1).expand(2 * B, -1) >= T + 1 - lengths.repeat(2)[:, None]).long()
-    outputs = SimpleNamespace(log_probs=per_token, entropy=torch.zeros_like(per_token),
-                              mean_logits=torch.zeros_like(per_token), is_top1=torch.zeros_like(per_token).bool())
-    fake_self = SimpleNamespace(
-        model=SimpleNamespace(training=True), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
-        f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0], beta=beta, use_weighting=False,
-        accelerator=SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x, gather=lambda x: x),
-        _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
-    )
-    inputs = {"input_ids": torch.zeros(2 * B, T + 1, dtype=torch.long), "attention_mask": torch.ones(2 * B, T + 1),
-              "completion_mask": completion, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
-    loss = DPOTrainer._compute_loss(fake_self, lambda **kw: outputs, inputs, False)
-    return loss, fake_self._metrics["train"]
-
-
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
-def test_dpo_loss_matches_trl(loss_type):
-    torch.manual_seed(0)
-    B, T, beta = 4, 5, 0.3
-    lengths = torch.tensor([5, 3, 4, 5])  # response tokens per sequence; the rest are prompt positions
-    tok_mask = torch.arange(T).expand(B, -1) >= T - lengths[:, None]
-    chosen_tok = -torch.rand(B, T) * 3 * tok_mask
-    rejected_tok = -torch.rand(B, T) * 3 * tok_mask
-    ref_chosen, ref_rejected = -torch.rand(B) * 10, -torch.rand(B) * 10
-    trl_loss, metrics = _trl_dpo(loss_type, beta, chosen_tok, rejected_tok, ref_chosen, ref_rejected, lengths)
-    logps = (chosen_tok.sum(1), rejected_tok.sum(1), ref_chosen, ref_rejected)
-    if loss_type == "ipo":  # TRL averages the log-ratios over the response length for IPO
-        logps = tuple(x / lengths for x in logps)
-    losses, chosen, rejected = dpo_loss(*logps, beta=beta, loss_type=loss_type)
-    assert close(losses.mean(), trl_loss, 1e-5)
-    if loss_type != "ipo":
-        assert close(chosen.mean(), metrics["rewards/chosen"][0])
-        assert close(rejected.mean(), metrics["rewards/rejected"][0])
 
 
 def test_token_logprobs_matches_trl_selective_log_softmax():

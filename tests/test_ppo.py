@@ -278,7 +278,7 @@ def test_ppo_background_job_reports_every_step(round_workspace, capsys):
 
 def test_a_setting_ppo_cannot_use_names_the_field(tiny_folder):
     # PPO's bounds are field metadata, checked by the one check every round's settings go through
-    from training.cli import settings_problem
+    from training.config_fields import settings_problem
 
     assert settings_problem(config()) is None
     assert settings_problem(config(temperature=0.0)) == "field 'temperature' must be greater than 0; got 0.0."

@@ -130,7 +130,7 @@ def test_a_sweep_sets_the_fields_each_round_declares(monkeypatch):
 
 
 def test_every_round_declares_a_loadable_config_and_run_function():
-    from training.cli import form_fields
+    from training.config_fields import form_fields
 
     for chosen in registry.ROUNDS.values():
         assert chosen.produces in ("policy", "reward")
@@ -144,8 +144,8 @@ def test_every_round_declares_a_loadable_config_and_run_function():
 def test_reading_the_registry_and_asking_readiness_loads_no_torch(workspace):
     # the registry and what the pages import, as the Train page uses them
     code = ("import sys\n"
-            "from training import arena, jobs, loop, points, registry, reward_report, sweep, verdict, versions\n"
-            "from training.cli import form_fields\n"
+            "from training import arena_answers, jobs, loop, points, registry, reward_report, sweep, verdict, versions\n"
+            "from training.config_fields import form_fields\n"
             "for r in registry.ROUNDS.values():\n"
             "    form_fields(r.config_class()); r.problem(); r.plan_sentence()\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl', 'peft')))\n")

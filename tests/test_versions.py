@@ -4,7 +4,7 @@ import json
 import pytest
 
 from tests.preference_fixtures import use_tiny_policy
-from training import cli, versions
+from training import config_fields, versions
 from training.dpo_config import DPORoundConfig
 from training.reward_config import RewardRoundConfig
 
@@ -155,18 +155,19 @@ def test_versions_cli_prints_json(workspace, capsys):
 
 
 def test_form_fields_come_from_the_dataclass():
-    fields = {f.name: f for f in cli.form_fields(DPORoundConfig)}
+    fields = {f.name: f for f in config_fields.form_fields(DPORoundConfig)}
     assert fields["beta"].type is float and fields["beta"].default == 0.1 and "β" in fields["beta"].help
     assert "ipo" in fields["loss_type"].choices and fields["make_current"].type is bool
-    reward = {f.name: f for f in cli.form_fields(RewardRoundConfig)}
+    reward = {f.name: f for f in config_fields.form_fields(RewardRoundConfig)}
     assert reward["learning_rate"].optional and reward["backbone"].choices == ("policy", "minilm", "encoder")
 
 
 def test_yaml_then_flags_override(tmp_path):
     path = tmp_path / "dpo.yaml"
     path.write_text("beta: 0.3\nloss_type: ipo\nmax_steps: 4\nepochs: 2\n")
-    config, extras = cli.config_from_args(DPORoundConfig, ["--config", str(path), "--beta", "0.5", "--no-make-current",
-                                                           "--max-pairs", "16", "--job-id", "3"])
+    config, extras = config_fields.config_from_args(DPORoundConfig, ["--config", str(path), "--beta", "0.5",
+                                                                     "--no-make-current", "--max-pairs", "16",
+                                                                     "--job-id", "3"])
     assert (config.beta, config.loss_type, config.epochs, config.make_current) == (0.5, "ipo", 2.0, False)
     assert (extras["max_steps"], extras["max_pairs"], extras["job_id"]) == (4, 16, 3)
 
@@ -185,8 +186,8 @@ def test_yaml_then_flags_override(tmp_path):
 def test_bad_yaml_names_file_and_field(tmp_path, text, message):
     path = tmp_path / "dpo.yaml"
     path.write_text(text)
-    with pytest.raises(cli.ConfigError) as err:
-        cli.config_from_args(DPORoundConfig, ["--config", str(path)])
+    with pytest.raises(config_fields.ConfigError) as err:
+        config_fields.config_from_args(DPORoundConfig, ["--config", str(path)])
     assert message in str(err.value) and str(err.value).count(".") >= 1
 
 
@@ -194,19 +195,20 @@ def test_settings_are_checked_together_after_the_flags():
     from training.evaluate_config import EvaluateConfig
     from training.ppo_config import PPOConfig
 
-    config, _ = cli.config_from_args(DPORoundConfig, ["--loss-type", "exo_pair", "--label-smoothing", "0.1"])
+    config, _ = config_fields.config_from_args(DPORoundConfig, ["--loss-type", "exo_pair", "--label-smoothing", "0.1"])
     assert (config.loss_type, config.label_smoothing) == ("exo_pair", 0.1)
-    with pytest.raises(cli.ConfigError, match="command line: The exo_pair loss needs label_smoothing above 0"):
-        cli.config_from_args(DPORoundConfig, ["--loss-type", "exo_pair"])
-    with pytest.raises(cli.ConfigError, match="label_smoothing has no effect on the sigmoid loss"):
-        cli.config_from_args(DPORoundConfig, ["--label-smoothing", "0.1"])
-    with pytest.raises(cli.ConfigError, match="form: field 'samples' must be at least 1; got 0."):
-        cli.config_from_dict(EvaluateConfig, {"samples": 0}, where="form")
-    with pytest.raises(cli.ConfigError, match="form: field 'mini_batch_size' must be at least 1; got 0."):
-        cli.config_from_dict(PPOConfig, {"mini_batch_size": 0}, where="form")
-    assert cli.config_from_dict(DPORoundConfig, {"beta": 0.5}).beta == 0.5
+    with pytest.raises(config_fields.ConfigError,
+                       match="command line: The exo_pair loss needs label_smoothing above 0"):
+        config_fields.config_from_args(DPORoundConfig, ["--loss-type", "exo_pair"])
+    with pytest.raises(config_fields.ConfigError, match="label_smoothing has no effect on the sigmoid loss"):
+        config_fields.config_from_args(DPORoundConfig, ["--label-smoothing", "0.1"])
+    with pytest.raises(config_fields.ConfigError, match="form: field 'samples' must be at least 1; got 0."):
+        config_fields.config_from_dict(EvaluateConfig, {"samples": 0}, where="form")
+    with pytest.raises(config_fields.ConfigError, match="form: field 'mini_batch_size' must be at least 1; got 0."):
+        config_fields.config_from_dict(PPOConfig, {"mini_batch_size": 0}, where="form")
+    assert config_fields.config_from_dict(DPORoundConfig, {"beta": 0.5}).beta == 0.5
 
 
 def test_bad_flag_value_is_one_sentence():
-    with pytest.raises(cli.ConfigError, match="command line: field 'lora_r' must be int, got 'big'"):
-        cli.config_from_args(DPORoundConfig, ["--lora-r", "big"])
+    with pytest.raises(config_fields.ConfigError, match="command line: field 'lora_r' must be int, got 'big'"):
+        config_fields.config_from_args(DPORoundConfig, ["--lora-r", "big"])

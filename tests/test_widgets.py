@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from training.cli import form_fields
+from training.config_fields import form_fields
 
 BASIC = {  # what the Train form shows unfolded, per round
     ("training.dpo_config", "DPORoundConfig"): ["beta", "loss_type", "learning_rate", "epochs"],

@@ -14,7 +14,7 @@ COMMANDS = {  # the commands that are not rounds
     "versions": "training.versions",
     "evaluate": "training.evaluate",
     "sweep": "training.sweep",
-    "arena": "training.arena",
+    "arena": "training.arena_answers",
     "export": "training.export",
     "env": "training.env",
     "worker": "training.jobs",

@@ -118,9 +118,16 @@ LOGPROB_CHUNK_POSITIONS = 1024
 
 
 def small_logprob_chunks() -> None:
+    """Score at most LOGPROB_CHUNK_POSITIONS positions per chunk of TRL's fused LM head.
+
+    A private TRL constant, set because nothing public reaches it: in TRL 1.16 neither DPOConfig
+    nor `add_fused_lm_head` (which DPOTrainer calls in its constructor) takes a chunk size, and
+    owning the fused head would mean copying TRL's autograd kernel. tests/test_dpo.py checks the
+    constant is still there, so a TRL upgrade that drops it fails a test instead of silently
+    costing 1.7 GB more on SmolLM2."""
     import trl.trainer.utils as trl_utils
 
-    if hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"):  # a private constant; other TRL versions may lack it
+    if hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"):  # other TRL versions may lack it
         trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, LOGPROB_CHUNK_POSITIONS)
 
 

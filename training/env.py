@@ -4,10 +4,11 @@ round's peak memory for the current base model. Prints a few lines, then one JSO
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from labeling.command import run_command
 
 # Peak memory of a DPO round ≈ parameters × bytes per parameter × DPO_MEMORY_FACTOR. The factor is
 # measured, not derived: bench/dpo.py's prefloop arm on SmolLM2-135M in fp32 (0.54 GB of weights)
@@ -72,17 +73,16 @@ def main(argv: list[str]) -> int:
     if argv:
         print("usage: python -m training env", file=sys.stderr)
         return 2
-    try:
+
+    def work() -> dict:
         info = report()
-    except DeviceError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    print(f"device: {info['device']} ({info['dtype']}), torch {info['torch']}")
-    print(f"free memory: {_gb(info['free_bytes'])} of {_gb(info['total_bytes'])}")
-    if info["parameters"] is None:
-        print(f"base model: {info['base_model_error']}")
-    else:
-        print(f"base model: {info['base_model']}, {info['parameters'] / 1e6:.1f} M parameters; a DPO round "
-              f"peaks near {_gb(info['dpo_peak_bytes'])} (rough)")
-    print(json.dumps(info))
-    return 0
+        print(f"device: {info['device']} ({info['dtype']}), torch {info['torch']}")
+        print(f"free memory: {_gb(info['free_bytes'])} of {_gb(info['total_bytes'])}")
+        if info["parameters"] is None:
+            print(f"base model: {info['base_model_error']}")
+        else:
+            print(f"base model: {info['base_model']}, {info['parameters'] / 1e6:.1f} M parameters; a DPO round "
+                  f"peaks near {_gb(info['dpo_peak_bytes'])} (rough)")
+        return info
+
+    return run_command(work, {DeviceError: 2})

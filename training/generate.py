@@ -15,12 +15,11 @@ can import it.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from labeling.command import run_command
 from training import jobs
 
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
@@ -182,24 +181,18 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
 def main(argv: list[str]) -> int:
     """`python -m training generate [--prompts N] [--version V] [--job-id ID] [--config FILE.yaml]`."""
     from training import model as models
-    from training.cli import ConfigError, config_from_args
+    from training.config_fields import ConfigError, config_from_args
     from training.device import DeviceError
 
-    try:
+    def work() -> dict:
         config, extras = config_from_args(GenerateConfig, argv, prog="python -m training generate")
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    jobs.set_threads()
-    try:
+        jobs.set_threads()
         with jobs.reporting(extras.get("job_id")) as reporter:
             result = run(config, reporter)
             reporter.result = result
-    except (models.ModelPathError, DeviceError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    print(json.dumps({"pairs": result["pairs"], "tokens_per_s": result["tokens_per_s"]}))
-    return 0
+        return {"pairs": result["pairs"], "tokens_per_s": result["tokens_per_s"]}
+
+    return run_command(work, {(ConfigError, models.ModelPathError, DeviceError): 2})
 
 
 # ---------------------------------------------------------------- for the app (no torch here)

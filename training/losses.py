@@ -4,9 +4,6 @@ Every function takes plain tensors and returns tensors; none touches a model, so
 against numbers worked out by hand (tests/test_losses.py). Masks are 1 on real tokens, 0 on padding.
 
 References:
-- Bradley & Terry 1952; Ouyang et al. 2022, eq. 1 (reward model loss).
-- Rafailov et al. 2023, "Direct Preference Optimization", eq. 7; Azar et al. 2023 (IPO), eq. 17;
-  Zhao et al. 2023 (SLiC, hinge).
 - Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7 (clipped surrogate) and 9.
 - Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE", eq. 16.
 - Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", eq. 2 (KL-penalised
@@ -15,10 +12,8 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -87,58 +82,6 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     logp = logits.log_softmax(-1)
     per_token = -(logp.exp() * logp).sum(-1)  # (B, T)
     return masked_mean(per_token, mask)
-
-
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """Reward model loss: −log σ(r_chosen − r_rejected), averaged (Bradley-Terry; Ouyang et al. 2022 eq. 1).
-
-    Shape: r_chosen (B,), r_rejected (B,) -> ().
-    """
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
-
-
-# DPO family. `logits` is h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)).
-def _sigmoid(logits: torch.Tensor, beta: float) -> torch.Tensor:
-    return -F.logsigmoid(beta * logits)  # Rafailov et al. 2023, eq. 7
-
-
-def _ipo(logits: torch.Tensor, beta: float) -> torch.Tensor:
-    return (logits - 1 / (2 * beta)) ** 2  # Azar et al. 2023, eq. 17 (β plays τ)
-
-
-def _hinge(logits: torch.Tensor, beta: float) -> torch.Tensor:
-    return torch.relu(1 - beta * logits)  # Zhao et al. 2023 (SLiC), as in TRL
-
-
-DPO_LOSSES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
-    "sigmoid": _sigmoid,
-    "ipo": _ipo,
-    "hinge": _hinge,
-}
-
-
-def dpo_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    reference_chosen_logps: torch.Tensor,
-    reference_rejected_logps: torch.Tensor,
-    beta: float,
-    loss_type: str = "sigmoid",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair DPO losses and implicit rewards β·(log π − log π_ref) (Rafailov et al. 2023, eq. 7).
-
-    The log-probs are summed over the response tokens; for IPO, TRL divides them by the response
-    length first (pass per-token means to match it).
-
-    Shape: each *_logps (B,) -> losses (B,), chosen_rewards (B,), rejected_rewards (B,).
-    """
-    if loss_type not in DPO_LOSSES:
-        raise ValueError(f"Unknown DPO loss_type {loss_type!r}; choose one of {', '.join(DPO_LOSSES)}.")
-    chosen_logratios = policy_chosen_logps - reference_chosen_logps
-    rejected_logratios = policy_rejected_logps - reference_rejected_logps
-    logits = chosen_logratios - rejected_logratios  # h_{π_θ}^{y_w, y_l}
-    losses = DPO_LOSSES[loss_type](logits, beta)
-    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

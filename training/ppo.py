@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from training.cli import settings_problem
+from training.config_fields import settings_problem
 from training.ppo_config import PPOConfig
 from training.rounds import NotReady, load_train_prompts
 

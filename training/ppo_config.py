@@ -1,10 +1,10 @@
 """Settings of a PPO round: one dataclass, from which the CLI flags and the Train page form are built.
-Each field's bounds are in its metadata, checked by `training.cli.settings_problem` like every round's."""
+Each field's bounds are in its metadata, checked by `training.config_fields.settings_problem` like every round's."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from training.cli import limit_field
+from training.config_fields import limit_field
 
 
 @dataclass

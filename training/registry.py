@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from training import rounds
-from training.cli import settings_problem
+from training.config_fields import settings_problem
 
 
 @dataclass(frozen=True)

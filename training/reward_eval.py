@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from labeling.command import run_command
 from labeling.importers import InputError, PairRecord, stream
 from training import reward, reward_report, rounds, versions
 from training.reward_config import RewardRoundConfig
@@ -89,22 +88,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("files", nargs="*", help="Labeled pair files to score as extra test sets.")
     parser.add_argument("--batch-size", type=int, default=8, help="Pairs scored at once.")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> dict:
         reward.reward_folder(args.version)
-        files = [read_file(path) for path in args.files]
-    except InputError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    except reward.RewardError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    jobs.set_threads()
-    try:
+        files = [read_file(path) for path in args.files]  # every file checked before a model loads
+        jobs.set_threads()
         report = evaluate(args.version, files, args.batch_size)
-    except (reward.RewardError, DeviceError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    print(f"Reward card of {args.version}")
-    print(reward_report.format_table(report))
-    print(json.dumps({"version": args.version, **report}, ensure_ascii=False))
-    return 0
+        print(f"Reward card of {args.version}")
+        print(reward_report.format_table(report))
+        return {"version": args.version, **report}
+
+    return run_command(work, {InputError: 2, (reward.RewardError, DeviceError): 1}, ensure_ascii=False)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from labeling import atomic
 from training import metrics, versions
 
 REPORT_FILE = "reward_eval.json"
@@ -160,9 +160,8 @@ def _json_safe(value: Any) -> Any:
 def write_report(folder: Path, report: dict[str, Any]) -> Path:
     """Store `report` in a version's folder, replacing the previous one whole."""
     path = Path(folder) / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    with atomic.write(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return path
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -161,32 +160,33 @@ def progress_callback(reporter, rename: dict[str, str]):
 
 def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict], prog: str) -> int:
     """Parse flags and --config onto `config_class`, run the round under a job Reporter, and print
-    its summary as JSON on the last line. User errors print one sentence and return 1."""
+    its summary as JSON on the last line. A bad flag or config prints one sentence and returns 2,
+    another error the user can fix returns 1, a cancelled job 130."""
+    from labeling.command import run_command
     from training import jobs
-    from training.cli import ConfigError, config_from_args
+    from training.config_fields import ConfigError, config_from_args
     from training.device import DeviceError
     from training.model import ModelPathError
     from training.versions import VersionError
 
-    try:
-        config, extras = config_from_args(config_class, argv, prog)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        _fail_job(argv, str(exc))
-        return 2
-    try:
+    def work() -> dict:
+        try:
+            config, extras = config_from_args(config_class, argv, prog)
+        except ConfigError as exc:
+            _fail_job(argv, str(exc))
+            raise
         with jobs.reporting(extras["job_id"]) as reporter:
             jobs.set_threads()
             summary = run_round(config, reporter, max_steps=extras["max_steps"], max_pairs=extras["max_pairs"])
             reporter.result = summary
-    except (NotReady, ModelPathError, VersionError, DeviceError) as exc:  # the user's to fix: one sentence
-        print(str(exc), file=sys.stderr)
-        return 1
+        return summary
+
+    try:
+        return run_command(work, {ConfigError: 2,
+                                  (NotReady, ModelPathError, VersionError, DeviceError): 1})  # the user's to fix
     except jobs.Cancelled:
         print(json.dumps({"cancelled": True}))
         return 130
-    print(json.dumps(summary))
-    return 0
 
 
 def _fail_job(argv: list[str], message: str) -> None:

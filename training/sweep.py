@@ -14,7 +14,7 @@ from typing import Any
 
 from labeling import model_versions
 from training import jobs, registry
-from training.cli import LIMITS, limit_field
+from training.config_fields import LIMITS, limit_field
 from training.rounds import NotReady
 
 

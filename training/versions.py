@@ -16,15 +16,13 @@ One policy version is *current*: generation uses it; rollback is `set_current(ol
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from labeling import model_versions
+from labeling import atomic, model_versions
+from labeling.command import run_command
 from labeling.model_versions import Version
 from labeling.workspace import home
 from training import registry
@@ -62,13 +60,9 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
         raise VersionError(f"The parent version '{parent_id}' does not exist.")
     version_id = _next_id(model_versions.version_ids(), method)
     tmp, final = versions_root() / f".tmp-{version_id}", versions_root() / version_id
-    tmp.mkdir()
-    try:
+    tmp.mkdir()  # named for the id, so the next id skips it and a dead worker's is found (jobs.py)
+    with atomic.write(final, tmp=tmp):
         write(tmp)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     try:
         model_versions.add_version(version_id, kind, method, parent_id, str(final), config,
                                    sorted(judgment_ids or []), metrics)
@@ -141,13 +135,9 @@ def latest_reward_id() -> str | None:
 
 def lineage(version_id: str) -> list[Version]:
     """The chain from the base version to `version_id`, base first."""
-    chain: list[Version] = []
-    row = get_version(version_id)
-    if row is None:
+    chain = model_versions.chain(version_id)
+    if not chain:
         raise VersionError(f"There is no version '{version_id}'; `python -m training versions` lists them.")
-    while row is not None:
-        chain.append(row)
-        row = get_version(row.parent_id) if row.parent_id else None
     return chain[::-1]
 
 
@@ -187,16 +177,9 @@ def export_merged(version_id: str, out_folder: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # a temporary folder of its own: two exports to one folder cannot write into each other's files;
     # the second rename then fails on the first's complete folder
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    with atomic.write(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -206,15 +189,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--set-current", metavar="ID", help="Make this policy version current (rollback).")
     parser.add_argument("--export", nargs=2, metavar=("ID", "OUT"), help="Write a merged standalone folder.")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> Any:
         if args.set_current:
             set_current(args.set_current)
         if args.export:
-            path = export_merged(*args.export)
-            print(json.dumps({"exported": args.export[0], "path": str(path)}))
-            return 0
-    except VersionError as exc:  # bad input: one sentence, exit 2, as every command
-        print(str(exc), file=sys.stderr)
-        return 2
-    print(json.dumps([as_dict(v) for v in list_versions(args.kind)]))  # one line: `| tail -1` is JSON
-    return 0
+            return {"exported": args.export[0], "path": str(export_merged(*args.export))}
+        return [as_dict(v) for v in list_versions(args.kind)]
+
+    return run_command(work, {VersionError: 2})  # bad input: one sentence, exit 2, as every command

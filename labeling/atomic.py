@@ -1,0 +1,34 @@
+"""Write a file or a folder whole or not at all: write it at a temporary path beside its place,
+then rename it into place in one step, so a reader, a crash or a killed job never sees half of it.
+Used for model versions and their exports, the converted base model, the MiniLM encoder, reward
+cards, backups and the users file."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def write(target: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
+    """Yield a path beside `target`, not yet created, to write a file or a folder at; when the
+    block ends, rename it onto `target` (a file or an empty folder there is replaced; a folder
+    with files stays and the rename fails). On any error, a cancelled job included, the
+    temporary path is removed and `target` is left as it was.
+
+    `tmp` names the temporary path; by default `.<name>.tmp-<random>` beside `target`, unique, so
+    two writers never write into each other's files."""
+    target = Path(target)
+    tmp = Path(tmp) if tmp is not None else target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
