@@ -138,3 +138,15 @@ def test_a_worker_gives_way_to_the_app_also_across_autogroups():
     assert int(out[0]) >= 10
     if len(out) > 1 and out[1]:
         assert out[1].rstrip().endswith("nice 10")
+
+
+def test_a_job_the_app_starts_leaves_a_core_for_the_server(monkeypatch):
+    from training import jobs
+
+    monkeypatch.delenv("PREFLOOP_THREADS", raising=False)
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 2)
+    assert (jobs.threads_for_job(), jobs.threads_for_job(serving=True)) == (2, 1)
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 1)
+    assert jobs.threads_for_job(serving=True) == 1
+    monkeypatch.setenv("PREFLOOP_THREADS", "3")  # an explicit choice wins
+    assert (jobs.threads_for_job(), jobs.threads_for_job(serving=True)) == (3, 3)

@@ -42,9 +42,15 @@ class Cancelled(RuntimeError):
     pass
 
 
-def threads_for_job() -> int:
-    """Threads a background job may use: PREFLOOP_THREADS, else every core."""
-    return int(os.environ.get("PREFLOOP_THREADS") or os.cpu_count() or 1)
+def threads_for_job(serving: bool = False) -> int:
+    """Threads a job may use: PREFLOOP_THREADS, else every core, less one when the app started the
+    job (`serving`), so the server and the browser keep a core: torch's threads spin-wait, and a
+    generation job on both of 2 cores beside the server and Chromium put the first pair on screen
+    after 151 s, against 31 s on one thread (bench/first_pair.py)."""
+    if os.environ.get("PREFLOOP_THREADS"):
+        return int(os.environ["PREFLOOP_THREADS"])
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1) if serving else cores
 
 
 def set_threads(n: int | None = None) -> int:
@@ -148,7 +154,7 @@ def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> 
     config_path = folder / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log_path = folder / "log.txt"
-    env = dict(os.environ, PREFLOOP_THREADS=str(threads or threads_for_job()))
+    env = dict(os.environ, PREFLOOP_THREADS=str(threads or threads_for_job(serving=True)))
     env["OMP_NUM_THREADS"] = env["PREFLOOP_THREADS"]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
