@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -282,7 +283,8 @@ class HeadsModel:
     def untrained(self, seed: int = 0) -> "HeadsModel":
         """The same backbone and standardisation with random heads: the reward card's "untrained" row."""
         theta = np.random.default_rng(seed).normal(size=self.heads.theta.shape) / math.sqrt(self.heads.theta.shape[1])
-        return HeadsModel(self.backbone, self.tokenizer, dataclasses.replace(self.heads, theta=theta, length_weight=np.zeros(len(theta))), self.max_length)
+        random_heads = dataclasses.replace(self.heads, theta=theta, length_weight=np.zeros(len(theta)))
+        return HeadsModel(self.backbone, self.tokenizer, random_heads, self.max_length)
 
     def save_pretrained(self, folder: Path, **_) -> None:
         self.heads.save(folder)
@@ -292,7 +294,7 @@ def train(model, tokenizer, rows: list[dict], config, reporter) -> tuple[HeadsMo
     """Read the labeled pairs' responses once with the frozen `model`, then fit the heads.
     `rows`: export rows (`labeling.export.preference_rows`); grouped by conversation (first
     message) for the choice of λ and the bootstrap."""
-    import time
+    from training import metrics, rounds
 
     started = time.perf_counter()
     prompts = [r["prompt"] for r in rows]
@@ -302,11 +304,11 @@ def train(model, tokenizer, rows: list[dict], config, reporter) -> tuple[HeadsMo
     reporter.step(1, {})
     rejected = features(model, tokenizer, prompts, rejected_text, config.max_length, config.batch_size)
     read = time.perf_counter() - started
-    groups = [repr(p[:1]) for p in prompts]
+    groups = [rounds.conversation(r) for r in rows]
     heads = fit(chosen, rejected, response_length(chosen_text), response_length(rejected_text), groups,
                 heads=config.heads, length=config.length, seed=config.seed)
     trained = HeadsModel(model, tokenizer, heads, config.max_length)
-    train_rewards = heads.rewards(chosen, response_length(chosen_text)).mean(0) - \
-        heads.rewards(rejected, response_length(rejected_text)).mean(0)
-    reporter.step(2, {"accuracy": float((train_rewards > 0).mean() + 0.5 * (train_rewards == 0).mean())})
+    accuracy = metrics.preference_accuracy(heads.rewards(chosen, response_length(chosen_text)).mean(0),
+                                           heads.rewards(rejected, response_length(rejected_text)).mean(0))
+    reporter.step(2, {"accuracy": accuracy})
     return trained, {"read_seconds": read, "fit_seconds": time.perf_counter() - started - read, **describe(heads)}

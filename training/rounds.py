@@ -1,4 +1,4 @@
-"""What the rounds share: labeled pairs split by prompt, the training prompts, the readiness checks
+"""What the rounds share: labeled pairs split by conversation, the training prompts, the readiness checks
 the registry declares ("DPO needs at least 8 labeled pairs; you have 3."), progress reporting from
 a transformers `Trainer`, and the command-line `main` of a job.
 
