@@ -52,6 +52,7 @@ def rows_of(path: Path, fmt: str, home: Path) -> list[dict]:
     from labeling.store import import_file
 
     import_file(path, fmt=fmt)
+    # the fold key of bench/reward.py's published runs (sorted as these strings sort), kept as it was
     return [dict(r, source=fmt, conversation=json.dumps(r["prompt"][:1], sort_keys=True))
             for r in preference_rows().rows]
 
@@ -67,23 +68,6 @@ def fold_of(rows: list[dict], folds: int, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------- features, cached
 
 
-def load_backbone(name: str):
-    """(model without a head, tokenizer) of a backbone, as the reward round would read it."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from training import device, reward
-    from training.model import with_chat_template
-    from training.reward_config import RewardRoundConfig
-
-    folder = reward.backbone_folder(RewardRoundConfig(backbone=name))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if name == "policy":
-        tokenizer = with_chat_template(tokenizer, folder)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    return device.place(AutoModel.from_pretrained(folder, use_safetensors=True).eval()), tokenizer
-
-
 def cached_features(name: str, rows: list[dict], home: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(chosen, rejected) features of `rows` under backbone `name`. Shape: (rows, d) each."""
     from training import reward_heads
@@ -94,7 +78,10 @@ def cached_features(name: str, rows: list[dict], home: Path, max_length: int) ->
     if path.is_file():
         f = np.load(path)
         return f["chosen"], f["rejected"]
-    model, tokenizer = load_backbone(name)
+    from training import reward
+    from training.reward_config import RewardRoundConfig
+
+    model, tokenizer, _ = reward.load_backbone(RewardRoundConfig(backbone=name, method="heads"))  # frozen, no head
     prompts = [r["prompt"] for r in rows]
     started = time.perf_counter()
     chosen = reward_heads.features(model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in rows], max_length)
