@@ -350,6 +350,16 @@ def pairs_waiting(overlap: int = 1) -> int:
         return _count_waiting(s, None, overlap)
 
 
+def judgments_per_minute(window_minutes: float = 5.0) -> float:
+    """People's labeling judgments (skips included: each moves someone to the next pair) per minute
+    over the last `window_minutes`, everybody together: how fast the queue is being used up."""
+    since = utcnow() - dt.timedelta(minutes=window_minutes)
+    with db.session() as s:
+        done = _count(s, select(func.count(Judgment.id)).join(Pair, Pair.id == Judgment.pair_id)
+                      .where(Judgment.source == "human", Pair.kind == "label", Judgment.created_at >= since))
+    return done / window_minutes
+
+
 def workspace_summary(overlap: int = 1) -> WorkspaceSummary:
     """What the home view shows: counts, the current model version and the jobs under way; pairs
     waiting are those with fewer than `overlap` judgments."""

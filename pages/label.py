@@ -20,7 +20,6 @@ from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, guidelines_editor, i
 
 LABELS = {choice: label for label, choice, _ in VOTE_BUTTONS}
 UNDO_SHORTCUT = "U"
-LOW_WATER = 20  # ask for generation when fewer pairs than this wait
 GENERATION_CHECK_SECONDS = 30.0
 
 
@@ -86,18 +85,19 @@ def render_pair(name: str, view: queue.PairView) -> None:
 
 
 def keep_pairs_coming(waiting: int) -> None:
-    """Ask the generator for more pairs when this annotator's queue runs low (pairs they skipped
-    count for others, not for them), at most every 30 seconds."""
+    """At most every 30 seconds, ask the generator for more pairs if this annotator's queue is
+    shorter than a few minutes of labeling at the recent rate (pairs they skipped count for
+    others, not for them)."""
     last = st.session_state.get("generation_checked_at", 0.0)
-    if waiting >= LOW_WATER or time.monotonic() - last < GENERATION_CHECK_SECONDS:
+    if time.monotonic() - last < GENERATION_CHECK_SECONDS:
         return
     if os.environ.get("PREFLOOP_AUTOGENERATE", "1") == "0":  # e.g. a demo on imported pairs only
         return
     st.session_state["generation_checked_at"] = time.monotonic()
-    from training import generate  # lazy: only when the queue runs low
+    from training import generate  # lazy: the app's other pages never need it
 
     try:
-        job_id = generate.ensure_pairs_waiting(min_waiting=LOW_WATER, waiting=waiting)
+        job_id = generate.ensure_pairs_waiting(waiting=waiting)
     except RuntimeError as error:  # e.g. jobs.JobError: a training round holds the machine
         st.caption(f"No new pairs are being generated: {error}")
         return

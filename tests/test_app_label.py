@@ -53,7 +53,7 @@ def generator(monkeypatch):
     """A stand-in for training.generate that records calls, so no model is ever loaded."""
     fake = types.ModuleType("training.generate")
     fake.calls = []
-    fake.ensure_pairs_waiting = (lambda min_waiting=20, waiting=None:
+    fake.ensure_pairs_waiting = (lambda min_waiting=None, waiting=None:
                                  fake.calls.append(("ensure", min_waiting, waiting)) or 7)
     fake.start_generation = lambda prompts: fake.calls.append(("start", prompts)) or 8
     monkeypatch.setitem(sys.modules, "training.generate", fake)
@@ -171,7 +171,7 @@ def test_first_visit_asks_for_a_name_and_keeps_it_in_the_url(workspace, generato
 
 def test_empty_queue_asks_the_generator_and_says_so(workspace, generator):
     at = open_label()
-    assert ("ensure", 20, 0) in generator.calls
+    assert ("ensure", None, 0) in generator.calls
     assert any("No pairs are waiting" in i.value for i in at.info)
     assert not at.exception
 
@@ -181,7 +181,7 @@ def test_pairs_i_skipped_do_not_count_as_waiting_for_me(workspace, generator):
     for pair_id in ids:
         queue.submit_judgment("ana", pair_id, "skip", "a")
     at = open_label()  # 25 pairs nobody has judged, none of them for ana: she needs new ones
-    assert ("ensure", 20, 0) in generator.calls
+    assert ("ensure", None, 0) in generator.calls
     assert any("No pairs are waiting" in i.value for i in at.info)
 
 

@@ -158,6 +158,80 @@ def test_first_chunk_is_small_so_the_first_pairs_arrive_early(tiny):
             steps.append((step, metrics["pairs"]))
 
     result = generate.run(generate.GenerateConfig(prompts=12, max_new_tokens=4, batch_size=20, seed=1), Recorder(None))
-    # 2 prompts first, then the other 10 in one batch (an identical pair may rarely be dropped)
-    assert len(steps) == 2 and 1 <= steps[0][1] <= generate.FIRST_CHUNK_PROMPTS == 2
+    # 2 prompts first, then 4, then the other 6 (an identical pair may rarely be dropped)
+    assert len(steps) == 3 and 1 <= steps[0][1] <= generate.FIRST_CHUNK_PROMPTS == 2
     assert result["pairs"] >= 10 and result["prompts"] == 12
+
+
+def test_chunks_double_up_to_a_batch():
+    assert [len(c) for c in generate.ramp(list(range(40)), largest=16)] == [2, 4, 8, 16, 10]
+    assert [len(c) for c in generate.ramp(list(range(5)), largest=1)] == [1, 1, 1, 1, 1]
+    assert sum(generate.ramp(list(range(7)), largest=4), []) == list(range(7))
+
+
+def test_a_job_stops_once_enough_pairs_wait(tiny):
+    store.add_prompts([f"Question number {i}?" for i in range(12)], "test")
+    config = generate.GenerateConfig(prompts=12, max_new_tokens=4, batch_size=20, seed=1, until_waiting=3)
+    result = generate.run(config, jobs.Reporter(None))
+    assert 3 <= result["pairs"] <= 6  # 2 pairs, then 4 more: enough; the other 6 prompts wait for later
+
+
+def test_the_buffer_grows_with_the_labeling_rate(workspace, monkeypatch):
+    from labeling import queue
+    from tests.test_queue import seed_pairs
+
+    assert generate.buffer_target(0) == generate.LOW_WATER == 20
+    assert generate.buffer_target(10) == 30  # one person at 6 s a pair: three minutes ahead
+    ids = seed_pairs(60)
+    for pair_id in ids[:50]:  # 50 judgments just now: 10 a minute over the last five minutes
+        queue.submit_judgment("ana", pair_id, "skip" if pair_id % 7 == 0 else "a", "a")
+    assert queue.judgments_per_minute() == 10
+    started = []
+    monkeypatch.setattr(generate, "start_generation",
+                        lambda prompts, until_waiting: started.append((prompts, until_waiting)) or 1)
+    assert generate.ensure_pairs_waiting(waiting=25) == 1  # 25 < 30: fill up to 60
+    assert started == [(35, 60)]
+    assert generate.ensure_pairs_waiting(waiting=30) is None
+
+
+LONG_JOB = {"prompts": 160, "max_new_tokens": 400, "batch_size": 2, "seed": 1}  # minutes on the tiny model
+
+
+def wait_until(check, timeout: float = 60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_the_generator_stops_when_the_server_that_started_it_stops(tiny):
+    """No orphans: a stand-in server starts generation the way the app does, then dies (kill -9)."""
+    import signal
+
+    store.add_prompts([f"Question number {i}?" for i in range(160)], "test")
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from training import jobs; "
+         f"print(jobs.start_job('generate', {LONG_JOB!r}, stop_with_server=True), flush=True); time.sleep(600)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    job_id = int(server.stdout.readline())
+    job = wait_until(lambda: (j := jobs.get_job(job_id)).status == "running" and j.step and j)
+    assert jobs._pid_alive(job.pid)
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    wait_until(lambda: not jobs._pid_alive(job.pid), timeout=30)
+    job = jobs.get_job(job_id)
+    assert job.status == "cancelled" and job.error == jobs.SERVER_STOPPED
+
+
+def test_a_round_started_meanwhile_stops_the_generator_first(tiny):
+    store.add_prompts([f"Question number {i}?" for i in range(160)], "test")
+    generating = jobs.start_job("generate", LONG_JOB)
+    job = wait_until(lambda: (j := jobs.get_job(generating)).status == "running" and j)
+    round_id = jobs.start_job("worker", {"note": "a round"})  # any heavy kind but generation
+    assert not jobs._pid_alive(job.pid)  # gone before the round's worker was spawned
+    assert jobs.get_job(generating).status == "cancelled"
+    jobs.wait(round_id, timeout=60)

@@ -15,6 +15,7 @@ can import it.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -25,6 +26,8 @@ from training import jobs
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
 RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
 FIRST_CHUNK_PROMPTS = 2  # prompts in the first chunk: a labeler on an empty queue sees pairs early
+LOW_WATER = 20  # pairs: below this many waiting, the app generates more, whatever the labeling rate
+LEAD_MINUTES = 3.0  # the app keeps this many minutes of labeling (at the recent rate) waiting
 
 
 @dataclass
@@ -42,6 +45,8 @@ class GenerateConfig:
     # gain over 32 for twice the KV-cache memory on long prompts (bench/generation.py)
     batch_size: int = field(default=32, metadata={"min": 1, "help": "Sequences per batch (two per prompt)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampling (default: a new one each run, stored with every response)."})
+    until_waiting: int = field(default=0, metadata={"min": 0,
+        "help": "Stop early once this many pairs wait to be labeled (0: answer every prompt)."})
 
 
 # ---------------------------------------------------------------- sampling
@@ -89,6 +94,17 @@ def length_order(tokenizer, texts: list[str]) -> list[int]:
 
 def _batches(order: list[int], per_batch: int) -> list[list[int]]:
     return [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
+
+
+def ramp(order: list[int], largest: int, first: int = FIRST_CHUNK_PROMPTS) -> list[list[int]]:
+    """`order` cut into chunks of `first`, twice that, four times... up to `largest` prompts: each
+    chunk is stored as soon as it is sampled, and each is ready before a labeler working through
+    the ones before it runs out (bigger batches give more tokens/s, small ones come back sooner)."""
+    chunks, size, start = [], max(1, min(first, largest)), 0
+    while start < len(order):
+        chunks.append(order[start:start + size])
+        start, size = start + size, min(size * 2, max(1, largest))
+    return chunks
 
 
 def generate_pairs(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 128,
@@ -157,11 +173,10 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
     seed = config.seed if config.seed is not None else time.time_ns() % 2**31
     version = config.version or versions.current_policy_id() or "base"
     model, tokenizer = models.load_policy(config.version)
-    # one chunk per batch, stored as soon as it is sampled; shortest prompts together, as within a batch
+    # chunks stored as soon as they are sampled, growing from a small first one, so a labeler
+    # waiting on an empty queue sees pairs early; shortest prompts together, as within a batch
     order = length_order(tokenizer, chat_texts(tokenizer, [messages for _, messages in chosen]))
-    # a small first chunk, so a labeler waiting on an empty queue sees pairs within a minute
-    first = min(FIRST_CHUNK_PROMPTS, len(order))
-    chunks = ([order[:first]] if first else []) + _batches(order[first:], max(1, config.batch_size // 2))
+    chunks = ramp(order, config.batch_size // 2)
     reporter.start(len(chunks))
     stored, tokens, seconds = 0, 0, 0.0
     for step, chunk in enumerate(chunks, 1):
@@ -174,6 +189,8 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
         stored += store.add_generated_pairs([(chosen[chunk[settings["prompt_index"]]][0], a, b, version,
                                               side_settings(settings)) for a, b, settings in pairs])
         reporter.step(step, {"pairs": stored, "tokens_per_s": tokens / max(seconds, 1e-9)})
+        if config.until_waiting and _waiting() >= config.until_waiting:
+            break  # the labelers have enough ahead of them; the app asks again when they run low
     return {"pairs": stored, "tokens_per_s": round(tokens / max(seconds, 1e-9), 2), "prompts": len(chosen),
             "version": version, "seed": seed}
 
@@ -198,23 +215,43 @@ def main(argv: list[str]) -> int:
 # ---------------------------------------------------------------- for the app (no torch here)
 
 
-def start_generation(prompts: int = 32, version: str | None = None) -> int:
-    """Start `python -m training generate` as a background job; return its id (JobError when
+def _waiting() -> int:
+    """Labeling pairs still short of the workspace's overlap in judgments."""
+    from labeling import queue, settings
+
+    return queue.pairs_waiting(settings.overlap())
+
+
+def buffer_target(pairs_per_minute: float) -> int:
+    """Pairs to keep waiting: LEAD_MINUTES of labeling at the recent rate (more labelers, a bigger
+    buffer), and never fewer than LOW_WATER."""
+    return max(LOW_WATER, math.ceil(pairs_per_minute * LEAD_MINUTES))
+
+
+def start_generation(prompts: int = 32, version: str | None = None, until_waiting: int = 0) -> int:
+    """Start `python -m training generate` as a background job of this server (it stops when the
+    server stops, and gives way to any round started meanwhile); return its id (JobError when
     another heavy job is running)."""
-    return jobs.start_job("generate", asdict(GenerateConfig(prompts=prompts, version=version)))
+    config = GenerateConfig(prompts=prompts, version=version, until_waiting=until_waiting)
+    return jobs.start_job("generate", asdict(config), stop_with_server=True)
 
 
-def ensure_pairs_waiting(min_waiting: int = 20, waiting: int | None = None) -> int | None:
-    """Start a generation job when fewer than `min_waiting` labeling pairs wait (`waiting`: those
-    waiting for one annotator, e.g. without the ones they skipped; default: pairs nobody has judged)
-    and no heavy job is running; return its id, or None when nothing was started."""
-    from labeling import queue
+def ensure_pairs_waiting(min_waiting: int | None = None, waiting: int | None = None) -> int | None:
+    """Start a generation job when fewer than `min_waiting` labeling pairs wait (default:
+    `buffer_target` of the recent labeling rate; `waiting`: those waiting for one annotator, e.g.
+    without the ones they skipped; default: pairs short of judgments) and no heavy job is running.
+    The job fills the queue to twice the target, then stops. Returns its id, or None."""
+    from labeling import queue, settings
 
-    waiting = queue.pairs_waiting() if waiting is None else waiting
+    overlap = settings.overlap()
+    if min_waiting is None:
+        min_waiting = buffer_target(queue.judgments_per_minute() / overlap)
+    waiting = queue.pairs_waiting(overlap) if waiting is None else waiting
     if waiting >= min_waiting or jobs.active_jobs() or _failed_recently():
         return None
     try:
-        return start_generation(prompts=max(GenerateConfig.prompts, min_waiting - waiting))
+        return start_generation(prompts=max(GenerateConfig.prompts, 2 * min_waiting - waiting),
+                                until_waiting=2 * min_waiting)
     except jobs.JobError:  # another page started one a moment ago
         return None
 

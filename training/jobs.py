@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,8 @@ from labeling.workspace import home
 from training import registry
 
 OTHER_HEAVY_KINDS = ("generate", "evaluate", "sweep", "arena")  # besides every round; an export is light
+BACKGROUND_KINDS = ("generate",)  # give way to any other heavy job started meanwhile
+SERVER_PID_ENV = "PREFLOOP_SERVER_PID"  # set for a worker that stops when the server that started it stops
 STALE_AFTER = dt.timedelta(seconds=120)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,9 +141,16 @@ def active_jobs() -> list[Job]:
     return active_jobs_rows()
 
 
-def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> int:
-    """Queue a job of `kind` with `config` and spawn its worker. Returns the job id."""
+def start_job(kind: str, config: dict[str, Any], threads: int | None = None, stop_with_server: bool = False) -> int:
+    """Queue a job of `kind` with `config` and spawn its worker. Returns the job id.
+
+    A round started while the background generator runs stops it first: generating more pairs to
+    label can wait, and the app starts it again when the queue runs low. With `stop_with_server`
+    the worker also stops when this process (the app's server) does, instead of running on alone.
+    """
     refresh_stale()
+    if kind not in BACKGROUND_KINDS:
+        _stop_background_jobs()
     try:
         # the check and the insert are serialized, so two pages clicking at the same moment cannot
         # both start a heavy job
@@ -156,6 +166,10 @@ def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> 
     log_path = folder / "log.txt"
     env = dict(os.environ, PREFLOOP_THREADS=str(threads or threads_for_job(serving=True)))
     env["OMP_NUM_THREADS"] = env["PREFLOOP_THREADS"]
+    if stop_with_server:
+        env[SERVER_PID_ENV] = str(os.getpid())
+    else:
+        env.pop(SERVER_PID_ENV, None)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "training", kind, "--config", str(config_path), "--job-id", str(job_id)],
@@ -164,6 +178,19 @@ def start_job(kind: str, config: dict[str, Any], threads: int | None = None) -> 
         )
     runs.set_worker(job_id, proc.pid, str(log_path))
     return job_id
+
+
+def _stop_background_jobs(timeout: float = 30.0) -> None:
+    """Cancel the running background jobs (generation) and wait for their workers to exit."""
+    waiting = [job for job in active_jobs_rows() if job.kind in BACKGROUND_KINDS]
+    for job in waiting:
+        try:
+            cancel(job.id)
+        except JobError:  # it finished a moment ago
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_pid_alive(job.pid) for job in waiting) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def cancel(job_id: int) -> None:
@@ -244,13 +271,16 @@ class Reporter:
 
 @contextmanager
 def reporting(job_id: int | None) -> Iterator[Reporter]:
-    """Run a round's body under a Reporter: done on success, failed (with the message) on error."""
+    """Run a round's body under a Reporter: done on success, failed (with the message) on error.
+    A job started with `stop_with_server` is cancelled once the server that started it is gone."""
     reporter = Reporter(job_id)
     signal.signal(signal.SIGTERM, _raise_cancelled)
+    if job_id is not None and os.environ.get(SERVER_PID_ENV):
+        threading.Thread(target=_stop_with_server, args=(int(os.environ[SERVER_PID_ENV]),), daemon=True).start()
     try:
         yield reporter
-    except Cancelled:
-        reporter.finish("cancelled")
+    except Cancelled as exc:
+        reporter.finish("cancelled", error=str(exc) if str(exc) == SERVER_STOPPED else None)
         raise
     except Exception as exc:  # the job row must say why it failed, whatever failed
         reporter.finish("failed", error=describe(exc))
@@ -266,8 +296,21 @@ def describe(exc: BaseException) -> str:
     return str(exc) if own else f"{type(exc).__name__}: {exc}"
 
 
+SERVER_STOPPED = "The server that started this job stopped."
+_stop_reason: list[str] = []  # why this process was sent SIGTERM by itself
+
+
 def _raise_cancelled(signum, frame):
-    raise Cancelled("terminated")
+    raise Cancelled(_stop_reason[0] if _stop_reason else "terminated")
+
+
+def _stop_with_server(server_pid: int, poll: float = 1.0) -> None:
+    """Watch from a thread: once this worker's parent is no longer the server (it exited and the
+    worker was handed to init), cancel the job the way `cancel` does, with SIGTERM."""
+    while os.getppid() == server_pid:
+        time.sleep(poll)
+    _stop_reason.append(SERVER_STOPPED)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def wait(job_id: int, timeout: float = 600, poll: float = 0.5) -> Job:
