@@ -20,8 +20,9 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	# the base model is converted (about 30 s, once) before the server starts, not on the first page view
-	$(BIN)/python -c "from training.model import base_model_path; base_model_path()"
+	# the base model is converted (about 30 s, once), then to CTranslate2 for the generator, before the
+	# server starts, not on the first page view
+	$(BIN)/python -m training prepare
 	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) --browser.gatherUsageStats false
 
 test: $(STAMP)

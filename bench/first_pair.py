@@ -3,7 +3,8 @@
     python bench/first_pair.py [--home DIR] [--runs 1]
 
 The condition of issue 19: the set-up has run once (the default model is converted: this script
-converts it first, untimed, into a shared folder), then a fresh workspace, `streamlit run app.py`,
+converts it first, untimed, into a shared folder, and `python -m training prepare` converts it for
+the generator's engine, untimed, as `make run` does), then a fresh workspace, `streamlit run app.py`,
 one Chromium (a name typed on the home page, then the Label page), the generator started by the server, all on
 this machine's cores. Reported per run: seconds from launching the server to its health check and
 to the first pair on screen (the "Response A" heading), and the pairs stored by then. Target:
@@ -36,6 +37,12 @@ def stored_pairs(home: Path) -> int:
     return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
 
+def prepare(env: dict[str, str]) -> None:
+    """What `make run` does before it starts the server, untimed: `python -m training prepare`
+    (the model converted for the generator's engine, in this workspace)."""
+    subprocess.run([sys.executable, "-m", "training", "prepare"], cwd=ROOT, env=env, check=True, capture_output=True)
+
+
 def one_run(home: Path, model: Path, timeout: float) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -43,6 +50,7 @@ def one_run(home: Path, model: Path, timeout: float) -> dict:
 
     home.mkdir(parents=True)
     env = {**os.environ, "PREFLOOP_HOME": str(home), "PREFLOOP_MODEL": str(model), "PREFLOOP_AUTOGENERATE": "1"}
+    prepare(env)
     started = time.monotonic()
     proc, url = start_server(home, env)
     result = {"server_up_s": round(time.monotonic() - started, 1)}
@@ -68,19 +76,24 @@ def one_run(home: Path, model: Path, timeout: float) -> dict:
     return result
 
 
+def set_up(home: str | None, prefix: str) -> tuple[Path, Path]:
+    """(folder for the workspaces, converted default model): the set-up `make run` does once, untimed."""
+    if not CHROMIUM.exists():
+        sys.exit(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium).")
+    root = Path(home or tempfile.mkdtemp(prefix=prefix))
+    os.environ["PREFLOOP_HOME"] = str(root / "convert")
+    from training.model import convert_default_model
+
+    return root, convert_default_model()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", help="folder for the workspaces (default: a temporary one)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the first pair")
     args = parser.parse_args()
-    if not CHROMIUM.exists():
-        sys.exit(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium).")
-    root = Path(args.home or tempfile.mkdtemp(prefix="first-pair-"))
-    os.environ["PREFLOOP_HOME"] = str(root / "convert")
-    from training.model import convert_default_model
-
-    model = convert_default_model()  # the set-up that `make run` does once, untimed
+    root, model = set_up(args.home, "first-pair-")
     runs = []
     for k in range(args.runs):
         runs.append(one_run(root / f"run-{k}", model, args.timeout))

@@ -1,20 +1,26 @@
-"""Aggregate tokens/s of prefloop's pair generator against naive one-prompt-at-a-time generation.
+"""Aggregate tokens/s of prefloop's pair generator: transformers, CTranslate2, and naive generation.
 
-Both sides do the same work on the real default model (SmolLM2-135M-Instruct, fp32): two sampled
+All three do the same work on the real default model (SmolLM2-135M-Instruct): two sampled
 responses (temperature 0.8, top-p 0.95, at most 64 new tokens) for each of 32 built-in prompts.
 prefloop batches them (`training.generate.generate_pairs`: prompts sorted by length, both sides of
-a prompt as two rows of one left-padded batch, KV cache, rows stopping at EOS); the baseline calls
-`model.generate` once per response. Only real new tokens count, for both: each response's tokens
-up to and including its EOS, never the padding a finished row keeps receiving in a batch.
+a prompt as two rows of one left-padded batch, KV cache, rows stopping at EOS), on the fp32
+transformers model (the reference) and on the same model converted to CTranslate2 int8
+(training/engine.py, what the app's generator uses on a CPU); the baseline calls `model.generate`
+once per response. Only real new tokens count: each response's tokens up to and including its
+EOS, never the padding a finished row keeps receiving in a batch. Quality: the fp32 model's mean
+log-prob per token of the answers of each engine (int8 weights must not make answers the model
+itself finds less likely).
 
     python bench/generation.py [--prompts 32] [--max-new-tokens 64] [--batch-size 32] [--threads N]
 
-The two take turns, one batch of prompts at a time, so that other load on the machine weighs on
-both alike.
+The three take turns, one batch of prompts at a time, so that other load on the machine weighs on
+all alike.
 
 The model comes from the workspace (PREFLOOP_HOME, converted from the GGUF on first use) or
-PREFLOOP_MODEL. Last line printed: JSON {"speedup": x, "tokens_per_s": y, "baseline_tokens_per_s": z}
-(target: speedup >= 4).
+PREFLOOP_MODEL. Last line printed: JSON {"speedup": batched transformers over naive (target >= 4),
+"ctranslate2_speedup": CTranslate2 over batched transformers (target >= 3), tokens/s of each,
+"logprob_per_token" and "ctranslate2_logprob_per_token", and "logprob_difference": CTranslate2's
+minus transformers' with its 95 % interval over prompts (target: the interval holds 0)}.
 """
 from __future__ import annotations
 
@@ -29,20 +35,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from labeling.store import builtin_prompts  # noqa: E402
-from training import jobs  # noqa: E402
+from training import engine, jobs  # noqa: E402
+from training.arena_answers import response_logprobs  # noqa: E402
 from training import model as models  # noqa: E402
 from training.generate import GenerateConfig, generate_pairs, new_token_counts  # noqa: E402
 
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 
 
-def prefloop_run(model, tokenizer, prompts, max_new_tokens: int, batch_size: int) -> tuple[int, float, int]:
-    """(real new tokens, seconds, pairs kept) of the batched generator."""
+def prefloop_run(model, tokenizer, prompts, max_new_tokens: int, batch_size: int) -> tuple[int, float, list]:
+    """(real new tokens, seconds, [(prompt, response)] of the pairs kept) of the batched generator;
+    `model` is a transformers model or a CTranslate2 `engine.Sampler`."""
     start = time.perf_counter()
     pairs = generate_pairs(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            seed=0, **SAMPLING)
     seconds = time.perf_counter() - start
-    return sum(s["tokens_a"] + s["tokens_b"] for _, _, s in pairs), seconds, len(pairs)
+    answers = [(prompts[s["prompt_index"]], text) for a, b, s in pairs for text in (a, b)]
+    return sum(s["tokens_a"] + s["tokens_b"] for _, _, s in pairs), seconds, answers
+
+
+def logprob_sums(model, tokenizer, answers: list) -> dict[str, list[float]]:
+    """Per prompt: [Σ log-prob, tokens] of its answers under the fp32 reference model (EOS included)."""
+    scored = response_logprobs(model, tokenizer, [p for p, _ in answers], [t for _, t in answers])
+    sums: dict[str, list[float]] = {}
+    for (prompt, _), (lp, n) in zip(answers, scored):
+        total = sums.setdefault(prompt[-1]["content"], [0.0, 0])
+        total[0], total[1] = total[0] + lp, total[1] + n
+    return sums
+
+
+def per_token(sums: dict) -> float:
+    return sum(v[0] for v in sums.values()) / sum(v[1] for v in sums.values())
+
+
+def logprob_difference(ours: dict, reference: dict, resamples: int = 2000) -> tuple[float, float, float]:
+    """Mean log-prob per token of `ours` minus `reference`, with a 95 % interval from resampling
+    the prompts both answered (their answers differ by chance too: the interval says how much)."""
+    import random
+
+    shared = sorted(set(ours) & set(reference))
+
+    def diff(keys):
+        a = sum(ours[k][0] for k in keys) / sum(ours[k][1] for k in keys)
+        b = sum(reference[k][0] for k in keys) / sum(reference[k][1] for k in keys)
+        return a - b
+
+    rng = random.Random(0)
+    draws = sorted(diff([rng.choice(shared) for _ in shared]) for _ in range(resamples))
+    return diff(shared), draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]
 
 
 @torch.inference_mode()
@@ -72,28 +112,41 @@ def main() -> int:
 
     threads = jobs.set_threads(args.threads)
     model, tokenizer = models.load_policy("base")
+    fast, fast_tokenizer, _ = engine.load_generator("base", "ctranslate2", threads)  # converted once, untimed
     prompts = [[{"role": "user", "content": text}] for text in builtin_prompts()[:args.prompts]]
-    baseline_run(model, tokenizer, prompts[:1], 4)  # warm-up: first-call costs count for neither side
+    baseline_run(model, tokenizer, prompts[:1], 4)  # warm-up: first-call costs count for no side
+    prefloop_run(fast, fast_tokenizer, prompts[:1], 4, args.batch_size)
 
-    # The two take turns on groups of one batch of prompts each, so load from other processes on
-    # the machine falls on both alike rather than on whichever happened to run second.
-    tokens = seconds = kept = base_tokens = base_seconds = 0
+    # The three take turns on groups of one batch of prompts each, so load from other processes on
+    # the machine falls on all alike rather than on whichever happened to run last.
+    arms = {"transformers": [0, 0.0, []], "ctranslate2": [0, 0.0, []], "baseline": [0, 0.0]}
     group = max(1, args.batch_size // 2)
     for start in range(0, len(prompts), group):
         chunk = prompts[start:start + group]
-        n, s, k = prefloop_run(model, tokenizer, chunk, args.max_new_tokens, args.batch_size)
-        tokens, seconds, kept = tokens + n, seconds + s, kept + k
+        for name, (m, tok) in (("transformers", (model, tokenizer)), ("ctranslate2", (fast, fast_tokenizer))):
+            n, s, answers = prefloop_run(m, tok, chunk, args.max_new_tokens, args.batch_size)
+            arms[name][0] += n
+            arms[name][1] += s
+            arms[name][2] += answers
         n, s = baseline_run(model, tokenizer, chunk, args.max_new_tokens)
-        base_tokens, base_seconds = base_tokens + n, base_seconds + s
-        print(f"prompts {start + len(chunk)}/{len(prompts)}: prefloop {tokens / seconds:.1f} tokens/s, "
-              f"baseline {base_tokens / base_seconds:.1f} tokens/s so far", file=sys.stderr)
-    print(f"prefloop: {tokens} tokens in {seconds:.1f} s ({kept} pairs kept of {len(prompts)}, "
-          f"batch {args.batch_size}, {threads} threads)", file=sys.stderr)
-    print(f"baseline: {base_tokens} tokens in {base_seconds:.1f} s (one response at a time)", file=sys.stderr)
+        arms["baseline"][0] += n
+        arms["baseline"][1] += s
+        print(f"prompts {start + len(chunk)}/{len(prompts)}: " + ", ".join(
+            f"{name} {arm[0] / arm[1]:.1f}" for name, arm in arms.items()) + " tokens/s so far", file=sys.stderr)
+    for name, arm in arms.items():
+        print(f"{name}: {arm[0]} tokens in {arm[1]:.1f} s (batch {args.batch_size if name != 'baseline' else 1}, "
+              f"{threads} threads)", file=sys.stderr)
 
-    rate, base_rate = tokens / seconds, base_tokens / base_seconds
-    print(json.dumps({"speedup": round(rate / base_rate, 2), "tokens_per_s": round(rate, 1),
-                      "baseline_tokens_per_s": round(base_rate, 1)}))
+    reference = logprob_sums(model, tokenizer, arms["transformers"][2])
+    fast_sums = logprob_sums(model, tokenizer, arms["ctranslate2"][2])
+    rate, fast_rate, base_rate = (arms[name][0] / arms[name][1] for name in ("transformers", "ctranslate2", "baseline"))
+    print(json.dumps({
+        "speedup": round(rate / base_rate, 2), "tokens_per_s": round(rate, 1), "baseline_tokens_per_s": round(base_rate, 1),
+        "ctranslate2_tokens_per_s": round(fast_rate, 1), "ctranslate2_speedup": round(fast_rate / rate, 2),
+        # the same fp32 model scores both: CTranslate2's int8 weights must not make worse answers
+        "logprob_per_token": round(per_token(reference), 3), "ctranslate2_logprob_per_token": round(per_token(fast_sums), 3),
+        "logprob_difference": [round(x, 3) for x in logprob_difference(fast_sums, reference)],
+        "threads": threads}))
     return 0
 
 

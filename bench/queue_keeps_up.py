@@ -2,7 +2,7 @@
 
     python bench/queue_keeps_up.py [--minutes 10] [--pace 6] [--home DIR]
 
-The condition of issue 19: the default model converted once (untimed), a fresh workspace,
+The condition of issue 19: the default model converted once (untimed, as `make run` does), a fresh workspace,
 `streamlit run app.py` with the generator the server starts, one Chromium on the Label page, all
 on this machine's cores. After the first pair the labeler reads each pair for `--pace` seconds,
 presses 1 or 2, and waits for the next pair. A wait is the time from the key press to the next
@@ -20,14 +20,14 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.first_pair import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from bench.first_pair import CHROMIUM, CHROMIUM_ARGS, prepare, set_up  # noqa: E402
+from training.jobs import pid_alive  # noqa: E402
 
 PAIR_BUTTON = re.compile(r"st-key-left-(\d+)")
 NO_PAIRS = "No pairs are waiting for you right now"
@@ -66,17 +66,6 @@ def job_rows(home: Path) -> list[dict]:
     return json.loads(out.stdout) if out.returncode == 0 else []
 
 
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")  # a zombie waits for its parent only; it runs nothing
-    return not (status.exists() and "\nState:\tZ" in status.read_text())
-
-
 def label_for(page, seconds: float, pace: float, rng: random.Random) -> dict:
     """Label at `pace` seconds a pair for `seconds`; the waits between pairs."""
     waits, empty_seen = [], 0
@@ -103,6 +92,7 @@ def one_run(home: Path, model: Path, minutes: float, pace: float, seed: int) -> 
 
     home.mkdir(parents=True)
     env = {**os.environ, "PREFLOOP_HOME": str(home), "PREFLOOP_MODEL": str(model), "PREFLOOP_AUTOGENERATE": "1"}
+    prepare(env)  # as `make run` does before the server starts
     started = time.monotonic()
     proc, url = start_server(home, env)
     result: dict = {}
@@ -129,7 +119,7 @@ def one_run(home: Path, model: Path, minutes: float, pace: float, seed: int) -> 
     time.sleep(15)
     jobs_after = job_rows(home)
     result["generation_jobs"] = sum(j["kind"] == "generate" for j in jobs_after)
-    result["orphans"] = sum(alive(j["pid"]) for j in jobs_before if j["kind"] == "generate")
+    result["orphans"] = sum(pid_alive(j["pid"]) for j in jobs_before if j["kind"] == "generate")
     result["job_statuses"] = sorted({j["status"] for j in jobs_after})
     return result
 
@@ -141,13 +131,7 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=6, help="seconds the labeler reads each pair")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not CHROMIUM.exists():
-        sys.exit(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium).")
-    root = Path(args.home or tempfile.mkdtemp(prefix="queue-keeps-up-"))
-    os.environ["PREFLOOP_HOME"] = str(root / "convert")
-    from training.model import convert_default_model
-
-    model = convert_default_model()  # the set-up that `make run` does once, untimed
+    root, model = set_up(args.home, "queue-keeps-up-")
     result = one_run(root / "run", model, args.minutes, args.pace, args.seed)
     result.update(minutes=args.minutes, pace_s=args.pace, target_longest_wait_s=2,
                   met=result.get("longest_wait_s", 1e9) <= 2 and result["orphans"] == 0)

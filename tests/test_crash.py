@@ -67,7 +67,7 @@ def test_kill_9_mid_training_leaves_no_version_and_the_next_job_runs(tiny, tmp_p
 
     job = wait_for(mid_training, 240, "the DPO job to report its second step")
     os.killpg(job.pid, signal.SIGKILL)  # the worker runs in its own session: kill it and anything it spawned
-    wait_for(lambda: not jobs._pid_alive(job.pid), 30, "the worker to die")
+    wait_for(lambda: not jobs.pid_alive(job.pid), 30, "the worker to die")
 
     failed = jobs.get_job(job_id)  # the app's next look notices the dead worker
     assert failed.status == "failed" and "stopped without reporting" in failed.error

@@ -219,10 +219,10 @@ def test_the_generator_stops_when_the_server_that_started_it_stops(tiny):
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     job_id = int(server.stdout.readline())
     job = wait_until(lambda: (j := jobs.get_job(job_id)).status == "running" and j.step and j)
-    assert jobs._pid_alive(job.pid)
+    assert jobs.pid_alive(job.pid)
     server.send_signal(signal.SIGKILL)
     server.wait()
-    wait_until(lambda: not jobs._pid_alive(job.pid), timeout=30)
+    wait_until(lambda: not jobs.pid_alive(job.pid), timeout=30)
     job = jobs.get_job(job_id)
     assert job.status == "cancelled" and job.error == jobs.SERVER_STOPPED
 
@@ -232,6 +232,6 @@ def test_a_round_started_meanwhile_stops_the_generator_first(tiny):
     generating = jobs.start_job("generate", LONG_JOB)
     job = wait_until(lambda: (j := jobs.get_job(generating)).status == "running" and j)
     round_id = jobs.start_job("worker", {"note": "a round"})  # any heavy kind but generation
-    assert not jobs._pid_alive(job.pid)  # gone before the round's worker was spawned
+    assert not jobs.pid_alive(job.pid)  # gone before the round's worker was spawned
     assert jobs.get_job(generating).status == "cancelled"
     jobs.wait(round_id, timeout=60)

@@ -10,6 +10,7 @@ from training import registry
 
 COMMANDS = {  # the commands that are not rounds
     "generate": "training.generate",
+    "prepare": "training.engine",
     "reward-eval": "training.reward_eval",
     "versions": "training.versions",
     "evaluate": "training.evaluate",

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from labeling.command import run_command
 from training import jobs
+from training.engine import ENGINES
 
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
 RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
@@ -45,6 +46,8 @@ class GenerateConfig:
     # gain over 32 for twice the KV-cache memory on long prompts (bench/generation.py)
     batch_size: int = field(default=32, metadata={"min": 1, "help": "Sequences per batch (two per prompt)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampling (default: a new one each run, stored with every response)."})
+    engine: str = field(default="auto", metadata={"choices": ENGINES,
+        "help": "auto: CTranslate2 (int8, 2-3x faster) on a CPU when it converts the model, else transformers."})
     until_waiting: int = field(default=0, metadata={"min": 0,
         "help": "Stop early once this many pairs wait to be labeled (0: answer every prompt)."})
 
@@ -136,7 +139,11 @@ def generate_pairs(model, tokenizer, prompts: list[list[dict]], *, max_new_token
 
 def _sample_pairs(model, tokenizer, texts, batch: list[int], settings: dict, seed: int) -> dict[int, tuple]:
     """Both sides of each prompt in `batch` as rows 2k (side a) and 2k+1 (side b) of one batch."""
-    rows = sample_rows(model, tokenizer, [texts[i] for i in batch for _ in (0, 1)], seed=seed, **settings)
+    from training.engine import Sampler
+
+    texts = [texts[i] for i in batch for _ in (0, 1)]
+    rows = (model(texts, seed=seed, **settings) if isinstance(model, Sampler)
+            else sample_rows(model, tokenizer, texts, seed=seed, **settings))
     out = {}
     for k, i in enumerate(batch):
         (a, n_a, eos_a), (b, n_b, eos_b) = rows[2 * k], rows[2 * k + 1]
@@ -165,14 +172,14 @@ def side_settings(settings: dict) -> tuple[dict, dict]:
 def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[str, Any]:
     """Generate and store pairs for `config.prompts` prompts; return {"pairs", "tokens_per_s", ...}."""
     from labeling import store
-    from training import model as models, versions
+    from training import engine, versions
 
     store.ensure_builtin_prompts()
     reporter = reporter or jobs.Reporter(None)
     chosen = pick_prompts(config.prompts)
     seed = config.seed if config.seed is not None else time.time_ns() % 2**31
     version = config.version or versions.current_policy_id() or "base"
-    model, tokenizer = models.load_policy(config.version)
+    model, tokenizer, used = engine.load_generator(config.version, config.engine, jobs.threads_for_job())
     # chunks stored as soon as they are sampled, growing from a small first one, so a labeler
     # waiting on an empty queue sees pairs early; shortest prompts together, as within a batch
     order = length_order(tokenizer, chat_texts(tokenizer, [messages for _, messages in chosen]))
@@ -192,7 +199,7 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
         if config.until_waiting and _waiting() >= config.until_waiting:
             break  # the labelers have enough ahead of them; the app asks again when they run low
     return {"pairs": stored, "tokens_per_s": round(tokens / max(seconds, 1e-9), 2), "prompts": len(chosen),
-            "version": version, "seed": seed}
+            "version": version, "seed": seed, "engine": used}
 
 
 def main(argv: list[str]) -> int:
@@ -200,6 +207,7 @@ def main(argv: list[str]) -> int:
     from training import model as models
     from training.config_fields import ConfigError, config_from_args
     from training.device import DeviceError
+    from training.engine import EngineError
 
     def work() -> dict:
         config, extras = config_from_args(GenerateConfig, argv, prog="python -m training generate")
@@ -209,7 +217,7 @@ def main(argv: list[str]) -> int:
             reporter.result = result
         return {"pairs": result["pairs"], "tokens_per_s": result["tokens_per_s"]}
 
-    return run_command(work, {(ConfigError, models.ModelPathError, DeviceError): 2})
+    return run_command(work, {(ConfigError, models.ModelPathError, DeviceError, EngineError): 2})
 
 
 # ---------------------------------------------------------------- for the app (no torch here)

@@ -81,7 +81,8 @@ def lower_priority(nice: int = 10) -> None:
         pass
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` runs (a zombie, done and waiting for its parent, does not)."""
     if not pid:
         return False
     try:
@@ -104,7 +105,7 @@ def refresh_stale() -> int:
     """Mark as failed the active jobs whose worker is gone. Returns how many were marked."""
     def gone(job: Job, now: dt.datetime) -> bool:
         # a worker's pid is stored when it is spawned; before that only the age can tell
-        return not _pid_alive(job.pid) if job.pid else now - job.created_at > STALE_AFTER
+        return not pid_alive(job.pid) if job.pid else now - job.created_at > STALE_AFTER
 
     marked = runs.fail_active_jobs(gone, "The worker process stopped without reporting (killed or out of memory).")
     if marked:
@@ -189,7 +190,7 @@ def _stop_background_jobs(timeout: float = 30.0) -> None:
         except JobError:  # it finished a moment ago
             pass
     deadline = time.monotonic() + timeout
-    while any(_pid_alive(job.pid) for job in waiting) and time.monotonic() < deadline:
+    while any(pid_alive(job.pid) for job in waiting) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
@@ -201,7 +202,7 @@ def cancel(job_id: int) -> None:
     if job.status not in ACTIVE:
         raise JobError(f"Job #{job_id} is already {job.status}.")
     pid = job.pid
-    if _pid_alive(pid):
+    if pid_alive(pid):
         try:
             os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):

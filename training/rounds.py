@@ -175,9 +175,14 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
         except ConfigError as exc:
             _fail_job(argv, str(exc))
             raise
+        from training import engine, versions
+
         with jobs.reporting(extras["job_id"]) as reporter:
             jobs.set_threads()
+            before = versions.current_policy_id()
             summary = run_round(config, reporter, max_steps=extras["max_steps"], max_pairs=extras["max_pairs"])
+            if versions.current_policy_id() != before:  # ready for the generator's next pairs
+                engine.prepare(versions.current_policy_id())
             reporter.result = summary
         return summary
 

@@ -1,0 +1,94 @@
+"""The CTranslate2 sampler for pairs to label: conversion of a version once, pairs stored as the
+reference path stores them, and transformers whenever CTranslate2 cannot run the model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from labeling import db, store
+from labeling.models import Response
+from tests.tiny_models import make_tiny_policy
+from training import engine, generate
+
+
+@pytest.fixture
+def tiny(workspace, tmp_path, monkeypatch):
+    folder = make_tiny_policy(tmp_path / "tiny")
+    monkeypatch.setenv("PREFLOOP_MODEL", str(folder))
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    store.add_prompts([f"Question number {i}?" for i in range(6)], "test")
+    return folder
+
+
+def test_pairs_from_ctranslate2_are_stored_with_their_settings(tiny):
+    config = generate.GenerateConfig(prompts=6, max_new_tokens=6, batch_size=4, seed=3, engine="ctranslate2")
+    result = generate.run(config)
+    assert result["engine"] == "ctranslate2" and result["pairs"] >= 5
+    with db.session() as s:
+        generations = [r.generation for r in s.scalars(select(Response))]
+    assert len(generations) == 2 * result["pairs"]
+    for g in generations:  # a response that did not stop at EOS used every token it was allowed
+        assert g["temperature"] == 0.8 and g["top_p"] == 0.95 and g["seed"] is not None
+        assert g["new_tokens"] == 6 if not g["eos"] else 1 <= g["new_tokens"] <= 6
+
+
+def test_a_version_is_converted_once_and_again_when_its_weights_change(tiny):
+    first = engine.converted(None)
+    made = (first / "model.bin").stat().st_mtime_ns
+    assert json.loads((first / engine.STOP_FILE).read_text()) == [2]  # the tiny tokenizer's EOS
+    assert engine.converted(None) == first and (first / "model.bin").stat().st_mtime_ns == made
+    make_tiny_policy(tiny, seed=1)  # the same folder, new weights
+    assert engine.converted(None) != first
+
+
+def test_auto_falls_back_to_transformers_when_ctranslate2_cannot_convert(tiny, monkeypatch):
+    def refuse(version_id):
+        raise engine.EngineError("CTranslate2 cannot convert this model (no converter); set the engine to transformers.")
+
+    monkeypatch.setattr(engine, "converted", refuse)
+    model, _, used = engine.load_generator(None, "auto", threads=1)
+    assert used == "transformers" and not isinstance(model, engine.Sampler)
+    with pytest.raises(engine.EngineError, match="cannot convert"):
+        engine.load_generator(None, "ctranslate2", threads=1)
+    result = generate.run(generate.GenerateConfig(prompts=2, max_new_tokens=4, seed=1))
+    assert result["engine"] == "transformers" and result["pairs"] >= 1
+
+
+def test_transformers_is_used_when_asked(tiny):
+    result = generate.run(generate.GenerateConfig(prompts=2, max_new_tokens=4, seed=1, engine="transformers"))
+    assert result["engine"] == "transformers"
+    assert not engine.engines_root().exists()
+
+
+def test_an_unknown_engine_is_one_sentence(tiny, capsys):
+    assert generate.main(["--engine", "fast"]) == 2
+    assert "engine" in capsys.readouterr().err
+
+
+def test_prepare_converts_the_base_and_the_current_policy_before_the_server_starts(tiny, capsys):
+    from training.__main__ import main
+
+    assert main(["prepare"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["model"] == str(tiny) and (engine.engines_root() / out["engine"] / "model.bin").is_file()
+    assert main(["prepare", "--now"]) == 2
+    assert "takes no options" in capsys.readouterr().err
+
+
+def test_a_round_that_makes_a_new_version_current_converts_it_for_the_generator(tiny):
+    from training import rounds, versions
+    from training.dpo_config import DPORoundConfig
+
+    base = versions.ensure_base_version()
+
+    def round_writing_a_version(config, reporter, max_steps, max_pairs):  # the training itself is not the point
+        version = versions.create_version("policy", "dpo", base, {}, [], {},
+                                          lambda folder: make_tiny_policy(folder, seed=2), make_current=True)
+        return {"version": version}
+
+    assert rounds.run_main([], DPORoundConfig, round_writing_a_version, "python -m training dpo") == 0
+    current = versions.current_policy_id()
+    assert current != base and (engine._folder(current) / "model.bin").is_file()
+    assert not (engine._folder(base) / "model.bin").is_file()  # only what became current
