@@ -31,6 +31,7 @@ def test_pairs_from_ctranslate2_are_stored_with_their_settings(tiny):
     assert len(generations) == 2 * result["pairs"]
     for g in generations:  # a response that did not stop at EOS used every token it was allowed
         assert g["temperature"] == 0.8 and g["top_p"] == 0.95 and g["seed"] is not None
+        assert g["engine"] == "ctranslate2" and g["quantization"] == "int8" and g["top_k"] == 400  # the vocabulary
         assert g["new_tokens"] == 6 if not g["eos"] else 1 <= g["new_tokens"] <= 6
 
 
@@ -39,6 +40,7 @@ def test_a_version_is_converted_once_and_again_when_its_weights_change(tiny):
     made = (first / "model.bin").stat().st_mtime_ns
     assert json.loads((first / engine.STOP_FILE).read_text()) == [2]  # the tiny tokenizer's EOS
     assert engine.converted(None) == first and (first / "model.bin").stat().st_mtime_ns == made
+    assert engine.converted("base") == first  # None is the current policy, here the base
     make_tiny_policy(tiny, seed=1)  # the same folder, new weights
     assert engine.converted(None) != first
 
@@ -52,6 +54,14 @@ def test_auto_falls_back_to_transformers_when_ctranslate2_cannot_convert(tiny, m
     assert used == "transformers" and not isinstance(model, engine.Sampler)
     with pytest.raises(engine.EngineError, match="cannot convert"):
         engine.load_generator(None, "ctranslate2", threads=1)
+
+    def crash(version_id):  # a library's own error, e.g. a model.bin it cannot read
+        raise RuntimeError("unsupported model spec")
+
+    monkeypatch.setattr(engine, "converted", crash)
+    assert engine.load_generator(None, "auto", threads=1)[2] == "transformers"
+    with pytest.raises(engine.EngineError, match="CTranslate2 failed on this model .RuntimeError: unsupported"):
+        engine.load_generator(None, "ctranslate2", threads=1)
     result = generate.run(generate.GenerateConfig(prompts=2, max_new_tokens=4, seed=1))
     assert result["engine"] == "transformers" and result["pairs"] >= 1
 
@@ -60,6 +70,8 @@ def test_transformers_is_used_when_asked(tiny):
     result = generate.run(generate.GenerateConfig(prompts=2, max_new_tokens=4, seed=1, engine="transformers"))
     assert result["engine"] == "transformers"
     assert not engine.engines_root().exists()
+    with db.session() as s:
+        assert {r.generation["engine"] for r in s.scalars(select(Response))} == {"transformers"}
 
 
 def test_an_unknown_engine_is_one_sentence(tiny, capsys):
@@ -92,3 +104,30 @@ def test_a_round_that_makes_a_new_version_current_converts_it_for_the_generator(
     current = versions.current_policy_id()
     assert current != base and (engine._folder(current) / "model.bin").is_file()
     assert not (engine._folder(base) / "model.bin").is_file()  # only what became current
+
+
+def test_a_killed_conversion_leaves_nothing_the_next_one_trips_on(tiny):
+    folder = engine._folder("base")
+    engine.engines_root().mkdir(parents=True)
+    stale = engine.engines_root() / f".{folder.name}.tmp-dead-hf"  # a kill -9 mid-conversion leaves these
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    assert engine.converted(None) == folder and not stale.exists()
+
+
+@pytest.mark.slow
+def test_smollm2_answers_stop_at_their_end_token_and_count_it(workspace, model_cache_home, monkeypatch):
+    """The real model ends most short answers itself: the stop token is counted, never shown."""
+    from training.model import convert_default_model
+
+    monkeypatch.setenv("PREFLOOP_MODEL", str(convert_default_model(out=model_cache_home / "models" / "base")))
+    monkeypatch.setenv("PREFLOOP_THREADS", "2")
+    sampler, tokenizer, used = engine.load_generator("base", "ctranslate2", threads=2)
+    texts = generate.chat_texts(tokenizer, [[{"role": "user", "content": "Say hello in one short sentence."}]] * 4)
+    rows = sampler(texts, max_new_tokens=96, temperature=0.8, top_p=0.95, seed=0)
+    assert used == "ctranslate2" and any(eos for _, _, eos in rows)
+    for text, n, eos in rows:
+        assert text and "<|im_end|>" not in text and 1 <= n <= 96
+        assert eos or n == 96
+        if eos:  # the stop token is one of the n tokens, as the transformers path counts it
+            assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= n

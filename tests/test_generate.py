@@ -189,8 +189,9 @@ def test_the_buffer_grows_with_the_labeling_rate(workspace, monkeypatch):
     started = []
     monkeypatch.setattr(generate, "start_generation",
                         lambda prompts, until_waiting: started.append((prompts, until_waiting)) or 1)
-    assert generate.ensure_pairs_waiting(waiting=25) == 1  # 25 < 30: fill up to 60
-    assert started == [(35, 60)]
+    assert generate.ensure_pairs_waiting(waiting=25) == 1  # 25 < 30: fill up to 60 for her
+    everyone = queue.pairs_waiting()  # the 10 nobody judged and the ones she skipped
+    assert everyone >= 10 and started == [(35, everyone + 35)]  # the job stops once 35 more wait
     assert generate.ensure_pairs_waiting(waiting=30) is None
 
 
@@ -231,7 +232,34 @@ def test_a_round_started_meanwhile_stops_the_generator_first(tiny):
     store.add_prompts([f"Question number {i}?" for i in range(160)], "test")
     generating = jobs.start_job("generate", LONG_JOB)
     job = wait_until(lambda: (j := jobs.get_job(generating)).status == "running" and j)
-    round_id = jobs.start_job("worker", {"note": "a round"})  # any heavy kind but generation
+    round_id = jobs.start_job("evaluate", {"note": "a round"})  # any heavy kind but generation
     assert not jobs.pid_alive(job.pid)  # gone before the round's worker was spawned
     assert jobs.get_job(generating).status == "cancelled"
+    jobs.wait(round_id, timeout=60)  # (this config is refused: the job fails at once)
+
+
+def test_a_generator_started_again_meanwhile_is_stopped_too(tiny, monkeypatch):
+    """A Label page may start generating while a round waits for the last generator to exit."""
+    store.add_prompts([f"Question number {i}?" for i in range(160)], "test")
+    stop = jobs._stop_background_jobs
+    started = []
+
+    def stop_while_a_page_starts_another(timeout=30.0):
+        stop(timeout)
+        if not started:
+            started.append(jobs.start_job("generate", LONG_JOB))
+
+    monkeypatch.setattr(jobs, "_stop_background_jobs", stop_while_a_page_starts_another)
+    round_id = jobs.start_job("evaluate", {"note": "a round"})
+    assert jobs.get_job(started[0]).status == "cancelled"
+    assert not jobs.pid_alive(jobs.get_job(started[0]).pid)
     jobs.wait(round_id, timeout=60)
+
+
+def test_light_jobs_leave_the_generator_alone(tiny):
+    store.add_prompts([f"Question number {i}?" for i in range(160)], "test")
+    generating = jobs.start_job("generate", LONG_JOB)
+    wait_until(lambda: jobs.get_job(generating).status == "running")
+    jobs.wait(jobs.start_job("worker", {"note": "light"}), timeout=60)
+    assert jobs.get_job(generating).status == "running"
+    jobs.cancel(generating)

@@ -50,18 +50,29 @@ def engines_root() -> Path:
     return home() / "engines"
 
 
-def _lineage_key(version_id: str | None) -> str:
-    """A name for a policy version's weights: its lineage's folders and their files' mtimes."""
+def _resolved(version_id: str | None) -> str:
+    """A concrete id for None (the current policy, or "base"), read once: the folder's key, its
+    conversion and the pairs sampled from it must all name the same version."""
+    from training import versions
+
+    return version_id or versions.current_policy_id() or "base"
+
+
+def _lineage_key(version_id: str) -> str:
+    """A name for a policy version's files: its lineage's folders, their files' modification
+    times (weights, tokenizer, generation config) and the CTranslate2 release that converts them."""
+    import ctranslate2
+
     from training import model as models
 
     start, adapters = models._start_of(models._version_rows(version_id))
     folders = [Path(start), *(Path(a["path"]) for a in adapters)]
-    stamp = [(str(f.resolve()), sorted((p.name, p.stat().st_mtime_ns) for p in f.glob("*.safetensors")))
+    stamp = [(str(f.resolve()), sorted((p.name, p.stat().st_mtime_ns) for p in f.iterdir() if p.is_file()))
              for f in folders]
-    return hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
+    return hashlib.sha1(json.dumps([ctranslate2.__version__, stamp]).encode()).hexdigest()[:16]
 
 
-def _folder(version_id: str | None) -> Path:
+def _folder(version_id: str) -> Path:
     return engines_root() / f"{_lineage_key(version_id)}-{QUANTIZATION}"
 
 
@@ -69,12 +80,15 @@ def converted(version_id: str | None) -> Path:
     """The CTranslate2 folder of a policy version (None = the current one), converted on first use."""
     from filelock import FileLock
 
+    version_id = _resolved(version_id)
     folder = _folder(version_id)
     if (folder / "model.bin").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.parent / f".{folder.name}.lock")):
         if not (folder / "model.bin").is_file():
+            for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # a killed conversion's (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
             with atomic.write(folder) as tmp:
                 _convert(version_id, tmp)
     return folder
@@ -107,18 +121,31 @@ def _convert(version_id: str | None, out: Path) -> None:
     (out / STOP_FILE).write_text(json.dumps(stop))
 
 
-def prepare(version_id: str | None) -> None:
-    """Convert a policy version that has just become current, so the first pairs sampled from it
-    do not wait for the conversion; skipped where the generator would not use CTranslate2, and
-    never an error for the round that made the version (the generator falls back or converts later)."""
+def prepare(version_id: str | None) -> Path | None:
+    """Convert a policy version (None = the current one) ahead of its first pairs, so they do not
+    wait for the conversion: after a round made it current, or before the server starts. Returns
+    the folder, or None where the generator would not use CTranslate2 or the conversion failed
+    (logged, never an error for the round that made the version: the generator falls back)."""
     from training import device
+    from training.jobs import Cancelled
 
     if not (available() and device.device().type == "cpu"):
-        return
+        return None
     try:
-        converted(version_id)
-    except Exception as error:  # noqa: BLE001 - the round is done; generation reports this itself
-        log.warning("The new version was not converted for CTranslate2: %s", error)
+        return converted(version_id)
+    except Cancelled:
+        raise
+    except Exception as error:  # noqa: BLE001 - see above
+        log.warning("The model was not converted for CTranslate2: %s", error)
+        return None
+
+
+def sampler_record(model) -> dict:
+    """How pairs from `model` (a `Sampler` or a transformers model) were sampled, stored with each
+    response beside the sampling settings."""
+    if isinstance(model, Sampler):
+        return {"engine": "ctranslate2", "quantization": QUANTIZATION, "top_k": model.top_k}
+    return {"engine": "transformers"}
 
 
 class Sampler:
@@ -137,7 +164,8 @@ class Sampler:
         self.generator = ctranslate2.Generator(str(folder), device=where, compute_type=QUANTIZATION,
                                                intra_threads=threads, inter_threads=1)
         self.tokenizer, self.stop = tokenizer, stop
-        self.top_k = min(TOP_K, len(json.loads((folder / "vocabulary.json").read_text())))
+        # on a GPU CTranslate2's top-p takes at most 1,024 candidates
+        self.top_k = min(TOP_K if where == "cpu" else 1024, len(json.loads((folder / "vocabulary.json").read_text())))
 
     def __call__(self, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
                  seed: int) -> list[tuple[str, int, bool]]:
@@ -165,19 +193,27 @@ def load_generator(version_id: str | None, engine: str, threads: int):
     converts the model, else transformers."""
     from training import device
     from training import model as models
+    from training.jobs import Cancelled
 
     if engine not in ENGINES:
         raise EngineError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}.")
     wanted = engine == "ctranslate2" or (engine == "auto" and available() and device.device().type == "cpu")
+    if engine == "ctranslate2" and not available():
+        raise EngineError("CTranslate2 is not installed (pip install ctranslate2); "
+                          "set the generator's engine to auto or transformers.")
     if wanted:
         try:
             folder = converted(version_id)
             tokenizer = models.load_tokenizer(folder)
             stop = json.loads((folder / STOP_FILE).read_text())
             return Sampler(folder, tokenizer, stop, threads), tokenizer, "ctranslate2"
-        except (EngineError, ImportError) as error:
+        except Cancelled:
+            raise
+        except Exception as error:  # noqa: BLE001 - "auto" falls back to the reference on any failure
             if engine == "ctranslate2":
-                raise EngineError(str(error)) from error
+                raise error if isinstance(error, EngineError) else EngineError(
+                    f"CTranslate2 failed on this model ({type(error).__name__}: {error}); "
+                    "set the generator's engine to transformers.") from error
             log.warning("Generating with transformers: %s", error)
     model, tokenizer = models.load_policy(version_id)
     return model, tokenizer, "transformers"
@@ -189,13 +225,13 @@ def main(argv: list[str]) -> int:
     pairs do not wait for either. Prints {"model": folder, "engine": folder or null}."""
     from labeling.command import run_command
     from training import model as models
+    from training.device import DeviceError
 
     def work() -> dict:
         if argv:
             raise EngineError(f"`python -m training prepare` takes no options, not {' '.join(argv)!r}.")
         base = models.base_model_path()
-        prepare(None)
-        folder = _folder(None)
-        return {"model": str(base), "engine": str(folder) if (folder / "model.bin").is_file() else None}
+        folder = prepare(None)
+        return {"model": str(base), "engine": str(folder) if folder else None}
 
-    return run_command(work, {(EngineError, models.ModelPathError): 2})
+    return run_command(work, {(EngineError, models.ModelPathError, DeviceError): 2})

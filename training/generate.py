@@ -162,9 +162,10 @@ def pick_prompts(n: int) -> list[tuple[int, list[dict]]]:
     return prompts.least_paired_prompts(n)
 
 
-def side_settings(settings: dict) -> tuple[dict, dict]:
-    """The generation record stored with each response of a pair."""
-    shared = {k: settings[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
+def side_settings(settings: dict, sampler: dict | None = None) -> tuple[dict, dict]:
+    """The generation record stored with each response of a pair; `sampler`: which engine sampled
+    it and how (`engine.sampler_record`)."""
+    shared = {**{k: settings[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}, **(sampler or {})}
     return ({**shared, "side": "a", "new_tokens": settings["tokens_a"], "eos": settings["eos_a"]},
             {**shared, "side": "b", "new_tokens": settings["tokens_b"], "eos": settings["eos_b"]})
 
@@ -178,8 +179,9 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
     reporter = reporter or jobs.Reporter(None)
     chosen = pick_prompts(config.prompts)
     seed = config.seed if config.seed is not None else time.time_ns() % 2**31
-    version = config.version or versions.current_policy_id() or "base"
-    model, tokenizer, used = engine.load_generator(config.version, config.engine, jobs.threads_for_job())
+    version = config.version or versions.current_policy_id() or "base"  # one id for the model and its pairs
+    model, tokenizer, used = engine.load_generator(version, config.engine, jobs.threads_for_job())
+    sampler = engine.sampler_record(model)
     # chunks stored as soon as they are sampled, growing from a small first one, so a labeler
     # waiting on an empty queue sees pairs early; shortest prompts together, as within a batch
     order = length_order(tokenizer, chat_texts(tokenizer, [messages for _, messages in chosen]))
@@ -194,7 +196,7 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
         seconds += time.perf_counter() - t0
         tokens += sum(p[2]["tokens_a"] + p[2]["tokens_b"] for p in pairs)
         stored += store.add_generated_pairs([(chosen[chunk[settings["prompt_index"]]][0], a, b, version,
-                                              side_settings(settings)) for a, b, settings in pairs])
+                                              side_settings(settings, sampler)) for a, b, settings in pairs])
         reporter.step(step, {"pairs": stored, "tokens_per_s": tokens / max(seconds, 1e-9)})
         if config.until_waiting and _waiting() >= config.until_waiting:
             break  # the labelers have enough ahead of them; the app asks again when they run low
@@ -248,18 +250,19 @@ def ensure_pairs_waiting(min_waiting: int | None = None, waiting: int | None = N
     """Start a generation job when fewer than `min_waiting` labeling pairs wait (default:
     `buffer_target` of the recent labeling rate; `waiting`: those waiting for one annotator, e.g.
     without the ones they skipped; default: pairs short of judgments) and no heavy job is running.
-    The job fills the queue to twice the target, then stops. Returns its id, or None."""
+    The job adds pairs until twice the target would wait, then stops. Returns its id, or None."""
     from labeling import queue, settings
 
     overlap = settings.overlap()
     if min_waiting is None:
         min_waiting = buffer_target(queue.judgments_per_minute() / overlap)
-    waiting = queue.pairs_waiting(overlap) if waiting is None else waiting
+    everyone = queue.pairs_waiting(overlap)
+    waiting = everyone if waiting is None else waiting
     if waiting >= min_waiting or jobs.active_jobs() or _failed_recently():
         return None
-    try:
-        return start_generation(prompts=max(GenerateConfig.prompts, 2 * min_waiting - waiting),
-                                until_waiting=2 * min_waiting)
+    more = 2 * min_waiting - waiting
+    try:  # the job counts what waits for everyone (it cannot tell whose): `more` on top of that
+        return start_generation(prompts=max(GenerateConfig.prompts, more), until_waiting=everyone + more)
     except jobs.JobError:  # another page started one a moment ago
         return None
 

@@ -145,21 +145,27 @@ def active_jobs() -> list[Job]:
 def start_job(kind: str, config: dict[str, Any], threads: int | None = None, stop_with_server: bool = False) -> int:
     """Queue a job of `kind` with `config` and spawn its worker. Returns the job id.
 
-    A round started while the background generator runs stops it first: generating more pairs to
-    label can wait, and the app starts it again when the queue runs low. With `stop_with_server`
+    One heavy job runs at a time; a light one (an export) runs beside it. A round started while
+    the background generator runs stops it first: generating more pairs to label can wait, and the
+    app starts it again when the queue runs low. With `stop_with_server`
     the worker also stops when this process (the app's server) does, instead of running on alone.
     """
     refresh_stale()
-    if kind not in BACKGROUND_KINDS:
-        _stop_background_jobs()
-    try:
-        # the check and the insert are serialized, so two pages clicking at the same moment cannot
-        # both start a heavy job
-        job_id = runs.queue_job(kind, config, unless_active=heavy_kinds())
-    except runs.Busy as exc:
-        busy = exc.job
-        raise JobError(f"Job #{busy.id} ({busy.kind}) is still {busy.status}; "
-                       "wait for it to finish or cancel it first.") from None
+    preempts = kind in heavy_kinds() and kind not in BACKGROUND_KINDS
+    for attempt in range(3):
+        if preempts:
+            _stop_background_jobs()
+        try:
+            # the check and the insert are serialized, so two pages clicking at the same moment
+            # cannot both start a heavy job
+            job_id = runs.queue_job(kind, config, unless_active=heavy_kinds() if kind in heavy_kinds() else ())
+            break
+        except runs.Busy as exc:
+            busy = exc.job
+            if preempts and busy.kind in BACKGROUND_KINDS and attempt < 2:
+                continue  # a Label page started generating again while the last one stopped
+            raise JobError(f"Job #{busy.id} ({busy.kind}) is still {busy.status}; "
+                           "wait for it to finish or cancel it first.") from None
     folder = home() / "jobs" / str(job_id)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.yaml"
@@ -192,6 +198,12 @@ def _stop_background_jobs(timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while any(pid_alive(job.pid) for job in waiting) and time.monotonic() < deadline:
         time.sleep(0.1)
+    for job in waiting:  # stuck past the timeout: two torch processes must not share the cores
+        if pid_alive(job.pid):
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def cancel(job_id: int) -> None:
