@@ -129,6 +129,8 @@ def main() -> int:
                 page.get_by_label("or type a new name").fill("pat")
                 page.get_by_role("button", name="Start labeling").click()
                 expect(page).to_have_url(re.compile(r"annotator=pat"), timeout=30_000)
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(out / "0-home-first-visit.png"), full_page=True)
 
                 began = time.perf_counter()
                 page.get_by_role("link", name="Data").click()
@@ -203,6 +205,10 @@ def main() -> int:
                     page.get_by_text(re.compile(r"^Prompt \d+:")).first.click()
                     page.wait_for_timeout(1500)
                 page.screenshot(path=str(out / "4-compare.png"), full_page=True)
+                page.get_by_role("link", name="Home").click()  # the dashboard after one whole loop
+                expect(page.get_by_text("Running jobs")).to_be_visible(timeout=30_000)
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(out / "5-home-after-the-loop.png"), full_page=True)
             except Exception:
                 page.screenshot(path=str(out / "failed.png"), full_page=True)
                 raise
