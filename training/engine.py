@@ -46,6 +46,13 @@ def available() -> bool:
     return importlib.util.find_spec("ctranslate2") is not None
 
 
+def auto_picks_it() -> bool:
+    """Whether `engine: auto` samples with CTranslate2 here: installed, and the device is a CPU."""
+    from training import device
+
+    return available() and device.device().type == "cpu"
+
+
 def engines_root() -> Path:
     return home() / "engines"
 
@@ -126,10 +133,9 @@ def prepare(version_id: str | None) -> Path | None:
     wait for the conversion: after a round made it current, or before the server starts. Returns
     the folder, or None where the generator would not use CTranslate2 or the conversion failed
     (logged, never an error for the round that made the version: the generator falls back)."""
-    from training import device
     from training.jobs import Cancelled
 
-    if not (available() and device.device().type == "cpu"):
+    if not auto_picks_it():
         return None
     try:
         return converted(version_id)
@@ -191,13 +197,12 @@ def load_generator(version_id: str | None, engine: str, threads: int):
     """(model, tokenizer, engine used) of a policy version for `generate_pairs`: a `Sampler`, or
     the transformers model. `engine` "auto" picks CTranslate2 on a CPU when it is installed and
     converts the model, else transformers."""
-    from training import device
     from training import model as models
     from training.jobs import Cancelled
 
     if engine not in ENGINES:
         raise EngineError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}.")
-    wanted = engine == "ctranslate2" or (engine == "auto" and available() and device.device().type == "cpu")
+    wanted = engine == "ctranslate2" or (engine == "auto" and auto_picks_it())
     if engine == "ctranslate2" and not available():
         raise EngineError("CTranslate2 is not installed (pip install ctranslate2); "
                           "set the generator's engine to auto or transformers.")

@@ -289,7 +289,7 @@ def reporting(job_id: int | None) -> Iterator[Reporter]:
     reporter = Reporter(job_id)
     signal.signal(signal.SIGTERM, _raise_cancelled)
     if job_id is not None and os.environ.get(SERVER_PID_ENV):
-        threading.Thread(target=_stop_with_server, args=(int(os.environ[SERVER_PID_ENV]),), daemon=True).start()
+        threading.Thread(target=_stop_with_server, daemon=True).start()
     try:
         yield reporter
     except Cancelled as exc:
@@ -310,19 +310,23 @@ def describe(exc: BaseException) -> str:
 
 
 SERVER_STOPPED = "The server that started this job stopped."
-_stop_reason: list[str] = []  # why this process was sent SIGTERM by itself
 
 
 def _raise_cancelled(signum, frame):
-    raise Cancelled(_stop_reason[0] if _stop_reason else "terminated")
+    raise Cancelled(SERVER_STOPPED if _server_gone() else "terminated")
 
 
-def _stop_with_server(server_pid: int, poll: float = 1.0) -> None:
-    """Watch from a thread: once this worker's parent is no longer the server (it exited and the
-    worker was handed to init), cancel the job the way `cancel` does, with SIGTERM."""
-    while os.getppid() == server_pid:
+def _server_gone() -> bool:
+    """This worker was started with `stop_with_server`, and its parent is no longer that server
+    (it exited, and the worker was handed to init)."""
+    server = os.environ.get(SERVER_PID_ENV)
+    return bool(server) and os.getppid() != int(server)
+
+
+def _stop_with_server(poll: float = 1.0) -> None:
+    """Watch from a thread: once the server is gone, cancel the job the way `cancel` does, with SIGTERM."""
+    while not _server_gone():
         time.sleep(poll)
-    _stop_reason.append(SERVER_STOPPED)
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -181,8 +181,8 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
             jobs.set_threads()
             before = versions.current_policy_id()
             summary = run_round(config, reporter, max_steps=extras["max_steps"], max_pairs=extras["max_pairs"])
-            if versions.current_policy_id() != before:  # ready for the generator's next pairs
-                engine.prepare(versions.current_policy_id())
+            if (after := versions.current_policy_id()) != before:  # ready for the generator's next pairs
+                engine.prepare(after)
             reporter.result = summary
         return summary
 
