@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--from", dest="logs", nargs="+", metavar="LOG",
                    help="with --plot: draw from these runs' printed lines instead of running")
     p.add_argument("--quick", action="store_true", help="tiny model, 48 labels, 2 rounds: proves the plumbing")
+    p.add_argument("--engine", default="auto", choices=("auto", "ctranslate2", "transformers"),
+                   help="what samples the pairs the annotator labels (the app's generator setting)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -120,11 +122,11 @@ def label_waiting(taste) -> dict[str, int]:
     return counts
 
 
-def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int) -> dict[str, int]:
+def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int, engine: str = "auto") -> dict[str, int]:
     """The app's generator answers `prompts` training prompts twice with the current policy; all is labeled."""
     from training.generate import GenerateConfig, run
 
-    run(GenerateConfig(prompts=prompts, max_new_tokens=max_new_tokens, seed=seed))
+    run(GenerateConfig(prompts=prompts, max_new_tokens=max_new_tokens, seed=seed, engine=engine))
     return label_waiting(taste)
 
 
@@ -246,7 +248,7 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     use_workspace(root, "dpo")
     measure = Measure(args, taste)
     measure.rows["base"] = measure_base
-    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed)
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine)
     out = {"labels": labels}
     arms = args.arms.split(",")
     if "dpo" in arms:
@@ -287,7 +289,7 @@ def arm_iterative(args, taste, root: Path, measure_base) -> dict:
     out, previous, spent = {}, measure_base, 0
     for r in range(1, args.rounds + 1):
         budget = args.labels * r // args.rounds - spent
-        labels = generate_and_label(taste, budget, args.max_new_tokens, args.seed + 100 * r)
+        labels = generate_and_label(taste, budget, args.max_new_tokens, args.seed + 100 * r, args.engine)
         spent += budget
         try:
             summary = run_dpo(args)  # a fresh adapter on the current policy, all labels so far, reference = base

@@ -3,13 +3,15 @@
     {"prompt": [{"role": "user", "content": ...}, ...],
      "chosen": [{"role": "assistant", "content": ...}],
      "rejected": [{"role": "assistant", "content": ...}],
-     "pair_id": 12, "prompt_id": 5, "split": "train", "reasons": ["more correct"]}
+     "pair_id": 12, "prompt_id": 5, "split": "train", "reasons": ["more correct"], "origin": "human"}
 
 which `trl.DPOTrainer` and `trl.RewardTrainer` (1.16) take as they are: both join prompt + chosen
 and prompt + rejected through the tokenizer's chat template. Each pair is decided by the majority
 of its non-skip judgments; ties, both-bad verdicts, skip-only pairs and pairs whose annotators
 disagree with no majority are left out and counted. `reasons` are the reason tags the deciding
-judgments gave (labeling/reasons.py), each once; an import reads them back. Training uses
+judgments gave (labeling/reasons.py), each once; an import reads them back. `origin` is "human"
+(a person's or an imported label) or "ai" (an AI judge's verdict on a pair nobody judged, only when
+asked for: rounds do while the agreement gate is open, labeling/agreement.py). Training uses
 `preference_rows` directly.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ class ExportResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXCLUDED_KINDS, 0))
     judgment_ids: list[int] = field(default_factory=list)  # the votes that decided the rows
+    ai_label_ids: list[int] = field(default_factory=list)  # the AI verdicts (Suggestion ids) that decided rows
 
 
 def majority(outcomes: list[str]) -> str | None:
@@ -93,20 +96,30 @@ def decided_judgments(kinds: tuple[str, ...] = ("label", "arena")) -> dict[int, 
 
 
 def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | None = None,
-                    exclude: tuple[str, ...] = ()) -> ExportResult:
+                    exclude: tuple[str, ...] = (), ai: dict[str, Any] | None = None) -> ExportResult:
     """Every decided pair of the given kinds (and of one source: an import's name or a model
     version, when given) as a preference row, ordered by pair id. `exclude` names pair-audit
     checks (labeling/audit.py CHECKS, e.g. ("near_identical", "only_longer")) whose flagged pairs
-    are left out too, each counted in `excluded` under the first check that flags it."""
+    are left out too, each counted in `excluded` under the first check that flags it.
+
+    `ai` ({"judge", "rubric"}, as `agreement.ai_labels_in_use` gives it) adds the judge's verdicts
+    on labeling pairs nobody judged, with "origin": "ai" (people's and imports' rows say "human")."""
     if unknown := [c for c in exclude if c not in AUDIT_CHECKS]:
         raise ExportError(f"Unknown pair-audit check '{unknown[0]}'; leave out any of {', '.join(AUDIT_CHECKS)}.")
     ra, rb = aliased(Response), aliased(Response)
     wanted = [Pair.kind.in_(kinds)] + ([Pair.source == source] if source is not None else [])
+    machine = {}
+    if ai is not None and source is None and "label" in kinds:
+        from labeling import suggestions
+
+        machine = suggestions.ai_labels(ai["judge"], ai["rubric"])  # only pairs with no judgment at all
     with db.session() as session:
         s = session.connection()  # Core rows: no ORM bookkeeping for 100,000 of them
         judged = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
                            .join(Pair, Pair.id == Judgment.pair_id).where(*wanted)).all()
         winners, deciders, excluded = decide(judged)
+        winners.update({pair_id: outcome for pair_id, (_, outcome) in machine.items()})
+        deciders.update({pair_id: [] for pair_id in machine})
         # every tagged judgment (few, and no join needed): only the deciders' are looked up below
         tagged = dict(s.execute(select(Judgment.id, Judgment.reasons).where(Judgment.reasons.is_not(None))).all())
         content = [row for row in s.execute(
@@ -121,8 +134,11 @@ def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | N
         reasons = list(dict.fromkeys(tag for j in deciders[pair_id] for tag in tagged.get(j) or ()))
         result.rows.append({"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
                             "rejected": [{"role": "assistant", "content": rejected}],
-                            "pair_id": pair_id, "prompt_id": prompt_id, "split": split, "reasons": reasons})
+                            "pair_id": pair_id, "prompt_id": prompt_id, "split": split, "reasons": reasons,
+                            "origin": "ai" if pair_id in machine else "human"})
         result.judgment_ids.extend(deciders[pair_id])
+        if pair_id in machine:
+            result.ai_label_ids.append(machine[pair_id][0])
     result.judgment_ids.sort()
     return _leave_out(result, deciders, exclude, kinds, source) if exclude else result
 
@@ -148,7 +164,10 @@ def _leave_out(result: ExportResult, deciders: dict[int, list[int]], exclude: tu
     kept = [row for row in result.rows if row["pair_id"] not in dropped]
     counts = first["check"].value_counts()
     excluded = {**result.excluded, **{check: int(counts.get(check, 0)) for check in exclude}}
-    return ExportResult(kept, excluded, sorted(j for row in kept for j in deciders[row["pair_id"]]))
+    kept_ids = {row["pair_id"] for row in kept}
+    ai_ids = [i for row, i in zip([r for r in result.rows if r["origin"] == "ai"], result.ai_label_ids)
+              if row["pair_id"] in kept_ids]
+    return ExportResult(kept, excluded, sorted(j for row in kept for j in deciders[row["pair_id"]]), ai_ids)
 
 
 def _arrow_table(rows: list[dict[str, Any]]):
@@ -157,7 +176,7 @@ def _arrow_table(rows: list[dict[str, Any]]):
     message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     schema = pa.schema([("prompt", message), ("chosen", message), ("rejected", message),
                         ("pair_id", pa.int64()), ("prompt_id", pa.int64()), ("split", pa.string()),
-                        ("reasons", pa.list_(pa.string()))])
+                        ("reasons", pa.list_(pa.string())), ("origin", pa.string())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

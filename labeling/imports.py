@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from labeling import db
-from labeling.models import Judgment, ModelVersion, Pair, PairLease, Prompt, Response
+from labeling.models import Judgment, ModelVersion, Pair, PairLease, Prompt, Response, Suggestion
 
 
 class UnknownImport(ValueError):
@@ -82,6 +82,7 @@ def delete_import(name: str) -> dict[str, Any]:
         conn = s.connection()  # Core deletes: no ORM bookkeeping for rows never loaded
         conn.execute(delete(PairLease).where(PairLease.pair_id.in_(_pairs_of(name))))
         conn.execute(delete(Judgment).where(Judgment.pair_id.in_(_pairs_of(name))))
+        conn.execute(delete(Suggestion).where(Suggestion.pair_id.in_(_pairs_of(name))))
         conn.execute(delete(Pair).where(Pair.id.in_(_pairs_of(name))))
         responses, prompts_deleted = _delete_unused(conn, name)
     sources = [source for _, source in judged]

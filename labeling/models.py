@@ -140,6 +140,27 @@ class Judgment(Base):
     annotator: Mapped[Annotator | None] = relationship(lazy="joined")
 
 
+class Suggestion(Base):
+    """A machine's opinion of a pair, kept apart from the judgments so nothing a model writes
+    can change or hide what a person said: the reward model's preference (`source` "reward",
+    `name` its version) or an AI judge's verdict (`source` "ai", `name` the judge, `rubric` the
+    version of the rubric it read). `outcome` names response_a / response_b ("a", "b", "tie"),
+    or "error" when the judge failed (its `reason` says why; the next run tries again);
+    `probability` is P(a is better) when the model gives one."""
+
+    __tablename__ = "suggestions"
+    __table_args__ = (UniqueConstraint("pair_id", "source", "name", "rubric"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(10))  # "reward" or "ai"
+    name: Mapped[str] = mapped_column(String(200))
+    rubric: Mapped[int] = mapped_column(default=0)  # the rubric version an AI judge read; 0 for a reward model
+    outcome: Mapped[str] = mapped_column(String(10))
+    probability: Mapped[float | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 # Pair.judgment_count follows every insert, delete and outcome change of a judgment, whether it
 # comes from the app, an import or raw SQL. One statement per trigger for SQLite; PostgreSQL
 # gets the same rule as one plpgsql function.

@@ -6,24 +6,26 @@ sides "A" (left) and "B" (right), and which response stands on the left is decid
 annotator by a hash (`left_side`), so a reload shows the same layout and position bias can be
 measured later (Judgment.left).
 
-The order of the queue lives in one function, `queue_order`, so a later round can put the pairs
-the reward model is least sure of first without touching anything else.
+The order of the queue lives in one function, `queue_order`: oldest first, or (an admin's setting)
+the pairs the reward model is least sure of first, with a share of random draws.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, exists, func, select
+from sqlalchemy import Select, and_, case, delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from labeling import db
-from labeling.models import OUTCOMES, Annotator, Job, Judgment, Meta, ModelVersion, Pair, PairLease, Prompt, utcnow
+from labeling import db, settings
+from labeling.models import (OUTCOMES, Annotator, Job, Judgment, Meta, ModelVersion, Pair, PairLease, Prompt, Suggestion,
+                             utcnow)
 from labeling.reasons import ReasonError, check_reasons
 
 # What a click on the screen means: the left response won, the right one won, or no winner.
@@ -33,6 +35,7 @@ MAX_NAME_LENGTH = 200
 DEFAULT_GUIDELINES = Path(__file__).with_name("guidelines.md")
 GUIDELINES_KEY = "labeling_guidelines"
 LEASE = dt.timedelta(minutes=10)  # how long a pair drawn for someone is held for them
+RANDOM_SHARE = 0.2  # of draws in the uncertainty-first order that take a random waiting pair
 
 
 class QueueError(ValueError):
@@ -110,9 +113,25 @@ def stored_outcome(choice: str, left: str) -> str:
     return {"left": left, "right": right}.get(choice, choice)
 
 
-def queue_order(stmt: Select) -> Select:
-    """The one place that orders the queue: oldest pair first (ties broken by id)."""
-    return stmt.order_by(Pair.created_at, Pair.id)
+def queue_order(stmt: Select, s: Session | None = None, draw: float | None = None) -> Select:
+    """The one place that orders the queue: oldest pair first (ties broken by id); or, when an admin
+    set the order "uncertain" (labeling/settings.py) and a reward model has scored pairs, those it is
+    least sure of first (probability nearest 0.5; pairs it has not scored after them), except that
+    a RANDOM_SHARE of draws (`draw` < RANDOM_SHARE, random when None) takes a random waiting pair,
+    so the labels stay a fair sample too and every pair is served in the end."""
+    oldest = stmt.order_by(Pair.created_at, Pair.id)
+    order = s.get(Meta, settings.QUEUE_ORDER_KEY) if s is not None else None
+    if order is None or order.value != "uncertain":
+        return oldest
+    reward = s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "reward")
+                      .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(1))
+    if reward is None:
+        return oldest
+    if (random.random() if draw is None else draw) < RANDOM_SHARE:
+        return stmt.order_by(func.random())
+    p = (select(Suggestion.probability).where(Suggestion.pair_id == Pair.id, Suggestion.source == "reward",
+                                              Suggestion.name == reward).scalar_subquery())
+    return stmt.order_by(case((p.is_(None), 1), else_=0), func.abs(p - 0.5), Pair.created_at, Pair.id)
 
 
 def get_or_create_annotator(s: Session, name: str) -> Annotator:
@@ -211,7 +230,7 @@ def next_pair(annotator: str, overlap: int = 1, kind: str = "label") -> PairView
         db.serialize(s, "next_pair")  # PostgreSQL: two draws at the same moment see each other's lease
         annotator_id = _annotator_id(s, name)
         waiting = and_(_waiting_condition(annotator_id, overlap, kind), Pair.id.not_in(_held(s, overlap, name)))
-        pair_id = s.scalar(queue_order(select(Pair.id).where(waiting)).limit(1))
+        pair_id = s.scalar(queue_order(select(Pair.id).where(waiting), s).limit(1))
         if pair_id is None:
             return None
         _lease(s, pair_id, name)

@@ -3,6 +3,7 @@ table), so every annotator's session and every server on that database reads the
 
     overlap()        # how many annotators judge each pair: as saved, else PREFLOOP_OVERLAP, else 1
     set_overlap(2)   # two people judge each pair, so the Data page can report their agreement
+    queue_order()    # "oldest" first, or "uncertain": the reward model's least sure pairs first
 
 The labeling guidelines, another such setting, live beside the queue (`queue.guidelines`).
 """
@@ -55,3 +56,27 @@ def set_overlap(value: int) -> int:
         else:
             row.value = str(overlap)
     return overlap
+
+
+QUEUE_ORDER_KEY = "queue_order"
+QUEUE_ORDERS = ("oldest", "uncertain")  # oldest pair first; or the reward model's least sure first
+
+
+def queue_order() -> str:
+    """Which pair the queue serves next: "oldest" (the default) or "uncertain" (the pairs whose
+    reward-model probability is nearest 0.5 first, with a share drawn at random; labeling/queue.py)."""
+    with db.session() as s:
+        row = s.get(Meta, QUEUE_ORDER_KEY)
+        return row.value if row is not None and row.value in QUEUE_ORDERS else "oldest"
+
+
+def set_queue_order(order: str) -> str:
+    if order not in QUEUE_ORDERS:
+        raise SettingError(f"Unknown queue order {order!r}; use one of {', '.join(QUEUE_ORDERS)}.")
+    with db.session() as s:
+        row = s.get(Meta, QUEUE_ORDER_KEY)
+        if row is None:
+            s.add(Meta(key=QUEUE_ORDER_KEY, value=order))
+        else:
+            row.value = order
+    return order

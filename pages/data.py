@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeling import settings, stats
+from labeling import queue, settings, stats
 from pages.widgets import guidelines_editor, is_admin, require_router
 
 TABLE_ROWS = 2_000  # rows drawn in the table; statistics always use every judgment
@@ -124,6 +124,15 @@ def render_settings() -> None:
             settings.set_overlap(int(overlap))
             st.success(f"Each pair now waits for {int(overlap)} annotator(s) before it leaves the queue.")
     st.caption("Until an admin saves it here, the overlap is PREFLOOP_OVERLAP (1 when unset).")
+    names = {"oldest": "Oldest pair first", "uncertain": "Pairs the reward model is least sure of first"}
+    order = st.radio("Queue order", settings.QUEUE_ORDERS, index=settings.QUEUE_ORDERS.index(settings.queue_order()),
+                     format_func=names.get, key="queue-order",
+                     help=f"Least sure first: the pairs whose reward-model probability is nearest 0.5, except "
+                          f"{queue.RANDOM_SHARE:.0%} of draws at random, so the labels stay a fair sample. The "
+                          f"latest reward model scores pairs as they are generated and when it is trained.")
+    if order != settings.queue_order():
+        settings.set_queue_order(order)
+        st.success(f"The queue now serves: {names[order].lower()}.")
     st.markdown("**Labeling guidelines**, shown on the Label page")
     guidelines_editor("data-guidelines")
 
@@ -172,9 +181,9 @@ def render_audit() -> None:
 
 def main() -> None:
     st.title("Data")
-    names = (["Pairs and judgments", "Import / export", "Statistics", "Pair audit", "Settings"] if is_admin()
-             else ["My judgments"])
-    table, load, statistics, pairs, workspace = (*st.tabs(names), None, None, None, None)[:5]
+    names = (["Pairs and judgments", "Import / export", "Statistics", "Pair audit", "AI judge", "Settings"]
+             if is_admin() else ["My judgments"])
+    table, load, statistics, pairs, judge, workspace = (*st.tabs(names), None, None, None, None, None)[:6]
     with table:
         render_table()
     if not is_admin():
@@ -187,6 +196,10 @@ def main() -> None:
         render_stats()
     with pairs:
         render_audit()
+    with judge:
+        from pages import ai_judge
+
+        ai_judge.render()
     with workspace:
         render_settings()
 

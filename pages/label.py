@@ -14,7 +14,7 @@ import time
 
 import streamlit as st
 
-from labeling import queue, reasons, settings
+from labeling import queue, reasons, settings, suggestions
 from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, guidelines_editor, is_admin, plain_text_toggle,
                            render_conversation, render_sides, require_router, vote_buttons)
 
@@ -61,6 +61,7 @@ def submit(name: str, view: queue.PairView, choice: str) -> None:
         st.session_state["last_message"] = str(error)
     else:
         st.session_state["last_message"] = f"Saved: {LABELS[choice]}."
+        st.session_state["just_judged"] = (view.pair_id, view.left)  # its suggestions show after the vote
     st.session_state["pair_id"] = None
 
 
@@ -72,7 +73,26 @@ def undo(name: str) -> None:
     st.session_state["last_message"] = "Undone; the pair is back." if pair_id else "Nothing to undo."
 
 
+def suggestion_line(s: dict, left: str) -> str:
+    """One machine's opinion in the screen's terms (A is the left side)."""
+    who = "The reward model" if s["source"] == "reward" else "The AI judge"
+    side = {left: "A", "tie": None}.get(s["outcome"], "B")
+    line = f"{who} ({s['name']}) " + (f"preferred **{side}**" if side else "saw no winner")
+    if s["probability"] is not None:
+        line += f", P(A better) = {s['probability'] if left == 'a' else 1 - s['probability']:.2f}"
+    return line + (f": {s['reason']}" if s.get("reason") and s["source"] == "ai" else ".")
+
+
+def render_suggestions(pair_id: int, left: str, title: str) -> None:
+    """What the reward model and the AI judge said about a pair; the person's vote is the one that counts."""
+    found = suggestions.for_pair(pair_id)
+    if found:
+        st.info(f"**{title}**\n\n" + "\n\n".join(suggestion_line(s, left) for s in found), icon="🤖")
+
+
 def render_pair(name: str, view: queue.PairView) -> None:
+    if suggestions.show_before_vote():  # an admin's choice (Data → AI judge); off, they come after the vote
+        render_suggestions(view.pair_id, view.left, "Machines' opinions of this pair (your vote is the one that counts)")
     plain_text_toggle()
     render_conversation(view.messages)
     render_sides(view.left_text, view.right_text)
@@ -138,6 +158,8 @@ def main() -> None:
         return
     if message := st.session_state.pop("last_message", None):
         st.toast(message)
+    if just_judged := st.session_state.pop("just_judged", None):
+        render_suggestions(*just_judged, "On the pair you just judged")
     view = current_pair(name)
     if view is None:
         wait_for_pairs(name)

@@ -204,3 +204,36 @@ def test_pair_audit_counts_and_examples_and_the_export_leaves_them_out(workspace
     _, data, _, result = at.session_state["export"]
     assert result["exported"] == 3 and result["excluded"]["skewed_annotator"] == 8
     assert [json.loads(line)["pair_id"] for line in data.decode().splitlines()] == [voted[0], *voted[2:4]]
+
+
+def test_the_ai_judge_tab_shows_agreement_and_opens_ai_labels_only_through_the_gate(workspace, generator, monkeypatch):  # noqa: F811
+    from labeling import agreement, suggestions
+    from tests.test_judge import FakeJudge, pairs_with_short_answers
+    from training import jobs
+    from training import judge as judges
+
+    ids = pairs_with_short_answers(20)
+    judges.run(judges.JudgeConfig(), judge=FakeJudge())
+    for k, pair_id in enumerate(ids[:12]):
+        queue.submit_judgment("ana", pair_id, "a" if k % 2 == 0 else "b", "a")
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, config, **kw: started.append((kind, config)) or 41)
+    at = open_data()
+    assert "AI judge" in [t.label for t in at.tabs] and not at.exception
+    (table,) = [d.value for d in at.dataframe if "judge" in d.value.columns]
+    assert table.iloc[0]["judge"] == "fake" and table.iloc[0]["κ with people [95 % CI]"].startswith("1.00")
+    assert any("The gate is open" in s.value for s in at.success)
+    assert agreement.ai_labels_in_use() is None
+    at = at.toggle(key="judge-use").set_value(True).run()
+    assert suggestions.ai_label_setting() == {"judge": "fake", "rubric": 1, "threshold": None}
+    assert any("people's labels and 8 of the judge's" in c.value for c in at.caption)
+
+    at = at.text_input(key="judge-threshold").input("1.5").run()  # beyond κ's range: one sentence, nothing changed
+    assert any("outside [-1, 1]" in e.value for e in at.error)
+    assert suggestions.ai_label_setting()["threshold"] is None
+
+    at.text_area(key="judge-rubric").input("Prefer the shorter answer.")
+    at = at.button(key="judge-rubric-save").click().run()
+    assert suggestions.rubric() == (2, "Prefer the shorter answer.")
+    at = at.button(key="FormSubmitter:judge-form-Judge pairs").click().run()
+    assert started and started[0][0] == "judge" and started[0][1]["limit"] == 0

@@ -256,3 +256,28 @@ def test_reason_tags_go_with_the_vote_and_the_next_pair_starts_without_them(work
     at = click(at, "Tie")  # no tag picked: none stored
     with db.session() as s:
         assert s.scalar(select(Judgment.reasons).where(Judgment.pair_id == ids[1])) is None
+
+
+def test_suggestions_show_after_the_vote_not_before_unless_an_admin_says_so(workspace, generator):
+    from labeling import suggestions
+
+    ids = seed_pairs(2)
+    suggestions.store(ids[0], "ai", "local:judge", "a", 0.8, "a answers the question", rubric_version=1)
+    suggestions.store(ids[0], "reward", "r1-reward", "b", 0.3)
+    at = open_label()
+    assert shown_pair_id(at) == ids[0] and not at.info  # nothing to anchor the vote
+    left = "a" if shown_sides(at)[0] == response_texts(ids[0])[0] else "b"
+    at = click(at, "Tie")
+    (info,) = at.info
+    side_a = "A" if left == "a" else "B"
+    assert "On the pair you just judged" in info.value
+    assert f"The AI judge (local:judge) preferred **{side_a}**" in info.value and "a answers the question" in info.value
+    assert f"The reward model (r1-reward) preferred **{'B' if side_a == 'A' else 'A'}**" in info.value
+    assert judgments("ana") == [(ids[0], "ana", "tie", left)]  # the vote counts, not the suggestions
+    at = at.run()
+    assert not at.info  # shown once, for the pair just judged
+
+    suggestions.set_show_before_vote(True)
+    suggestions.store(ids[1], "ai", "local:judge", "tie", None, "alike", rubric_version=1)
+    at = open_label()
+    assert shown_pair_id(at) == ids[1] and "saw no winner" in at.info[0].value

@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from labeling import backup, db, queue, store
+from labeling import backup, db, queue, store, suggestions
 from labeling.__main__ import main as labeling_main
 from labeling.models import SCHEMA_VERSION, EvalPoint, Job, JobMetric, Meta, ModelVersion, Pair
 from tests.conftest import FIXTURES
@@ -50,6 +50,8 @@ def fill_workspace() -> None:
     queue.submit_judgment("ben", pair.pair_id, "skip", "a")
     queue.submit_judgment("ana", arena_id, "a", "b")
     queue.next_pair("cleo")  # leaves a lease
+    suggestions.store(pair.pair_id, "ai", "local:judge ✓", "tie", 0.5, "The verdict changed with the sides.",
+                      rubric_version=2)
 
 
 def backup_bytes(path) -> bytes:

@@ -57,7 +57,7 @@ def test_preference_rows_majority_and_exclusions(judged):
     assert flipped["rejected"] == [{"role": "assistant", "content": "The capital of France is Paris."}]
     assert flipped["prompt"] == [{"role": "user", "content": "What is the capital of France?"}]
     assert kept["chosen"][0]["content"] == "2 + 2 = 4." and kept["rejected"][0]["content"] == "2 + 2 = 5."
-    assert set(flipped) == {"prompt", "chosen", "rejected", "pair_id", "prompt_id", "split", "reasons"}
+    assert set(flipped) == {"prompt", "chosen", "rejected", "pair_id", "prompt_id", "split", "reasons", "origin"}
     assert flipped["reasons"] == [] and kept["reasons"] == []  # nobody said why
     assert flipped["split"] in ("train", "heldout")
     assert result.excluded == {"tie": 1, "both_bad": 0, "skip": 1, "unresolved": 1}

@@ -16,6 +16,8 @@ COMMANDS = {  # the commands that are not rounds
     "evaluate": "training.evaluate",
     "sweep": "training.sweep",
     "arena": "training.arena_answers",
+    "judge": "training.judge",
+    "suggest": "training.suggest",
     "export": "training.export",
     "env": "training.env",
     "worker": "training.jobs",

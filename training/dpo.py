@@ -31,10 +31,8 @@ LOGGED = {  # TRL's log key -> our metric name (the curves on the Train page)
 def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
     """What a round with these settings (default: the defaults) will do on the labels there are now,
     with a time from the last DPO round's pace; None when there are too few pairs."""
-    from labeling.export import preference_rows
-
     config = config or DPORoundConfig()
-    rows = list(preference_rows().rows)
+    rows = list(rounds.training_rows().rows)
     if len(rows) < MIN_PAIRS:
         return None
     train, heldout, _ = rounds.split_by_conversation(rows, config.heldout_fraction, config.seed)
@@ -184,6 +182,7 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
     with tempfile.TemporaryDirectory(prefix="dpo-", dir=versions.versions_root().parent) as output_dir:
         peft_model, metrics = train(model, tokenizer, data, config, reporter, output_dir, max_steps, reference)
     metrics["fallback_split"] = data.fallback_split
+    metrics.update(data.origin)
 
     def write(folder):
         peft_model.save_pretrained(folder, safe_serialization=True)

@@ -173,7 +173,7 @@ def side_settings(settings: dict, sampler: dict | None = None) -> tuple[dict, di
 def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[str, Any]:
     """Generate and store pairs for `config.prompts` prompts; return {"pairs", "tokens_per_s", ...}."""
     from labeling import store
-    from training import engine, versions
+    from training import engine, suggest, versions
 
     store.ensure_builtin_prompts()
     reporter = reporter or jobs.Reporter(None)
@@ -187,7 +187,7 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
     order = length_order(tokenizer, chat_texts(tokenizer, [messages for _, messages in chosen]))
     chunks = ramp(order, config.batch_size // 2)
     reporter.start(len(chunks))
-    stored, tokens, seconds = 0, 0, 0.0
+    stored, tokens, seconds, scoring = 0, 0, 0.0, None
     for step, chunk in enumerate(chunks, 1):
         t0 = time.perf_counter()
         pairs = generate_pairs(model, tokenizer, [chosen[i][1] for i in chunk], max_new_tokens=config.max_new_tokens,
@@ -197,11 +197,24 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
         tokens += sum(p[2]["tokens_a"] + p[2]["tokens_b"] for p in pairs)
         stored += store.add_generated_pairs([(chosen[chunk[settings["prompt_index"]]][0], a, b, version,
                                               side_settings(settings, sampler)) for a, b, settings in pairs])
+        if scoring is None:
+            scoring = reward_scorer()
+        if scoring:  # the uncertainty-first queue needs each new pair's reward-model probability
+            suggest.score_waiting(*scoring, limit=None)
         reporter.step(step, {"pairs": stored, "tokens_per_s": tokens / max(seconds, 1e-9)})
         if config.until_waiting and _waiting() >= config.until_waiting:
             break  # the labelers have enough ahead of them; the app asks again when they run low
     return {"pairs": stored, "tokens_per_s": round(tokens / max(seconds, 1e-9), 2), "prompts": len(chosen),
             "version": version, "seed": seed, "engine": used}
+
+
+def reward_scorer() -> tuple[str, object] | tuple[()]:
+    """(reward id, scorer) of the latest reward model while the queue order is "uncertain", else ()."""
+    from labeling import settings
+    from training import reward, versions
+
+    reward_id = versions.latest_reward_id() if settings.queue_order() == "uncertain" else None
+    return (reward_id, reward.load_scorer(reward_id)) if reward_id else ()
 
 
 def main(argv: list[str]) -> int:

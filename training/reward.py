@@ -340,6 +340,7 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
     if agreement:
         metrics["human_agreement"], metrics["overlap_pairs"] = agreement["percent_agreement"], agreement["pairs"]
     metrics["fallback_split"] = data.fallback_split
+    metrics.update(data.origin)
     lora = config.backbone == "policy" and config.method == "fine-tune"
 
     def write(folder: Path):
@@ -352,7 +353,10 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
 
     version_id = versions.create_version("reward", "reward", None, dataclasses.asdict(config), data.judgment_ids,
                                          metrics, write)
-    return {"version": version_id, **metrics}
+    from training import suggest  # its preference on the pairs waiting: shown after a vote, and the uncertain queue
+
+    scored = suggest.score_waiting(version_id, make_scorer(model, tokenizer, config.max_length))
+    return {"version": version_id, **metrics, "pairs_scored": scored}
 
 
 def main(argv: list[str]) -> int:

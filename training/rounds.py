@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 MIN_PAIRS = 8  # fewer labeled pairs than this teach a model nothing measurable
@@ -28,6 +28,9 @@ class PreferenceData:
     heldout: list[dict[str, Any]]
     judgment_ids: list[int]  # lineage: exactly the judgments behind these rows
     fallback_split: bool  # True when the workspace's held-out prompts were empty and we split here
+    # lineage of the rows no person decided: {"pairs_from_people", "pairs_from_ai"[, "ai_judge",
+    # "ai_rubric", "ai_label_ids"]}, stored with the version's metrics
+    origin: dict[str, Any] = field(default_factory=dict)
 
 
 def _rank(key: str, seed: int) -> str:
@@ -55,11 +58,19 @@ def split_by_conversation(rows: list[dict], heldout_fraction: float, seed: int =
     return ([r for r in rows if conversation(r) not in chosen], [r for r in rows if conversation(r) in chosen], True)
 
 
-def count_pairs() -> int:
-    """How many labeled pairs a round would train on now."""
+def training_rows():
+    """The export rows a round trains on: people's labels, and an AI judge's verdicts on pairs
+    nobody judged while an admin has AI labels on and the judge passes the agreement gate
+    (labeling/agreement.py)."""
+    from labeling import agreement
     from labeling.export import preference_rows
 
-    return len(preference_rows().rows)
+    return preference_rows(ai=agreement.ai_labels_in_use())
+
+
+def count_pairs() -> int:
+    """How many labeled pairs a round would train on now."""
+    return len(training_rows().rows)
 
 
 def check_pairs(what: str, min_pairs: int = MIN_PAIRS) -> str | None:
@@ -113,9 +124,11 @@ def _judgments_of(pair_ids: set[int], allowed: list[int]) -> list[int]:
 def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int,
                     min_pairs: int = MIN_PAIRS) -> PreferenceData:
     """The exported labeled pairs (at most `max_pairs`), split by prompt. Raises NotReady."""
+    from labeling import agreement
     from labeling.export import preference_rows
 
-    export = preference_rows()
+    ai = agreement.ai_labels_in_use()
+    export = preference_rows(ai=ai)
     rows = list(export.rows)
     if max_pairs:
         rows = rows[:max_pairs]
@@ -129,7 +142,13 @@ def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, s
     if len(rows) < len(export.rows):
         judgment_ids = _judgments_of({r["pair_id"] for r in rows}, judgment_ids)
     train, heldout, fallback = split_by_conversation(rows, heldout_fraction, seed)
-    return PreferenceData(train, heldout, judgment_ids, fallback)
+    machine = {r["pair_id"] for r in rows if r.get("origin") == "ai"}
+    origin = {"pairs_from_people": len(rows) - len(machine), "pairs_from_ai": len(machine)}
+    if machine:
+        ai_rows = [r for r in export.rows if r.get("origin") == "ai"]
+        origin.update(ai_judge=ai["judge"], ai_rubric=ai["rubric"], ai_label_ids=sorted(
+            i for r, i in zip(ai_rows, export.ai_label_ids) if r["pair_id"] in machine))
+    return PreferenceData(train, heldout, judgment_ids, fallback, origin)
 
 
 def trim_prompt(messages: list[dict], count_tokens: Callable[[list[dict]], int], max_tokens: int) -> list[dict]:
