@@ -120,3 +120,32 @@ def test_label_three_pairs_with_the_keyboard_and_no_script_runs(server, workspac
         assert row.outcome == queue.stored_outcome(choice, row.left)
     assert [r.comment for r in rows] == [None, "point 2 is wrong", None]
     assert dialogs == [], f"a dialog fired: {dialogs}"
+
+
+def test_the_ai_judges_opinion_shows_only_after_the_vote(server, workspace):
+    from playwright.sync_api import expect, sync_playwright
+
+    from labeling import suggestions
+
+    ids = seed_pairs([("Is the sea salty?", "Yes, it is salty.", "No."), ("Next?", "Yes", "No")])
+    suggestions.store(ids[0], "ai", "local:judge", "a", 0.9, "It answers the question.", rubric_version=1)
+    left_is_a = queue.left_side(ids[0], "pat") == "a"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server, wait_until="domcontentloaded")
+        page.get_by_label("or type a new name").fill("pat")
+        page.get_by_role("button", name="Start labeling").click()
+        expect(page).to_have_url(f"{server}/?annotator=pat", timeout=15_000)
+        page.get_by_role("link", name="Label").click()
+        expect(page.get_by_text("Response A", exact=True)).to_be_visible(timeout=15_000)
+        expect(page.get_by_text("Is the sea salty?")).to_be_visible()
+        assert page.get_by_text("The AI judge").count() == 0  # nothing to anchor the vote
+        page.get_by_role("button", name="Tie").click()
+        expect(page.get_by_text("On the pair you just judged")).to_be_visible(timeout=15_000)
+        expect(page.get_by_text("It answers the question.", exact=False)).to_be_visible()
+        expect(page.locator("strong", has_text="A" if left_is_a else "B").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "label_suggestion_after_vote.png"), full_page=True)
+        browser.close()
+    assert [(r.pair_id, r.outcome) for r in stored()] == [(ids[0], "tie")]
