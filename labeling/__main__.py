@@ -1,7 +1,8 @@
 """Preference data in and out of the workspace.
 
-    python -m labeling import PATH [--format auto|pairs|unlabeled|prompts|hh|oasst] [--source NAME]
+    python -m labeling import PATH [--format auto|pairs|unlabeled|prompts|hh|oasst|messages] [--source NAME]
     python -m labeling export PATH [--format jsonl|parquet|hf] [--source NAME] [--exclude CHECK,...]
+    python -m labeling export-demonstrations PATH   # written answers as TRL messages JSON lines
     python -m labeling imports                 # every import and what it brought
     python -m labeling delete-import NAME      # one import's pairs, labels and unused prompts
     python -m labeling backup FILE             # the whole workspace database in one file
@@ -19,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from labeling import access, backup, imports
+from labeling import access, backup, demonstrations, imports
 from labeling.command import run_command
 from labeling.export import AUDIT_CHECKS, EXPORT_FORMATS, ExportError, export
 from labeling.importers import FORMATS, InputError
@@ -32,8 +33,9 @@ def parser() -> argparse.ArgumentParser:
     commands = p.add_subparsers(dest="command", required=True)
     imp = commands.add_parser("import", help="import prompts, pairs or labeled pairs from a file")
     imp.add_argument("path", help="a .jsonl(.gz), .csv, .parquet or .txt file, a datasets folder, or a hub name")
-    imp.add_argument("--format", default="auto", metavar="|".join(FORMATS),
-                     help="what the file holds; auto decides from the extension and the first record")
+    imp.add_argument("--format", default="auto", metavar="|".join((*FORMATS, "messages")),
+                     help="what the file holds; auto decides from the extension and the first record; messages: "
+                          "demonstrations, each row's `messages` ending with the assistant's answer (for SFT)")
     imp.add_argument("--source", default=None, help="name recorded with the data (default: the file name)")
     exp = commands.add_parser("export", help="write the judged pairs as TRL-ready prompt/chosen/rejected rows")
     exp.add_argument("path", help="output file (jsonl, parquet) or folder (hf)")
@@ -42,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--source", default=None, help="only the pairs of this source (an import's name, or a model version)")
     exp.add_argument("--exclude", default="", metavar=",".join(AUDIT_CHECKS),
                      help="leave out the pairs the pair audit flags under these checks (comma-separated)")
+    demos = commands.add_parser("export-demonstrations", help="write the answers people wrote (and imported "
+                                                              "demonstrations) as TRL messages JSON lines")
+    demos.add_argument("path", help="output .jsonl file")
     commands.add_parser("imports", help="list the imports: prompts, pairs and labels each brought")
     delete = commands.add_parser("delete-import", help="delete one import's pairs and their judgments, and its "
                                                        "prompts and responses that nothing else uses")
@@ -68,7 +73,9 @@ def add_user(args) -> dict:
 
 COMMANDS = {
     # Formats are checked by import_file / export, so a wrong one gets the same one-sentence error.
-    "import": lambda args: import_file(args.path, fmt=args.format, source=args.source),
+    "import": lambda args: (demonstrations.import_messages(args.path, args.source) if args.format == "messages"
+                            else import_file(args.path, fmt=args.format, source=args.source)),
+    "export-demonstrations": lambda args: demonstrations.export_messages(args.path),
     "export": lambda args: export(args.path, fmt=args.format, source=args.source,
                                   exclude=tuple(c.strip() for c in args.exclude.split(",") if c.strip())),
     "imports": lambda args: {"imports": imports.list_imports()},
@@ -82,7 +89,8 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     return run_command(lambda: COMMANDS[args.command](args), {
-        (InputError, ExportError, imports.UnknownImport, backup.BackupError, access.AccessError): 2,
+        (InputError, ExportError, imports.UnknownImport, backup.BackupError, access.AccessError,
+         demonstrations.DemonstrationError): 2,
         ReaderError: 1,  # the reader process died: not the file's fault, nothing written
     })
 

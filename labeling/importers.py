@@ -268,6 +268,9 @@ def detect(first: dict[str, Any], path: Path) -> str:
         return "unlabeled"
     if "prompt" in keys:
         return "prompts"
+    if "messages" in keys:
+        raise InputError(f"{path}: the rows hold 'messages', written answers for the SFT round rather than pairs; "
+                         f"import them with the format messages (--format messages).")
     raise InputError(f"{path}: cannot tell the format from the first record's fields "
                      f"({_field_names(keys)}); expected prompt/chosen/rejected, "
                      f"prompt/response_a/response_b or prompt, or pass --format.")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, String, delete, exists, func, literal, or_, select
+from sqlalchemy import Select, String, and_, delete, exists, func, literal, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from labeling import db
-from labeling.models import Judgment, ModelVersion, Pair, PairLease, Prompt, Response, Suggestion
+from labeling.models import Demonstration, Judgment, ModelVersion, Pair, PairLease, Prompt, Response, Suggestion
 
 
 class UnknownImport(ValueError):
@@ -62,7 +62,8 @@ def _delete_unused(conn: Connection, name: str) -> tuple[int, int]:
     used = exists().where(Pair.prompt_id == Response.prompt_id,
                           or_(Pair.response_a_id == Response.id, Pair.response_b_id == Response.id))
     responses = conn.execute(delete(Response).where(Response.model_version == PREFIX + name, ~used)).rowcount
-    used = or_(exists().where(Pair.prompt_id == Prompt.id), exists().where(Response.prompt_id == Prompt.id))
+    used = or_(exists().where(Pair.prompt_id == Prompt.id), exists().where(Response.prompt_id == Prompt.id),
+               exists().where(Demonstration.prompt_id == Prompt.id))
     prompts = conn.execute(delete(Prompt).where(Prompt.source == name, ~used)).rowcount
     return responses, prompts
 
@@ -83,6 +84,8 @@ def delete_import(name: str) -> dict[str, Any]:
         conn.execute(delete(PairLease).where(PairLease.pair_id.in_(_pairs_of(name))))
         conn.execute(delete(Judgment).where(Judgment.pair_id.in_(_pairs_of(name))))
         conn.execute(delete(Suggestion).where(Suggestion.pair_id.in_(_pairs_of(name))))
+        conn.execute(delete(Demonstration).where(or_(Demonstration.pair_id.in_(_pairs_of(name)), and_(
+            Demonstration.source == "import", Demonstration.source_name == name))))
         conn.execute(delete(Pair).where(Pair.id.in_(_pairs_of(name))))
         responses, prompts_deleted = _delete_unused(conn, name)
     sources = [source for _, source in judged]

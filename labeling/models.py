@@ -140,6 +140,26 @@ class Judgment(Base):
     annotator: Mapped[Annotator | None] = relationship(lazy="joined")
 
 
+class Demonstration(Base):
+    """A good answer written by a person: a rewrite for a pair whose two answers were both bad
+    (`pair_id`, `annotator_id`, `source` "human"), or one that came with an imported TRL messages
+    dataset (`source` "import", `source_name` the import's name, no pair, no annotator). It feeds
+    the SFT round, and a rewrite also makes two preference pairs (rewrite ≻ each answer) for DPO."""
+
+    __tablename__ = "demonstrations"
+    __table_args__ = (UniqueConstraint("pair_id", "annotator_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    pair_id: Mapped[int | None] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"))
+    annotator_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"))
+    source: Mapped[str] = mapped_column(String(10), default="human")
+    source_name: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Suggestion(Base):
     """A machine's opinion of a pair, kept apart from the judgments so nothing a model writes
     can change or hide what a person said: the reward model's preference (`source` "reward",

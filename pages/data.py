@@ -37,7 +37,9 @@ def render_import() -> None:
     with st.form("import", clear_on_submit=True):
         upload = st.file_uploader("Preference data or prompts (JSONL, JSON, CSV, Parquet, TXT, .gz)")
         cols = st.columns(2)
-        fmt = cols[0].selectbox("Format", importers.FORMATS)
+        fmt = cols[0].selectbox("Format", (*importers.FORMATS, "messages"),
+                                help="messages: written answers for the SFT round, each row's `messages` ending "
+                                     "with the assistant's answer (TRL's conversational format)")
         source = cols[1].text_input("Source name (optional)", placeholder="defaults to the file name")
         if not st.form_submit_button("Import") or upload is None:
             return
@@ -45,6 +47,13 @@ def render_import() -> None:
         path = Path(folder) / Path(upload.name).name  # keep the name: format and source come from it
         path.write_bytes(upload.getvalue())
         try:
+            if fmt == "messages":
+                from labeling import demonstrations
+
+                result = demonstrations.import_messages(path, source.strip() or None)
+                st.success(f"{upload.name}: {result['demonstrations']} demonstrations imported (source "
+                           f"'{result['source']}'), {result['already_stored']} already stored.")
+                return
             result = store.import_file(path, fmt=fmt, source=source.strip() or None)
         except (importers.InputError, planning.ReaderError) as error:  # one sentence; the import wrote nothing
             st.error(str(error).replace(str(path), upload.name))
@@ -75,6 +84,22 @@ def render_export() -> None:
         name, data, mime, result = st.session_state["export"]
         st.download_button(f"Download {name}", data=data, file_name=name, mime=mime)
         st.caption(f"{result['exported']} preference rows; left out: {result['excluded']}")
+    render_demonstrations_export()
+
+
+def render_demonstrations_export() -> None:
+    """The answers people wrote (and imported demonstrations), as TRL messages JSON lines."""
+    from labeling import demonstrations
+
+    have = demonstrations.count()
+    if not have:
+        st.caption("No written answers yet: after Both bad, the Label page offers to write the answer wanted.")
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "prefloop-demonstrations.jsonl"
+        demonstrations.export_messages(path)
+        st.download_button(f"Download {have} written answers (messages JSONL, for SFT)", data=path.read_bytes(),
+                           file_name=path.name, mime="application/jsonl")
 
 
 def render_stats() -> None:

@@ -14,7 +14,7 @@ import time
 
 import streamlit as st
 
-from labeling import queue, reasons, settings, suggestions
+from labeling import demonstrations, queue, reasons, settings, suggestions
 from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, guidelines_editor, is_admin, plain_text_toggle,
                            render_conversation, render_sides, require_router, vote_buttons)
 
@@ -62,7 +62,41 @@ def submit(name: str, view: queue.PairView, choice: str) -> None:
     else:
         st.session_state["last_message"] = f"Saved: {LABELS[choice]}."
         st.session_state["just_judged"] = (view.pair_id, view.left)  # its suggestions show after the vote
+        # both bad: offer to write the answer wanted (until the next vote)
+        st.session_state["rewrite_for"] = (view.pair_id, view.left_text, view.right_text) if choice == "both_bad" else None
     st.session_state["pair_id"] = None
+
+
+def save_rewrite(name: str, pair_id: int, key: str) -> None:
+    try:
+        demonstrations.add_rewrite(name, pair_id, st.session_state.get(key, ""))
+    except (demonstrations.DemonstrationError, queue.QueueError) as error:
+        st.session_state["rewrite_error"] = str(error)
+        return
+    st.session_state["rewrite_for"] = None
+    st.session_state["last_message"] = "Rewrite saved: the SFT round learns from it, and DPO prefers it to both answers."
+
+
+def render_rewrite(name: str) -> None:
+    """After "Both bad": a box for the answer the person wanted, empty or started from either side."""
+    pair_id, left_text, right_text = st.session_state["rewrite_for"]
+    key = f"rewrite-text-{pair_id}"
+    with st.container(border=True):
+        st.markdown("**Both answers were bad. Write the one you wanted?** (optional) It teaches the model directly "
+                    "(the SFT round), and DPO learns to prefer it to both.")
+        cols = st.columns(3)
+        if cols[0].button("Start from A", key=f"rewrite-from-a-{pair_id}"):
+            st.session_state[key] = left_text
+        if cols[1].button("Start from B", key=f"rewrite-from-b-{pair_id}"):
+            st.session_state[key] = right_text
+        if cols[2].button("No rewrite", key=f"rewrite-no-{pair_id}"):
+            st.session_state["rewrite_for"] = None
+            st.rerun()
+        st.text_area("Your answer", key=key, height=180)
+        if error := st.session_state.pop("rewrite_error", None):
+            st.error(error)
+        st.button("Save rewrite", key=f"rewrite-save-{pair_id}", type="primary", on_click=save_rewrite,
+                  args=(name, pair_id, key))
 
 
 def undo(name: str) -> None:
@@ -160,6 +194,8 @@ def main() -> None:
         st.toast(message)
     if just_judged := st.session_state.pop("just_judged", None):
         render_suggestions(*just_judged, "On the pair you just judged")
+    if st.session_state.get("rewrite_for"):
+        render_rewrite(name)
     view = current_pair(name)
     if view is None:
         wait_for_pairs(name)

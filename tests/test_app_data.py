@@ -237,3 +237,20 @@ def test_the_ai_judge_tab_shows_agreement_and_opens_ai_labels_only_through_the_g
     assert suggestions.rubric() == (2, "Prefer the shorter answer.")
     at = at.button(key="FormSubmitter:judge-form-Judge pairs").click().run()
     assert started and started[0][0] == "judge" and started[0][1]["limit"] == 0
+
+
+def test_demonstrations_import_as_messages_and_a_bad_row_is_one_sentence(workspace, generator):  # noqa: F811
+    from labeling import demonstrations
+
+    good = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}]}
+    at = upload(open_data(), "demos.jsonl", json.dumps(good).encode())  # auto: one sentence naming the format
+    assert "import them with the format messages" in at.error[0].value and demonstrations.count() == 0
+    next(s for s in at.selectbox if s.label == "Format").select("messages")
+    at = upload(at, "demos.jsonl", json.dumps(good).encode())
+    assert any("1 demonstrations imported" in s.value for s in at.success)
+    assert demonstrations.count() == 1
+    assert any(b.label.startswith("Download 1 written answers") for b in at.get("download_button"))
+    next(s for s in at.selectbox if s.label == "Format").select("messages")
+    at = upload(at, "bad.jsonl", json.dumps({"messages": "just text"}).encode())
+    (error,) = at.error
+    assert "bad.jsonl" in error.value and "line 1" in error.value and demonstrations.count() == 1

@@ -281,3 +281,25 @@ def test_suggestions_show_after_the_vote_not_before_unless_an_admin_says_so(work
     suggestions.store(ids[1], "ai", "local:judge", "tie", None, "alike", rubric_version=1)
     at = open_label()
     assert shown_pair_id(at) == ids[1] and "saw no winner" in at.info[0].value
+
+
+def test_both_bad_offers_a_rewrite_started_from_a_side_and_stores_it(workspace, generator):
+    from labeling import demonstrations
+
+    ids = seed_pairs([("Is the sea salty?", "No.", "Maybe."), ("Q2?", "x", "y"), ("Q3?", "u", "v")])
+    at = click(open_label(), "Both bad")
+    assert judgments("ana")[0][:3] == (ids[0], "ana", "both_bad")
+    assert shown_pair_id(at) == ids[1]  # the next pair is on screen; the box is for the one just judged
+    at = click(at, "Start from A")
+    box = at.text_area(key=f"rewrite-text-{ids[0]}")
+    assert box.value in ("No.", "Maybe.")
+    box.input("Yes: sea water is about 3.5 % salt.")
+    at = click(at, "Save rewrite")
+    (row,) = demonstrations.sft_rows()
+    assert row["completion"][0]["content"] == "Yes: sea water is about 3.5 % salt." and not at.exception
+    assert not [b for b in at.button if b.label == "Save rewrite"]  # the box is gone once saved
+    at = click(at, "Both bad")  # the second pair: the box comes back for it; an empty save is one sentence
+    at = click(at, "Save rewrite")
+    assert any("The rewrite is empty" in e.value for e in at.error) and len(demonstrations.sft_rows()) == 1
+    at = click(at, "A is better")  # voting on without a rewrite dismisses the box
+    assert not [b for b in at.button if b.label == "Save rewrite"]

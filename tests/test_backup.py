@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from labeling import backup, db, queue, store, suggestions
+from labeling import backup, db, demonstrations, queue, store, suggestions
 from labeling.__main__ import main as labeling_main
 from labeling.models import SCHEMA_VERSION, EvalPoint, Job, JobMetric, Meta, ModelVersion, Pair
 from tests.conftest import FIXTURES
@@ -52,6 +52,7 @@ def fill_workspace() -> None:
     queue.next_pair("cleo")  # leaves a lease
     suggestions.store(pair.pair_id, "ai", "local:judge ✓", "tie", 0.5, "The verdict changed with the sides.",
                       rubric_version=2)
+    demonstrations.add_rewrite("ana", pair.pair_id, "A better answer ✓\nin two lines.")
 
 
 def backup_bytes(path) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -59,13 +60,18 @@ def split_by_conversation(rows: list[dict], heldout_fraction: float, seed: int =
 
 
 def training_rows():
-    """The export rows a round trains on: people's labels, and an AI judge's verdicts on pairs
-    nobody judged while an admin has AI labels on and the judge passes the agreement gate
-    (labeling/agreement.py)."""
-    from labeling import agreement
+    """The export rows a round trains on (an ExportResult): people's labels; two rows per rewrite,
+    the rewrite preferred to each answer (labeling/demonstrations.py, "origin": "rewrite"); and an
+    AI judge's verdicts on pairs nobody judged while an admin has AI labels on and the judge passes
+    the agreement gate (labeling/agreement.py). Its `ai` is the judge in use, or None."""
+    from labeling import agreement, demonstrations
     from labeling.export import preference_rows
 
-    return preference_rows(ai=agreement.ai_labels_in_use())
+    ai = agreement.ai_labels_in_use()
+    result = preference_rows(ai=ai)
+    result.rows.extend(demonstrations.rewrite_rows())
+    result.ai = ai
+    return result
 
 
 def count_pairs() -> int:
@@ -124,11 +130,8 @@ def _judgments_of(pair_ids: set[int], allowed: list[int]) -> list[int]:
 def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int,
                     min_pairs: int = MIN_PAIRS) -> PreferenceData:
     """The exported labeled pairs (at most `max_pairs`), split by prompt. Raises NotReady."""
-    from labeling import agreement
-    from labeling.export import preference_rows
-
-    ai = agreement.ai_labels_in_use()
-    export = preference_rows(ai=ai)
+    export = training_rows()
+    ai = export.ai
     rows = list(export.rows)
     if max_pairs:
         rows = rows[:max_pairs]
@@ -143,7 +146,11 @@ def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, s
         judgment_ids = _judgments_of({r["pair_id"] for r in rows}, judgment_ids)
     train, heldout, fallback = split_by_conversation(rows, heldout_fraction, seed)
     machine = {r["pair_id"] for r in rows if r.get("origin") == "ai"}
-    origin = {"pairs_from_people": len(rows) - len(machine), "pairs_from_ai": len(machine)}
+    rewrites = sorted({r["demonstration_id"] for r in rows if r.get("origin") == "rewrite"})
+    kinds = Counter(r.get("origin", "human") for r in rows)
+    origin = {"pairs_from_people": kinds["human"], "pairs_from_ai": kinds["ai"], "pairs_from_rewrites": kinds["rewrite"]}
+    if rewrites:
+        origin["demonstration_ids"] = rewrites
     if machine:
         ai_rows = [r for r in export.rows if r.get("origin") == "ai"]
         origin.update(ai_judge=ai["judge"], ai_rubric=ai["rubric"], ai_label_ids=sorted(
