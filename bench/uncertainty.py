@@ -13,7 +13,9 @@ as bench/reward.py does), and the queue serves the next batch:
 
   * random: any waiting pair;
   * uncertain: as labeling/queue.py does with the order "uncertain": the pair whose reward-model
-    probability σ(r(a) − r(b)) is nearest 0.5, except RANDOM_SHARE of the draws at random.
+    probability σ(r(a) − r(b)) is nearest 0.5, except RANDOM_SHARE of the draws at random;
+  * disagreement: the pair on whose margin r(a) − r(b) the ensemble's heads disagree most (query by
+    committee, Seung et al. 1992), with the same share of random draws.
 
 Both arms start from the same random first batch and the same split, per seed. Reported per
 budget: the reward model's accuracy against the taste on the measuring pairs (ties of the taste
@@ -36,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench import reward as reward_bench  # noqa: E402  (the same pairs and feature cache)
 from bench.tastes import load_taste  # noqa: E402
+
+ARMS = ("random", "uncertain", "disagreement")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,8 +78,8 @@ def fit_and_score(x_a, x_b, len_a, len_b, groups, labeled, winners, heads, seed)
     c_len, r_len = np.where(a_won, len_a[idx], len_b[idx]), np.where(a_won, len_b[idx], len_a[idx])
     model = reward_heads.fit(chosen, rejected, c_len, r_len, [groups[i] for i in idx], heads=heads, length="free",
                              seed=seed)
-    margin = model.rewards(x_a, len_a).mean(0) - model.rewards(x_b, len_b).mean(0)
-    return 1 / (1 + np.exp(-np.clip(margin, -60, 60)))
+    margins = model.rewards(x_a, len_a) - model.rewards(x_b, len_b)  # (heads, pairs)
+    return 1 / (1 + np.exp(-np.clip(margins.mean(0), -60, 60))), margins.std(0)
 
 
 def run_arm(arm: str, data: dict, pool: np.ndarray, test: np.ndarray, first: list[int], args, seed: int) -> list[float]:
@@ -87,8 +91,8 @@ def run_arm(arm: str, data: dict, pool: np.ndarray, test: np.ndarray, first: lis
     curve = []
     while True:
         usable = [i for i in labeled if data["winner"][i] >= 0]  # a taste's tie teaches nothing
-        p = fit_and_score(data["x_a"], data["x_b"], data["len_a"], data["len_b"], data["groups"], usable,
-                          data["winner"], args.heads, seed)
+        p, spread = fit_and_score(data["x_a"], data["x_b"], data["len_a"], data["len_b"], data["groups"], usable,
+                                  data["winner"], args.heads, seed)
         decided = test[data["winner"][test] >= 0]
         curve.append(float(((p[decided] > 0.5) == (data["winner"][decided] == 0)).mean()))
         if len(labeled) >= args.budget:
@@ -99,8 +103,10 @@ def run_arm(arm: str, data: dict, pool: np.ndarray, test: np.ndarray, first: lis
             left = np.setdiff1d(waiting, picked)
             if arm == "random" or rng.random() < RANDOM_SHARE:
                 picked.append(int(rng.choice(left)))
-            else:
+            elif arm == "uncertain":
                 picked.append(int(left[np.argmin(np.abs(p[left] - 0.5))]))
+            else:  # "disagreement": the heads' margins differ most (query by committee)
+                picked.append(int(left[np.argmax(spread[left])]))
         labeled += picked
 
 
@@ -126,7 +132,7 @@ def run_taste(name: str, rows, x_chosen, x_rejected, args) -> dict:
             "len_b": reward_heads.response_length(text_b), "groups": [r["conversation"] for r in rows],
             "winner": np.where(score_a > score_b, 0, np.where(score_b > score_a, 1, -1))}
     budgets = list(range(args.batch, args.budget + 1, args.batch))
-    curves = {"random": [], "uncertain": []}
+    curves = {arm: [] for arm in ARMS}
     for seed in range(args.seeds):
         fold = reward_bench.fold_of(rows, 10, seed=seed)
         test, pool = np.flatnonzero(fold < 3), np.flatnonzero(fold >= 3)
@@ -144,10 +150,10 @@ def run_taste(name: str, rows, x_chosen, x_rejected, args) -> dict:
         out[arm] = [{"labels": b, "accuracy": round(float(m), 3), "low": round(float(m - h), 3), "high": round(float(m + h), 3)}
                     for b, m, h in zip(budgets, means[arm], half)]
     target = float(means["random"][-1])
-    need_random, need_uncertain = labels_needed(budgets, means["random"], target), labels_needed(budgets, means["uncertain"], target)
+    need = {arm: labels_needed(budgets, means[arm], target) for arm in ARMS}
     out["target_accuracy"] = round(target, 3)
-    out["labels_needed"] = {"random": need_random, "uncertain": need_uncertain}
-    out["saving"] = None if need_uncertain is None else round(1 - need_uncertain / need_random, 3)
+    out["labels_needed"] = need
+    out["saving"] = {arm: None if need[arm] is None else round(1 - need[arm] / need["random"], 3) for arm in ARMS[1:]}
     return out
 
 
@@ -159,12 +165,12 @@ def plot(results: list[dict], path: str) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for ax, result in zip(axes[0], results):
-        for arm, style in (("random", "o--"), ("uncertain", "s-")):
+        for arm, style in zip(ARMS, ("o--", "s-", "^-")):
             points = result[arm]
             xs = [p["labels"] for p in points]
             ax.plot(xs, [p["accuracy"] for p in points], style, label=arm)
             ax.fill_between(xs, [p["low"] for p in points], [p["high"] for p in points], alpha=0.15)
-        ax.set_title(f"taste {result['taste']}: saving {result['saving']}")
+        ax.set_title(f"taste {result['taste']}")
         ax.set_xlabel("labels spent")
         ax.set_ylabel("reward model accuracy vs taste")
         ax.legend()

@@ -80,3 +80,29 @@ def set_queue_order(order: str) -> str:
         else:
             row.value = order
     return order
+
+
+TRAINING_EXCLUDE_KEY = "training_exclude"
+
+
+def training_exclusions() -> tuple[str, ...]:
+    """The pair-audit checks (labeling/audit.py CHECKS) whose flagged pairs every round leaves out;
+    none until an admin picks some on the Train page."""
+    with db.session() as s:
+        row = s.get(Meta, TRAINING_EXCLUDE_KEY)
+    return tuple(c for c in (row.value.split(",") if row is not None and row.value else ()))
+
+
+def set_training_exclusions(checks: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    from labeling.export import AUDIT_CHECKS
+
+    if unknown := [c for c in checks if c not in AUDIT_CHECKS]:
+        raise SettingError(f"Unknown pair-audit check '{unknown[0]}'; pick any of {', '.join(AUDIT_CHECKS)}.")
+    chosen = tuple(c for c in AUDIT_CHECKS if c in checks)  # in the audit's order
+    with db.session() as s:
+        row = s.get(Meta, TRAINING_EXCLUDE_KEY)
+        if row is None:
+            s.add(Meta(key=TRAINING_EXCLUDE_KEY, value=",".join(chosen)))
+        else:
+            row.value = ",".join(chosen)
+    return chosen

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.widgets import admin_only, config_form, job_panel, require_router, start
+from pages.widgets import admin_only, config_form, is_admin, job_panel, require_router, start
 from training import jobs, registry, reward_report, versions
 from training.config_fields import RoundLimits, form_fields
 
@@ -59,6 +59,30 @@ def round_section() -> None:
     if job_id:
         st.subheader("Progress")
         job_panel(job_id, curves=chosen.curves)
+
+
+def audit_section() -> None:
+    """What every round is about to learn from, checked, and the checks whose pairs it leaves out."""
+    from labeling import audit, export, settings
+
+    with st.expander("What the rounds learn from: the pair audit"):
+        st.caption("Pairs whose chosen answer is only longer, near-identical answers, votes that disagree, and "
+                   "votes by an annotator who picks the left or the longer answer more than chance allows.")
+        if st.button("Audit the pairs", key="train-audit"):
+            st.session_state["train-audit-result"] = export.pair_audit()
+        if (result := st.session_state.get("train-audit-result")) is not None:
+            counts = result.counts()
+            for column, check in zip(st.columns(len(audit.CHECKS)), audit.CHECKS):
+                column.metric(check.replace("_", " "), f"{counts[check]} of {result.pairs}")
+        saved = settings.training_exclusions()
+        chosen = st.multiselect("Leave these out of every round", export.AUDIT_CHECKS, default=list(saved),
+                                format_func=lambda c: c.replace("_", " "), key="train-exclude",
+                                disabled=not is_admin())
+        if tuple(chosen) != saved and st.button("Save", key="train-exclude-save"):
+            settings.set_training_exclusions(chosen)
+            st.success("Rounds now leave out the pairs flagged: " + (", ".join(chosen) or "none") + ".")
+            st.rerun()
+        st.caption(f"Rounds leave out: {', '.join(saved) or 'nothing'}; each version records how many pairs that was.")
 
 
 def reward_card_section() -> None:
@@ -132,5 +156,6 @@ require_router()
 st.title("Train")
 st.caption("Labeled pairs → a reward model, DPO and PPO rounds, each a new model version.")
 round_section()
+audit_section()
 reward_card_section()
 versions_section()

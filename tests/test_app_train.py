@@ -8,6 +8,7 @@ import pytest
 
 from tests.preference_fixtures import import_pairs
 from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
+from tests.test_audit import voted  # noqa: F401  (a fixture)
 from training import config_fields, jobs, versions
 from training.dpo_config import DPORoundConfig
 from labeling import db
@@ -179,3 +180,23 @@ def test_reward_card_shows_accuracy_with_its_interval_beside_the_baselines(works
     verdicts = [w.value for w in at.warning if "longer wins" in w.value]
     assert verdicts == [report["verdict"]] and verdicts[0].startswith(
         'The reward model does not beat "longer wins" on hh (held-out) (0.50 vs 0.75)')
+
+
+def test_the_pair_audit_on_the_train_page_leaves_flagged_pairs_out_of_every_round(workspace, generator, voted):  # noqa: F811
+    from labeling import settings
+    from training import rounds
+
+    assert rounds.count_pairs() == 12
+    at = open_train()
+    next(b for b in at.button if b.label == "Audit the pairs").click()
+    at = at.run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["only longer"] == "1 of 12" and metrics["skewed annotator"] == "8 of 12"
+    at = at.multiselect(key="train-exclude").set_value(["only_longer", "near_identical"]).run()
+    at = at.button(key="train-exclude-save").click().run()
+    assert settings.training_exclusions() == ("only_longer", "near_identical")
+    assert rounds.count_pairs() == 10
+    data = rounds.preference_data("DPO", None, 0.2, 0)
+    assert data.origin["left_out_by_audit"] == {"only_longer": 1, "near_identical": 1}
+    with pytest.raises(settings.SettingError, match="Unknown pair-audit check 'longer'"):
+        settings.set_training_exclusions(["longer"])

@@ -60,15 +60,16 @@ def split_by_conversation(rows: list[dict], heldout_fraction: float, seed: int =
 
 
 def training_rows():
-    """The export rows a round trains on (an ExportResult): people's labels; two rows per rewrite,
+    """The export rows a round trains on (an ExportResult): people's labels, less the pairs the pair
+    audit flags under the checks an admin chose to leave out (Train page); two rows per rewrite,
     the rewrite preferred to each answer (labeling/demonstrations.py, "origin": "rewrite"); and an
     AI judge's verdicts on pairs nobody judged while an admin has AI labels on and the judge passes
     the agreement gate (labeling/agreement.py). Its `ai` is the judge in use, or None."""
-    from labeling import agreement, demonstrations
+    from labeling import agreement, demonstrations, settings
     from labeling.export import preference_rows
 
     ai = agreement.ai_labels_in_use()
-    result = preference_rows(ai=ai)
+    result = preference_rows(ai=ai, exclude=settings.training_exclusions())  # an admin's pair-audit choice
     result.rows.extend(demonstrations.rewrite_rows())
     result.ai = ai
     return result
@@ -149,6 +150,10 @@ def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, s
     rewrites = sorted({r["demonstration_id"] for r in rows if r.get("origin") == "rewrite"})
     kinds = Counter(r.get("origin", "human") for r in rows)
     origin = {"pairs_from_people": kinds["human"], "pairs_from_ai": kinds["ai"], "pairs_from_rewrites": kinds["rewrite"]}
+    from labeling.export import AUDIT_CHECKS
+
+    if left_out := {check: n for check, n in export.excluded.items() if check in AUDIT_CHECKS and n}:
+        origin["left_out_by_audit"] = left_out
     if rewrites:
         origin["demonstration_ids"] = rewrites
     if machine:
