@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny model, 48 labels, 2 rounds: proves the plumbing")
     p.add_argument("--engine", default="auto", choices=("auto", "ctranslate2", "transformers"),
                    help="what samples the pairs the annotator labels (the app's generator setting)")
+    p.add_argument("--length-bias", type=float, default=0.0, metavar="P",
+                   help="share of the annotator's votes that pick the longer answer whatever the taste (0.7: issue 18)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -107,14 +109,19 @@ def heldout_prompts(n: int) -> list[list[dict]]:
 # ---------------------------------------------------------------- the annotator
 
 
-def label_waiting(taste) -> dict[str, int]:
+def label_waiting(taste, length_bias: float = 0.0, seed: int = 0) -> dict[str, int]:
     """Judge every waiting pair as the Label page would store it: the better side by the taste,
-    a tie when it scores both the same."""
+    a tie when it scores both the same; with `length_bias` p, a share p of the votes picks the
+    longer answer (in words) whatever the taste says, as a person who favours long answers would."""
+    import random
+
     from labeling import queue
 
+    rng = random.Random(seed)
     counts = {"judged": 0, "ties": 0}
     while (view := queue.next_pair(ANNOTATOR)) is not None:
-        left, right = taste(view.left_text), taste(view.right_text)
+        scorer = (lambda t: len(t.split())) if rng.random() < length_bias else taste
+        left, right = scorer(view.left_text), scorer(view.right_text)
         choice = "left" if left > right else "right" if right > left else "tie"
         queue.submit_judgment(ANNOTATOR, view.pair_id, queue.stored_outcome(choice, view.left), view.left, seconds=0.0)
         counts["judged"] += 1
@@ -122,12 +129,13 @@ def label_waiting(taste) -> dict[str, int]:
     return counts
 
 
-def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int, engine: str = "auto") -> dict[str, int]:
+def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int, engine: str = "auto",
+                       length_bias: float = 0.0) -> dict[str, int]:
     """The app's generator answers `prompts` training prompts twice with the current policy; all is labeled."""
     from training.generate import GenerateConfig, run
 
     run(GenerateConfig(prompts=prompts, max_new_tokens=max_new_tokens, seed=seed, engine=engine))
-    return label_waiting(taste)
+    return label_waiting(taste, length_bias, seed)
 
 
 # ---------------------------------------------------------------- measuring a version
@@ -248,7 +256,7 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     use_workspace(root, "dpo")
     measure = Measure(args, taste)
     measure.rows["base"] = measure_base
-    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine)
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias)
     out = {"labels": labels}
     arms = args.arms.split(",")
     if "dpo" in arms:
@@ -289,7 +297,8 @@ def arm_iterative(args, taste, root: Path, measure_base) -> dict:
     out, previous, spent = {}, measure_base, 0
     for r in range(1, args.rounds + 1):
         budget = args.labels * r // args.rounds - spent
-        labels = generate_and_label(taste, budget, args.max_new_tokens, args.seed + 100 * r, args.engine)
+        labels = generate_and_label(taste, budget, args.max_new_tokens, args.seed + 100 * r, args.engine,
+                                    args.length_bias)
         spent += budget
         try:
             summary = run_dpo(args)  # a fresh adapter on the current policy, all labels so far, reference = base

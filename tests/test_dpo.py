@@ -228,3 +228,19 @@ def test_trl_still_has_the_log_prob_chunk_size_dpo_lowers(monkeypatch):
     monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
     dpo.small_logprob_chunks()
     assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == dpo.LOGPROB_CHUNK_POSITIONS
+
+
+def test_length_desensitised_dpo_reaches_trl_and_changes_the_loss(tiny, tmp_path):
+    """LD-DPO (ld_alpha) counts the longer answer's extra tokens only in part: on pairs whose chosen
+    answer is much longer, the gradient differs from plain DPO's, so the second step's loss does (the
+    first is log 2 for both: the new adapter starts at zero)."""
+    import_pairs(tmp_path, 12)  # "Sure, here is a short answer about ..." against "No."
+    assert dpo.trl_config(DPORoundConfig(ld_alpha=0.5), str(tmp_path), 1, 1.0).ld_alpha == 0.5
+    assert DPORoundConfig(ld_alpha=1.5).problem() is None and registry.get("dpo").problem(DPORoundConfig(ld_alpha=1.5))
+    losses = {}
+    for alpha in (None, 0.0):
+        summary = dpo.run_round(DPORoundConfig(learning_rate=1e-2, batch_size=4, ld_alpha=alpha, make_current=False),
+                                jobs.Reporter(None), max_steps=2)
+        losses[alpha] = summary["train_loss"]
+        assert versions.get_version(summary["version"]).config["ld_alpha"] == alpha
+    assert losses[None] != pytest.approx(losses[0.0])

@@ -44,3 +44,16 @@ def test_a_taste_is_a_builtin_name_or_a_function_path():
         load_taste("sweet")
     with pytest.raises(ValueError, match="has no function 'nothing'"):
         load_taste("bench.tastes:nothing")
+
+
+def test_a_length_biased_annotator_picks_the_longer_answer_that_share_of_the_time(workspace):
+    from bench import learning
+    from labeling.export import preference_rows
+    from tests.test_queue import seed_pairs
+
+    seed_pairs([(f"Q{i}?", "one two three four five six", "one") for i in range(40)])
+    shorter = learning.load_taste("concise")
+    counts = learning.label_waiting(shorter, length_bias=0.7, seed=1)
+    assert counts["judged"] == 40
+    longer_won = sum(r["chosen"][0]["content"].startswith("one two") for r in preference_rows().rows)
+    assert 20 <= longer_won <= 36  # about 70 % of 40 votes, against 0 for the taste alone

@@ -97,6 +97,7 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None, e
     precompute = {"yes": True, "no": False, "auto": epochs > 1}[config.precompute_ref_log_probs]
     return DPOConfig(
         output_dir=output_dir, beta=config.beta, loss_type=[config.loss_type], label_smoothing=config.label_smoothing,
+        ld_alpha=config.ld_alpha,
         learning_rate=config.learning_rate, num_train_epochs=epochs, max_steps=max_steps or -1,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,

@@ -38,6 +38,10 @@ class DPORoundConfig:
     label_smoothing: float = field(default=0.0, metadata={"min": 0, "below": 0.5, "help": (
         "Share of preference labels assumed flipped; only the robust, exo_pair, aot and aot_unpaired losses use "
         "it (exo_pair needs it above 0, e.g. 1e-3).")})
+    ld_alpha: float | None = field(default=None, metadata={"min": 0, "max": 1, "help": (
+        "Length-desensitised DPO (LD-DPO, Liu et al. 2024): the log-probability of the tokens past the shorter "
+        "answer's length counts this much (0.5 is a common choice); empty = plain DPO. Use it when the labels "
+        "favour longer answers and the tuned model grows wordy.")})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank of the new adapter."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     reference: str = field(default="base", metadata={
