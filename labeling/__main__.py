@@ -1,7 +1,7 @@
 """Preference data in and out of the workspace.
 
     python -m labeling import PATH [--format auto|pairs|unlabeled|prompts|hh|oasst|messages] [--source NAME]
-    python -m labeling export PATH [--format jsonl|parquet|hf] [--source NAME] [--exclude CHECK,...]
+    python -m labeling export PATH [--format jsonl|parquet|hf] [--source NAME] [--exclude CHECK,...] [--unpaired]
     python -m labeling export-demonstrations PATH   # written answers as TRL messages JSON lines
     python -m labeling imports                 # every import and what it brought
     python -m labeling delete-import NAME      # one import's pairs, labels and unused prompts
@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", default="jsonl", metavar="|".join(EXPORT_FORMATS),
                      help="hf writes a folder that datasets.load_from_disk reads")
     exp.add_argument("--source", default=None, help="only the pairs of this source (an import's name, or a model version)")
+    exp.add_argument("--unpaired", action="store_true",
+                     help="TRL's unpaired rows for KTO: prompt, completion, label (chosen true, rejected false)")
     exp.add_argument("--exclude", default="", metavar=",".join(AUDIT_CHECKS),
                      help="leave out the pairs the pair audit flags under these checks (comma-separated)")
     demos = commands.add_parser("export-demonstrations", help="write the answers people wrote (and imported "
@@ -76,7 +78,7 @@ COMMANDS = {
     "import": lambda args: (demonstrations.import_messages(args.path, args.source) if args.format == "messages"
                             else import_file(args.path, fmt=args.format, source=args.source)),
     "export-demonstrations": lambda args: demonstrations.export_messages(args.path),
-    "export": lambda args: export(args.path, fmt=args.format, source=args.source,
+    "export": lambda args: export(args.path, fmt=args.format, source=args.source, unpaired=args.unpaired,
                                   exclude=tuple(c.strip() for c in args.exclude.split(",") if c.strip())),
     "imports": lambda args: {"imports": imports.list_imports()},
     "delete-import": lambda args: imports.delete_import(args.name),

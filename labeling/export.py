@@ -171,6 +171,20 @@ def _leave_out(result: ExportResult, deciders: dict[int, list[int]], exclude: tu
     return ExportResult(kept, excluded, sorted(j for row in kept for j in deciders[row["pair_id"]]), ai_ids)
 
 
+def unpaired_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Preference rows -> TRL's unpaired preference rows {"prompt", "completion", "label"} (KTO):
+    chosen True, rejected False, each answer once per prompt and label (a rewrite preferred to both
+    answers of a pair is one desirable example)."""
+    seen, out = set(), []
+    for r in rows:
+        for side, label in (("chosen", True), ("rejected", False)):
+            key = (json.dumps(r["prompt"], sort_keys=True), r[side][-1]["content"], label)
+            if key not in seen:
+                seen.add(key)
+                out.append({"prompt": r["prompt"], "completion": r[side], "label": label})
+    return out
+
+
 def _arrow_table(rows: list[dict[str, Any]]):
     import pyarrow as pa
 
@@ -208,13 +222,16 @@ WRITERS = {"jsonl": _write_jsonl, "parquet": _write_parquet, "hf": _write_hf}
 
 
 def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("label", "arena"),
-           source: str | None = None, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+           source: str | None = None, exclude: tuple[str, ...] = (), unpaired: bool = False) -> dict[str, Any]:
     """Write the preference rows (of one source, when given: an import as one unit; without the
     pairs the audit flags under `exclude`) to `path` as JSONL, Parquet or a `datasets` folder
-    ("hf"); return {"exported": n, "excluded": {...}}."""
+    ("hf"); `unpaired`: as TRL's unpaired rows (`unpaired_rows`, JSONL only). Returns
+    {"exported": n, "excluded": {...}}."""
     path = Path(path)
     if fmt not in WRITERS:
         raise ExportError(f"{path}: unknown export format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}.")
+    if unpaired and fmt != "jsonl":
+        raise ExportError(f"{path}: the unpaired (KTO) export is written as jsonl; pass --format jsonl.")
     if not path.parent.is_dir():
         raise ExportError(f"{path}: the folder {path.parent} does not exist; create it or pick another path.")
     if fmt != "hf" and path.is_dir():
@@ -224,5 +241,6 @@ def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("labe
         pairs = "no pair" if source is None else f"no pair from source '{source}'"
         raise ExportError(f"{path}: nothing to export, {pairs} has a majority for one response yet "
                           f"(left out: {json.dumps(result.excluded)}); label or import some pairs first.")
-    WRITERS[fmt](result.rows, path)
-    return {"exported": len(result.rows), "excluded": result.excluded}
+    rows = unpaired_rows(result.rows) if unpaired else result.rows
+    WRITERS[fmt](rows, path)
+    return {"exported": len(rows), "excluded": result.excluded}

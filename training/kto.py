@@ -1,0 +1,91 @@
+"""The KTO round: the labeled pairs taken apart into single answers, the chosen ones desirable and
+the rejected ones undesirable (TRL's unpaired preference format, `labeling.export.unpaired_rows`), trained with
+TRL's KTOTrainer and a LoRA adapter on the current policy, the two kinds' weights balanced from
+their counts unless set.
+
+    python -m training kto [--beta 0.1] [--learning-rate 5e-4] [--max-steps N] [--job-id N]
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from typing import Any
+
+from training import rounds, versions
+from training.kto_config import KTORoundConfig
+
+MIN_PAIRS = rounds.MIN_PAIRS
+LOGGED = {"loss": "loss", "rewards/chosen": "reward_desirable", "rewards/rejected": "reward_undesirable",
+          "kl": "kl", "grad_norm": "grad_norm"}
+
+
+def balanced_weights(desirable: int, undesirable: int) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) with desirable_weight × desirable = undesirable_weight ×
+    undesirable, the smaller weight 1."""
+    if desirable >= undesirable:
+        return 1.0, desirable / max(undesirable, 1)
+    return undesirable / max(desirable, 1), 1.0
+
+
+def trl_config(config: KTORoundConfig, output_dir: str, max_steps: int | None, weights: tuple[float, float]):
+    from trl import KTOConfig
+
+    from training import device
+
+    return KTOConfig(
+        output_dir=output_dir, beta=config.beta, learning_rate=config.learning_rate, num_train_epochs=config.epochs,
+        max_steps=max_steps or -1, per_device_train_batch_size=config.batch_size, max_length=config.max_length,
+        desirable_weight=weights[0], undesirable_weight=weights[1], seed=config.seed, logging_steps=1,
+        save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0, **device.trainer_precision())
+
+
+def run_round(config: KTORoundConfig, reporter, max_steps: int | None = None,
+              max_pairs: int | None = None) -> dict[str, Any]:
+    """Labeled pairs → unpaired examples → policy → train → save version. Returns {"version": id, **metrics}."""
+    from datasets import Dataset
+    from trl import KTOTrainer
+
+    from training import lora
+    from training.model import load_policy
+
+    reporter.start(None)
+    data = rounds.preference_data("KTO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
+    from labeling.export import unpaired_rows
+
+    examples = unpaired_rows(data.train)
+    desirable = sum(e["label"] for e in examples)
+    weights = balanced_weights(desirable, len(examples) - desirable)
+    if config.desirable_weight:
+        weights = (config.desirable_weight, 1.0)
+    base_id = versions.ensure_base_version()
+    parent_id = versions.current_policy_id() or base_id
+    model, tokenizer = load_policy(parent_id)
+    with tempfile.TemporaryDirectory(prefix="kto-", dir=versions.versions_root().parent) as output_dir:
+        trainer = KTOTrainer(model=model, args=trl_config(config, output_dir, max_steps, weights),
+                             train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+                             peft_config=lora.lora_config(model, config.lora_r, config.lora_alpha),
+                             callbacks=[rounds.progress_callback(reporter, LOGGED)])
+        started = time.perf_counter()
+        output = trainer.train()
+        seconds = time.perf_counter() - started
+    peft_model = trainer.model
+    metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
+               "examples": len(examples), "desirable": desirable, "desirable_weight": weights[0],
+               "undesirable_weight": weights[1], "fallback_split": data.fallback_split, **data.origin}
+
+    def write(folder):
+        peft_model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    version_id = versions.create_version("policy", "kto", parent_id, dataclasses.asdict(config), data.judgment_ids,
+                                         metrics, write, make_current=config.make_current)
+    return {"version": version_id, "parent": parent_id, "current": versions.current_policy_id() == version_id,
+            **{k: v for k, v in metrics.items() if not k.endswith("_ids")}}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training kto [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
+    from training import registry
+
+    return registry.main("kto", argv)
