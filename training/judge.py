@@ -197,7 +197,10 @@ def make_judge(config: JudgeConfig) -> Judge:
 
     folder = models.check_model_folder(Path(config.model).expanduser(), "judge model") if config.model \
         else models.base_model_path()
-    return LocalJudge(folder, config.max_chars)
+    judge = LocalJudge(folder, config.max_chars)
+    if folder == models.converted_model_dir().resolve():  # the default model's folder is called "base"
+        judge.name = f"local:{models.GGUF_FILE.split('.')[0]}"
+    return judge
 
 
 def run(config: JudgeConfig, reporter: jobs.Reporter | None = None, judge: Judge | None = None) -> dict[str, Any]:
