@@ -61,6 +61,28 @@ def round_section() -> None:
         job_panel(job_id, curves=chosen.curves)
 
 
+def autopilot_section() -> None:
+    """Rounds of on-policy DPO on pairs the reward model picks, audited by people (training/autopilot.py)."""
+    from training.autopilot import AutopilotConfig
+
+    with st.expander("Autopilot: DPO rounds on the reward model's best-against-worst pairs, audited by people"):
+        st.caption("Each round the policy answers training prompts several times, the reward model's best and worst "
+                   "answer of each make a pair (a share goes to people's queue as an audit), and a DPO round trains "
+                   "on them with your labels. It stops when people disagree with the audited pairs or the held-out "
+                   "win rate against the base stops rising. Every automatic pair is marked in the lineage.")
+        if not is_admin():
+            st.caption("Only admins start the autopilot.")
+            return
+        if versions.latest_reward_id() is None:
+            st.caption("Train a reward model first: it judges the answers.")
+            return
+        config = config_form(AutopilotConfig, "autopilot-form", "Start autopilot", hidden=("reward_version",))
+        if config is not None:
+            start("autopilot", dataclasses.asdict(config))
+        if job_id := last_job_id("autopilot"):
+            job_panel(job_id, curves=("win_rate",))
+
+
 def audit_section() -> None:
     """What every round is about to learn from, checked, and the checks whose pairs it leaves out."""
     from labeling import audit, export, settings
@@ -156,6 +178,7 @@ require_router()
 st.title("Train")
 st.caption("Labeled pairs → a reward model, DPO and PPO rounds, each a new model version.")
 round_section()
+autopilot_section()
 audit_section()
 reward_card_section()
 versions_section()

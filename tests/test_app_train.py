@@ -200,3 +200,13 @@ def test_the_pair_audit_on_the_train_page_leaves_flagged_pairs_out_of_every_roun
     assert data.origin["left_out_by_audit"] == {"only_longer": 1, "near_identical": 1}
     with pytest.raises(settings.SettingError, match="Unknown pair-audit check 'longer'"):
         settings.set_training_exclusions(["longer"])
+
+
+def test_the_autopilot_starts_from_the_train_page_once_a_reward_model_exists(workspace, generator, started):  # noqa: F811
+    at = open_train()
+    assert any("Train a reward model first" in c.value for c in at.caption)
+    versions.create_version("reward", "reward", None, {}, [], {}, lambda folder: (folder / "x").write_text("x"))
+    at = open_train()
+    next(w for w in at.number_input if w.key == "autopilot-form-rounds").set_value(2)
+    at = at.button(key="FormSubmitter:autopilot-form-Start autopilot").click().run()
+    assert started and started[0][0] == "autopilot" and started[0][1]["rounds"] == 2

@@ -18,6 +18,7 @@ COMMANDS = {  # the commands that are not rounds
     "arena": "training.arena_answers",
     "judge": "training.judge",
     "suggest": "training.suggest",
+    "autopilot": "training.autopilot",
     "export": "training.export",
     "env": "training.env",
     "worker": "training.jobs",

@@ -57,6 +57,9 @@ class DPORoundConfig:
     heldout_fraction: float = field(default=0.1, metadata={"min": 0, "below": 1,
         "help": "Share of prompts held out for evaluation when the workspace has no held-out prompts yet."})
     seed: int = field(default=0, metadata={"help": "Random seed of data order and the adapter's initialisation."})
+    auto_pairs: bool = field(default=False, metadata={
+        "help": "Also train on the autopilot's automatic pairs (best against worst of the policy's answers by "
+                "the reward model) that nobody judged; the autopilot turns this on for its rounds."})
     make_current: bool = field(default=True, metadata={
         "help": "Make the new version the current policy that generation uses."})
 

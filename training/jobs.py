@@ -30,7 +30,7 @@ from labeling.runs import ACTIVE, Job, utcnow
 from labeling.workspace import home
 from training import registry
 
-OTHER_HEAVY_KINDS = ("generate", "evaluate", "sweep", "arena", "judge")  # besides every round; an export is light
+OTHER_HEAVY_KINDS = ("generate", "evaluate", "sweep", "arena", "judge", "autopilot")  # besides every round; an export is light
 BACKGROUND_KINDS = ("generate",)  # give way to any other heavy job started meanwhile
 SERVER_PID_ENV = "PREFLOOP_SERVER_PID"  # set for a worker that stops when the server that started it stops
 STALE_AFTER = dt.timedelta(seconds=120)

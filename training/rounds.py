@@ -59,18 +59,23 @@ def split_by_conversation(rows: list[dict], heldout_fraction: float, seed: int =
     return ([r for r in rows if conversation(r) not in chosen], [r for r in rows if conversation(r) in chosen], True)
 
 
-def training_rows():
+def training_rows(include_auto: bool = False):
     """The export rows a round trains on (an ExportResult): people's labels, less the pairs the pair
     audit flags under the checks an admin chose to leave out (Train page); two rows per rewrite,
     the rewrite preferred to each answer (labeling/demonstrations.py, "origin": "rewrite"); and an
     AI judge's verdicts on pairs nobody judged while an admin has AI labels on and the judge passes
-    the agreement gate (labeling/agreement.py). Its `ai` is the judge in use, or None."""
+    the agreement gate (labeling/agreement.py); with `include_auto`, the autopilot's automatic pairs
+    ("origin": "auto"). Its `ai` is the judge in use, or None."""
     from labeling import agreement, demonstrations, settings
     from labeling.export import preference_rows
 
     ai = agreement.ai_labels_in_use()
     result = preference_rows(ai=ai, exclude=settings.training_exclusions())  # an admin's pair-audit choice
     result.rows.extend(demonstrations.rewrite_rows())
+    if include_auto:  # the autopilot's best-against-worst pairs nobody judged (labeling/auto_pairs.py)
+        from labeling import auto_pairs
+
+        result.rows.extend(auto_pairs.auto_rows())
     result.ai = ai
     return result
 
@@ -129,9 +134,9 @@ def _judgments_of(pair_ids: set[int], allowed: list[int]) -> list[int]:
 
 
 def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int,
-                    min_pairs: int = MIN_PAIRS) -> PreferenceData:
+                    min_pairs: int = MIN_PAIRS, include_auto: bool = False) -> PreferenceData:
     """The exported labeled pairs (at most `max_pairs`), split by prompt. Raises NotReady."""
-    export = training_rows()
+    export = training_rows(include_auto)
     ai = export.ai
     rows = list(export.rows)
     if max_pairs:
@@ -149,7 +154,10 @@ def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, s
     machine = {r["pair_id"] for r in rows if r.get("origin") == "ai"}
     rewrites = sorted({r["demonstration_id"] for r in rows if r.get("origin") == "rewrite"})
     kinds = Counter(r.get("origin", "human") for r in rows)
-    origin = {"pairs_from_people": kinds["human"], "pairs_from_ai": kinds["ai"], "pairs_from_rewrites": kinds["rewrite"]}
+    origin = {"pairs_from_people": kinds["human"], "pairs_from_ai": kinds["ai"], "pairs_from_rewrites": kinds["rewrite"],
+              "pairs_automatic": kinds["auto"]}
+    if kinds["auto"]:
+        origin["auto_suggestion_ids"] = sorted(r["suggestion_id"] for r in rows if r.get("origin") == "auto")
     from labeling.export import AUDIT_CHECKS
 
     if left_out := {check: n for check, n in export.excluded.items() if check in AUDIT_CHECKS and n}:
