@@ -171,17 +171,19 @@ def _leave_out(result: ExportResult, deciders: dict[int, list[int]], exclude: tu
     return ExportResult(kept, excluded, sorted(j for row in kept for j in deciders[row["pair_id"]]), ai_ids)
 
 
-def unpaired_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def unpaired_rows(rows: list[dict[str, Any]], thumbs: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Preference rows -> TRL's unpaired preference rows {"prompt", "completion", "label"} (KTO):
-    chosen True, rejected False, each answer once per prompt and label (a rewrite preferred to both
-    answers of a pair is one desirable example)."""
+    chosen True, rejected False; then `thumbs`, rows already in that shape (labeling/ratings.py).
+    Each answer comes once per prompt and label (a rewrite preferred to both answers of a pair is
+    one desirable example)."""
+    sides = ({"prompt": r["prompt"], "completion": r[side], "label": label}
+             for r in rows for side, label in (("chosen", True), ("rejected", False)))
     seen, out = set(), []
-    for r in rows:
-        for side, label in (("chosen", True), ("rejected", False)):
-            key = (json.dumps(r["prompt"], sort_keys=True), r[side][-1]["content"], label)
-            if key not in seen:
-                seen.add(key)
-                out.append({"prompt": r["prompt"], "completion": r[side], "label": label})
+    for example in [*sides, *thumbs]:
+        key = (json.dumps(example["prompt"], sort_keys=True), example["completion"][-1]["content"], example["label"])
+        if key not in seen:
+            seen.add(key)
+            out.append({k: example[k] for k in ("prompt", "completion", "label")})
     return out
 
 
@@ -237,10 +239,14 @@ def export(path: str | Path, fmt: str = "jsonl", kinds: tuple[str, ...] = ("labe
     if fmt != "hf" and path.is_dir():
         raise ExportError(f"{path}: is a folder; give a file name for the {fmt} export.")
     result = preference_rows(kinds, source, exclude)
-    if not result.rows:
+    rows = result.rows
+    if unpaired:
+        from labeling import ratings
+
+        rows = unpaired_rows(result.rows, ratings.rating_rows() if source is None else [])  # pairs' sides, then thumbs
+    if not rows:
         pairs = "no pair" if source is None else f"no pair from source '{source}'"
         raise ExportError(f"{path}: nothing to export, {pairs} has a majority for one response yet "
                           f"(left out: {json.dumps(result.excluded)}); label or import some pairs first.")
-    rows = unpaired_rows(result.rows) if unpaired else result.rows
     WRITERS[fmt](rows, path)
     return {"exported": len(rows), "excluded": result.excluded}

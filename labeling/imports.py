@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from labeling import db
-from labeling.models import Demonstration, Judgment, ModelVersion, Pair, PairLease, Prompt, Response, Suggestion
+from labeling.models import Demonstration, Judgment, ModelVersion, Pair, PairLease, Prompt, Rating, Response, Suggestion
 
 
 class UnknownImport(ValueError):
@@ -87,6 +87,8 @@ def delete_import(name: str) -> dict[str, Any]:
         conn.execute(delete(Demonstration).where(or_(Demonstration.pair_id.in_(_pairs_of(name)), and_(
             Demonstration.source == "import", Demonstration.source_name == name))))
         conn.execute(delete(Pair).where(Pair.id.in_(_pairs_of(name))))
+        conn.execute(delete(Rating).where(Rating.response_id.in_(  # thumbs on the answers about to go
+            select(Response.id).where(Response.model_version == PREFIX + name))))
         responses, prompts_deleted = _delete_unused(conn, name)
     sources = [source for _, source in judged]
     return {"deleted": name, "pairs": pairs, "labels": sources.count("import"),

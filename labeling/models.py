@@ -140,6 +140,22 @@ class Judgment(Base):
     annotator: Mapped[Annotator | None] = relationship(lazy="joined")
 
 
+class Rating(Base):
+    """A person's thumbs on one answer ("up", "down", or "skip"), from the Label page's "rate one"
+    mode: faster than comparing when people label alone, and the KTO round's desirable and
+    undesirable examples (beside the sides of the pairwise judgments)."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (UniqueConstraint("response_id", "annotator_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    value: Mapped[str] = mapped_column(String(4))
+    seconds: Mapped[float | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Demonstration(Base):
     """A good answer written by a person: a rewrite for a pair whose two answers were both bad
     (`pair_id`, `annotator_id`, `source` "human"), or one that came with an imported TRL messages

@@ -14,9 +14,9 @@ import time
 
 import streamlit as st
 
-from labeling import demonstrations, queue, reasons, settings, suggestions
+from labeling import demonstrations, queue, ratings, reasons, settings, suggestions
 from pages.widgets import (VOTE_BUTTONS, VOTE_KEYS_CAPTION, guidelines_editor, is_admin, plain_text_toggle,
-                           render_conversation, render_sides, require_router, vote_buttons)
+                           render_conversation, render_sides, require_router, show_text, vote_buttons)
 
 LABELS = {choice: label for label, choice, _ in VOTE_BUTTONS}
 UNDO_SHORTCUT = "U"
@@ -176,6 +176,43 @@ def render_guidelines() -> None:
             st.markdown(queue.guidelines())
 
 
+THUMBS = [("👍 Good", "up", "1"), ("👎 Bad", "down", "2"), ("Skip", "skip", "5")]
+
+
+def rate(name: str, answer: ratings.AnswerView, value: str) -> None:
+    """Button callback of the rate-one mode: store the thumb; the rerun brings the next answer."""
+    if answer.response_id != st.session_state.get("answer_id"):
+        return  # the late half of a double click
+    seconds = time.monotonic() - st.session_state.get("answer_shown_at", time.monotonic())
+    try:
+        ratings.rate(name, answer.response_id, value, seconds=round(seconds, 3))
+    except queue.QueueError as error:
+        st.session_state["last_message"] = str(error)
+        return
+    st.session_state["answer_id"] = None
+    st.session_state["last_message"] = {"up": "Saved: good.", "down": "Saved: bad.", "skip": "Skipped."}[value]
+
+
+def render_rating(name: str) -> None:
+    """One answer and a thumb: quicker than comparing when labeling alone; the KTO round learns from it."""
+    answer = ratings.next_answer(name)
+    if answer is None:
+        st.info("No answer is waiting to be rated. New ones come with the pairs the generator makes.")
+        return
+    if answer.response_id != st.session_state.get("answer_id"):
+        st.session_state["answer_id"], st.session_state["answer_shown_at"] = answer.response_id, time.monotonic()
+    plain_text_toggle()
+    render_conversation(answer.messages)
+    st.markdown("#### The answer")
+    show_text(answer.text, st.container(border=True))
+    for column, (label, value, key) in zip(st.columns(len(THUMBS)), THUMBS):
+        column.button(label, key=f"thumb-{value}-{answer.response_id}", shortcut=key, on_click=rate,
+                      args=(name, answer, value), width="stretch", type="primary" if value != "skip" else "secondary")
+    mine = ratings.counts(name)
+    st.caption(f"Keys: **1** Good · **2** Bad · **5** Skip — you rated {mine['up'] + mine['down']} answers. "
+               "Thumbs teach the KTO round.")
+
+
 @st.fragment(run_every="5s")
 def wait_for_pairs(name: str) -> None:
     """Shown when nothing waits: looks again every 5 s and brings the next pair as soon as it exists."""
@@ -196,6 +233,13 @@ def main() -> None:
         render_suggestions(*just_judged, "On the pair you just judged")
     if st.session_state.get("rewrite_for"):
         render_rewrite(name)
+    mode = st.segmented_control("Mode", ["Compare two", "Rate one"], default="Compare two", key="label-mode",
+                                help="Rate one: one answer at a time, 👍 or 👎; quicker alone, and what the KTO "
+                                     "round learns from. Compare two: the pairs every round learns from.")
+    if mode == "Rate one":
+        render_rating(name)
+        render_guidelines()
+        return
     view = current_pair(name)
     if view is None:
         wait_for_pairs(name)

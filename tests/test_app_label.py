@@ -303,3 +303,18 @@ def test_both_bad_offers_a_rewrite_started_from_a_side_and_stores_it(workspace, 
     assert any("The rewrite is empty" in e.value for e in at.error) and len(demonstrations.sft_rows()) == 1
     at = click(at, "A is better")  # voting on without a rewrite dismisses the box
     assert not [b for b in at.button if b.label == "Save rewrite"]
+
+
+def test_rate_one_mode_shows_one_answer_and_stores_thumbs(workspace, generator):
+    from labeling import ratings
+
+    seed_pairs([("Is the sea salty?", "Yes.", "No.")])
+    at = open_label()
+    at = at.segmented_control(key="label-mode").set_value("Rate one").run()
+    assert "Response A" not in [m.value for m in at.markdown] and "#### The answer" in [m.value for m in at.markdown]
+    at = click(at, "👍 Good")
+    at = click(at, "👎 Bad")
+    assert ratings.counts("ana") == {"up": 1, "down": 1, "skip": 0} and judgments() == []
+    assert any("No answer is waiting" in i.value for i in at.info)
+    at = at.segmented_control(key="label-mode").set_value("Compare two").run()
+    assert "#### Response A" in [m.value for m in at.markdown]  # the pair itself still waits for a comparison

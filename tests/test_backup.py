@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from labeling import backup, db, demonstrations, queue, store, suggestions
+from labeling import backup, db, demonstrations, queue, ratings, store, suggestions
 from labeling.__main__ import main as labeling_main
 from labeling.models import SCHEMA_VERSION, EvalPoint, Job, JobMetric, Meta, ModelVersion, Pair
 from tests.conftest import FIXTURES
@@ -53,6 +53,7 @@ def fill_workspace() -> None:
     suggestions.store(pair.pair_id, "ai", "local:judge ✓", "tie", 0.5, "The verdict changed with the sides.",
                       rubric_version=2)
     demonstrations.add_rewrite("ana", pair.pair_id, "A better answer ✓\nin two lines.")
+    ratings.rate("ana", ratings.next_answer("ana").response_id, "up", seconds=1.25)
 
 
 def backup_bytes(path) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from tests.preference_fixtures import import_pairs, tiny_single_thread
 from training import kto, registry, versions
 
@@ -52,3 +54,35 @@ def test_the_unpaired_export_is_trls_kto_format(workspace, tmp_path, capsys):
     assert set(rows[0]) == {"prompt", "completion", "label"} and rows[0]["completion"][0]["role"] == "assistant"
     assert main(["export", str(tmp_path / "k.parquet"), "--format", "parquet", "--unpaired"]) == 2
     assert "pass --format jsonl" in capsys.readouterr().err
+
+
+def test_thumbs_one_answer_at_a_time_feed_kto_and_the_unpaired_export(workspace, tmp_path):
+    from labeling import ratings
+    from labeling.export import export
+    from tests.test_queue import seed_pairs
+
+    ids = seed_pairs([(f"Q{i}?", f"good {i}", f"bad {i}") for i in range(4)])
+    assert registry.get("kto").problem().startswith("KTO needs at least 16 answers marked good or bad")
+    seen = []
+    while (answer := ratings.next_answer("ana")) is not None:
+        seen.append(answer.response_id)
+        ratings.rate("ana", answer.response_id, "up" if answer.text.startswith("good") else "down")
+    assert len(seen) == 8 and ratings.next_answer("bo") is None  # each answer rated once, by anyone
+    assert ratings.counts() == {"up": 4, "down": 4, "skip": 0} and ratings.counts("bo")["up"] == 0
+    ratings.rate("ana", seen[0], "down")  # a change of mind replaces the rating
+    assert ratings.counts()["down"] == 5
+    with pytest.raises(queue_error(), match="Unknown rating"):
+        ratings.rate("ana", seen[0], "meh")
+    rows = ratings.rating_rows()
+    assert len(rows) == 8 and sum(r["label"] for r in rows) == 3
+    out = tmp_path / "kto.jsonl"
+    assert export(out, unpaired=True)["exported"] == 8  # no judged pair yet: the thumbs alone
+    import_pairs(tmp_path, 4)
+    assert registry.get("kto").problem() is None  # 4 pairs x 2 + 8 thumbs
+    assert ids
+
+
+def queue_error():
+    from labeling.queue import QueueError
+
+    return QueueError

@@ -1,5 +1,5 @@
 """The KTO round: the labeled pairs taken apart into single answers, the chosen ones desirable and
-the rejected ones undesirable (TRL's unpaired preference format, `labeling.export.unpaired_rows`), trained with
+the rejected ones undesirable, with the answers people rated 👍 or 👎 one at a time (labeling/ratings.py) (TRL's unpaired preference format, `labeling.export.unpaired_rows`), trained with
 TRL's KTOTrainer and a LoRA adapter on the current policy, the two kinds' weights balanced from
 their counts unless set.
 
@@ -15,9 +15,20 @@ from typing import Any
 from training import rounds, versions
 from training.kto_config import KTORoundConfig
 
-MIN_PAIRS = rounds.MIN_PAIRS
+MIN_EXAMPLES = 2 * rounds.MIN_PAIRS
 LOGGED = {"loss": "loss", "rewards/chosen": "reward_desirable", "rewards/rejected": "reward_undesirable",
           "kl": "kl", "grad_norm": "grad_norm"}
+
+
+def ready(config: Any = None) -> str | None:
+    """Why a KTO round cannot run now (too few answers marked good or bad), or None."""
+    from labeling import ratings
+
+    have = 2 * rounds.count_pairs() + sum(ratings.counts()[v] for v in ("up", "down"))
+    if have < MIN_EXAMPLES:
+        return (f"KTO needs at least {MIN_EXAMPLES} answers marked good or bad (each labeled pair gives two, each "
+                f"thumb one); you have {have}. Label pairs, or rate answers one at a time on the Label page.")
+    return None
 
 
 def balanced_weights(desirable: int, undesirable: int) -> tuple[float, float]:
@@ -46,14 +57,17 @@ def run_round(config: KTORoundConfig, reporter, max_steps: int | None = None,
     from datasets import Dataset
     from trl import KTOTrainer
 
+    from labeling import ratings
+    from labeling.export import unpaired_rows
     from training import lora
     from training.model import load_policy
 
+    if problem := ready(config):
+        raise rounds.NotReady(problem)
     reporter.start(None)
-    data = rounds.preference_data("KTO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
-    from labeling.export import unpaired_rows
-
-    examples = unpaired_rows(data.train)
+    data = rounds.preference_data("KTO", max_pairs, config.heldout_fraction, config.seed, min_pairs=0)
+    thumbs = [t for t in ratings.rating_rows() if t["split"] != "heldout"]  # held-out prompts stay unseen
+    examples = unpaired_rows(data.train, thumbs)
     desirable = sum(e["label"] for e in examples)
     weights = balanced_weights(desirable, len(examples) - desirable)
     if config.desirable_weight:
@@ -71,7 +85,8 @@ def run_round(config: KTORoundConfig, reporter, max_steps: int | None = None,
         seconds = time.perf_counter() - started
     peft_model = trainer.model
     metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
-               "examples": len(examples), "desirable": desirable, "desirable_weight": weights[0],
+               "examples": len(examples), "from_thumbs": len(examples) - len(unpaired_rows(data.train)),
+               "desirable": desirable, "desirable_weight": weights[0],
                "undesirable_weight": weights[1], "fallback_split": data.fallback_split, **data.origin}
 
     def write(folder):

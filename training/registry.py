@@ -70,7 +70,7 @@ ROUNDS: dict[str, Round] = {r.name: r for r in (
           sweep={"beta": "beta", "learning_rate": "learning_rate", "max_length": "max_new_tokens",
                  "max_steps": "steps"}),
     Round("kto", "KTO", "training.kto_config:KTORoundConfig", "training.kto:run_round", produces="policy",
-          ready=rounds.needs_pairs("KTO"), curves=("loss", "kl", "reward_desirable", "reward_undesirable")),
+          ready=lambda config: _load("training.kto:ready")(config), curves=("loss", "kl", "reward_desirable", "reward_undesirable")),
     Round("sft", "SFT", "training.sft_config:SFTRoundConfig", "training.sft:run_round", produces="policy",
           ready=lambda config: _load("training.sft:ready")(config), curves=("loss", "token_accuracy")),
 )}
