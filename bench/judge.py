@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from labeling import agreement, suggestions
     from training import jobs
-    from training.judge import JudgeConfig, JudgeError, both_ways, make_judge
+    from training.judge import FLIPPED, JudgeConfig, JudgeError, both_ways, make_judge
 
     jobs.set_threads(args.threads)
     home = Path(args.home)
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             errors += 1
             continue
         items.append({"conversation": r["conversation"], "outcome": outcome, "longer_a": len(a) > len(b),
-                      "flipped": "changed with the sides" in reason})
+                      "flipped": reason == FLIPPED})
     keys = {c: i for i, c in enumerate(sorted({it["conversation"] for it in items}))}
     m = agreement.measure([(keys[it["conversation"]], it["outcome"], "a") for it in items])
     print(json.dumps({

@@ -60,11 +60,14 @@ def auto_rows() -> list[dict[str, Any]]:
     return out
 
 
-def audit_agreement() -> dict[str, Any]:
-    """People's verdicts on the audit pairs: {"judged", "agree", "agreement"} (a tie or both-bad
-    counts as disagreeing with the automatic "a is better"; skips are left out)."""
+def audit_agreement(reward_name: str) -> dict[str, Any]:
+    """People's verdicts on the audit pairs whose automatic verdict came from reward model
+    `reward_name`: {"judged", "agree", "agreement"} (a tie or both-bad counts as disagreeing with
+    the automatic "a is better"; skips are left out)."""
+    by_this_model = exists().where(Suggestion.pair_id == Pair.id, Suggestion.name == PREFIX + reward_name)
     stmt = (select(Judgment.outcome).join(Pair, Pair.id == Judgment.pair_id)
-            .where(Pair.source == SOURCE, Pair.kind == "label", Judgment.source == "human", Judgment.outcome != "skip"))
+            .where(Pair.source == SOURCE, Pair.kind == "label", by_this_model, Judgment.source == "human",
+                   Judgment.outcome != "skip"))
     with db.session() as s:
         outcomes = list(s.scalars(stmt))
     agree = sum(o == "a" for o in outcomes)

@@ -45,6 +45,9 @@ def add_rewrite(annotator: str, pair_id: int, text: str) -> int:
         pair = s.get(Pair, pair_id)
         if pair is None:
             raise DemonstrationError(f"Pair {pair_id} does not exist; it may have been deleted.")
+        if clean in (pair.response_a.text.strip(), pair.response_b.text.strip()):
+            raise DemonstrationError("The rewrite is one of the two answers you called bad, unchanged; edit it into "
+                                     "the answer you wanted, or press No rewrite.")
         person = queue.get_or_create_annotator(s, name)
         row = s.scalar(select(Demonstration).where(Demonstration.pair_id == pair_id,
                                                    Demonstration.annotator_id == person.id))
@@ -113,9 +116,10 @@ def import_messages(path: str | Path, source: str | None = None) -> dict[str, An
             raise InputError(f"{path}, {where}: no field 'messages'; each row needs the conversation ending with "
                              f"the assistant's answer.")
         messages = _messages(row["messages"], path, where, "messages")
-        if len(messages) < 2 or messages[-1]["role"] != "assistant" or messages[-2]["role"] != "user":
-            raise InputError(f"{path}, {where}, field 'messages': the conversation must end with a user turn and "
-                             f"then the assistant's answer.")
+        if len(messages) < 2 or messages[-1]["role"] != "assistant" or messages[-2]["role"] != "user" \
+                or not all(m["content"].strip() for m in messages[:-1]):
+            raise InputError(f"{path}, {where}, field 'messages': the conversation must end with a (non-empty) user "
+                             f"turn and then the assistant's answer.")
         try:
             text = _clean(messages[-1]["content"])
         except DemonstrationError:

@@ -119,6 +119,8 @@ def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | N
         judged = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.outcome)
                            .join(Pair, Pair.id == Judgment.pair_id).where(*wanted)).all()
         winners, deciders, excluded = decide(judged)
+        # a pair someone judged after `machine` was read is theirs: an AI label never replaces a vote
+        machine = {pair_id: v for pair_id, v in machine.items() if pair_id not in {j[1] for j in judged}}
         winners.update({pair_id: outcome for pair_id, (_, outcome) in machine.items()})
         deciders.update({pair_id: [] for pair_id in machine})
         # every tagged judgment (few, and no join needed): only the deciders' are looked up below

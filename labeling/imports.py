@@ -76,7 +76,8 @@ def delete_import(name: str) -> dict[str, Any]:
     with db.session() as s:
         pairs = s.scalar(select(func.count()).select_from(_pairs_of(name).subquery()))
         prompts = s.scalar(select(func.count()).where(Prompt.source == name))
-        if not (pairs or prompts):
+        demos = s.scalar(select(func.count()).where(Demonstration.source == "import", Demonstration.source_name == name))
+        if not (pairs or prompts or demos):
             raise UnknownImport(f"There is no import named '{name}'; `python -m labeling imports` lists them.")
         judged = s.execute(select(Judgment.id, Judgment.source).where(Judgment.pair_id.in_(_pairs_of(name)))).all()
         trained_on = _trained_on(s, {judgment_id for judgment_id, _ in judged})
@@ -93,4 +94,4 @@ def delete_import(name: str) -> dict[str, Any]:
     sources = [source for _, source in judged]
     return {"deleted": name, "pairs": pairs, "labels": sources.count("import"),
             "people_judgments": sources.count("human"), "responses": responses, "prompts": prompts_deleted,
-            "prompts_kept": prompts - prompts_deleted, "versions_trained_on_it": trained_on}
+            "prompts_kept": prompts - prompts_deleted, "demonstrations": demos, "versions_trained_on_it": trained_on}

@@ -8,6 +8,7 @@ AI label only ever decides a pair that no person (and no import) has judged.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def rubric() -> tuple[int, str]:
 def save_rubric(text: str) -> int:
     """Store an edited rubric and return its version: one more than before when the text changed
     (the judge's earlier verdicts stay under the version they read)."""
-    clean = (text or "").strip()
+    clean = re.sub("[\x00\ud800-\udfff]", "", text or "").strip()  # unstorable in PostgreSQL / UTF-8
     if not clean:
         raise SuggestionError("The rubric is empty; write what makes one response better than another.")
     version, current = rubric()
@@ -102,6 +103,7 @@ def store(pair_id: int, source: str, name: str, outcome: str, probability: float
         raise SuggestionError(f"Unknown suggestion source {source!r}; expected one of {', '.join(SOURCES)}.")
     if outcome not in (*VERDICTS, "error"):
         raise SuggestionError(f"Unknown suggested outcome {outcome!r}; expected one of a, b, tie, error.")
+    name = name[:200]  # the column's length (PostgreSQL refuses longer)
     values = {"outcome": outcome, "probability": None if probability is None else float(probability),
               "reason": reason, "created_at": utcnow()}
     with db.session() as s:
@@ -120,15 +122,18 @@ def store(pair_id: int, source: str, name: str, outcome: str, probability: float
 
 
 def for_pair(pair_id: int) -> list[dict[str, Any]]:
-    """Every stored opinion of one pair except errors: source, name, rubric, outcome (of response_a
-    / response_b), probability, reason; the newest rubric of each judge only."""
+    """The stored opinions of one pair, errors left out: source, name, rubric, outcome (of response_a
+    / response_b), probability, reason; the newest reward model's, and the newest rubric of each
+    judge. The autopilot's automatic verdicts are left out (people audit them)."""
     with db.session() as s:
-        rows = s.scalars(select(Suggestion).where(Suggestion.pair_id == pair_id, Suggestion.outcome != "error")
-                         .order_by(Suggestion.source, Suggestion.name, Suggestion.rubric.desc())).all()
+        rows = s.scalars(select(Suggestion).where(Suggestion.pair_id == pair_id, Suggestion.outcome != "error",
+                                                  ~Suggestion.name.startswith("autopilot:"))  # what an audit checks
+                         .order_by(Suggestion.source, Suggestion.created_at.desc(), Suggestion.rubric.desc())).all()
         seen, out = set(), []
         for r in rows:
-            if (r.source, r.name) not in seen:
-                seen.add((r.source, r.name))
+            key = (r.source, None if r.source == "reward" else r.name)  # the newest reward model only
+            if key not in seen:
+                seen.add(key)
                 out.append({"source": r.source, "name": r.name, "rubric": r.rubric, "outcome": r.outcome,
                             "probability": r.probability, "reason": r.reason})
         return out
@@ -177,7 +182,8 @@ def ai_labels(name: str, rubric_version: int) -> dict[int, tuple[int, str]]:
     nobody judged (no person, no import, not even a skip): the only pairs an AI label may decide."""
     judged = exists().where(Judgment.pair_id == Suggestion.pair_id)
     stmt = (select(Suggestion.pair_id, Suggestion.id, Suggestion.outcome).join(Pair, Pair.id == Suggestion.pair_id)
-            .where(Pair.kind == "label", Suggestion.source == "ai", Suggestion.name == name,
+            .where(Pair.kind == "label", Pair.source != "autopilot",  # an audit pair has its own verdict
+                   Suggestion.source == "ai", Suggestion.name == name,
                    Suggestion.rubric == rubric_version, Suggestion.outcome.in_(("a", "b")), ~judged))
     with db.session() as s:
         return {pair_id: (sid, outcome) for pair_id, sid, outcome in s.execute(stmt).all()}

@@ -62,13 +62,33 @@ def render_agreement() -> dict | None:
     return found[labels.index(picked)]
 
 
+def _threshold(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+def _switch_ai_labels(judge: str, rubric: int, key: str, threshold_key: str) -> None:
+    """on_change of the switch: the database changes only when a person flips it (never on a rerun)."""
+    try:
+        if st.session_state[key]:
+            suggestions.set_ai_labels(judge, rubric, _threshold(st.session_state.get(threshold_key, "")))
+        else:
+            suggestions.set_ai_labels(None)
+    except (ValueError, suggestions.SuggestionError) as error:
+        st.session_state[key] = False
+        st.session_state["judge-error"] = str(error) if isinstance(error, suggestions.SuggestionError) else (
+            f"The κ threshold {st.session_state.get(threshold_key)!r} is not a number; type one such as 0.6, or leave it empty.")
+
+
 def render_gate(picked: dict) -> None:
     setting = suggestions.ai_label_setting()
-    typed = st.text_input("κ the judge must reach (empty: people's own κ, or 0.6 while unknown)",
-                          value="" if not setting or setting.get("threshold") is None else str(setting["threshold"]),
-                          key="judge-threshold")
+    on = setting is not None and (setting["judge"], setting["rubric"]) == (picked["judge"], picked["rubric"])
+    suffix = f"{picked['judge']}-{picked['rubric']}"  # one switch per judge and rubric: picking another judge flips nothing
+    threshold_key = f"judge-threshold-{suffix}"
+    typed = st.text_input("κ the judge must reach (empty: people's own κ, at least 0.4, or 0.6 while unknown)",
+                          value="" if not on or setting.get("threshold") is None else str(setting["threshold"]),
+                          key=threshold_key)
     try:
-        threshold = float(typed) if typed.strip() else None
+        threshold = _threshold(typed)
     except ValueError:
         st.error(f"The κ threshold {typed!r} is not a number; type one such as 0.6, or leave it empty.")
         return
@@ -77,31 +97,25 @@ def render_gate(picked: dict) -> None:
         st.success(f"The gate is open: κ {gate['kappa']:.2f} ≥ {gate['threshold']:.2f} ({gate['threshold_from']}).")
     else:
         st.warning(gate["why"])
-    on = setting is not None and (setting["judge"], setting["rubric"]) == (picked["judge"], picked["rubric"])
-    wanted = st.toggle("Train on this judge's verdicts for pairs nobody judged", value=on, key="judge-use",
-                       help="Only while the gate is open; a person's vote always counts instead, and every version "
-                            "records how many of its pairs came from people and how many from the judge.")
-    if wanted and (not on or setting.get("threshold") != threshold):
-        try:
-            suggestions.set_ai_labels(picked["judge"], picked["rubric"], threshold)
-        except suggestions.SuggestionError as error:
-            st.error(str(error))
-            return
-        st.rerun()
-    if not wanted and on:
-        suggestions.set_ai_labels(None)
-        st.rerun()
+    st.toggle("Train on this judge's verdicts for pairs nobody judged", value=on, key=f"judge-use-{suffix}",
+              on_change=_switch_ai_labels, args=(picked["judge"], picked["rubric"], f"judge-use-{suffix}", threshold_key),
+              help="Only while the gate is open; a person's vote always counts instead, and every version "
+                   "records how many of its pairs came from people and how many from the judge. Turn it off and "
+                   "on again to apply a new threshold.")
+    if error := st.session_state.pop("judge-error", None):
+        st.error(error)
+    if setting is not None and not on:
+        st.caption(f"AI labels are on for {setting['judge']} (rubric {setting['rubric']}); pick it above to change that.")
     in_use = agreement.ai_labels_in_use()
     st.caption(f"Rounds now train on people's labels and {len(suggestions.ai_labels(in_use['judge'], in_use['rubric']))} "
                f"of the judge's." if in_use else "Rounds now train on people's labels only.")
 
 
 def render() -> None:
-    shown = st.toggle("Show suggestions before the vote on the Label page", value=suggestions.show_before_vote(),
-                      key="judge-before", help="Off (the default), an annotator sees the machines' opinions only "
-                                               "after voting, so they cannot anchor the vote.")
-    if shown != suggestions.show_before_vote():
-        suggestions.set_show_before_vote(shown)
+    st.toggle("Show suggestions before the vote on the Label page", value=suggestions.show_before_vote(),
+              key="judge-before", on_change=lambda: suggestions.set_show_before_vote(st.session_state["judge-before"]),
+              help="Off (the default), an annotator sees the machines' opinions only after voting, so they cannot "
+                   "anchor the vote.")
     render_rubric()
     render_run()
     st.divider()

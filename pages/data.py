@@ -150,14 +150,13 @@ def render_settings() -> None:
             st.success(f"Each pair now waits for {int(overlap)} annotator(s) before it leaves the queue.")
     st.caption("Until an admin saves it here, the overlap is PREFLOOP_OVERLAP (1 when unset).")
     names = {"oldest": "Oldest pair first", "uncertain": "Pairs the reward model is least sure of first"}
-    order = st.radio("Queue order", settings.QUEUE_ORDERS, index=settings.QUEUE_ORDERS.index(settings.queue_order()),
-                     format_func=names.get, key="queue-order",
-                     help=f"Least sure first: the pairs whose reward-model probability is nearest 0.5, except "
-                          f"{queue.RANDOM_SHARE:.0%} of draws at random, so the labels stay a fair sample. The "
-                          f"latest reward model scores pairs as they are generated and when it is trained.")
-    if order != settings.queue_order():
-        settings.set_queue_order(order)
-        st.success(f"The queue now serves: {names[order].lower()}.")
+    st.radio("Queue order", settings.QUEUE_ORDERS, index=settings.QUEUE_ORDERS.index(settings.queue_order()),
+             format_func=names.get, key="queue-order",
+             on_change=lambda: settings.set_queue_order(st.session_state["queue-order"]),  # only when a person picks
+             help=f"Least sure first: the pairs whose reward-model probability is nearest 0.5, except "
+                  f"{queue.RANDOM_SHARE:.0%} of draws at random, so the labels stay a fair sample. The "
+                  f"latest reward model scores pairs as they are generated and when it is trained.")
+    st.caption(f"The queue serves: {names[settings.queue_order()].lower()}.")
     st.markdown("**Labeling guidelines**, shown on the Label page")
     guidelines_editor("data-guidelines")
 

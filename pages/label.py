@@ -100,6 +100,7 @@ def render_rewrite(name: str) -> None:
 
 
 def undo(name: str) -> None:
+    st.session_state["rewrite_for"] = None  # the box belonged to the vote being undone
     pair_id = queue.undo_last(name)
     if pair_id:  # the pair is back on screen: its time counts from now
         st.session_state["pair_id"], st.session_state["pair_owner"] = pair_id, name
@@ -114,7 +115,10 @@ def suggestion_line(s: dict, left: str) -> str:
     line = f"{who} ({s['name']}) " + (f"preferred **{side}**" if side else "saw no winner")
     if s["probability"] is not None:
         line += f", P(A better) = {s['probability'] if left == 'a' else 1 - s['probability']:.2f}"
-    return line + (f": {s['reason']}" if s.get("reason") and s["source"] == "ai" else ".")
+    if not (s.get("reason") and s["source"] == "ai"):
+        return line + "."
+    note = f" (its Answer A was this screen's {'A' if left == 'a' else 'B'})" if s["name"].startswith("endpoint:") else ""
+    return line + f": {s['reason']}{note}"
 
 
 def render_suggestions(pair_id: int, left: str, title: str) -> None:

@@ -224,13 +224,16 @@ def test_the_ai_judge_tab_shows_agreement_and_opens_ai_labels_only_through_the_g
     assert table.iloc[0]["judge"] == "fake" and table.iloc[0]["κ with people [95 % CI]"].startswith("1.00")
     assert any("The gate is open" in s.value for s in at.success)
     assert agreement.ai_labels_in_use() is None
-    at = at.toggle(key="judge-use").set_value(True).run()
+    at = at.toggle(key="judge-use-fake-1").set_value(True).run()
     assert suggestions.ai_label_setting() == {"judge": "fake", "rubric": 1, "threshold": None}
     assert any("people's labels and 8 of the judge's" in c.value for c in at.caption)
 
-    at = at.text_input(key="judge-threshold").input("1.5").run()  # beyond κ's range: one sentence, nothing changed
+    at = at.toggle(key="judge-use-fake-1").set_value(False).run()
+    assert suggestions.ai_label_setting() is None
+    at = at.text_input(key="judge-threshold-fake-1").input("1.5").run()
+    at = at.toggle(key="judge-use-fake-1").set_value(True).run()  # beyond κ's range: one sentence, nothing changed
     assert any("outside [-1, 1]" in e.value for e in at.error)
-    assert suggestions.ai_label_setting()["threshold"] is None
+    assert suggestions.ai_label_setting() is None
 
     at.text_area(key="judge-rubric").input("Prefer the shorter answer.")
     at = at.button(key="judge-rubric-save").click().run()

@@ -101,3 +101,24 @@ def test_deleting_a_messages_import_takes_its_demonstrations_and_prompts(workspa
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}) + "\n")
     demonstrations.import_messages(path, "demos")
     assert imports.delete_import("demos")["prompts"] == 1 and demonstrations.count() == 0
+
+
+def test_an_unchanged_bad_answer_is_not_a_rewrite_and_an_empty_user_turn_is_one_sentence(workspace, tmp_path):
+    (pair_id,) = seed_pairs([("Q?", "Bad one.", "Worse one.")])
+    with pytest.raises(demonstrations.DemonstrationError, match="unchanged"):
+        demonstrations.add_rewrite("ana", pair_id, " Bad one. ")
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "A."}]}) + "\n")
+    with pytest.raises(InputError, match="line 1, field 'messages'"):
+        demonstrations.import_messages(path)
+
+
+def test_a_messages_import_whose_prompts_already_existed_can_still_be_deleted(workspace, tmp_path):
+    from labeling import imports
+    from labeling.store import add_prompts
+
+    add_prompts(["Q?"], "earlier")
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}) + "\n")
+    demonstrations.import_messages(path, "demos")
+    assert imports.delete_import("demos")["demonstrations"] == 1 and demonstrations.count() == 0

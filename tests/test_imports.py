@@ -63,7 +63,7 @@ def test_delete_import_takes_its_pairs_labels_and_unused_rows(workspace, tmp_pat
     before = counts()
     summary = imports.delete_import("pairs")
     assert summary == {"deleted": "pairs", "pairs": 3, "labels": 3, "people_judgments": 1, "responses": 6,
-                       "prompts": 3, "prompts_kept": 0, "versions_trained_on_it": ["v2-reward"]}
+                       "prompts": 3, "prompts_kept": 0, "demonstrations": 0, "versions_trained_on_it": ["v2-reward"]}
     assert counts() == {"prompts": before["prompts"] - 3, "responses": before["responses"] - 6,
                         "pairs": before["pairs"] - 3, "judgments": before["judgments"] - 4, "annotators": 1}
     assert [i["name"] for i in imports.list_imports()] == ["names", "prompts", "shared"]

@@ -45,7 +45,7 @@ def pairs_with_short_answers(n: int) -> list[int]:
 
 def test_a_verdict_that_flips_with_the_side_is_a_tie():
     outcome, p, reason = judges.both_ways(FakeJudge(biased=True), "r", [], "x", "yy")
-    assert outcome == "tie" and "changed with the sides" in reason and p == pytest.approx(0.5)
+    assert outcome == "tie" and reason == judges.FLIPPED and p == pytest.approx(0.5)
     assert judges.both_ways(FakeJudge(), "r", [], "x", "yy")[0] == "a"
     assert judges.both_ways(FakeJudge(), "r", [], "yy", "x")[0] == "b"
 
@@ -88,7 +88,8 @@ def test_the_gate_opens_only_when_the_judge_agrees_with_people(workspace):
     label(ids[8:20], "ana", shorter.get)
     gate = agreement.gate("fake", 1)
     assert gate["open"] and gate["kappa"] == pytest.approx(1.0) and gate["threshold"] == 0.6
-    assert gate["judge"]["kappa_ci"][0] <= 1.0
+    low, high = agreement.judge_agreement("fake", 1)["kappa_ci"]
+    assert low <= 1.0 <= high + 1e-9
     assert not agreement.gate("fake", 1, threshold=1.01)["open"]
 
     # people who disagree with the judge close it
@@ -231,5 +232,31 @@ def test_a_local_judge_on_a_tiny_model(workspace, tmp_path, monkeypatch):
     assert judges.main(["--limit", "2"]) == 0
     for pair_id in ids:
         (s,) = suggestions.for_pair(pair_id)
-        assert s["name"] == "local:tiny-policy" and 0.0 <= s["probability"] <= 1.0 and s["outcome"] in ("a", "b", "tie")
+        assert s["name"].startswith("local:tiny-policy-") and 0.0 <= s["probability"] <= 1.0 and s["outcome"] in ("a", "b", "tie")
     assert judged_snapshot() == []
+
+
+def test_the_bootstrap_interval_covers_the_estimate_and_people_cannot_lower_the_bar_below_the_floor(workspace):
+    rng = __import__("random").Random(0)
+    items = [(i // 2, rng.choice("ab"), rng.choice("ab")) for i in range(200)]
+    m = agreement.measure(items)
+    assert m["kappa_ci"][0] <= m["kappa"] <= m["kappa_ci"][1] and m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1]
+    assert agreement.cohen_kappa([x for _, x, _ in items], [y for _, _, y in items]) == pytest.approx(m["kappa"])
+    # people who agree with each other at chance (κ ≈ 0) on 12 pairs set the bar to the floor, not to 0
+    ids = pairs_with_short_answers(12)
+    for k, pair_id in enumerate(ids):
+        queue.submit_judgment("ana", pair_id, "a", "a")
+        queue.submit_judgment("bo", pair_id, "a" if k % 2 else "b", "a")
+    assert agreement.gate("nobody", 1)["threshold"] == agreement.FLOOR
+
+
+def test_urls_that_would_leak_the_key_are_refused_and_answers_parse_around_extra_text():
+    for bad, why in (("http://example.com/v1", "plain http"), ("https://u:p@example.com/v1", "user, password"),
+                     ("https://example.com/v1?key=x", "query"), ("localhost:8000", "not an http")):
+        with pytest.raises(judges.JudgeError, match=why):
+            judges.check_url(bad)
+    assert judges.check_url("http://127.0.0.1:8000/v1") and judges.check_url("https://api.example.com/v1")
+    v = judges.parse_answer('Thinking {not json} then {"winner": "B", "reason": "r"} and {"x": 1}')
+    assert v.winner == "second" and v.reason == "r"
+    with pytest.raises(ValueError):
+        judges.parse_answer("{}")

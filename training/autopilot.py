@@ -128,11 +128,12 @@ def run(config: AutopilotConfig, reporter: jobs.Reporter | None = None) -> dict[
     measure = Measure(config, scorer)
     history, stopped = [], None
     for r in range(1, config.rounds + 1):
-        audit = auto_pairs.audit_agreement()
+        audit = auto_pairs.audit_agreement(reward_id)
         if audit["judged"] >= config.audit_min and audit["agreement"] < config.audit_threshold:
             stopped = (f"People agreed with {audit['agree']} of {audit['judged']} audited automatic pairs "
                        f"({audit['agreement']:.0%}), under the threshold {config.audit_threshold:.0%}.")
             break
+        reporter.step(r - 1, {})  # a cancel from the page stops the autopilot between rounds
         summary = one_round(config, r, reward_id, scorer)
         summary.update(measure.win_rate(summary["version"]))
         history.append(summary)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -28,6 +29,7 @@ RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-
 RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
 FIRST_CHUNK_PROMPTS = 2  # prompts in the first chunk: a labeler on an empty queue sees pairs early
 LOW_WATER = 20  # pairs: below this many waiting, the app generates more, whatever the labeling rate
+SCORE_PER_CHUNK = 64  # waiting pairs the reward model scores after each chunk, oldest unscored first
 LEAD_MINUTES = 3.0  # the app keeps this many minutes of labeling (at the recent rate) waiting
 
 
@@ -200,7 +202,7 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
         if scoring is None:
             scoring = reward_scorer()
         if scoring:  # the uncertainty-first queue needs each new pair's reward-model probability
-            suggest.score_waiting(*scoring, limit=None)
+            suggest.score_waiting(*scoring, limit=SCORE_PER_CHUNK)
         reporter.step(step, {"pairs": stored, "tokens_per_s": tokens / max(seconds, 1e-9)})
         if config.until_waiting and _waiting() >= config.until_waiting:
             break  # the labelers have enough ahead of them; the app asks again when they run low
@@ -209,12 +211,19 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
 
 
 def reward_scorer() -> tuple[str, object] | tuple[()]:
-    """(reward id, scorer) of the latest reward model while the queue order is "uncertain", else ()."""
+    """(reward id, scorer) of the latest reward model while the queue order is "uncertain", else ()
+    (also when that model cannot be loaded: the pairs matter more than their order)."""
     from labeling import settings
     from training import reward, versions
 
     reward_id = versions.latest_reward_id() if settings.queue_order() == "uncertain" else None
-    return (reward_id, reward.load_scorer(reward_id)) if reward_id else ()
+    if not reward_id:
+        return ()
+    try:
+        return reward_id, reward.load_scorer(reward_id)
+    except Exception as exc:  # noqa: BLE001  a broken reward model must not stop the queue from filling
+        print(f"not scoring new pairs: reward model {reward_id} did not load ({exc})", file=sys.stderr)
+        return ()
 
 
 def main(argv: list[str]) -> int:

@@ -15,12 +15,13 @@ Each verdict is stored as it comes, so a cancelled run resumes where it stopped.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ URL_ENV, KEY_ENV = "PREFLOOP_JUDGE_URL", "PREFLOOP_JUDGE_KEY"
 JSON_ANSWER = ('Which answer is better? Reply with JSON only: {"winner": "A" or "B" or "tie", '
                '"reason": "one sentence"}.')
 LETTER_ANSWER = "Which answer is better, A or B? Reply with the letter only."
+FLIPPED = "The verdict changed when the two answers swapped places, so it is stored as a tie."
 
 
 @dataclass
@@ -89,9 +91,8 @@ def both_ways(judge: Judge, rubric: str, messages: list[dict], a: str, b: str) -
     second = {"first": "b", "second": "a", "tie": "tie"}[two.winner]
     p = None if one.p_first is None or two.p_first is None else (one.p_first + 1 - two.p_first) / 2
     if first == second:
-        return first, p, one.reason
-    return "tie", p, (f"The verdict changed with the sides ({first} with a shown first, {second} with b "
-                      f"shown first), so it is stored as a tie.")
+        return first, p, one.reason  # the first ask's: its Answer A was response a
+    return "tie", p, FLIPPED
 
 
 # ---------------------------------------------------------------- a local causal LM
@@ -127,12 +128,17 @@ class LocalJudge:
         with torch.no_grad():
             logp = self.model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
         a, b = (torch.logsumexp(logp[self.letters[k]], 0).item() for k in "AB")
-        p_first = 1 / (1 + math.exp(b - a))
+        p_first = 1 / (1 + math.exp(max(-60.0, min(60.0, b - a))))
         return Verdict("first" if p_first >= 0.5 else "second", p_first,
-                       f"P(A) = {p_first:.2f} from the judge's next-token probabilities of 'A' and 'B'.")
+                       "From the judge's next-token probabilities of 'A' and 'B', both ways round.")
 
 
 # ---------------------------------------------------------------- an OpenAI-compatible endpoint
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # urllib then raises the 3xx as an HTTPError: recorded, never followed
 
 
 class EndpointJudge:
@@ -140,7 +146,10 @@ class EndpointJudge:
 
     def __init__(self, url: str, model: str, config: JudgeConfig):
         self.url, self.model, self.config = url.rstrip("/"), model, config
-        self.name = f"endpoint:{model or 'default'}@{re.sub(r'^https?://', '', self.url)}"
+        parts = urllib.parse.urlsplit(self.url)
+        self.name = f"endpoint:{model or 'default'}@{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        # a redirect would carry the key to wherever it points: none are followed
+        self.opener = urllib.request.build_opener(NoRedirects)
 
     def _call(self, text: str) -> str:
         body = json.dumps({"model": self.model, "temperature": 0,
@@ -149,7 +158,7 @@ class EndpointJudge:
         if key := os.environ.get(KEY_ENV):
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(self.url + "/chat/completions", body, headers)
-        with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
+        with self.opener.open(request, timeout=self.config.timeout) as response:
             return json.loads(response.read())["choices"][0]["message"]["content"]
 
     def verdict(self, rubric: str, messages: list[dict], first: str, second: str) -> Verdict:
@@ -172,11 +181,17 @@ class EndpointJudge:
 
 
 def parse_answer(content: str) -> Verdict:
-    """A verdict from an answer holding JSON {"winner": "A" | "B" | "tie", "reason": ...}; ValueError otherwise."""
-    found = re.search(r"\{.*\}", content or "", re.DOTALL)
-    if not found:
+    """A verdict from an answer holding JSON {"winner": "A" | "B" | "tie", "reason": ...} (the first
+    object that parses; text around it is ignored); ValueError otherwise."""
+    decoder, text, answer = json.JSONDecoder(), content or "", None
+    for start in (i for i, c in enumerate(text) if c == "{"):
+        try:
+            answer = decoder.raw_decode(text, start)[0]
+            break
+        except ValueError:
+            continue
+    if not isinstance(answer, dict):
         raise ValueError("no JSON object in it")
-    answer = json.loads(found.group(0))
     winner = str(answer.get("winner", "")).strip().lower()
     if winner not in ("a", "b", "tie"):
         raise ValueError(f"winner {answer.get('winner')!r} is none of A, B, tie")
@@ -187,12 +202,24 @@ def parse_answer(content: str) -> Verdict:
 # ---------------------------------------------------------------- the job
 
 
+def check_url(url: str) -> str:
+    """`url` if prefloop may send a key there: https anywhere, plain http only to this machine; no
+    user or password in it (they would be stored with the job's settings)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JudgeError(f"The judge URL {url!r} is not an http(s) address such as http://localhost:8000/v1.")
+    if parts.username or parts.password or parts.query:
+        raise JudgeError("The judge URL carries a user, password or query; give the key in PREFLOOP_JUDGE_KEY instead.")
+    if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        raise JudgeError(f"The judge URL {url!r} is plain http to another machine; use https, so the key and the "
+                         f"pairs do not cross the network in the clear.")
+    return url
+
+
 def make_judge(config: JudgeConfig) -> Judge:
-    url = config.url or os.environ.get(URL_ENV, "")
+    url = config.url or ("" if config.model else os.environ.get(URL_ENV, ""))  # a model named here wins
     if url:
-        if not url.startswith(("http://", "https://")):
-            raise JudgeError(f"The judge URL {url!r} is not an http(s) address such as http://localhost:8000/v1.")
-        return EndpointJudge(url, config.endpoint_model, config)
+        return EndpointJudge(check_url(url), config.endpoint_model, config)
     from training import model as models
 
     folder = models.check_model_folder(Path(config.model).expanduser(), "judge model") if config.model \
@@ -200,6 +227,10 @@ def make_judge(config: JudgeConfig) -> Judge:
     judge = LocalJudge(folder, config.max_chars)
     if folder == models.converted_model_dir().resolve():  # the default model's folder is called "base"
         judge.name = f"local:{models.GGUF_FILE.split('.')[0]}"
+    else:  # two folders of one name, or a model retrained in place, are different judges
+        weights = sorted(folder.glob("*.safetensors"))
+        stamp = "|".join(f"{w.resolve()}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+        judge.name = f"local:{folder.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:8]}"
     return judge
 
 
@@ -219,7 +250,10 @@ def run(config: JudgeConfig, reporter: jobs.Reporter | None = None, judge: Judge
             outcome, p, reason = both_ways(judge, rubric, pair.messages, pair.a, pair.b)
         except JudgeError as exc:
             outcome, p, reason = "error", None, str(exc)
-        suggestions.store(pair.pair_id, "ai", judge.name, outcome, p, reason, rubric_version=version)
+        try:
+            suggestions.store(pair.pair_id, "ai", judge.name, outcome, p, reason, rubric_version=version)
+        except suggestions.SuggestionError:  # the pair was deleted while it was judged
+            outcome = "error"
         counts[outcome] += 1
         reporter.step(step, {"errors": counts["error"], "ties": counts["tie"]})
     gate = agreement.gate(judge.name, version)

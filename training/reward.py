@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 import tempfile
 import time
 import zipfile
@@ -30,6 +31,7 @@ from training.metrics import preference_accuracy
 from training.reward_config import RewardRoundConfig
 
 MIN_PAIRS = rounds.MIN_PAIRS
+log = logging.getLogger(__name__)
 MINILM_PACKAGE = "all_minilm_l6_v2"
 LOGGED = {"loss": "loss", "accuracy": "accuracy", "margin": "margin", "mean_reward": "reward",
           "grad_norm": "grad_norm"}
@@ -355,7 +357,11 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
                                          metrics, write)
     from training import suggest  # its preference on the pairs waiting: shown after a vote, and the uncertain queue
 
-    scored = suggest.score_waiting(version_id, make_scorer(model, tokenizer, config.max_length))
+    try:
+        scored = suggest.score_waiting(version_id, make_scorer(model, tokenizer, config.max_length))
+    except Exception as exc:  # noqa: BLE001  the version is made; its suggestions can come later (training suggest)
+        log.warning("The new reward model %s did not score the waiting pairs: %s", version_id, exc)
+        scored = 0
     return {"version": version_id, **metrics, "pairs_scored": scored}
 
 

@@ -22,13 +22,19 @@ LOGGED = {"loss": "loss", "mean_token_accuracy": "token_accuracy", "grad_norm": 
 
 def ready(config: Any = None) -> str | None:
     """Why an SFT round cannot run now, or None."""
-    from labeling import demonstrations
-
-    have = demonstrations.count()
+    have = len(training_demonstrations())
     if have < MIN_DEMONSTRATIONS:
         return (f"SFT needs at least {MIN_DEMONSTRATIONS} written answers; you have {have}. Write one after "
                 f"pressing Both bad on the Label page, or import a messages dataset on the Data page.")
     return None
+
+
+def training_demonstrations() -> list[dict]:
+    """The demonstrations an SFT round learns from: those on training prompts (held-out prompts stay
+    unseen, for the Evaluate page)."""
+    from labeling import demonstrations
+
+    return [r for r in demonstrations.sft_rows() if r["split"] != "heldout"]
 
 
 def trl_config(config: SFTRoundConfig, output_dir: str, max_steps: int | None):
@@ -39,7 +45,7 @@ def trl_config(config: SFTRoundConfig, output_dir: str, max_steps: int | None):
     return SFTConfig(
         output_dir=output_dir, learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         max_steps=max_steps or -1, per_device_train_batch_size=config.batch_size, max_length=config.max_length,
-        truncation_mode="keep_end", completion_only_loss=True, seed=config.seed, logging_steps=1,
+        completion_only_loss=True, seed=config.seed, logging_steps=1,
         save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0, **device.trainer_precision())
 
 
@@ -50,14 +56,13 @@ def run_round(config: SFTRoundConfig, reporter, max_steps: int | None = None,
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from labeling import demonstrations
     from training import lora
     from training.model import load_policy
 
     if problem := ready(config):
         raise rounds.NotReady(problem)
     reporter.start(None)
-    rows = demonstrations.sft_rows()[: max_pairs or None]
+    rows = training_demonstrations()[: max_pairs or None]
     base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id() or base_id
     model, tokenizer = load_policy(parent_id)

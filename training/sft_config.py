@@ -15,7 +15,7 @@ class SFTRoundConfig:
         "Passes over the demonstrations (a few dozen of them teach little in one pass).")})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "Demonstrations per optimizer step."})
     max_length: int = field(default=512, metadata={"min": 8, "help": (
-        "Longest prompt + answer in tokens; longer ones lose their oldest tokens.")})
+        "Longest prompt + answer in tokens; longer ones are cut at the end.")})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank of the new adapter."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     seed: int = field(default=0, metadata={"help": "Random seed of data order and the adapter's initialisation."})

@@ -35,7 +35,10 @@ def score_waiting(reward_id: str, scorer: Callable | None = None, limit: int | N
         r_b = scorer(prompts, [p.b for p in pairs]).tolist()
         for pair, a, b in zip(pairs, r_a, r_b):
             p = 1 / (1 + math.exp(max(-60.0, min(60.0, b - a))))
-            suggestions.store(pair.pair_id, "reward", reward_id, "a" if p >= 0.5 else "b", p)
+            try:
+                suggestions.store(pair.pair_id, "reward", reward_id, "a" if p >= 0.5 else "b", p)
+            except suggestions.SuggestionError:  # the pair was deleted meanwhile: nothing to suggest on
+                continue
     return len(todo)
 
 
