@@ -4,7 +4,7 @@ moves to a PostgreSQL server, or keeps a copy.
     python -m labeling backup FILE    # every table of the database at PREFLOOP_DB
     python -m labeling restore FILE   # into an empty database at PREFLOOP_DB (SQLite or PostgreSQL)
 
-The file is gzip'd JSON lines: a header {"format": "prefloop backup", "schema_version": 4}, then
+The file is gzip'd JSON lines: a header {"format": "prefloop backup", "schema_version": 5}, then
 for every table, parents before children, a line {"table": name, "columns": [...], "rows": n}
 followed by its n rows as JSON arrays in column order, ordered by primary key; datetimes as ISO 8601
 strings, JSON columns as JSON. Nothing in it depends on the database it came from or the time it was

@@ -70,8 +70,15 @@ def _judgment_reasons(dialect: str) -> list[str]:
     return ["ALTER TABLE judgments ADD COLUMN reasons JSON"]
 
 
+def _new_tables(dialect: str) -> list[str]:
+    """Suggestions, demonstrations and ratings: new tables, which `Base.metadata.create_all` makes
+    before any step runs; the version moves so that a backup says which tables it must hold."""
+    return []
+
+
 MIGRATIONS: dict[int, Callable[[str], list[str]]] = {
     1: _drop_unused_indexes,
     2: _judgment_sources,
     3: _judgment_reasons,
+    4: _new_tables,
 }

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import DDL, JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 4  # labeling/migrations.py takes older workspaces here
+SCHEMA_VERSION = 5  # labeling/migrations.py takes older workspaces here
 
 OUTCOMES = ("a", "b", "tie", "both_bad", "skip")
 

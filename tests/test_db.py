@@ -54,7 +54,7 @@ def old_workspace(home, version: int = 2) -> sqlite3.Connection:
 
 def test_version_1_workspace_is_migrated_and_keeps_its_rows(workspace):
     con = old_workspace(workspace, version=1)
-    assert db.schema_version() == SCHEMA_VERSION == 4
+    assert db.schema_version() == SCHEMA_VERSION == 5
     indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert not indexes & {"ix_responses_prompt_id", "ix_judgments_pair_id"}
     assert {"ix_pairs_queue", "ix_judgments_annotator_created"} <= indexes
@@ -85,7 +85,7 @@ def test_version_2_imported_labels_become_sources_not_annotators(workspace):
     expected = json.loads((FIXTURES / "workspace_v2_export.json").read_text(encoding="utf-8"))
     result = export.preference_rows()
     assert (result.rows, result.excluded, result.judgment_ids) == (
-        [dict(r, reasons=[]) for r in expected["rows"]], expected["excluded"], expected["judgment_ids"])
+        [dict(r, reasons=[], origin="human") for r in expected["rows"]], expected["excluded"], expected["judgment_ids"])
     # pairs 1 and 6 have one person's verdict beside the import's label: imports are not raters,
     # so only pair 4 (ana and Import:Bob) counts towards agreement
     assert stats.agreement(stats.judgments_frame())["pairs"] == 1
@@ -111,7 +111,7 @@ def test_version_3_judgments_gain_reason_tags_and_keep_everything_else(workspace
     columns = [r[1] for r in con.execute("PRAGMA table_info(judgments)")]
     assert "reasons" not in columns and "source" in columns
     before = con.execute("SELECT id, pair_id, annotator_id, source, outcome, comment FROM judgments ORDER BY id").fetchall()
-    assert db.schema_version() == SCHEMA_VERSION == 4
+    assert db.schema_version() == SCHEMA_VERSION == 5
     assert con.execute("SELECT id, pair_id, annotator_id, source, outcome, comment FROM judgments ORDER BY id").fetchall() == before
     with db.session() as s:
         assert s.scalars(select(Judgment.reasons)).all() == [None] * 10  # nobody gave a reason before
@@ -120,5 +120,18 @@ def test_version_3_judgments_gain_reason_tags_and_keep_everything_else(workspace
         assert s.get(Judgment, judgment_id).reasons == ["more correct", "safer"]
         assert s.get(Pair, 5).judgment_count == 1  # the count triggers survived the new column
     expected = json.loads((FIXTURES / "workspace_v2_export.json").read_text(encoding="utf-8"))
-    old_rows = [dict(r, reasons=[]) for r in expected["rows"]]  # the same pairs, none with a reason
+    old_rows = [dict(r, reasons=[], origin="human") for r in expected["rows"]]  # the same pairs, none with a reason
     assert [r for r in export.preference_rows().rows if r["pair_id"] != 5] == old_rows
+
+
+def test_a_version_4_workspace_gains_the_new_tables_and_keeps_its_rows(workspace):
+    con = old_workspace(workspace, version=3)  # then migrated to 4 by the step below, as prefloop 4 left it
+    for sql in MIGRATIONS[3]("sqlite"):
+        con.execute(sql)
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    con.commit()
+    assert db.schema_version() == SCHEMA_VERSION == 5
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"suggestions", "demonstrations", "ratings"} <= tables
+    with db.session() as s:
+        assert s.scalar(select(func.count(Judgment.id))) == 10
