@@ -42,6 +42,18 @@ from tests.test_imports import (  # noqa: F401
     test_a_prompt_that_something_else_uses_stays, test_delete_import_takes_its_pairs_labels_and_unused_rows,
     test_list_imports_counts_what_each_brought_and_no_generated_pair,
     test_unknown_import_and_a_failure_midway_change_nothing)
+from tests.test_suggestions import (  # noqa: F401  (random(), CASE and abs() in the uncertain queue)
+    test_a_share_of_uncertain_draws_is_random_and_every_pair_is_served,
+    test_reward_suggestions_are_stored_for_waiting_pairs_only,
+    test_the_uncertain_queue_serves_the_least_sure_pair_first_with_random_draws)
+from tests.test_judge import (  # noqa: F401
+    test_ai_labels_decide_only_pairs_nobody_judged_and_never_touch_a_judgment,
+    test_the_gate_opens_only_when_the_judge_agrees_with_people,
+    test_verdicts_are_stored_as_suggestions_and_the_run_resumes)
+from tests.test_demonstrations import (  # noqa: F401
+    test_a_rewrite_is_stored_once_per_person_and_makes_two_preference_rows,
+    test_messages_import_and_export_round_trip)
+from tests.test_kto import test_thumbs_one_answer_at_a_time_feed_kto_and_the_unpaired_export  # noqa: F401
 from tests.test_stats import (  # noqa: F401
     test_imported_labels_are_no_annotator_in_any_statistic, test_judgments_frame_reads_and_filters_the_workspace)
 from tests.test_versions import (  # noqa: F401
@@ -96,7 +108,7 @@ def test_version_1_workspace_is_migrated_on_postgresql(workspace):
         s.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
         pairs = s.scalar(select(func.count(Pair.id)))
     reopen()
-    assert db.schema_version() == SCHEMA_VERSION == 4
+    assert db.schema_version() == SCHEMA_VERSION == 5
     with db.session() as s:
         names = set(s.scalars(text("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")))
         assert not names & {"ix_responses_prompt_id", "ix_judgments_pair_id"} and "ix_pairs_queue" in names
