@@ -36,9 +36,9 @@ def count_heldout(prompt_ids: list[int]) -> int:
         return len(set(s.scalars(select(Prompt.id).where(Prompt.id.in_(prompt_ids), Prompt.split == "heldout"))))
 
 
-def least_paired_prompts(n: int) -> list[tuple[int, list[dict]]]:
-    """(id, messages) of `n` training prompts, those with the fewest labeling pairs first (then by id)."""
-    pairs = (select(Pair.prompt_id, func.count(Pair.id).label("n")).where(Pair.kind == "label")
+def least_paired_prompts(n: int, kinds: tuple[str, ...] = ("label",)) -> list[tuple[int, list[dict]]]:
+    """(id, messages) of `n` training prompts, those with the fewest pairs of `kinds` first (then by id)."""
+    pairs = (select(Pair.prompt_id, func.count(Pair.id).label("n")).where(Pair.kind.in_(kinds))
              .group_by(Pair.prompt_id).subquery())
     stmt = (select(Prompt.id, Prompt.messages).outerjoin(pairs, pairs.c.prompt_id == Prompt.id)
             .where(Prompt.split == "train").order_by(func.coalesce(pairs.c.n, 0), Prompt.id).limit(n))

@@ -90,14 +90,13 @@ def one_round(config: AutopilotConfig, r: int, reward_id: str, scorer) -> dict[s
     """Sample, pick best against worst, store (with the audit share), run DPO; the round's summary."""
     import numpy as np
 
-    from labeling import auto_pairs
+    from labeling import auto_pairs, prompts
     from training import dpo, evaluate
     from training.dpo_config import DPORoundConfig
-    from training.generate import pick_prompts
     from training.model import load_policy
 
     policy_id = versions.current_policy_id() or versions.ensure_base_version()
-    chosen = pick_prompts(config.prompts)
+    chosen = prompts.least_paired_prompts(config.prompts, kinds=("label", "auto"))  # fresh prompts each round
     policy, tokenizer = load_policy(policy_id)
     messages = [m for _, m in chosen]
     texts = evaluate.sample(policy, tokenizer, messages, config.samples, config.max_new_tokens, config.seed + r)[3]
