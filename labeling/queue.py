@@ -429,9 +429,4 @@ def save_guidelines(text: str) -> None:
     """Store edited guidelines in the workspace database, where every annotator reads them."""
     if not text.strip():
         raise QueueError("The guidelines are empty; write at least one line, or reload to keep the old ones.")
-    with db.session() as s:
-        row = s.get(Meta, GUIDELINES_KEY)
-        if row is None:
-            s.add(Meta(key=GUIDELINES_KEY, value=text))
-        else:
-            row.value = text
+    settings.write_value(GUIDELINES_KEY, text)

@@ -22,6 +22,26 @@ class SettingError(ValueError):
     """A setting prefloop cannot use; one sentence naming it and what to do."""
 
 
+def read_value(key: str) -> str | None:
+    """A workspace setting's stored text, or None."""
+    with db.session() as s:
+        row = s.get(Meta, key)
+        return None if row is None else row.value
+
+
+def write_value(key: str, value: str | None) -> None:
+    """Store a workspace setting's text (None deletes it)."""
+    with db.session() as s:
+        row = s.get(Meta, key)
+        if value is None:
+            if row is not None:
+                s.delete(row)
+        elif row is None:
+            s.add(Meta(key=key, value=value))
+        else:
+            row.value = value
+
+
 def _check_overlap(value: object, where: str) -> int:
     try:
         overlap = int(str(value).strip())
@@ -40,21 +60,14 @@ def default_overlap() -> int:
 
 def overlap() -> int:
     """How many annotators judge each pair: the workspace's saved setting, else default_overlap()."""
-    with db.session() as s:
-        row = s.get(Meta, OVERLAP_KEY)
-        stored = row.value if row is not None else None
+    stored = read_value(OVERLAP_KEY)
     return _check_overlap(stored, "The saved overlap") if stored is not None else default_overlap()
 
 
 def set_overlap(value: int) -> int:
     """Save how many annotators judge each pair, for the whole workspace; returns it."""
     overlap = _check_overlap(value, "Overlap")
-    with db.session() as s:
-        row = s.get(Meta, OVERLAP_KEY)
-        if row is None:
-            s.add(Meta(key=OVERLAP_KEY, value=str(overlap)))
-        else:
-            row.value = str(overlap)
+    write_value(OVERLAP_KEY, str(overlap))
     return overlap
 
 
@@ -65,20 +78,14 @@ QUEUE_ORDERS = ("oldest", "uncertain")  # oldest pair first; or the reward model
 def queue_order() -> str:
     """Which pair the queue serves next: "oldest" (the default) or "uncertain" (the pairs whose
     reward-model probability is nearest 0.5 first, with a share drawn at random; labeling/queue.py)."""
-    with db.session() as s:
-        row = s.get(Meta, QUEUE_ORDER_KEY)
-        return row.value if row is not None and row.value in QUEUE_ORDERS else "oldest"
+    stored = read_value(QUEUE_ORDER_KEY)
+    return stored if stored in QUEUE_ORDERS else "oldest"
 
 
 def set_queue_order(order: str) -> str:
     if order not in QUEUE_ORDERS:
         raise SettingError(f"Unknown queue order {order!r}; use one of {', '.join(QUEUE_ORDERS)}.")
-    with db.session() as s:
-        row = s.get(Meta, QUEUE_ORDER_KEY)
-        if row is None:
-            s.add(Meta(key=QUEUE_ORDER_KEY, value=order))
-        else:
-            row.value = order
+    write_value(QUEUE_ORDER_KEY, order)
     return order
 
 
@@ -88,9 +95,8 @@ TRAINING_EXCLUDE_KEY = "training_exclude"
 def training_exclusions() -> tuple[str, ...]:
     """The pair-audit checks (labeling/audit.py CHECKS) whose flagged pairs every round leaves out;
     none until an admin picks some on the Train page."""
-    with db.session() as s:
-        row = s.get(Meta, TRAINING_EXCLUDE_KEY)
-    return tuple(c for c in (row.value.split(",") if row is not None and row.value else ()))
+    stored = read_value(TRAINING_EXCLUDE_KEY)
+    return tuple(stored.split(",")) if stored else ()
 
 
 def set_training_exclusions(checks: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -99,10 +105,5 @@ def set_training_exclusions(checks: list[str] | tuple[str, ...]) -> tuple[str, .
     if unknown := [c for c in checks if c not in AUDIT_CHECKS]:
         raise SettingError(f"Unknown pair-audit check '{unknown[0]}'; pick any of {', '.join(AUDIT_CHECKS)}.")
     chosen = tuple(c for c in AUDIT_CHECKS if c in checks)  # in the audit's order
-    with db.session() as s:
-        row = s.get(Meta, TRAINING_EXCLUDE_KEY)
-        if row is None:
-            s.add(Meta(key=TRAINING_EXCLUDE_KEY, value=",".join(chosen)))
-        else:
-            row.value = ",".join(chosen)
+    write_value(TRAINING_EXCLUDE_KEY, ",".join(chosen))
     return chosen

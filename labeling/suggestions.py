@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import case, exists, func, select
 
-from labeling import db
-from labeling.models import Judgment, Meta, Pair, Suggestion, utcnow
+from labeling import db, settings
+from labeling.models import Judgment, Pair, Suggestion, utcnow
 
 SOURCES = ("reward", "ai")
 VERDICTS = ("a", "b", "tie")
@@ -42,26 +42,9 @@ class PairToJudge:
 # ---------------------------------------------------------------- the rubric
 
 
-def _meta(s, key: str) -> str | None:
-    row = s.get(Meta, key)
-    return None if row is None else row.value
-
-
-def _set_meta(s, key: str, value: str | None) -> None:
-    row = s.get(Meta, key)
-    if value is None:
-        if row is not None:
-            s.delete(row)
-    elif row is None:
-        s.add(Meta(key=key, value=value))
-    else:
-        row.value = value
-
-
 def rubric() -> tuple[int, str]:
     """(version, text) of the judge's rubric: the workspace's, else the shipped one as version 1."""
-    with db.session() as s:
-        text, version = _meta(s, RUBRIC_KEY), _meta(s, RUBRIC_VERSION_KEY)
+    text, version = settings.read_value(RUBRIC_KEY), settings.read_value(RUBRIC_VERSION_KEY)
     if text is None:
         return 1, DEFAULT_RUBRIC.read_text(encoding="utf-8")
     return int(version or 1), text
@@ -76,9 +59,8 @@ def save_rubric(text: str) -> int:
     version, current = rubric()
     if clean == current.strip():
         return version
-    with db.session() as s:
-        _set_meta(s, RUBRIC_KEY, clean)
-        _set_meta(s, RUBRIC_VERSION_KEY, str(version + 1))
+    settings.write_value(RUBRIC_KEY, clean)
+    settings.write_value(RUBRIC_VERSION_KEY, str(version + 1))
     return version + 1
 
 
@@ -210,8 +192,7 @@ def waiting_without_reward(reward_name: str, limit: int | None = None) -> list[P
 
 def ai_label_setting() -> dict[str, Any] | None:
     """{"judge", "rubric", "threshold"} while an admin has AI labels on, else None."""
-    with db.session() as s:
-        value = _meta(s, AI_LABELS_KEY)
+    value = settings.read_value(AI_LABELS_KEY)
     return json.loads(value) if value else None
 
 
@@ -222,15 +203,12 @@ def set_ai_labels(judge: str | None, rubric_version: int | None = None, threshol
         raise SuggestionError(f"The κ threshold {threshold} is outside [-1, 1]; 0.6 is a common bar.")
     value = None if judge is None else json.dumps({"judge": judge, "rubric": int(rubric_version or 0),
                                                    "threshold": None if threshold is None else float(threshold)})
-    with db.session() as s:
-        _set_meta(s, AI_LABELS_KEY, value)
+    settings.write_value(AI_LABELS_KEY, value)
 
 
 def show_before_vote() -> bool:
-    with db.session() as s:
-        return _meta(s, SHOW_BEFORE_KEY) == "1"
+    return settings.read_value(SHOW_BEFORE_KEY) == "1"
 
 
 def set_show_before_vote(on: bool) -> None:
-    with db.session() as s:
-        _set_meta(s, SHOW_BEFORE_KEY, "1" if on else None)
+    settings.write_value(SHOW_BEFORE_KEY, "1" if on else None)

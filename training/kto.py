@@ -7,12 +7,9 @@ their counts unless set.
 """
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-import time
 from typing import Any
 
-from training import rounds, versions
+from training import rounds
 from training.kto_config import KTORoundConfig
 
 MIN_EXAMPLES = 2 * rounds.MIN_PAIRS
@@ -60,7 +57,6 @@ def run_round(config: KTORoundConfig, reporter, max_steps: int | None = None,
     from labeling import ratings
     from labeling.export import unpaired_rows
     from training import lora
-    from training.model import load_policy
 
     if problem := ready(config):
         raise rounds.NotReady(problem)
@@ -72,31 +68,16 @@ def run_round(config: KTORoundConfig, reporter, max_steps: int | None = None,
     weights = balanced_weights(desirable, len(examples) - desirable)
     if config.desirable_weight:
         weights = (config.desirable_weight, 1.0)
-    base_id = versions.ensure_base_version()
-    parent_id = versions.current_policy_id() or base_id
-    model, tokenizer = load_policy(parent_id)
-    with tempfile.TemporaryDirectory(prefix="kto-", dir=versions.versions_root().parent) as output_dir:
-        trainer = KTOTrainer(model=model, args=trl_config(config, output_dir, max_steps, weights),
-                             train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-                             peft_config=lora.lora_config(model, config.lora_r, config.lora_alpha),
-                             callbacks=[rounds.progress_callback(reporter, LOGGED)])
-        started = time.perf_counter()
-        output = trainer.train()
-        seconds = time.perf_counter() - started
-    peft_model = trainer.model
-    metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
-               "examples": len(examples), "from_thumbs": len(examples) - len(unpaired_rows(data.train)),
-               "desirable": desirable, "desirable_weight": weights[0],
-               "undesirable_weight": weights[1], "fallback_split": data.fallback_split, **data.origin}
+    def make_trainer(model, tokenizer, output_dir):
+        return KTOTrainer(model=model, args=trl_config(config, output_dir, max_steps, weights),
+                          train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+                          peft_config=lora.lora_config(model, config.lora_r, config.lora_alpha),
+                          callbacks=[rounds.progress_callback(reporter, LOGGED)])
 
-    def write(folder):
-        peft_model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-
-    version_id = versions.create_version("policy", "kto", parent_id, dataclasses.asdict(config), data.judgment_ids,
-                                         metrics, write, make_current=config.make_current)
-    return {"version": version_id, "parent": parent_id, "current": versions.current_policy_id() == version_id,
-            **{k: v for k, v in metrics.items() if not k.endswith("_ids")}}
+    metrics = {"examples": len(examples), "from_thumbs": len(examples) - len(unpaired_rows(data.train)),
+               "desirable": desirable, "desirable_weight": weights[0], "undesirable_weight": weights[1],
+               "fallback_split": data.fallback_split, **data.origin}
+    return rounds.lora_policy_round("kto", config, make_trainer, data.judgment_ids, metrics)
 
 
 def main(argv: list[str]) -> int:

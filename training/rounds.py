@@ -171,6 +171,40 @@ def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, s
     return PreferenceData(train, heldout, judgment_ids, fallback, origin)
 
 
+def lora_policy_round(method: str, config: Any, make_trainer: Callable, judgment_ids: list[int],
+                      metrics: dict[str, Any], after_train: Callable[[Any], dict] | None = None) -> dict[str, Any]:
+    """What a round that trains a LoRA adapter on the current policy with a TRL trainer shares (KTO,
+    SFT): load the parent, `make_trainer(model, tokenizer, output_dir)`, train in a temporary folder,
+    save the adapter as a new policy version of `method` with `metrics` (and `after_train(trainer)`'s).
+    Returns the round's summary: {"version", "parent", "current", **metrics without the id lists}."""
+    import dataclasses
+    import tempfile
+    import time
+
+    from training import versions
+    from training.model import load_policy
+
+    parent_id = versions.current_policy_id() or versions.ensure_base_version()
+    model, tokenizer = load_policy(parent_id)
+    with tempfile.TemporaryDirectory(prefix=f"{method}-", dir=versions.versions_root().parent) as output_dir:
+        trainer = make_trainer(model, tokenizer, output_dir)
+        started = time.perf_counter()
+        output = trainer.train()
+        seconds = time.perf_counter() - started
+    metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
+               **metrics, **(after_train(trainer) if after_train else {})}
+
+    def write(folder):
+        trainer.model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.padding_side = "left"  # as generation reads it
+        tokenizer.save_pretrained(folder)
+
+    version_id = versions.create_version("policy", method, parent_id, dataclasses.asdict(config), judgment_ids, metrics,
+                                         write, make_current=config.make_current)
+    return {"version": version_id, "parent": parent_id, "current": versions.current_policy_id() == version_id,
+            **{k: v for k, v in metrics.items() if not k.endswith("_ids")}}
+
+
 def trim_prompt(messages: list[dict], count_tokens: Callable[[list[dict]], int], max_tokens: int) -> list[dict]:
     """Drop the oldest turns of a conversation until it fits `max_tokens` (the last message always
     stays), so long multi-turn prompts leave room for the responses being compared."""

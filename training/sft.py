@@ -8,12 +8,9 @@ The new version's lineage records the demonstrations it learned from.
 """
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-import time
 from typing import Any
 
-from training import rounds, versions
+from training import rounds
 from training.sft_config import SFTRoundConfig
 
 MIN_DEMONSTRATIONS = 4
@@ -57,42 +54,26 @@ def run_round(config: SFTRoundConfig, reporter, max_steps: int | None = None,
     from trl import SFTTrainer
 
     from training import lora
-    from training.model import load_policy
 
     if problem := ready(config):
         raise rounds.NotReady(problem)
     reporter.start(None)
     rows = training_demonstrations()[: max_pairs or None]
-    base_id = versions.ensure_base_version()
-    parent_id = versions.current_policy_id() or base_id
-    model, tokenizer = load_policy(parent_id)
-    tokenizer.padding_side = "right"  # training pads on the right; generation reloads the tokenizer
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    with tempfile.TemporaryDirectory(prefix="sft-", dir=versions.versions_root().parent) as output_dir:
-        trainer = SFTTrainer(model=model, args=trl_config(config, output_dir, max_steps), train_dataset=dataset,
-                             processing_class=tokenizer,
-                             peft_config=lora.lora_config(model, config.lora_r, config.lora_alpha),
-                             callbacks=[rounds.progress_callback(reporter, LOGGED)])
-        started = time.perf_counter()
-        output = trainer.train()
-        seconds = time.perf_counter() - started
-    peft_model = trainer.model
-    metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
-               "demonstrations": len(rows), "demonstration_ids": [r["demonstration_id"] for r in rows],
+
+    def make_trainer(model, tokenizer, output_dir):
+        tokenizer.padding_side = "right"  # training pads on the right; the saved tokenizer goes back to left
+        return SFTTrainer(model=model, args=trl_config(config, output_dir, max_steps), train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=lora.lora_config(model, config.lora_r, config.lora_alpha),
+                          callbacks=[rounds.progress_callback(reporter, LOGGED)])
+
+    def token_accuracy(trainer) -> dict:
+        last = [h for h in trainer.state.log_history if "mean_token_accuracy" in h]
+        return {"token_accuracy": last[-1]["mean_token_accuracy"]} if last else {}
+
+    metrics = {"demonstrations": len(rows), "demonstration_ids": [r["demonstration_id"] for r in rows],
                "demonstrations_from_people": sum(r["origin"] == "human" for r in rows)}
-    last = [h for h in trainer.state.log_history if "mean_token_accuracy" in h]
-    if last:
-        metrics["token_accuracy"] = last[-1]["mean_token_accuracy"]
-
-    def write(folder):
-        peft_model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.padding_side = "left"
-        tokenizer.save_pretrained(folder)
-
-    version_id = versions.create_version("policy", "sft", parent_id, dataclasses.asdict(config), [], metrics, write,
-                                         make_current=config.make_current)
-    return {"version": version_id, "parent": parent_id, "current": versions.current_policy_id() == version_id,
-            **{k: v for k, v in metrics.items() if k != "demonstration_ids"}}
+    return rounds.lora_policy_round("sft", config, make_trainer, [], metrics, token_accuracy)
 
 
 def main(argv: list[str]) -> int:
