@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                     "repeat for several (default: concise and plain)")
     p.add_argument("--labels", type=int, default=128, help="judgments each arm may spend")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the iterative arm")
-    p.add_argument("--arms", default="dpo,iterative,ppo")
+    p.add_argument("--arms", default="dpo,iterative,ppo", help="any of dpo, kto, iterative, ppo (comma-separated)")
     p.add_argument("--heldout", type=int, default=24, help="held-out prompts the versions answer")
     p.add_argument("--samples", type=int, default=4, help="answers per held-out prompt and version")
     p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, when labeling and measuring")
@@ -225,13 +225,10 @@ def reward_accuracy_against_taste(reward_id: str, measure: Measure) -> dict:
 
 def round_config(kind: str, args, **fields):
     """The round's default config, with --set overrides and `fields`."""
-    module, name = {"dpo": ("training.dpo_config", "DPORoundConfig"), "ppo": ("training.ppo_config", "PPOConfig"),
-                    "reward": ("training.reward_config", "RewardRoundConfig")}[kind]
-    import importlib
-
+    from training import registry
     from training.config_fields import config_from_dict
 
-    cls = getattr(importlib.import_module(module), name)
+    cls = registry.get(kind).config_class()  # any round of the registry: dpo, kto, sft, ppo, reward
     values = {}
     for item in args.set:
         target, _, value = item.partition("=")
@@ -251,7 +248,7 @@ def run_dpo(args, config=None) -> dict:
 
 def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     """One DPO round on `--labels` pairs from the base; then reward + PPO on the same labels; then sweeps."""
-    from training import dpo, jobs, ppo, reward, versions
+    from training import dpo, jobs, kto, ppo, reward, versions
 
     use_workspace(root, "dpo")
     measure = Measure(args, taste)
@@ -264,6 +261,13 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
         out["dpo"] = report("dpo", {**summarise(measure("dpo", summary["version"]), measure_base, None),
                       "train_seconds": summary["seconds"], "steps": summary["steps"],
                       "heldout_accuracy": summary.get("heldout_accuracy"), "labels": labels["judged"]})
+    if "kto" in arms:  # the same labels taken apart into desirable and undesirable answers
+        versions.set_current("v1-base")
+        t0 = time.perf_counter()
+        summary = kto.run_round(round_config("kto", args, make_current=False), jobs.Reporter(None))
+        out["kto"] = report("kto", {**summarise(measure("kto", summary["version"]), measure_base, None),
+                      "train_seconds": round(time.perf_counter() - t0, 1), "steps": summary["steps"],
+                      "labels": labels["judged"]})
     if "ppo" in arms:
         versions.set_current("v1-base")
         t0 = time.perf_counter()
@@ -352,7 +356,7 @@ def run_taste(args, name: str, root: Path) -> dict:
     base = measure("base", "v1-base")
     result = {"base": report(f"base ({name})", summarise(base, base, None))}
     arms = args.arms.split(",")
-    if {"dpo", "ppo"} & set(arms) or args.sweep:
+    if {"dpo", "kto", "ppo"} & set(arms) or args.sweep:
         result.update(arm_dpo(args, taste, root, base))
     if "iterative" in arms:
         result["iterative"] = arm_iterative(args, taste, root, base)
@@ -362,7 +366,7 @@ def run_taste(args, name: str, root: Path) -> dict:
 def headline(result: dict) -> dict:
     """Per arm: win rate against the base with its interval (the figures the targets name)."""
     picked = {}
-    for arm in ("dpo", "ppo"):
+    for arm in ("dpo", "kto", "ppo"):
         if arm in result:
             picked[arm] = result[arm]["vs_base"]
     trained = [r for r in result.get("iterative", {}).values() if "vs_base" in r]

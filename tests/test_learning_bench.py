@@ -17,13 +17,14 @@ def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
     # the tiny model needs a far larger step than SmolLM2's defaults
-    assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "dpo,iterative",
+    assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "dpo,kto,iterative",
                           "--set", "dpo.learning_rate=0.005", "--set", "dpo.epochs=8", "--home", str(tmp_path)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
     detail, summary = lines[-2]["tests.test_learning_bench:vowels"], lines[-1]
     assert detail["labels"]["judged"] == 48
     assert [r["labels"] for r in detail["iterative"].values()] == [24, 48]  # the budget split over the rounds
     dpo, last = detail["dpo"], detail["iterative"]["round 2"]
+    assert detail["kto"]["kl"] > 0 and summary["tastes"]["tests.test_learning_bench:vowels"]["kto"] == detail["kto"]["vs_base"]
     for row in (dpo, last):
         assert row["kl"] > 0 and row["vs_base"]["low"] <= row["vs_base"]["win_rate"] <= row["vs_base"]["high"]
     # measured (16 held-out prompts x 4 answers): one round 0.70 [0.59, 0.80], two on-policy rounds 1.0 [1.0, 1.0];
