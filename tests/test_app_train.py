@@ -210,3 +210,14 @@ def test_the_autopilot_starts_from_the_train_page_once_a_reward_model_exists(wor
     next(w for w in at.number_input if w.key == "autopilot-form-rounds").set_value(2)
     at = at.button(key="FormSubmitter:autopilot-form-Start autopilot").click().run()
     assert started and started[0][0] == "autopilot" and started[0][1]["rounds"] == 2
+
+
+def test_the_sft_and_kto_rounds_come_with_their_forms_and_readiness_from_the_registry(workspace, generator, started):  # noqa: F811
+    at = open_train()
+    assert {"KTO", "SFT"} <= set(at.radio(key="round").options)
+    at = pick_round(at, "SFT")
+    assert at.warning[0].value.startswith("SFT needs at least 4 written answers; you have 0.")
+    assert "learning rate" in [w.label for w in at.number_input]
+    at = pick_round(at, "KTO")
+    assert at.warning[0].value.startswith("KTO needs at least 16 answers marked good or bad")
+    assert not started
