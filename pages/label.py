@@ -125,7 +125,7 @@ def render_suggestions(pair_id: int, left: str, title: str) -> None:
     """What the reward model and the AI judge said about a pair; the person's vote is the one that counts."""
     found = suggestions.for_pair(pair_id)
     if found:
-        st.info(f"**{title}**\n\n" + "\n\n".join(suggestion_line(s, left) for s in found), icon="🤖")
+        st.info(f"**{title}**\n\n" + "\n\n".join(suggestion_line(s, left) for s in found), icon=":material/smart_toy:")
 
 
 def render_pair(name: str, view: queue.PairView) -> None:
@@ -180,7 +180,9 @@ def render_guidelines() -> None:
             st.markdown(queue.guidelines())
 
 
-THUMBS = [("👍 Good", "up", "1"), ("👎 Bad", "down", "2"), ("Skip", "skip", "5")]
+# (label, value, key, icon): Material icons, drawn the same everywhere (an emoji needs a font the machine may lack)
+THUMBS = [("Good", "up", "1", ":material/thumb_up:"), ("Bad", "down", "2", ":material/thumb_down:"),
+          ("Skip", "skip", "5", None)]
 
 
 def rate(name: str, answer: ratings.AnswerView, value: str) -> None:
@@ -209,11 +211,12 @@ def render_rating(name: str) -> None:
     render_conversation(answer.messages)
     st.markdown("#### The answer")
     show_text(answer.text, st.container(border=True))
-    for column, (label, value, key) in zip(st.columns(len(THUMBS)), THUMBS):
-        column.button(label, key=f"thumb-{value}-{answer.response_id}", shortcut=key, on_click=rate,
+    for column, (label, value, key, icon) in zip(st.columns(len(THUMBS)), THUMBS):
+        column.button(label, key=f"thumb-{value}-{answer.response_id}", shortcut=key, on_click=rate, icon=icon,
                       args=(name, answer, value), width="stretch", type="primary" if value != "skip" else "secondary")
     mine = ratings.counts(name)
-    st.caption(f"Keys: **1** Good · **2** Bad · **5** Skip — you rated {mine['up'] + mine['down']} answers. "
+    rated = mine["up"] + mine["down"]
+    st.caption(f"Keys: **1** Good · **2** Bad · **5** Skip — you rated {rated} answer{'' if rated == 1 else 's'}. "
                "Thumbs teach the KTO round.")
 
 
@@ -238,7 +241,7 @@ def main() -> None:
     if st.session_state.get("rewrite_for"):
         render_rewrite(name)
     mode = st.segmented_control("Mode", ["Compare two", "Rate one"], default="Compare two", key="label-mode",
-                                help="Rate one: one answer at a time, 👍 or 👎; quicker alone, and what the KTO "
+                                help="Rate one: one answer at a time, good or bad; quicker alone, and what the KTO "
                                      "round learns from. Compare two: the pairs every round learns from.")
     if mode == "Rate one":
         render_rating(name)

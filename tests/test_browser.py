@@ -149,3 +149,48 @@ def test_the_ai_judges_opinion_shows_only_after_the_vote(server, workspace):
         page.screenshot(path=str(ARTIFACTS / "label_suggestion_after_vote.png"), full_page=True)
         browser.close()
     assert [(r.pair_id, r.outcome) for r in stored()] == [(ids[0], "tie")]
+
+
+def test_both_bad_then_a_rewrite_typed_with_digits_and_one_answer_rated_by_key(server, workspace):
+    from playwright.sync_api import expect, sync_playwright
+
+    from labeling import demonstrations, ratings
+
+    ids = seed_pairs([("How many legs has a spider?", "Six.", "Ten."), ("Name a planet.", "Mars", "The Moon")])
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(server, wait_until="domcontentloaded")
+        page.get_by_label("or type a new name").fill("pat")
+        page.get_by_role("button", name="Start labeling").click()
+        expect(page).to_have_url(f"{server}/?annotator=pat", timeout=15_000)
+        page.get_by_role("link", name="Label").click()
+        expect(page.get_by_text("How many legs has a spider?")).to_be_visible(timeout=15_000)
+        page.get_by_role("heading", name="Label").click()  # focus on the page, as the first test does
+        page.wait_for_timeout(300)
+        page.keyboard.press("4")  # Both bad
+        expect(page.get_by_text("Both answers were bad.", exact=False)).to_be_visible(timeout=15_000)
+        page.get_by_label("Your answer").fill("")
+        page.get_by_label("Your answer").type("A spider has 8 legs, 4 on each side.")  # digits are text here
+        page.wait_for_timeout(500)
+        assert len(stored()) == 1, "typing digits in the rewrite box voted"
+        page.get_by_role("button", name="Save rewrite").click()
+        expect(page.get_by_text("Both answers were bad.", exact=False)).to_have_count(0, timeout=15_000)
+        page.wait_for_timeout(1000)  # the rerun's last elements settle
+        page.screenshot(path=str(ARTIFACTS / "label_after_rewrite.png"), full_page=True)
+        page.get_by_text("Rate one").click()
+        expect(page.get_by_text("The answer", exact=True)).to_be_visible(timeout=15_000)
+        page.get_by_role("heading", name="Label").click()
+        page.wait_for_timeout(300)
+        page.keyboard.press("1")  # good
+        deadline = time.monotonic() + 15
+        while ratings.counts("pat")["up"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "label_rate_one.png"), full_page=True)
+        browser.close()
+    assert [(r.pair_id, r.outcome) for r in stored()] == [(ids[0], "both_bad")]
+    (demo,) = demonstrations.sft_rows()
+    assert demo["completion"][0]["content"] == "A spider has 8 legs, 4 on each side."
+    assert ratings.counts("pat") == {"up": 1, "down": 0, "skip": 0}

@@ -1,7 +1,8 @@
 """The KTO round: the labeled pairs taken apart into single answers, the chosen ones desirable and
-the rejected ones undesirable, with the answers people rated 👍 or 👎 one at a time (labeling/ratings.py) (TRL's unpaired preference format, `labeling.export.unpaired_rows`), trained with
-TRL's KTOTrainer and a LoRA adapter on the current policy, the two kinds' weights balanced from
-their counts unless set.
+the rejected ones undesirable, and the answers people rated good or bad one at a time
+(labeling/ratings.py), all in TRL's unpaired preference format (`labeling.export.unpaired_rows`),
+trained with TRL's KTOTrainer and a LoRA adapter on the current policy, the two kinds' weights
+balanced from their counts unless set.
 
     python -m training kto [--beta 0.1] [--learning-rate 5e-4] [--max-steps N] [--job-id N]
 """
