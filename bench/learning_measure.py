@@ -1,0 +1,93 @@
+"""How bench/learning.py measures a version against a taste: every version answers the same
+held-out prompts with the same seeds (`Measure`), and `summarise` reports the taste's mean, its
+paired win rate with a 95 % interval over prompts, the exact KL to the base, length, fluency and
+degenerate answers; `reward_accuracy_against_taste` checks a reward model against the taste."""
+from __future__ import annotations
+
+import itertools
+import json
+
+
+def heldout_prompts(n: int) -> list[list[dict]]:
+    from training.evaluate import heldout_prompts as first_heldout
+
+    return [messages for _, messages in first_heldout(n)]
+
+
+class Measure:
+    """Every version answers the same held-out prompts with the same seeds; the base is measured once."""
+
+    def __init__(self, args, taste):
+        from training import model as models
+
+        self.args, self.taste = args, taste
+        self.prompts = heldout_prompts(args.heldout)
+        self.base, self.tokenizer = models.load_policy("v1-base")
+        self.base.eval()
+        self.rows: dict[str, dict] = {}
+
+    def __call__(self, key: str, version_id: str) -> dict:
+        from training import model as models
+        from training.evaluate import sample_and_score
+
+        policy = self.base if version_id == "v1-base" else models.load_policy(version_id)[0].eval()
+        rows = sample_and_score(policy, self.base, self.tokenizer, self.prompts, self.args.samples,
+                                self.args.max_new_tokens, self.args.seed + 7, batch_size=8)
+        rows["taste"] = [self.taste(t) for t in rows["texts"]]
+        self.rows[key] = rows
+        return rows
+
+
+def report(arm: str, figures: dict) -> dict:
+    """Print one arm's figures at once (a later crash keeps them), and return them."""
+    print(json.dumps({"arm": arm, **figures}), flush=True)
+    return figures
+
+
+def summarise(rows: dict, base: dict, previous: dict | None) -> dict:
+    from labeling.paired import clustered_mean_se, win_rate
+
+    taste, taste_se = clustered_mean_se(rows["taste"], rows["prompt"])
+    kl, kl_se = clustered_mean_se(rows["kl"], rows["prompt"])
+    texts = rows["texts"]
+    out = {"taste": round(taste, 4), "taste_se": round(taste_se, 4), "kl": round(kl, 3), "kl_se": round(kl_se, 3),
+           "mean_words": round(sum(len(t.split()) for t in texts) / len(texts), 1),
+           "base_logp_per_token": round(sum(rows["base_logp"]) / max(sum(rows["tokens"]), 1), 3),
+           "empty_or_looping": round(sum(not t or looping(t) for t in texts) / len(texts), 3)}
+    for name, other in (("vs_base", base), ("vs_previous", previous)):
+        if other is not None and other is not rows:
+            w = win_rate(rows["taste"], other["taste"], rows["prompt"])
+            out[name] = {"win_rate": round(w.rate, 3), "low": round(w.low, 3), "high": round(w.high, 3)}
+    return out
+
+
+def looping(text: str) -> bool:
+    """A degenerate answer: one word-trigram makes up over a third of its trigrams."""
+    words = text.split()
+    grams = list(zip(words, words[1:], words[2:]))
+    return len(grams) >= 6 and max(grams.count(g) for g in set(grams)) > len(grams) / 3
+
+
+def reward_accuracy_against_taste(reward_id: str, measure: Measure) -> dict:
+    """How often the reward model prefers the answer the taste prefers, over every two base answers
+    to the same held-out prompt that the taste tells apart (ties of the model count half), with a
+    95% interval from a bootstrap over prompts."""
+    from labeling.paired import cluster_bootstrap_ci
+    from training import reward
+    from training.metrics import pair_outcomes
+
+    rows = measure.rows["base"]
+    scores = reward.load_scorer(reward_id)([measure.prompts[i] for i in rows["prompt"]], rows["texts"]).float().tolist()
+    chosen, rejected, clusters = [], [], []
+    for i, j in itertools.combinations(range(len(scores)), 2):
+        if rows["prompt"][i] == rows["prompt"][j] and rows["taste"][i] != rows["taste"][j]:
+            c, r = (i, j) if rows["taste"][i] > rows["taste"][j] else (j, i)
+            chosen.append(scores[c])
+            rejected.append(scores[r])
+            clusters.append(rows["prompt"][i])
+    if not chosen:
+        return {"accuracy_vs_taste": None, "pairs": 0}
+    agree = pair_outcomes(chosen, rejected)  # the one preference accuracy: ties count half
+    low, high = cluster_bootstrap_ci(agree, clusters)
+    return {"accuracy_vs_taste": round(float(agree.mean()), 3), "low": round(low, 3), "high": round(high, 3),
+            "pairs": len(chosen)}
