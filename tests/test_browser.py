@@ -64,6 +64,17 @@ def wait_for_rows(n: int, timeout: float = 20) -> list[Judgment]:
     return rows
 
 
+def open_label_as(page, server: str, name: str) -> None:
+    """What a new labeler does: type a name on the home page, start, and open Label."""
+    from playwright.sync_api import expect
+
+    page.goto(server, wait_until="domcontentloaded")
+    page.get_by_label("or type a new name").fill(name)
+    page.get_by_role("button", name="Start labeling").click()
+    expect(page).to_have_url(f"{server}/?annotator={name}", timeout=15_000)
+    page.get_by_role("link", name="Label").click()
+
+
 def test_label_three_pairs_with_the_keyboard_and_no_script_runs(server, workspace):
     from playwright.sync_api import expect, sync_playwright
 
@@ -79,12 +90,7 @@ def test_label_three_pairs_with_the_keyboard_and_no_script_runs(server, workspac
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.goto(server, wait_until="domcontentloaded")
-
-        page.get_by_label("or type a new name").fill("pat")
-        page.get_by_role("button", name="Start labeling").click()
-        expect(page).to_have_url(f"{server}/?annotator=pat", timeout=15_000)
-        page.get_by_role("link", name="Label").click()
+        open_label_as(page, server, "pat")
         expect(page.get_by_text("Response A", exact=True)).to_be_visible(timeout=15_000)
 
         # The first pair carries the two attacks: both show as literal text.
@@ -134,11 +140,7 @@ def test_the_ai_judges_opinion_shows_only_after_the_vote(server, workspace):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(server, wait_until="domcontentloaded")
-        page.get_by_label("or type a new name").fill("pat")
-        page.get_by_role("button", name="Start labeling").click()
-        expect(page).to_have_url(f"{server}/?annotator=pat", timeout=15_000)
-        page.get_by_role("link", name="Label").click()
+        open_label_as(page, server, "pat")
         expect(page.get_by_text("Response A", exact=True)).to_be_visible(timeout=15_000)
         expect(page.get_by_text("Is the sea salty?")).to_be_visible()
         assert page.get_by_text("The AI judge").count() == 0  # nothing to anchor the vote
@@ -161,11 +163,7 @@ def test_both_bad_then_a_rewrite_typed_with_digits_and_one_answer_rated_by_key(s
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.goto(server, wait_until="domcontentloaded")
-        page.get_by_label("or type a new name").fill("pat")
-        page.get_by_role("button", name="Start labeling").click()
-        expect(page).to_have_url(f"{server}/?annotator=pat", timeout=15_000)
-        page.get_by_role("link", name="Label").click()
+        open_label_as(page, server, "pat")
         expect(page.get_by_text("How many legs has a spider?")).to_be_visible(timeout=15_000)
         page.get_by_role("heading", name="Label").click()  # focus on the page, as the first test does
         page.wait_for_timeout(300)
