@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training import jobs, rounds, versions
+from training.metrics import preferred_probability
 
 
 @dataclass
@@ -105,7 +106,7 @@ def one_round(config: AutopilotConfig, r: int, reward_id: str, scorer) -> dict[s
     pairs = best_and_worst([i for i, _ in chosen], texts, scores, config.samples)
     audited = set(np.random.default_rng(config.seed + r).permutation(len(pairs))[:round(config.audit_share * len(pairs))])
     stored = auto_pairs.add_auto_pairs([
-        {**p, "version": policy_id, "audit": k in audited, "probability": 1 / (1 + np.exp(-p["margin"])),
+        {**p, "version": policy_id, "audit": k in audited, "probability": preferred_probability(p["margin"]),
          "generation": {"autopilot_round": r, "samples": config.samples, "seed": config.seed + r}}
         for k, p in enumerate(pairs)], reward_id)
     dpo_config = DPORoundConfig(reference="base", auto_pairs=True, learning_rate=config.learning_rate)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import urllib.error
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 
 from labeling import suggestions
 from training import jobs
+from training.metrics import preferred_probability
 
 URL_ENV, KEY_ENV = "PREFLOOP_JUDGE_URL", "PREFLOOP_JUDGE_KEY"
 JSON_ANSWER = ('Which answer is better? Reply with JSON only: {"winner": "A" or "B" or "tie", '
@@ -128,7 +128,7 @@ class LocalJudge:
         with torch.no_grad():
             logp = self.model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
         a, b = (torch.logsumexp(logp[self.letters[k]], 0).item() for k in "AB")
-        p_first = 1 / (1 + math.exp(max(-60.0, min(60.0, b - a))))
+        p_first = preferred_probability(a - b)
         return Verdict("first" if p_first >= 0.5 else "second", p_first,
                        "From the judge's next-token probabilities of 'A' and 'B', both ways round.")
 

@@ -106,3 +106,9 @@ def pearson(x: ArrayLike, y: ArrayLike) -> float:
     dx, dy = x - x.mean(), y - y.mean()
     denominator = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
     return float((dx * dy).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def preferred_probability(margin: float) -> float:
+    """Bradley-Terry's P(first better) = σ(margin) for a reward (or log-odds) margin, the exponent
+    clamped so a huge margin gives 0 or 1 instead of an overflow."""
+    return 1 / (1 + math.exp(-max(-60.0, min(60.0, float(margin)))))

@@ -11,10 +11,10 @@ queue order is "uncertain".
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any, Callable
 
 from labeling import suggestions
+from training.metrics import preferred_probability
 
 SCORE_AT_MOST = 512  # pairs a reward round scores at its end: enough for the queue ahead, in seconds
 
@@ -34,7 +34,7 @@ def score_waiting(reward_id: str, scorer: Callable | None = None, limit: int | N
         r_a = scorer(prompts, [p.a for p in pairs]).tolist()
         r_b = scorer(prompts, [p.b for p in pairs]).tolist()
         for pair, a, b in zip(pairs, r_a, r_b):
-            p = 1 / (1 + math.exp(max(-60.0, min(60.0, b - a))))
+            p = preferred_probability(a - b)
             try:
                 suggestions.store(pair.pair_id, "reward", reward_id, "a" if p >= 0.5 else "b", p)
             except suggestions.SuggestionError:  # the pair was deleted meanwhile: nothing to suggest on
