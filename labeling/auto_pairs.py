@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import exists, select
 
 from labeling import db, store
+from labeling.export import preference_row
 from labeling.models import Judgment, Pair, Prompt, Response, Suggestion
 
 SOURCE = "autopilot"
@@ -53,10 +54,8 @@ def auto_rows() -> list[dict[str, Any]]:
     out = []
     for pair_id, prompt_id, messages, split, text_a, text_b, suggestion_id, outcome in found:
         chosen, rejected = (text_a, text_b) if outcome == "a" else (text_b, text_a)
-        out.append({"prompt": list(messages), "chosen": [{"role": "assistant", "content": chosen}],
-                    "rejected": [{"role": "assistant", "content": rejected}], "pair_id": pair_id,
-                    "prompt_id": prompt_id, "split": split, "reasons": [], "origin": "auto",
-                    "suggestion_id": suggestion_id})
+        out.append(preference_row(list(messages), chosen, rejected, pair_id, prompt_id, split, "auto",
+                                  suggestion_id=suggestion_id))
     return out
 
 

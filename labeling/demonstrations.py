@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from labeling import db, queue
+from labeling.export import preference_row
 from labeling.importers import _messages
 from labeling.models import Demonstration, Pair, Prompt, Response
 from labeling.readers import InputError, rows
@@ -95,10 +96,8 @@ def rewrite_rows() -> list[dict[str, Any]]:
     for d, text, pair_id, prompt_id, messages, split, a, b in found:
         for rejected in (texts[a], texts[b]):
             if rejected.strip() != text.strip():
-                out.append({"prompt": list(messages), "chosen": [{"role": "assistant", "content": text}],
-                            "rejected": [{"role": "assistant", "content": rejected}], "pair_id": pair_id,
-                            "prompt_id": prompt_id, "split": split, "reasons": [], "origin": "rewrite",
-                            "demonstration_id": d})
+                out.append(preference_row(list(messages), text, rejected, pair_id, prompt_id, split, "rewrite",
+                                          demonstration_id=d))
     return out
 
 

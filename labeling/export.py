@@ -47,6 +47,15 @@ class ExportResult:
     ai: dict[str, Any] | None = None  # the AI judge whose verdicts were asked for (training.rounds.training_rows)
 
 
+def preference_row(messages: list[dict], chosen: str, rejected: str, pair_id: int, prompt_id: int, split: str,
+                   origin: str, reasons: list[str] | None = None, **lineage: Any) -> dict[str, Any]:
+    """One row in the module docstring's shape; `lineage` adds what decided it (a suggestion's or a
+    demonstration's id) for rows no person decided."""
+    return {"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "pair_id": pair_id, "prompt_id": prompt_id,
+            "split": split, "reasons": reasons or [], "origin": origin, **lineage}
+
+
 def majority(outcomes: list[str]) -> str | None:
     """The outcome with strictly more votes than any other among the non-skip ones; "skip" when
     there are only skips; None when the top outcomes are level (unresolved).
@@ -135,10 +144,8 @@ def preference_rows(kinds: tuple[str, ...] = ("label", "arena"), source: str | N
     for (pair_id, prompt_id, _, split, text_a, text_b), messages in zip(content, prompts):
         chosen, rejected = (text_a, text_b) if winners[pair_id] == "a" else (text_b, text_a)
         reasons = list(dict.fromkeys(tag for j in deciders[pair_id] for tag in tagged.get(j) or ()))
-        result.rows.append({"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
-                            "rejected": [{"role": "assistant", "content": rejected}],
-                            "pair_id": pair_id, "prompt_id": prompt_id, "split": split, "reasons": reasons,
-                            "origin": "ai" if pair_id in machine else "human"})
+        result.rows.append(preference_row(messages, chosen, rejected, pair_id, prompt_id, split,
+                                          "ai" if pair_id in machine else "human", reasons))
         result.judgment_ids.extend(deciders[pair_id])
         if pair_id in machine:
             result.ai_label_ids.append(machine[pair_id][0])

@@ -67,15 +67,20 @@ def save_rubric(text: str) -> int:
 # ---------------------------------------------------------------- storing and reading suggestions
 
 
+def _pairs(stmt, limit: int | None) -> list[PairToJudge]:
+    """The pairs `stmt` selects (at most `limit`), with their conversation and both answers."""
+    with db.session() as s:
+        pairs = s.scalars(stmt.limit(limit) if limit else stmt).all()
+        return [PairToJudge(p.id, list(p.prompt.messages), p.response_a.text, p.response_b.text) for p in pairs]
+
+
 def pairs_to_judge(name: str, rubric_version: int, limit: int | None = None) -> list[PairToJudge]:
     """Labeling pairs this judge has no verdict on under this rubric (an earlier error is tried
     again), oldest first; pairs people judged come too, so the judge's agreement with them is known."""
     done = exists().where(Suggestion.pair_id == Pair.id, Suggestion.source == "ai", Suggestion.name == name,
                           Suggestion.rubric == rubric_version, Suggestion.outcome != "error")
     stmt = select(Pair).where(Pair.kind == "label", ~done).order_by(Pair.id)
-    with db.session() as s:
-        pairs = s.scalars(stmt.limit(limit) if limit else stmt).all()
-        return [PairToJudge(p.id, list(p.prompt.messages), p.response_a.text, p.response_b.text) for p in pairs]
+    return _pairs(stmt, limit)
 
 
 def store(pair_id: int, source: str, name: str, outcome: str, probability: float | None = None,
@@ -182,9 +187,7 @@ def waiting_without_reward(reward_name: str, limit: int | None = None) -> list[P
     """Labeling pairs nobody judged yet that reward model `reward_name` has not scored."""
     scored = exists().where(Suggestion.pair_id == Pair.id, Suggestion.source == "reward", Suggestion.name == reward_name)
     stmt = select(Pair).where(Pair.kind == "label", Pair.judgment_count == 0, ~scored).order_by(Pair.id)
-    with db.session() as s:
-        pairs = s.scalars(stmt.limit(limit) if limit else stmt).all()
-        return [PairToJudge(p.id, list(p.prompt.messages), p.response_a.text, p.response_b.text) for p in pairs]
+    return _pairs(stmt, limit)
 
 
 # ---------------------------------------------------------------- the admin's switches
