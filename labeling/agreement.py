@@ -29,12 +29,7 @@ FLOOR = 0.4  # the lowest bar people's own κ may set: poorly agreeing people do
 def cohen_kappa(first: list[str], second: list[str]) -> float:
     """κ = (p_o − p_e) / (1 − p_e) of two raters' verdicts on the same items; nan when there are
     none, or when chance agreement is certain (both always say the same one class)."""
-    if not first:
-        return float("nan")
-    x, y = np.asarray(first), np.asarray(second)
-    p_o = float((x == y).mean())
-    p_e = sum(float((x == c).mean()) * float((y == c).mean()) for c in CLASSES)
-    return float("nan") if math.isclose(p_e, 1.0) else (p_o - p_e) / (1 - p_e)
+    return measure([(i, x, y) for i, (x, y) in enumerate(zip(first, second))], ci=False)["kappa"]
 
 
 def measure(items: list[tuple[int, str, str]], seed: int = 0, ci: bool = True) -> dict[str, Any]:
