@@ -56,12 +56,12 @@ def bench_data(home: Path, pairs: int, heldout: int):
     os.environ["PREFLOOP_HOME"] = str(home)
     from labeling.export import preference_rows
     from labeling.store import import_file
-    from training import rounds
+    from training import preferences
 
     import_file(HH, fmt="hh")
     rows = [dict(r, split="train") for r in preference_rows().rows][: pairs + heldout]
-    train, held, _ = rounds.split_by_conversation(rows, heldout / (pairs + heldout), seed=0)
-    return rounds.PreferenceData(train[:pairs], held[:heldout], [], True)
+    train, held, _ = preferences.split_by_conversation(rows, heldout / (pairs + heldout), seed=0)
+    return preferences.PreferenceData(train[:pairs], held[:heldout], [], True)
 
 
 def run_prefloop(data, out: str, checkpointing: bool, batch_size: int | None) -> dict:

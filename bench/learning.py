@@ -161,7 +161,7 @@ def run_dpo(args, config=None) -> dict:
 
 def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     """One DPO round on `--labels` pairs from the base; then reward + PPO on the same labels; then sweeps."""
-    from training import dpo, jobs, kto, ppo, reward, versions
+    from training import jobs, kto, ppo, reward, versions
 
     use_workspace(root, "dpo")
     measure = Measure(args, taste)
@@ -206,7 +206,7 @@ def sweep_variants(text: str) -> list[dict]:
 
 def arm_iterative(args, taste, root: Path, measure_base) -> dict:
     """`--rounds` on-policy DPO rounds on the same total budget."""
-    from training.rounds import NotReady
+    from training.preferences import NotReady
 
     use_workspace(root, "iterative")
     measure = Measure(args, taste)

@@ -187,12 +187,12 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     """The fully fine-tuned MiniLM (TRL RewardTrainer, the reward round's defaults) on fold 0."""
     import tempfile
 
-    from training import jobs, metrics, reward, rounds
+    from training import jobs, metrics, preferences, reward
     from training.reward_config import RewardRoundConfig
 
     config = RewardRoundConfig(backbone="minilm", method="fine-tune")
     train_mask = hh_train | (oasst & (folds != 0))
-    data = rounds.PreferenceData([r for r, m in zip(rows, train_mask) if m], [], [], False)
+    data = preferences.PreferenceData([r for r, m in zip(rows, train_mask) if m], [], [], False)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=home) as out:
         model, tokenizer, _, _ = reward.train(config, data, jobs.Reporter(None), out)

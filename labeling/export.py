@@ -44,7 +44,7 @@ class ExportResult:
     excluded: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXCLUDED_KINDS, 0))
     judgment_ids: list[int] = field(default_factory=list)  # the votes that decided the rows
     ai_label_ids: list[int] = field(default_factory=list)  # the AI verdicts (Suggestion ids) that decided rows
-    ai: dict[str, Any] | None = None  # the AI judge whose verdicts were asked for (training.rounds.training_rows)
+    ai: dict[str, Any] | None = None  # the AI judge whose verdicts were asked for (training.preferences.training_rows)
 
 
 def preference_row(messages: list[dict], chosen: str, rejected: str, pair_id: int, prompt_id: int, split: str,

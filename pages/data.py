@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeling import queue, settings, stats
+from labeling import queue, reasons, settings, stats
 from pages.widgets import guidelines_editor, is_admin, require_router
 
 TABLE_ROWS = 2_000  # rows drawn in the table; statistics always use every judgment
@@ -162,8 +162,6 @@ def render_settings() -> None:
 
 
 def render_reasons(frame) -> None:
-    from labeling import reasons
-
     st.markdown("**Reasons**: how many of each annotator's verdicts carry each reason tag")
     st.dataframe(stats.reason_counts(frame), hide_index=True)
     with st.form("reason-tags"):

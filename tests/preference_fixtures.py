@@ -34,11 +34,11 @@ def use_tiny_policy(tmp_path: Path, monkeypatch) -> Path:
 
 
 def snapshot_trainable(monkeypatch, store: dict) -> None:
-    """Wrap rounds.progress_callback so a test sees the trainable parameters as training begins:
+    """Wrap runner.progress_callback so a test sees the trainable parameters as training begins:
     `store` gets {name: copy of the tensor} and "__model__", the model being trained."""
-    from training import rounds
+    from training import runner
 
-    real = rounds.progress_callback
+    real = runner.progress_callback
 
     def wrapped(reporter, rename):
         callback = real(reporter, rename)
@@ -52,7 +52,7 @@ def snapshot_trainable(monkeypatch, store: dict) -> None:
         callback.on_train_begin = on_train_begin
         return callback
 
-    monkeypatch.setattr(rounds, "progress_callback", wrapped)
+    monkeypatch.setattr(runner, "progress_callback", wrapped)
 
 
 def tiny_single_thread(workspace: Path, tmp_path: Path, monkeypatch) -> Path:

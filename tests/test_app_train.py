@@ -123,7 +123,7 @@ def test_empty_optional_boxes_of_the_ppo_form_mean_none(workspace, generator, st
     # reward model"); found by bench/loop.py clicking through the real app.
     monkeypatch.setattr(versions, "latest_reward_id", lambda: "v1-reward")
     import_pairs(tmp_path, 9)  # their prompts are the training prompts PPO samples from
-    at = press_train(pick_round(open_train(), "PPO"))
+    press_train(pick_round(open_train(), "PPO"))
     kind, config = started[0]
     assert kind == "ppo"
     assert (config["reward_version"], config["max_prompts"], config["max_steps"]) == (None, None, None)

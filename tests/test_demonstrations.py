@@ -11,7 +11,7 @@ from labeling import demonstrations, queue
 from labeling.readers import InputError
 from tests.preference_fixtures import tiny_single_thread
 from tests.test_queue import seed_pairs
-from training import registry, rounds, versions
+from training import preferences, registry, versions
 
 
 def test_a_rewrite_is_stored_once_per_person_and_makes_two_preference_rows(workspace):
@@ -38,8 +38,8 @@ def test_rounds_train_on_rewrites_beside_labels_and_record_them(workspace):
         queue.submit_judgment("ana", pair_id, "a", "a")
     queue.submit_judgment("ana", ids[6], "both_bad", "a")
     demo = demonstrations.add_rewrite("ana", ids[6], "A good answer.")
-    assert rounds.count_pairs() == 8
-    data = rounds.preference_data("DPO", None, 0.2, 0)
+    assert preferences.count_pairs() == 8
+    data = preferences.preference_data("DPO", None, 0.2, 0)
     assert (data.origin["pairs_from_people"], data.origin["pairs_from_rewrites"]) == (6, 2)
     assert data.origin["demonstration_ids"] == [demo]
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from tests.preference_fixtures import import_pairs, snapshot_trainable, tiny_single_thread
-from training import dpo, jobs, registry, rounds, versions
+from training import dpo, jobs, preferences, registry, versions
 from training.dpo_config import DPORoundConfig
 
 
@@ -73,21 +73,21 @@ def test_split_by_conversation_keeps_prompts_and_trees_on_one_side():
         return {"prompt_id": p, "pair_id": i, "split": "train", "prompt": turns}
 
     rows = [row(i, p) for i, p in enumerate([10, 10, 11, 20, 30, 30, 31, 40, 50, 60, 70, 80, 81])]
-    train, heldout, fallback = rounds.split_by_conversation(rows, 0.2, seed=0)
-    assert fallback and len({rounds.conversation(r) for r in heldout}) == 2  # 20 % of 8 trees, rounded up
+    train, heldout, fallback = preferences.split_by_conversation(rows, 0.2, seed=0)
+    assert fallback and len({preferences.conversation(r) for r in heldout}) == 2  # 20 % of 8 trees, rounded up
     assert not {r["prompt_id"] for r in train} & {r["prompt_id"] for r in heldout}
     assert not {r["prompt_id"] // 10 for r in train} & {r["prompt_id"] // 10 for r in heldout}
     assert len(train) + len(heldout) == len(rows)
     rows[0]["split"] = rows[1]["split"] = "heldout"  # the workspace's own split wins when both sides exist
-    assert rounds.split_by_conversation(rows, 0.2)[1:] == ([rows[0], rows[1]], False)
+    assert preferences.split_by_conversation(rows, 0.2)[1:] == ([rows[0], rows[1]], False)
 
 
 def test_trim_prompt_drops_oldest_turns():
     messages = [{"role": "user", "content": "a" * 10}, {"role": "assistant", "content": "b" * 10},
                 {"role": "user", "content": "c" * 5}]
     count = lambda ms: sum(len(m["content"]) for m in ms)  # noqa: E731
-    assert rounds.trim_prompt(messages, count, 15) == messages[1:]
-    assert rounds.trim_prompt(messages, count, 2) == messages[2:]  # the last turn always stays
+    assert preferences.trim_prompt(messages, count, 15) == messages[1:]
+    assert preferences.trim_prompt(messages, count, 2) == messages[2:]  # the last turn always stays
 
 
 def test_prompts_keep_at_most_half_of_max_length():

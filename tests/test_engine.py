@@ -90,7 +90,7 @@ def test_prepare_converts_the_base_and_the_current_policy_before_the_server_star
 
 
 def test_a_round_that_makes_a_new_version_current_converts_it_for_the_generator(tiny):
-    from training import rounds, versions
+    from training import runner, versions
     from training.dpo_config import DPORoundConfig
 
     base = versions.ensure_base_version()
@@ -100,7 +100,7 @@ def test_a_round_that_makes_a_new_version_current_converts_it_for_the_generator(
                                           lambda folder: make_tiny_policy(folder, seed=2), make_current=True)
         return {"version": version}
 
-    assert rounds.run_main([], DPORoundConfig, round_writing_a_version, "python -m training dpo") == 0
+    assert runner.run_main([], DPORoundConfig, round_writing_a_version, "python -m training dpo") == 0
     current = versions.current_policy_id()
     assert current != base and (engine._folder(current) / "model.bin").is_file()
     assert not (engine._folder(base) / "model.bin").is_file()  # only what became current

@@ -123,7 +123,7 @@ def test_start_job_spawns_the_cli_with_its_config(workspace):
 
 
 def test_a_failed_job_says_our_sentence_plainly_and_names_library_errors(workspace):
-    from training.rounds import NotReady
+    from training.preferences import NotReady
 
     assert jobs.describe(NotReady("DPO needs at least 8 labeled pairs; you have 2.")) == (
         "DPO needs at least 8 labeled pairs; you have 2.")

@@ -13,7 +13,7 @@ from labeling import agreement, queue, suggestions
 from labeling.export import preference_rows
 from tests.test_queue import judgments, seed_pairs
 from training import judge as judges
-from training import rounds
+from training import preferences
 from training.judge import JudgeConfig, Verdict
 
 
@@ -105,13 +105,13 @@ def test_ai_labels_decide_only_pairs_nobody_judged_and_never_touch_a_judgment(wo
     label(ids[:12], "ana", shorter.get)
     queue.submit_judgment("ana", ids[12], "skip", "a")  # a skip is a person's look: no AI label there
     before = judged_snapshot()
-    assert rounds.count_pairs() == 12  # AI labels are off
+    assert preferences.count_pairs() == 12  # AI labels are off
     suggestions.set_ai_labels("fake", 1)
-    rows = rounds.training_rows().rows
+    rows = preferences.training_rows().rows
     assert len(rows) == 12 + 17
     assert {r["pair_id"] for r in rows if r["origin"] == "ai"} == set(ids[13:])
     assert all(r["chosen"][0]["content"] == "Short." for r in rows)
-    data = rounds.preference_data("DPO", None, 0.2, 0)
+    data = preferences.preference_data("DPO", None, 0.2, 0)
     assert data.origin["pairs_from_people"] == 12 and data.origin["pairs_from_ai"] == 17
     assert len(data.origin["ai_label_ids"]) == 17 and data.origin["ai_judge"] == "fake"
     assert judged_snapshot() == before
@@ -120,7 +120,7 @@ def test_ai_labels_decide_only_pairs_nobody_judged_and_never_touch_a_judgment(wo
     with pytest.raises(suggestions.SuggestionError, match="outside"):
         suggestions.set_ai_labels("fake", 1, threshold=1.01)
     suggestions.set_ai_labels("fake", 2)  # a rubric the judge never read: the gate stays shut, people only
-    assert agreement.ai_labels_in_use() is None and rounds.count_pairs() == 12
+    assert agreement.ai_labels_in_use() is None and preferences.count_pairs() == 12
     suggestions.set_ai_labels(None)
     assert suggestions.ai_label_setting() is None
 

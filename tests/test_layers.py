@@ -5,11 +5,16 @@ row never leaves a session and a page never depends on the schema.
 Forbidden outside `labeling/`: importing `sqlalchemy` (any submodule), `labeling.models` or
 `labeling.db` (which holds the engine and `session()`). The workspace folder, the one thing of
 the database module training needs, is `labeling.workspace.home()`, which has no SQL.
+
+Imports inside a function are for start-up time alone: of a package that takes a tenth of a second
+or more to load (torch, transformers, pandas, SQLAlchemy...), of our module that loads one, or to
+break an import cycle; any other says why in a comment. Everything else is imported at the top.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +94,95 @@ def test_what_training_hands_out_is_plain_frozen_records(workspace):
                                                                                     {"prompts": 4})
     with pytest.raises(dataclasses.FrozenInstanceError):
         records[0].is_current = True
+
+
+# ---------------------------------------------------------------- imports inside functions
+
+# Packages that take a tenth of a second or more to import: importing them inside the function
+# that needs them keeps the app's pages and `--help` fast. Anything else belongs at the top.
+HEAVY = {"accelerate", "altair", "ctranslate2", "datasets", "gguf", "huggingface_hub", "matplotlib", "numpy",
+         "pandas", "peft", "pyarrow", "safetensors", "sqlalchemy", "streamlit", "torch", "transformers", "trl"}
+OURS = ["app.py", "training", "pages", "labeling"]
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def _imported(node: ast.AST, module: str) -> list[str]:
+    """The modules an import statement loads: `from training import jobs` loads training.jobs."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    if node.level:
+        base = ".".join(module.split(".")[:-node.level] + ([base] if base else []))
+    return [f"{base}.{a.name}" if (ROOT / f"{base}.{a.name}".replace(".", "/")).with_suffix(".py").exists() else base
+            for a in node.names]
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str, bool]]]]:
+    """({module: modules it imports at load time}, {module: [(line, module, has a comment)] of the
+    imports inside its functions}) over our own code."""
+    top, inner = {}, {}
+    files = [p for name in OURS for p in ((ROOT / name).rglob("*.py") if (ROOT / name).is_dir() else [ROOT / name])]
+    for path in files:
+        module, lines = _module_name(path), path.read_text(encoding="utf-8").splitlines()
+        tree = ast.parse("\n".join(lines), filename=str(path))
+        in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                       for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        top[module], inner[module] = set(), []
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or getattr(node, "module", None) == "__future__":
+                continue
+            if id(node) in in_function:
+                commented = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+                inner[module] += [(node.lineno, name, commented) for name in _imported(node, module)]
+            else:
+                top[module].update(_imported(node, module))
+    return top, inner
+
+
+def _reaches(top: dict[str, set[str]], start: str, goal) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if goal(module):
+            return True
+        if module not in seen and module in top:
+            seen.add(module)
+            todo += top[module]
+    return False
+
+
+def needless_function_imports() -> list[str]:
+    """Imports inside functions that buy nothing: not of a heavy package (nor of our module that loads
+    one), not breaking a cycle, and with no comment saying why."""
+    top, inner = import_graph()
+    heavy = lambda m: m.split(".")[0] in HEAVY  # noqa: E731
+    return [f"{module.replace('.', '/')}.py:{line} imports {name}" for module, found in inner.items()
+            for line, name, commented in found
+            if not commented and not _reaches(top, name, heavy) and not _reaches(top, name, lambda m: m == module)]
+
+
+def test_imports_inside_functions_buy_start_up_time_or_say_why():
+    problems = needless_function_imports()
+    assert problems == [], "Import these at the top of the module (or say why not in a comment):\n" + "\n".join(problems)
+
+
+def test_the_function_import_check_tells_heavy_from_light(tmp_path, monkeypatch):
+    package = tmp_path / "training"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "light.py").write_text("import json\n")
+    (package / "heavy.py").write_text("import torch\n")
+    (package / "cycle.py").write_text("from training import user\n")
+    (package / "user.py").write_text(
+        "def a():\n    import json\n"                           # stdlib: belongs at the top
+        "def b():\n    from training import light\n"           # light module of ours: at the top
+        "def c():\n    from training import heavy\n"           # loads torch: fine inside
+        "def d():\n    from training import cycle\n"           # imports us back: fine inside
+        "def e():\n    import tomllib  # only on 3.11+\n")     # a comment says why: fine
+    here = sys.modules[__name__]
+    monkeypatch.setattr(here, "ROOT", tmp_path)
+    monkeypatch.setattr(here, "OURS", ["training"])
+    assert needless_function_imports() == ["training/user.py:2 imports json", "training/user.py:4 imports training.light"]

@@ -17,8 +17,8 @@ import torch
 from tests.tiny_models import make_tiny_policy
 from training.losses import token_logprobs
 from training.ppo import LOG_KEYS, train_ppo
-from training.rounds import NotReady
 from training.ppo_config import PPOConfig
+from training.preferences import NotReady
 from training.rollout import VALUE_HEAD_FILE, score_tokens
 from training.sampling import encode_chats as encode_prompts, response_mask as response_mask_from_ids, stop_ids as eos_ids
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeling.store import add_generated_pairs
-from training.rounds import NotReady
+from training import runner
+from training.preferences import NotReady
 
 
 @dataclass
@@ -114,9 +115,7 @@ def _scores(scorer, base_model, tokenizer, prompts, texts, settings: dict) -> li
 
 def main(argv: list[str]) -> int:
     """`python -m training arena [--version-a A] [--version-b B] [--prompts N] [--job-id N]`."""
-    from training import rounds
-
     def run(config, reporter, **_):
         return run_arena(config, reporter)
 
-    return rounds.run_main(argv, ArenaConfig, run, "python -m training arena")
+    return runner.run_main(argv, ArenaConfig, run, "python -m training arena")

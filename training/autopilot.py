@@ -19,7 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from training import jobs, rounds, versions
+from training import jobs, preferences, runner, versions
+from training.dpo_config import DPORoundConfig
 from training.metrics import preferred_probability
 
 
@@ -93,7 +94,6 @@ def one_round(config: AutopilotConfig, r: int, reward_id: str, scorer) -> dict[s
 
     from labeling import auto_pairs, prompts
     from training import dpo, evaluate
-    from training.dpo_config import DPORoundConfig
     from training.model import load_policy
 
     policy_id = versions.current_policy_id() or versions.ensure_base_version()
@@ -122,7 +122,7 @@ def run(config: AutopilotConfig, reporter: jobs.Reporter | None = None) -> dict[
     reporter = reporter or jobs.Reporter(None)
     reward_id = config.reward_version or versions.latest_reward_id()
     if reward_id is None:
-        raise rounds.NotReady("The autopilot needs a reward model to judge the answers: train one first.")
+        raise preferences.NotReady("The autopilot needs a reward model to judge the answers: train one first.")
     scorer = reward.load_scorer(reward_id)
     reporter.start(config.rounds)
     measure = Measure(config, scorer)
@@ -152,4 +152,4 @@ def main(argv: list[str]) -> int:
     def work(config, reporter, **_):
         return run(config, reporter)
 
-    return rounds.run_main(argv, AutopilotConfig, work, "python -m training autopilot")
+    return runner.run_main(argv, AutopilotConfig, work, "python -m training autopilot")

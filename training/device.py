@@ -173,7 +173,7 @@ def memory(on: torch.device) -> tuple[int | None, int | None]:
     if on.type == "cuda":
         return torch.cuda.mem_get_info(on)
     try:
-        import psutil
+        import psutil  # optional: accelerate installs it; without it we ask /proc/meminfo
     except ImportError:
         return _meminfo()
     stats = psutil.virtual_memory()

@@ -13,14 +13,15 @@ before they load. The round is declared in `training/registry.py`.
 from __future__ import annotations
 
 import dataclasses
+import random
 import tempfile
 import time
 from typing import Any
 
-from training import rounds, versions
+from training import preferences, registry, runner, versions
 from training.dpo_config import DPORoundConfig
 
-MIN_PAIRS = rounds.MIN_PAIRS
+MIN_PAIRS = preferences.MIN_PAIRS
 LOGGED = {  # TRL's log key -> our metric name (the curves on the Train page)
     "loss": "loss", "rewards/accuracies": "accuracy", "rewards/margins": "margin",
     "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
@@ -32,10 +33,10 @@ def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
     """What a round with these settings (default: the defaults) will do on the labels there are now,
     with a time from the last DPO round's pace; None when there are too few pairs."""
     config = config or DPORoundConfig()
-    rows = list(rounds.training_rows().rows)
+    rows = list(preferences.training_rows().rows)
     if len(rows) < MIN_PAIRS:
         return None
-    train, heldout, _ = rounds.split_by_conversation(rows, config.heldout_fraction, config.seed)
+    train, heldout, _ = preferences.split_by_conversation(rows, config.heldout_fraction, config.seed)
     plan = config.plan(len(train))
     sentence = (f"With these settings: {plan['pairs']} training pairs ({len(heldout)} held out), "
                 f"{plan['epochs']:g} epochs, {plan['steps']} steps")
@@ -55,7 +56,7 @@ def to_dataset(rows: list[dict], tokenizer, max_prompt_length: int):
         return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False))
 
     return Dataset.from_list([
-        {"prompt": rounds.trim_prompt(r["prompt"], count, max_prompt_length),
+        {"prompt": preferences.trim_prompt(r["prompt"], count, max_prompt_length),
          "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
 
 
@@ -63,8 +64,6 @@ def batched_by_length(rows: list[dict], batch_size: int, seed: int) -> list[dict
     """The rows in batches of similar length, the batches in random order: a batch is padded to
     its longest pair, so mixing lengths computes on padding (as transformers' group_by_length,
     which TRL's DPO dataset does not take)."""
-    import random
-
     def length(row: dict) -> int:  # characters of the prompt and the longer response
         prompt = sum(len(m["content"]) for m in row["prompt"])
         return prompt + max(len(row["chosen"][-1]["content"]), len(row["rejected"][-1]["content"]))
@@ -130,7 +129,7 @@ def small_logprob_chunks() -> None:
         trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, LOGPROB_CHUNK_POSITIONS)
 
 
-def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig, reporter,
+def train(model, tokenizer, data: preferences.PreferenceData, config: DPORoundConfig, reporter,
           output_dir: str, max_steps: int | None = None, reference=None) -> tuple[Any, dict[str, float]]:
     """Train a LoRA adapter with DPO; return (the peft model, metrics incl. held-out ones).
     `reference` None: the reference is `model` itself with the adapter off."""
@@ -145,7 +144,7 @@ def train(model, tokenizer, data: rounds.PreferenceData, config: DPORoundConfig,
     trainer = DPOTrainer(
         model=model, ref_model=reference, args=trl_config(config, output_dir, max_steps, epochs),
         train_dataset=train_set, eval_dataset=heldout_set, processing_class=tokenizer,
-        peft_config=lora_config(config, model), callbacks=[rounds.progress_callback(reporter, LOGGED)],
+        peft_config=lora_config(config, model), callbacks=[runner.progress_callback(reporter, LOGGED)],
     )
     started = time.perf_counter()
     output = trainer.train()
@@ -172,9 +171,9 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
     from training.model import load_policy
 
     if problem := config.problem():  # a config built in code (the CLI and the form check it as they read it)
-        raise rounds.NotReady(problem)
+        raise preferences.NotReady(problem)
     reporter.start(None)
-    data = rounds.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS, config.auto_pairs)
+    data = preferences.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS, config.auto_pairs)
     base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
     model, tokenizer = load_policy(parent_id)
@@ -200,6 +199,4 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
 
 def main(argv: list[str]) -> int:
     """`python -m training dpo [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    from training import registry
-
     return registry.main("dpo", argv)

@@ -27,7 +27,10 @@ import logging
 import shutil
 from pathlib import Path
 
+from filelock import FileLock
+
 from labeling import atomic
+from labeling.command import run_command
 from labeling.workspace import home
 
 ENGINES = ("auto", "ctranslate2", "transformers")
@@ -85,8 +88,6 @@ def _folder(version_id: str) -> Path:
 
 def converted(version_id: str | None) -> Path:
     """The CTranslate2 folder of a policy version (None = the current one), converted on first use."""
-    from filelock import FileLock
-
     version_id = _resolved(version_id)
     folder = _folder(version_id)
     if (folder / "model.bin").is_file():
@@ -228,7 +229,6 @@ def main(argv: list[str]) -> int:
     """`python -m training prepare`: what `make run` does before the server starts: convert the
     base model (training/model.py) and the current policy for CTranslate2, once, so the first
     pairs do not wait for either. Prints {"model": folder, "engine": folder or null}."""
-    from labeling.command import run_command
     from training import model as models
     from training.device import DeviceError
 

@@ -20,11 +20,11 @@ import torch
 
 from labeling import eval_points, prompts as stored_prompts
 from labeling.paired import clustered_mean_se
-from training import jobs, sampling
+from training import jobs, runner, sampling
 from training.losses import exact_kl, token_logprobs
 from training.rollout import position_ids
 from training.evaluate_config import EvaluateConfig
-from training.rounds import NotReady
+from training.preferences import NotReady
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -172,9 +172,7 @@ def evaluate(config: EvaluateConfig, reporter: jobs.Reporter | None = None) -> d
 
 def main(argv: list[str]) -> int:
     """`python -m training evaluate [--versions A,B] [--prompts N] [--samples K] [--job-id N]`."""
-    from training import rounds
-
     def run(config, reporter, **_):
         return evaluate(config, reporter)
 
-    return rounds.run_main(argv, EvaluateConfig, run, "python -m training evaluate")
+    return runner.run_main(argv, EvaluateConfig, run, "python -m training evaluate")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from training import runner
+
 
 @dataclass
 class ExportConfig:
@@ -31,6 +33,4 @@ def run(config: ExportConfig, reporter, **_) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """`python -m training export --version ID --folder OUT [--job-id N]`."""
-    from training import rounds
-
-    return rounds.run_main(argv, ExportConfig, run, "python -m training export")
+    return runner.run_main(argv, ExportConfig, run, "python -m training export")

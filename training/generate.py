@@ -21,9 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from labeling.command import run_command
-from training import jobs
-from training.engine import ENGINES
+from training import engine, jobs, runner
+from training.engine import ENGINES, Sampler
 
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
 RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
@@ -141,8 +140,6 @@ def generate_pairs(model, tokenizer, prompts: list[list[dict]], *, max_new_token
 
 def _sample_pairs(model, tokenizer, texts, batch: list[int], settings: dict, seed: int) -> dict[int, tuple]:
     """Both sides of each prompt in `batch` as rows 2k (side a) and 2k+1 (side b) of one batch."""
-    from training.engine import Sampler
-
     texts = [texts[i] for i in batch for _ in (0, 1)]
     rows = (model(texts, seed=seed, **settings) if isinstance(model, Sampler)
             else sample_rows(model, tokenizer, texts, seed=seed, **settings))
@@ -175,7 +172,7 @@ def side_settings(settings: dict, sampler: dict | None = None) -> tuple[dict, di
 def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[str, Any]:
     """Generate and store pairs for `config.prompts` prompts; return {"pairs", "tokens_per_s", ...}."""
     from labeling import store
-    from training import engine, suggest, versions
+    from training import suggest, versions
 
     store.ensure_builtin_prompts()
     reporter = reporter or jobs.Reporter(None)
@@ -228,20 +225,10 @@ def reward_scorer() -> tuple[str, object] | tuple[()]:
 
 def main(argv: list[str]) -> int:
     """`python -m training generate [--prompts N] [--version V] [--job-id ID] [--config FILE.yaml]`."""
-    from training import model as models
-    from training.config_fields import ConfigError, config_from_args
-    from training.device import DeviceError
-    from training.engine import EngineError
+    def work(config: GenerateConfig, reporter, **_) -> dict:
+        return run(config, reporter)
 
-    def work() -> dict:
-        config, extras = config_from_args(GenerateConfig, argv, prog="python -m training generate")
-        jobs.set_threads()
-        with jobs.reporting(extras.get("job_id")) as reporter:
-            result = run(config, reporter)
-            reporter.result = result
-        return {"pairs": result["pairs"], "tokens_per_s": result["tokens_per_s"]}
-
-    return run_command(work, {(ConfigError, models.ModelPathError, DeviceError, EngineError): 2})
+    return runner.run_main(argv, GenerateConfig, work, "python -m training generate", user_errors=(engine.EngineError,))
 
 
 # ---------------------------------------------------------------- for the app (no torch here)

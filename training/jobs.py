@@ -13,7 +13,9 @@ and shown as failed the next time anybody looks (`refresh_stale`).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,8 +118,6 @@ def refresh_stale() -> int:
 def _remove_partial_versions() -> None:
     """Delete the half-written `versions/.tmp-*` folders a killed worker left. Safe because one
     heavy job runs at a time, and the one that could be writing has just been found dead."""
-    import shutil
-
     from training.versions import versions_root
 
     if active_jobs_rows():
@@ -343,8 +343,6 @@ def wait(job_id: int, timeout: float = 600, poll: float = 0.5) -> Job:
 
 def main(argv: list[str]) -> int:
     """`python -m training worker list|cancel ID`: look at jobs from the shell."""
-    import json
-
     if argv[:1] == ["cancel"] and len(argv) == 2:
         cancel(int(argv[1]))
         return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from labeling import suggestions
-from training import jobs
+from training import jobs, preferences, runner
 from training.metrics import preferred_probability
 
 URL_ENV, KEY_ENV = "PREFLOOP_JUDGE_URL", "PREFLOOP_JUDGE_KEY"
@@ -263,13 +263,11 @@ def run(config: JudgeConfig, reporter: jobs.Reporter | None = None, judge: Judge
 
 def main(argv: list[str]) -> int:
     """`python -m training judge [--model FOLDER | --url URL --endpoint-model NAME] [--limit N] [--job-id N]`."""
-    from training import rounds
-
     def work(config, reporter, **_):
         try:
             judge = make_judge(config)
         except JudgeError as exc:
-            raise rounds.NotReady(str(exc)) from None
+            raise preferences.NotReady(str(exc)) from None
         return run(config, reporter, judge)
 
-    return rounds.run_main(argv, JudgeConfig, work, "python -m training judge")
+    return runner.run_main(argv, JudgeConfig, work, "python -m training judge")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from training import rounds
+from training import preferences, registry, runner
 from training.kto_config import KTORoundConfig
 
-MIN_EXAMPLES = 2 * rounds.MIN_PAIRS
+MIN_EXAMPLES = 2 * preferences.MIN_PAIRS
 LOGGED = {"loss": "loss", "rewards/chosen": "reward_desirable", "rewards/rejected": "reward_undesirable",
           "kl": "kl", "grad_norm": "grad_norm"}
 
@@ -22,7 +22,7 @@ def ready(config: Any = None) -> str | None:
     """Why a KTO round cannot run now (too few answers marked good or bad), or None."""
     from labeling import ratings
 
-    have = 2 * rounds.count_pairs() + sum(ratings.counts()[v] for v in ("up", "down"))
+    have = 2 * preferences.count_pairs() + sum(ratings.counts()[v] for v in ("up", "down"))
     if have < MIN_EXAMPLES:
         return (f"KTO needs at least {MIN_EXAMPLES} answers marked good or bad (each labeled pair gives two, each "
                 f"thumb one); you have {have}. Label pairs, or rate answers one at a time on the Label page.")
@@ -60,9 +60,9 @@ def run_round(config: KTORoundConfig, reporter, max_steps: int | None = None,
     from training import lora
 
     if problem := ready(config):
-        raise rounds.NotReady(problem)
+        raise preferences.NotReady(problem)
     reporter.start(None)
-    data = rounds.preference_data("KTO", max_pairs, config.heldout_fraction, config.seed, min_pairs=0)
+    data = preferences.preference_data("KTO", max_pairs, config.heldout_fraction, config.seed, min_pairs=0)
     thumbs = [t for t in ratings.rating_rows() if t["split"] != "heldout"]  # held-out prompts stay unseen
     examples = unpaired_rows(data.train, thumbs)
     desirable = sum(e["label"] for e in examples)
@@ -73,16 +73,14 @@ def run_round(config: KTORoundConfig, reporter, max_steps: int | None = None,
         return KTOTrainer(model=model, args=trl_config(config, output_dir, max_steps, weights),
                           train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
                           peft_config=lora.lora_config(model, config.lora_r, config.lora_alpha),
-                          callbacks=[rounds.progress_callback(reporter, LOGGED)])
+                          callbacks=[runner.progress_callback(reporter, LOGGED)])
 
     metrics = {"examples": len(examples), "from_thumbs": len(examples) - len(unpaired_rows(data.train)),
                "desirable": desirable, "desirable_weight": weights[0], "undesirable_weight": weights[1],
                "fallback_split": data.fallback_split, **data.origin}
-    return rounds.lora_policy_round("kto", config, make_trainer, data.judgment_ids, metrics)
+    return runner.lora_policy_round("kto", config, make_trainer, data.judgment_ids, metrics)
 
 
 def main(argv: list[str]) -> int:
     """`python -m training kto [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    from training import registry
-
     return registry.main("kto", argv)

@@ -12,7 +12,7 @@ from typing import Any
 
 from training import points, verdict, versions
 
-MIN_LABELED = 40  # fewer labeled pairs than this teach a reward model little (rounds.MIN_PAIRS is the floor)
+MIN_LABELED = 40  # fewer labeled pairs than this teach a reward model little (preferences.MIN_PAIRS is the floor)
 RETRAIN_AFTER = 20  # new labels since a model was trained that make training it again the next step
 
 

@@ -25,6 +25,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from filelock import FileLock
+
 from labeling import atomic, model_versions
 from labeling.workspace import home
 
@@ -130,8 +132,6 @@ def convert_default_model(gguf: Path | None = None, out: Path | None = None) -> 
     Written to a temporary folder and renamed when complete; a file lock makes a second process
     wait for the first one's conversion instead of doing its own.
     """
-    from filelock import FileLock
-
     out = out or converted_model_dir()
     if _is_complete(out):
         return out

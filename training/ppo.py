@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from training import registry
 from training.config_fields import settings_problem
 from training.ppo_config import PPOConfig
-from training.rounds import NotReady, load_train_prompts
+from training.preferences import NotReady, load_train_prompts
 
 if TYPE_CHECKING:  # torch is imported inside the functions, so the CLI answers --help without it
     import torch
@@ -218,6 +219,4 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
 
 def main(argv: list[str]) -> int:
     """`python -m training ppo [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    from training import registry
-
     return registry.main("ppo", argv)

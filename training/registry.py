@@ -17,7 +17,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from training import rounds
+from training import preferences, runner
 from training.config_fields import settings_problem
 
 
@@ -60,12 +60,12 @@ def _load(path: str) -> Any:
 
 ROUNDS: dict[str, Round] = {r.name: r for r in (
     Round("reward", "Reward model", "training.reward_config:RewardRoundConfig", "training.reward:run_round",
-          produces="reward", ready=rounds.needs_pairs("The reward round"), curves=("loss", "accuracy", "margin")),
+          produces="reward", ready=preferences.needs_pairs("The reward round"), curves=("loss", "accuracy", "margin")),
     Round("dpo", "DPO", "training.dpo_config:DPORoundConfig", "training.dpo:run_round", produces="policy",
-          ready=rounds.needs_pairs("DPO"), curves=("loss", "accuracy", "margin"), plan="training.dpo:plan_sentence",
+          ready=preferences.needs_pairs("DPO"), curves=("loss", "accuracy", "margin"), plan="training.dpo:plan_sentence",
           sweep={"beta": "beta", "learning_rate": "learning_rate", "max_length": "max_length"}),
     Round("ppo", "PPO", "training.ppo_config:PPOConfig", "training.ppo:run_round", produces="policy",
-          ready=rounds.needs_reward_model("PPO"), curves=("reward", "kl", "policy_loss", "value_loss", "entropy"),
+          ready=preferences.needs_reward_model("PPO"), curves=("reward", "kl", "policy_loss", "value_loss", "entropy"),
           quick_limits=(),  # its form has max_steps and max_prompts of its own
           sweep={"beta": "beta", "learning_rate": "learning_rate", "max_length": "max_new_tokens",
                  "max_steps": "steps"}),
@@ -103,11 +103,11 @@ def run(name: str, config: Any, reporter, max_steps: int | None = None,
     cannot run."""
     problem = ROUNDS[name].problem(config)
     if problem:
-        raise rounds.NotReady(problem)
+        raise preferences.NotReady(problem)
     return ROUNDS[name].run_function()(config, reporter, max_steps=max_steps, max_pairs=max_pairs)
 
 
 def main(name: str, argv: list[str]) -> int:
     """`python -m training <name> [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    return rounds.run_main(argv, ROUNDS[name].config_class(), functools.partial(run, name),
+    return runner.run_main(argv, ROUNDS[name].config_class(), functools.partial(run, name),
                            f"python -m training {name}")

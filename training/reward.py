@@ -26,11 +26,11 @@ from typing import Any, Callable
 
 from labeling import atomic
 from labeling.workspace import home
-from training import reward_report, rounds, versions
+from training import preferences, registry, reward_report, runner, versions
 from training.metrics import preference_accuracy
 from training.reward_config import RewardRoundConfig
 
-MIN_PAIRS = rounds.MIN_PAIRS
+MIN_PAIRS = preferences.MIN_PAIRS
 log = logging.getLogger(__name__)
 MINILM_PACKAGE = "all_minilm_l6_v2"
 LOGGED = {"loss": "loss", "accuracy": "accuracy", "margin": "margin", "mean_reward": "reward",
@@ -40,7 +40,7 @@ latest_reward_id = versions.latest_reward_id
 Scorer = Callable[[list[list[dict]], list[str]], "torch.Tensor"]  # noqa: F821 (torch imported lazily)
 
 
-class RewardError(rounds.NotReady):
+class RewardError(preferences.NotReady):
     """A reward model that cannot be built or loaded; one sentence for the user (a round that
     needs it stops with that sentence, as for any other NotReady)."""
 
@@ -156,7 +156,7 @@ def _encode_chat(tokenizer, prompt: list[dict], response: str, max_length: int) 
                                                  return_dict=False))
 
     budget = prompt_budget(max_length, len(tokenizer(response, add_special_tokens=False)["input_ids"]))
-    messages = rounds.trim_prompt(prompt, prompt_tokens, budget)
+    messages = preferences.trim_prompt(prompt, prompt_tokens, budget)
     over = prompt_tokens(messages) - budget
     if over > 0:  # the latest turn alone is too long: keep its end, next to the response
         messages = [{**messages[-1], "content": _drop_first_tokens(tokenizer, messages[-1]["content"], over)}]
@@ -289,7 +289,7 @@ def human_agreement() -> dict[str, Any] | None:
     return result if result["pairs"] else None
 
 
-def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, output_dir: str,
+def train(config: RewardRoundConfig, data: preferences.PreferenceData, reporter, output_dir: str,
           max_steps: int | None = None):
     """Fit the reward model; return (model, tokenizer, base folder, metrics)."""
     from trl import RewardConfig, RewardTrainer
@@ -308,7 +308,7 @@ def train(config: RewardRoundConfig, data: rounds.PreferenceData, reporter, outp
         save_strategy="no", report_to=[], gradient_checkpointing=False, disable_tqdm=True,
         **device.trainer_precision())
     trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(data.train, tokenizer, config.max_length),
-                            processing_class=tokenizer, callbacks=[rounds.progress_callback(reporter, LOGGED)])
+                            processing_class=tokenizer, callbacks=[runner.progress_callback(reporter, LOGGED)])
     started = time.perf_counter()
     output = trainer.train()
     metrics = {"train_loss": output.training_loss, "train_seconds": time.perf_counter() - started,
@@ -330,9 +330,9 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
     """Data → backbone → train → evaluate on the held-out pairs → save version → metrics.
     Returns {"version": id, **metrics}."""
     if problem := config.problem():  # a config built in code (the CLI and the form check it as they read it)
-        raise rounds.NotReady(problem)
+        raise preferences.NotReady(problem)
     reporter.start(None)
-    data = rounds.preference_data("reward", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
+    data = preferences.preference_data("reward", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS)
     with tempfile.TemporaryDirectory(prefix="reward-", dir=versions.versions_root().parent) as output_dir:
         model, tokenizer, base, metrics = train(config, data, reporter, output_dir, max_steps)
     report = evaluate_heldout(model, tokenizer, config, data.heldout)
@@ -367,6 +367,4 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
 
 def main(argv: list[str]) -> int:
     """`python -m training reward [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    from training import registry
-
     return registry.main("reward", argv)

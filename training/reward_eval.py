@@ -1,7 +1,7 @@
 """`python -m training reward-eval VERSION [FILE...]`: a reward version's card, on demand.
 
 Scores the version on the held-out pairs of its round (the workspace's held-out prompts, or the
-round's own split by conversation when it had to make one: `rounds.split_by_conversation`, never by pair) and
+round's own split by conversation when it had to make one: `preferences.split_by_conversation`, never by pair) and
 on each labeled file given, read with the importers (`prompt`/`chosen`/`rejected` as JSONL, CSV,
 Parquet or a datasets folder, hh-rlhf transcripts, OpenAssistant trees), beside the untrained
 backbone and the length baselines (training/reward_report.py). Prints the table, then the report
@@ -19,7 +19,7 @@ from typing import Any
 
 from labeling.command import run_command
 from labeling.importers import InputError, PairRecord, stream
-from training import reward, reward_report, rounds, versions
+from training import preferences, reward, reward_report, versions
 from training.reward_config import RewardRoundConfig
 from training.reward_report import EvalSet
 
@@ -58,7 +58,7 @@ def heldout_rows(row) -> list[dict[str, Any]]:
     pair_ids = pairs.judged_pairs(set(row.judgment_ids or []))
     config = round_config(row)
     rows = [r for r in preference_rows().rows if r["pair_id"] in pair_ids]
-    return rounds.split_by_conversation(rows, config.heldout_fraction, config.seed)[1] if rows else []
+    return preferences.split_by_conversation(rows, config.heldout_fraction, config.seed)[1] if rows else []
 
 
 def evaluate(version_id: str, files: list[EvalSet], batch_size: int = 8) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from training import preferences
+
 LENGTHS = ("remove", "keep", "free")
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # λ per pair-average loss, on standardised features
 HEADS_FILE = "heads.npz"
@@ -294,7 +296,7 @@ def train(model, tokenizer, rows: list[dict], config, reporter) -> tuple[HeadsMo
     """Read the labeled pairs' responses once with the frozen `model`, then fit the heads.
     `rows`: export rows (`labeling.export.preference_rows`); grouped by conversation (first
     message) for the choice of λ and the bootstrap."""
-    from training import metrics, rounds
+    from training import metrics
 
     started = time.perf_counter()
     prompts = [r["prompt"] for r in rows]
@@ -304,7 +306,7 @@ def train(model, tokenizer, rows: list[dict], config, reporter) -> tuple[HeadsMo
     reporter.step(1, {})
     rejected = features(model, tokenizer, prompts, rejected_text, config.max_length, config.batch_size)
     read = time.perf_counter() - started
-    groups = [rounds.conversation(r) for r in rows]
+    groups = [preferences.conversation(r) for r in rows]
     heads = fit(chosen, rejected, response_length(chosen_text), response_length(rejected_text), groups,
                 heads=config.heads, length=config.length, seed=config.seed)
     trained = HeadsModel(model, tokenizer, heads, config.max_length)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training import rounds
+from training import preferences, registry, runner
 from training.sft_config import SFTRoundConfig
 
 MIN_DEMONSTRATIONS = 4
@@ -56,7 +56,7 @@ def run_round(config: SFTRoundConfig, reporter, max_steps: int | None = None,
     from training import lora
 
     if problem := ready(config):
-        raise rounds.NotReady(problem)
+        raise preferences.NotReady(problem)
     reporter.start(None)
     rows = training_demonstrations()[: max_pairs or None]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
@@ -65,7 +65,7 @@ def run_round(config: SFTRoundConfig, reporter, max_steps: int | None = None,
         tokenizer.padding_side = "right"  # training pads on the right; the saved tokenizer goes back to left
         return SFTTrainer(model=model, args=trl_config(config, output_dir, max_steps), train_dataset=dataset,
                           processing_class=tokenizer, peft_config=lora.lora_config(model, config.lora_r, config.lora_alpha),
-                          callbacks=[rounds.progress_callback(reporter, LOGGED)])
+                          callbacks=[runner.progress_callback(reporter, LOGGED)])
 
     def token_accuracy(trainer) -> dict:
         last = [h for h in trainer.state.log_history if "mean_token_accuracy" in h]
@@ -73,11 +73,9 @@ def run_round(config: SFTRoundConfig, reporter, max_steps: int | None = None,
 
     metrics = {"demonstrations": len(rows), "demonstration_ids": [r["demonstration_id"] for r in rows],
                "demonstrations_from_people": sum(r["origin"] == "human" for r in rows)}
-    return rounds.lora_policy_round("sft", config, make_trainer, [], metrics, token_accuracy)
+    return runner.lora_policy_round("sft", config, make_trainer, [], metrics, token_accuracy)
 
 
 def main(argv: list[str]) -> int:
     """`python -m training sft [--config FILE.yaml] [--job-id N] [--max-steps N] [--max-pairs N] [--<field> V]`."""
-    from training import registry
-
     return registry.main("sft", argv)

@@ -14,6 +14,7 @@ import argparse
 from typing import Any, Callable
 
 from labeling import suggestions
+from labeling.command import run_command
 from training.metrics import preferred_probability
 
 SCORE_AT_MOST = 512  # pairs a reward round scores at its end: enough for the queue ahead, in seconds
@@ -43,7 +44,6 @@ def score_waiting(reward_id: str, scorer: Callable | None = None, limit: int | N
 
 
 def main(argv: list[str]) -> int:
-    from labeling.command import run_command
     from training import jobs, versions
     from training.reward import RewardError
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeling import model_versions
-from training import jobs, registry
+from training import jobs, registry, runner
 from training.config_fields import LIMITS, limit_field
-from training.rounds import NotReady
+from training.preferences import NotReady
 
 
 @dataclass
@@ -109,9 +109,7 @@ def run_sweep(config: SweepConfig, reporter: jobs.Reporter | None = None) -> dic
 
 def main(argv: list[str]) -> int:
     """`python -m training sweep [--method dpo|ppo] [--betas 0.01,0.1,0.5] [--job-id N] ...`."""
-    from training import rounds
-
     def run(config, reporter, **_):
         return run_sweep(config, reporter)
 
-    return rounds.run_main(argv, SweepConfig, run, "python -m training sweep")
+    return runner.run_main(argv, SweepConfig, run, "python -m training sweep")
