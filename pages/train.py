@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, is_admin, job_panel, require_router, start
-from training import jobs, registry, reward_report, versions
+from training import env, jobs, registry, reward_report, versions
 from training.config_fields import RoundLimits, form_fields
 
 
@@ -28,6 +28,21 @@ def quick_limits(chosen: registry.Round) -> dict[str, int]:
                                               help=f.help, key=f"{chosen.name}-{f.name.replace('_', '-')}")
                   for column, f in zip(st.columns(len(offered)), offered)}
     return {name: int(value) for name, value in values.items() if value}
+
+
+@st.cache_data(ttl=300, show_spinner="Checking the device and memory…")
+def machine() -> dict:
+    """The device, dtype, free memory and a DPO round's rough peak (training/env.py), from a child
+    process, at most every five minutes."""
+    return env.report_in_child()
+
+
+def machine_section(chosen: registry.Round) -> None:
+    info = machine()
+    st.caption(env.sentence(info))
+    if chosen.produces == "policy" and env.may_not_fit(info):
+        st.warning("This round may not fit in the memory free now: close other programs, or lower max_length "
+                   "or the batch size under Advanced.")
 
 
 def last_job_id(kind: str) -> int | None:
@@ -55,6 +70,7 @@ def round_section() -> None:
             st.error(reason)
         else:
             start(chosen.name, {**dataclasses.asdict(config), **limits})
+    machine_section(chosen)  # after the form: the child process that measures takes a few seconds
     job_id = last_job_id(chosen.name)
     if job_id:
         st.subheader("Progress")

@@ -184,9 +184,9 @@ def test_reward_card_shows_accuracy_with_its_interval_beside_the_baselines(works
 
 def test_the_pair_audit_on_the_train_page_leaves_flagged_pairs_out_of_every_round(workspace, generator, voted):  # noqa: F811
     from labeling import settings
-    from training import rounds
+    from training import preferences
 
-    assert rounds.count_pairs() == 12
+    assert preferences.count_pairs() == 12
     at = open_train()
     next(b for b in at.button if b.label == "Audit the pairs").click()
     at = at.run()
@@ -195,8 +195,8 @@ def test_the_pair_audit_on_the_train_page_leaves_flagged_pairs_out_of_every_roun
     at = at.multiselect(key="train-exclude").set_value(["only_longer", "near_identical"]).run()
     at = at.button(key="train-exclude-save").click().run()
     assert settings.training_exclusions() == ("only_longer", "near_identical")
-    assert rounds.count_pairs() == 10
-    data = rounds.preference_data("DPO", None, 0.2, 0)
+    assert preferences.count_pairs() == 10
+    data = preferences.preference_data("DPO", None, 0.2, 0)
     assert data.origin["left_out_by_audit"] == {"only_longer": 1, "near_identical": 1}
     with pytest.raises(settings.SettingError, match="Unknown pair-audit check 'longer'"):
         settings.set_training_exclusions(["longer"])
@@ -221,3 +221,25 @@ def test_the_sft_and_kto_rounds_come_with_their_forms_and_readiness_from_the_reg
     at = pick_round(at, "KTO")
     assert at.warning[0].value.startswith("KTO needs at least 16 answers marked good or bad")
     assert not started
+
+
+def test_the_train_page_says_where_a_round_runs_and_warns_when_it_may_not_fit(workspace, generator, tmp_path,  # noqa: F811
+                                                                             monkeypatch):
+    from tests.preference_fixtures import use_tiny_policy
+    from training import env
+
+    use_tiny_policy(tmp_path, monkeypatch)
+    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
+    info = env.report_in_child()  # the child process the page asks, for real
+    assert (info["device"], info["dtype"]) == ("cpu", "fp32") and info["dpo_peak_bytes"] > 0
+    assert env.sentence(info).startswith("Runs on cpu in fp32") and "peaks near" in env.sentence(info)
+    assert env.sentence({"error": "boom."}) == "Device and memory unknown: boom."
+
+    import streamlit as st
+
+    for free, warned in ((info["dpo_peak_bytes"] * 2, False), (info["dpo_peak_bytes"] // 2, True)):
+        monkeypatch.setattr(env, "report_in_child", lambda free=free: {**info, "free_bytes": free})
+        st.cache_data.clear()  # the page asks at most every five minutes
+        at = pick_round(open_train(), "DPO")
+        assert env.sentence({**info, "free_bytes": free}) in [c.value for c in at.caption]
+        assert bool([w for w in at.warning if "may not fit" in w.value]) is warned

@@ -4,6 +4,9 @@ round's peak memory for the current base model. Prints a few lines, then one JSO
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from labeling.command import run_command
 # warning level, not a promise.
 DPO_MEMORY_FACTOR = 8
 GB = 1024**3
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parameter_count(folder: Path) -> int:
@@ -64,6 +68,39 @@ def report() -> dict[str, Any]:
 
 def _gb(n: int | None) -> str:
     return "unknown" if n is None else f"{n / GB:.1f} GB"
+
+
+def report_in_child(timeout: float = 120) -> dict[str, Any]:
+    """`report()` from a child process (`python -m training env`), so the Train page learns the device
+    and memory without importing torch itself; {"error": sentence} when the child fails."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "training", "env"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=timeout, env=dict(os.environ, PREFLOOP_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        return {"error": f"`python -m training env` did not answer within {timeout:.0f} s."}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["`python -m training env` failed."])[-1]}
+    return json.loads(lines[-1])
+
+
+def sentence(info: dict[str, Any]) -> str:
+    """What the Train page says before a round starts: where it runs, the memory free, and a DPO
+    round's rough peak on this base model."""
+    if "error" in info:
+        return f"Device and memory unknown: {info['error']}"
+    said = (f"Runs on {info['device']} in {info['dtype']} (torch {info['torch']}); "
+            f"{_gb(info['free_bytes'])} free of {_gb(info['total_bytes'])}")
+    if info.get("parameters") is None:
+        return f"{said}. {info.get('base_model_error', '')}".strip()
+    return (f"{said}; a DPO round on this {info['parameters'] / 1e6:.0f} M-parameter base peaks near "
+            f"{_gb(info['dpo_peak_bytes'])} (rough).")
+
+
+def may_not_fit(info: dict[str, Any]) -> bool:
+    """True when a DPO round's rough peak is above the memory free now."""
+    peak, free = info.get("dpo_peak_bytes"), info.get("free_bytes")
+    return peak is not None and free is not None and peak > free
 
 
 def main(argv: list[str]) -> int:
