@@ -8,13 +8,15 @@ the round runs as a background job, so its progress survives reloads. Nothing he
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, is_admin, job_panel, require_router, start
-from training import env, jobs, registry, reward_report, versions
+from training import distributed, env, jobs, registry, reward_report, versions
 from training.config_fields import RoundLimits, form_fields
 
 
@@ -30,16 +32,22 @@ def quick_limits(chosen: registry.Round) -> dict[str, int]:
     return {name: int(value) for name, value in values.items() if value}
 
 
-@st.cache_data(ttl=300, show_spinner="Checking the device and memory…")
+@st.cache_resource(ttl=300, show_spinner=False)
 def machine() -> dict:
-    """The device, dtype, free memory and a DPO round's rough peak (training/env.py), from a child
-    process, at most every five minutes."""
-    return env.report_in_child()
+    """The device, dtype, free memory and a DPO round's rough peak (training/env.py), asked of a child
+    process in a thread at most every five minutes; empty until it answers (a few seconds: the child
+    loads torch), so the page never waits for it."""
+    answer: dict = {}
+    threading.Thread(target=lambda: answer.update(env.report_in_child()), daemon=True).start()
+    return answer
 
 
 def machine_section(chosen: registry.Round) -> None:
-    info = machine()
-    st.caption(env.sentence(info))
+    info = dict(machine())
+    st.caption(env.sentence(info) if info else "Checking the device and memory…")
+    if accelerate_config := os.environ.get(distributed.ACCELERATE_CONFIG_ENV):
+        st.caption(f"Starts under `accelerate launch --config_file {accelerate_config}` (PREFLOOP_ACCELERATE_CONFIG)."
+                   if chosen.distributed else "PPO runs in one process, without accelerate launch.")
     if chosen.produces == "policy" and env.may_not_fit(info):
         st.warning("This round may not fit in the memory free now: close other programs, or lower max_length "
                    "or the batch size under Advanced.")
@@ -70,7 +78,7 @@ def round_section() -> None:
             st.error(reason)
         else:
             start(chosen.name, {**dataclasses.asdict(config), **limits})
-    machine_section(chosen)  # after the form: the child process that measures takes a few seconds
+    machine_section(chosen)
     job_id = last_job_id(chosen.name)
     if job_id:
         st.subheader("Progress")

@@ -235,11 +235,30 @@ def test_the_train_page_says_where_a_round_runs_and_warns_when_it_may_not_fit(wo
     assert env.sentence(info).startswith("Runs on cpu in fp32") and "peaks near" in env.sentence(info)
     assert env.sentence({"error": "boom."}) == "Device and memory unknown: boom."
 
+    import threading
+    import time
+
     import streamlit as st
 
+    answer_now = threading.Event()
+    monkeypatch.setattr(env, "report_in_child", lambda: answer_now.wait(30) and info)
+    st.cache_resource.clear()  # the page asks at most every five minutes
+    at = pick_round(open_train(), "DPO")  # the page does not wait for the child process
+    assert "Checking the device and memory…" in [c.value for c in at.caption]
+    answer_now.set()
     for free, warned in ((info["dpo_peak_bytes"] * 2, False), (info["dpo_peak_bytes"] // 2, True)):
         monkeypatch.setattr(env, "report_in_child", lambda free=free: {**info, "free_bytes": free})
-        st.cache_data.clear()  # the page asks at most every five minutes
+        st.cache_resource.clear()
         at = pick_round(open_train(), "DPO")
+        for _ in range(50):  # the answer lands on a later run of the page
+            if env.sentence({**info, "free_bytes": free}) in [c.value for c in at.caption]:
+                break
+            time.sleep(0.1)
+            at = at.run()
         assert env.sentence({**info, "free_bytes": free}) in [c.value for c in at.caption]
         assert bool([w for w in at.warning if "may not fit" in w.value]) is warned
+    monkeypatch.setenv("PREFLOOP_ACCELERATE_CONFIG", "docs/accelerate/multi_gpu.yaml")
+    captions = [c.value for c in pick_round(open_train(), "DPO").caption]
+    assert "Starts under `accelerate launch --config_file docs/accelerate/multi_gpu.yaml` (PREFLOOP_ACCELERATE_CONFIG)." in captions
+    captions = [c.value for c in pick_round(open_train(), "PPO").caption]
+    assert "PPO runs in one process, without accelerate launch." in captions

@@ -187,3 +187,13 @@ def test_env_prints_device_memory_and_a_dpo_estimate_as_json_last(workspace, tmp
     monkeypatch.setenv("PREFLOOP_DEVICE", "cuda")
     assert main(["env"]) == 2
     assert "PREFLOOP_DEVICE=cuda but torch" in capsys.readouterr().err
+
+
+def test_env_never_converts_the_default_model_to_estimate(workspace, monkeypatch, capsys):
+    from training import env
+    from training.model import converted_model_dir
+
+    monkeypatch.delenv("PREFLOOP_MODEL", raising=False)
+    info = env.report()
+    assert info["parameters"] is None and "converted on first use" in info["base_model_error"]
+    assert not converted_model_dir().exists()

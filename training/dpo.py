@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Any
 
-from training import preferences, registry, runner, versions
+from training import distributed, preferences, registry, runner, versions
 from training.dpo_config import DPORoundConfig
 
 MIN_PAIRS = preferences.MIN_PAIRS
@@ -93,7 +93,13 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None, e
 
     from training import device
 
-    precompute = {"yes": True, "no": False, "auto": epochs > 1}[config.precompute_ref_log_probs]
+    # across processes TRL caches the reference log-probs in each one's own temporary folder, where
+    # the others cannot read them: a distributed round computes them as it goes
+    distributed_run = distributed.world_size() > 1
+    if distributed_run and config.precompute_ref_log_probs == "yes":
+        raise preferences.NotReady("precompute_ref_log_probs: yes does not work under accelerate launch (each process "
+                                   "caches the reference in its own temporary folder); use auto or no.")
+    precompute = {"yes": True, "no": False, "auto": epochs > 1 and not distributed_run}[config.precompute_ref_log_probs]
     return DPOConfig(
         output_dir=output_dir, beta=config.beta, loss_type=[config.loss_type], label_smoothing=config.label_smoothing,
         ld_alpha=config.ld_alpha,
@@ -151,8 +157,9 @@ def train(model, tokenizer, data: preferences.PreferenceData, config: DPORoundCo
     seconds = time.perf_counter() - started
     metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
                "pairs": len(data.train), "epochs": epochs}
-    # pairs actually seen (a --max-steps run stops early), per second of training
-    metrics["pairs_per_second"] = min(trainer.state.global_step * config.batch_size,
+    # pairs actually seen (a --max-steps run stops early; each process of a distributed round takes
+    # its own batch of every step), per second of training
+    metrics["pairs_per_second"] = min(trainer.state.global_step * config.batch_size * distributed.world_size(),
                                       len(data.train) * epochs) / seconds
     last = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
     if last:

@@ -53,10 +53,14 @@ def report() -> dict[str, Any]:
     import torch
 
     from training import device
-    from training.model import ModelPathError, base_model_path
+    from training.model import ModelPathError, base_model_path, default_model_converted
 
     out = device.describe()
     bytes_per = torch.empty(0, dtype=device.dtype()).element_size()
+    if not os.environ.get("PREFLOOP_MODEL", "").strip() and not default_model_converted():
+        return {**out, "base_model": None, "parameters": None, "dpo_peak_bytes": None,  # asking must not convert it
+                "base_model_error": "The default model is converted on first use (make run does it at start); "
+                                    "the memory estimate follows."}
     try:
         folder = base_model_path()
     except ModelPathError as exc:

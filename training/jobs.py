@@ -30,7 +30,7 @@ import yaml
 from labeling import runs
 from labeling.runs import ACTIVE, Job, utcnow
 from labeling.workspace import home
-from training import registry
+from training import distributed, registry
 
 OTHER_HEAVY_KINDS = ("generate", "evaluate", "sweep", "arena", "judge", "autopilot")  # besides every round; an export is light
 BACKGROUND_KINDS = ("generate",)  # give way to any other heavy job started meanwhile
@@ -58,11 +58,16 @@ def threads_for_job(serving: bool = False) -> int:
     return max(1, cores - 1) if serving else cores
 
 
+def threads_per_process() -> int:
+    """A job's threads, shared among the processes a distributed launcher started on this machine."""
+    return max(1, threads_for_job() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def set_threads(n: int | None = None) -> int:
     """Pin torch's intra- and inter-op thread pools; call once at the start of a process."""
     import torch
 
-    n = n or threads_for_job()
+    n = n or threads_per_process()
     torch.set_num_threads(n)
     try:
         torch.set_num_interop_threads(1)
@@ -178,8 +183,11 @@ def start_job(kind: str, config: dict[str, Any], threads: int | None = None, sto
     else:
         env.pop(SERVER_PID_ENV, None)
     with open(log_path, "ab") as log:
+        command = ([sys.executable, "-m", "training", kind, "--config", str(config_path), "--job-id", str(job_id)]
+                   if not (kind in registry.ROUNDS and registry.ROUNDS[kind].distributed)
+                   else distributed.launch_command(kind, str(config_path), job_id, sys.executable))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "training", kind, "--config", str(config_path), "--job-id", str(job_id)],
+            command,
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=lower_priority,
         )
@@ -255,8 +263,8 @@ def eta_seconds(job: Job) -> float | None:
 class Reporter:
     """Progress and metrics of one round. With `job_id=None` (a plain CLI run) it only prints."""
 
-    def __init__(self, job_id: int | None = None, log_every: int = 1):
-        self.job_id, self.log_every, self.total = job_id, log_every, None
+    def __init__(self, job_id: int | None = None, log_every: int = 1, quiet: bool = False):
+        self.job_id, self.log_every, self.total, self.quiet = job_id, log_every, None, quiet
 
     def start(self, total_steps: int | None) -> None:
         self.total = total_steps
@@ -269,7 +277,7 @@ class Reporter:
         """Record `metrics` at `step`; raise `Cancelled` when the job was cancelled meanwhile."""
         clean = {k: float(v) for k, v in (metrics or {}).items() if v is not None}
         if self.job_id is None:
-            if clean and step % self.log_every == 0:
+            if clean and step % self.log_every == 0 and not self.quiet:
                 print(f"step {step}/{self.total}: " + " ".join(f"{k}={v:.4g}" for k, v in clean.items()),
                       file=sys.stderr, flush=True)
             return
@@ -283,20 +291,25 @@ class Reporter:
 
 
 @contextmanager
-def reporting(job_id: int | None) -> Iterator[Reporter]:
+def reporting(job_id: int | None, quiet: bool = False) -> Iterator[Reporter]:
     """Run a round's body under a Reporter: done on success, failed (with the message) on error.
-    A job started with `stop_with_server` is cancelled once the server that started it is gone."""
-    reporter = Reporter(job_id)
+    A job started with `stop_with_server` is cancelled once the server that started it is gone.
+    In a distributed round the launcher terminates every process when one fails: a termination
+    nobody asked for is then the round's failure, not a cancel."""
+    reporter = Reporter(job_id, quiet=quiet)
     signal.signal(signal.SIGTERM, _raise_cancelled)
     if job_id is not None and os.environ.get(SERVER_PID_ENV):
         threading.Thread(target=_stop_with_server, daemon=True).start()
     try:
         yield reporter
-    except Cancelled as exc:
-        reporter.finish("cancelled", error=str(exc) if str(exc) == SERVER_STOPPED else None)
-        raise
     except Exception as exc:  # the job row must say why it failed, whatever failed
-        reporter.finish("failed", error=describe(exc))
+        if _terminated and distributed.world_size() > 1 and job_id is not None \
+                and runs.get_job(job_id).status != "cancelled":  # (a library may have wrapped our Cancelled)
+            reporter.finish("failed", error=RANK_FAILED)
+        elif isinstance(exc, Cancelled):
+            reporter.finish("cancelled", error=str(exc) if str(exc) == SERVER_STOPPED else None)
+        else:
+            reporter.finish("failed", error=describe(exc))
         raise
     else:
         reporter.finish("done", result=getattr(reporter, "result", None))
@@ -310,10 +323,17 @@ def describe(exc: BaseException) -> str:
 
 
 SERVER_STOPPED = "The server that started this job stopped."
+TERMINATED = "terminated"
+RANK_FAILED = "Another process of this distributed round failed, so the launcher stopped them all; its error is in the job's log."
+
+
+_terminated = False  # this process received SIGTERM
 
 
 def _raise_cancelled(signum, frame):
-    raise Cancelled(SERVER_STOPPED if _server_gone() else "terminated")
+    global _terminated
+    _terminated = True
+    raise Cancelled(SERVER_STOPPED if _server_gone() else TERMINATED)
 
 
 def _server_gone() -> bool:

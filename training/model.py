@@ -126,6 +126,11 @@ def _is_complete(folder: Path) -> bool:
         and (folder / "tokenizer_config.json").is_file()
 
 
+def default_model_converted() -> bool:
+    """Whether the default model's safetensors folder is there (without converting it)."""
+    return _is_complete(converted_model_dir())
+
+
 def convert_default_model(gguf: Path | None = None, out: Path | None = None) -> Path:
     """Convert the default GGUF to a safetensors folder once; return the folder.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from training import registry
+from training import distributed, registry
 from training.config_fields import settings_problem
 from training.ppo_config import PPOConfig
 from training.preferences import NotReady, load_train_prompts
@@ -187,6 +187,9 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     from training.model import load_policy
     from training.rollout import load_value_head, save_value_head
 
+    if distributed.world_size() > 1:
+        raise NotReady("PPO runs in one process: start it without accelerate launch (reward, DPO, KTO and SFT "
+                       "rounds can run on several).")
     config = replace(config, max_steps=max_steps or config.max_steps, max_prompts=max_pairs or config.max_prompts)
     reward_id = config.reward_version or versions.latest_reward_id()
     prompts = load_train_prompts(config.max_prompts)

@@ -4,7 +4,8 @@ A round has a name (its command `python -m training <name>`, its job kind, and t
 versions it makes), a label on the Train page, its settings dataclass and its run function (both
 "module:name", imported only when used, so reading the registry never loads torch), what it makes
 (a policy or a reward model), the check that says why it cannot run yet, the curves the Train page
-draws, which quick-run limits the page offers beside its form, and how a β sweep sets it up.
+draws, which quick-run limits the page offers beside its form, how a β sweep sets it up, and whether
+it may run on several processes under `accelerate launch`.
 
 The CLI, the job runner, the Train page, the versions table, the β sweep and the reward-vs-KL chart
 read ROUNDS. Adding a round is one module (a config dataclass and `run_round(config, reporter,
@@ -34,6 +35,7 @@ class Round:
     # β-sweep setting -> the config field it sets (the config needs `make_current`); None: cannot be swept
     sweep: dict[str, str] | None = field(default=None, hash=False)
     plan: str | None = None  # "module:function" plan() -> what a round would do now, shown above its form
+    distributed: bool = True  # may run on several processes under `accelerate launch` (training/distributed.py)
 
     def config_class(self) -> type:
         return _load(self.config)
@@ -66,7 +68,7 @@ ROUNDS: dict[str, Round] = {r.name: r for r in (
           sweep={"beta": "beta", "learning_rate": "learning_rate", "max_length": "max_length"}),
     Round("ppo", "PPO", "training.ppo_config:PPOConfig", "training.ppo:run_round", produces="policy",
           ready=preferences.needs_reward_model("PPO"), curves=("reward", "kl", "policy_loss", "value_loss", "entropy"),
-          quick_limits=(),  # its form has max_steps and max_prompts of its own
+          quick_limits=(), distributed=False,  # its form has max_steps and max_prompts of its own
           sweep={"beta": "beta", "learning_rate": "learning_rate", "max_length": "max_new_tokens",
                  "max_steps": "steps"}),
     Round("kto", "KTO", "training.kto_config:KTORoundConfig", "training.kto:run_round", produces="policy",

@@ -357,8 +357,8 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
                                          metrics, write)
     from training import suggest  # its preference on the pairs waiting: shown after a vote, and the uncertain queue
 
-    try:
-        scored = suggest.score_waiting(version_id, make_scorer(model, tokenizer, config.max_length))
+    try:  # (version_id is None in the other processes of a distributed round: the main one scores)
+        scored = suggest.score_waiting(version_id, make_scorer(model, tokenizer, config.max_length)) if version_id else 0
     except Exception as exc:  # noqa: BLE001  the version is made; its suggestions can come later (training suggest)
         log.warning("The new reward model %s did not score the waiting pairs: %s", version_id, exc)
         scored = 0

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 import tempfile
 import time
 from typing import Any, Callable
 
 from labeling.command import run_command
-from training import engine
+from training import distributed, engine
 from training.config_fields import ConfigError, config_from_args
 from training.preferences import NotReady
 
@@ -73,7 +75,10 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
     judge...) under a job Reporter, and print its summary as JSON on the last line. A bad flag or
     config prints one sentence and returns 2; another error the user can fix (a round that is not
     ready, a wrong model path or version, an unusable device, or one of `user_errors`) returns 1; a
-    cancelled job 130."""
+    cancelled job 130.
+
+    Under `accelerate launch` only the main process reports, writes and prints (training/distributed.py);
+    the others run the same round silently."""
     from training import jobs, versions
     from training.device import DeviceError
     from training.model import ModelPathError
@@ -83,17 +88,27 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
         try:
             config, extras = config_from_args(config_class, argv, prog)
         except ConfigError as exc:
-            _fail_job(argv, str(exc))
+            if distributed.is_main():
+                _fail_job(argv, str(exc))
             raise
-        with jobs.reporting(extras["job_id"]) as reporter:
+        main = distributed.is_main()
+        with jobs.reporting(extras["job_id"] if main else None, quiet=not main) as reporter:
             jobs.set_threads()
+            if distributed.world_size() > 1:  # the main process registers the base before the others read it
+                distributed.start()
+                if main:
+                    versions.ensure_base_version()
+                distributed.wait_for_everyone()
             before = versions.current_policy_id()
             summary = run_round(config, reporter, max_steps=extras["max_steps"], max_pairs=extras["max_pairs"])
-            if (after := versions.current_policy_id()) != before:  # ready for the generator's next pairs
+            if main and (after := versions.current_policy_id()) != before:  # ready for the generator's next pairs
                 engine.prepare(after)
             reporter.result = summary
+        distributed.finish()
         return summary
 
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # one summary line in the job's log: the main process's
     try:
         return run_command(work, {ConfigError: 2,
                                   (NotReady, ModelPathError, VersionError, DeviceError, *user_errors): 1})  # the user's to fix

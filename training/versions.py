@@ -25,7 +25,7 @@ from labeling import atomic, model_versions
 from labeling.command import run_command
 from labeling.model_versions import Version
 from labeling.workspace import home
-from training import registry
+from training import distributed, registry
 
 
 class VersionError(RuntimeError):
@@ -47,13 +47,16 @@ def _next_id(ids: list[str], method: str) -> str:
 
 def create_version(kind: str, method: str, parent_id: str | None, config: dict[str, Any] | None,
                    judgment_ids: list[int] | None, metrics: dict[str, Any] | None,
-                   write: Callable[[Path], None], make_current: bool = False) -> str:
+                   write: Callable[[Path], None], make_current: bool = False) -> str | None:
     """Write a version's files with `write(tmp_folder)`, rename the folder, then commit the row.
 
     If `write` raises, the temporary folder is removed and no row is added. With `make_current`
     the new version becomes current, unless the current policy is no longer `parent_id` (someone
-    rolled back while the round ran: their choice stands). Returns the new id.
+    rolled back while the round ran: their choice stands). Returns the new id; None in the other
+    processes of a distributed round, which write nothing.
     """
+    if not distributed.is_main():  # another process of a distributed round: the main one writes
+        return None
     if registry.version_kind(method) != kind:  # the method is the round that made it, or "base"
         raise VersionError(f"A '{method}' version must be of kind '{registry.version_kind(method)}', not '{kind}'.")
     if parent_id is not None and get_version(parent_id) is None:
