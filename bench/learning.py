@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="what samples the pairs the annotator labels (the app's generator setting)")
     p.add_argument("--length-bias", type=float, default=0.0, metavar="P",
                    help="share of the annotator's votes that pick the longer answer whatever the taste (0.7: issue 18)")
+    p.add_argument("--length-ratio", type=float, default=0.0, metavar="R",
+                   help="the generator's length matching (the Data page's setting): resample pairs whose longer answer "
+                        "has more than R times the shorter's tokens")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -125,11 +128,13 @@ def label_waiting(taste, length_bias: float = 0.0, seed: int = 0) -> dict[str, i
 
 
 def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int, engine: str = "auto",
-                       length_bias: float = 0.0) -> dict[str, int]:
-    """The app's generator answers `prompts` training prompts twice with the current policy; all is labeled."""
+                       length_bias: float = 0.0, length_ratio: float = 0.0) -> dict[str, int]:
+    """The app's generator answers `prompts` training prompts twice with the current policy (pairs
+    matched in length when `length_ratio` is set); all is labeled."""
     from training.generate import GenerateConfig, run
 
-    run(GenerateConfig(prompts=prompts, max_new_tokens=max_new_tokens, seed=seed, engine=engine))
+    run(GenerateConfig(prompts=prompts, max_new_tokens=max_new_tokens, seed=seed, engine=engine,
+                       length_ratio=length_ratio))
     return label_waiting(taste, length_bias, seed)
 
 
@@ -166,7 +171,8 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     use_workspace(root, "dpo")
     measure = Measure(args, taste)
     measure.rows["base"] = measure_base
-    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias)
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias,
+                                args.length_ratio)
     out = {"labels": labels}
     arms = args.arms.split(",")
     if "dpo" in arms:
@@ -215,7 +221,7 @@ def arm_iterative(args, taste, root: Path, measure_base) -> dict:
     for r in range(1, args.rounds + 1):
         budget = args.labels * r // args.rounds - spent
         labels = generate_and_label(taste, budget, args.max_new_tokens, args.seed + 100 * r, args.engine,
-                                    args.length_bias)
+                                    args.length_bias, args.length_ratio)
         spent += budget
         try:
             summary = run_dpo(args)  # a fresh adapter on the current policy, all labels so far, reference = base

@@ -89,6 +89,29 @@ def set_queue_order(order: str) -> str:
     return order
 
 
+LENGTH_RATIO_KEY = "pair_length_ratio"
+MAX_LENGTH_RATIO = 10.0
+
+
+def pair_length_ratio() -> float:
+    """How alike in length the generator makes the two answers of a pair: 0 (the default) takes
+    them as sampled; r > 1 resamples a pair whose longer answer has more than r times the shorter's
+    tokens (training/generate.py), so people judge content rather than length."""
+    stored = read_value(LENGTH_RATIO_KEY)
+    try:
+        return float(stored) if stored is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+def set_pair_length_ratio(value: float) -> float:
+    value = float(value)
+    if value != 0 and not 1 < value <= MAX_LENGTH_RATIO:
+        raise SettingError(f"The length ratio must be 0 (off) or above 1 and at most {MAX_LENGTH_RATIO:g}, got {value:g}.")
+    write_value(LENGTH_RATIO_KEY, str(value))
+    return value
+
+
 TRAINING_EXCLUDE_KEY = "training_exclude"
 
 

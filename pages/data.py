@@ -157,6 +157,18 @@ def render_settings() -> None:
                   f"{queue.RANDOM_SHARE:.0%} of draws at random, so the labels stay a fair sample. The "
                   f"latest reward model scores pairs as they are generated and when it is trained.")
     st.caption(f"The queue serves: {names[settings.queue_order()].lower()}.")
+    with st.form("length-form"):
+        ratio = st.number_input("Match answer lengths (0 = off)", min_value=0.0, max_value=settings.MAX_LENGTH_RATIO,
+                                value=settings.pair_length_ratio(), step=0.1, key="length-ratio",
+                                help="Above 1, e.g. 1.5: the generator samples a pair again (up to 3 times, keeping the "
+                                     "closest) while its longer answer has more than that many times the shorter's "
+                                     "tokens, so people judge content rather than length. Costs generation time.")
+        if st.form_submit_button("Save length matching"):
+            try:
+                settings.set_pair_length_ratio(ratio)
+                st.success("New pairs are matched in length." if ratio else "New pairs are taken as sampled.")
+            except settings.SettingError as error:
+                st.error(str(error))
     st.markdown("**Labeling guidelines**, shown on the Label page")
     guidelines_editor("data-guidelines")
 

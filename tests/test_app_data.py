@@ -257,3 +257,16 @@ def test_demonstrations_import_as_messages_and_a_bad_row_is_one_sentence(workspa
     at = upload(at, "bad.jsonl", json.dumps({"messages": "just text"}).encode())
     (error,) = at.error
     assert "bad.jsonl" in error.value and "line 1" in error.value and demonstrations.count() == 1
+
+
+def test_an_admin_turns_length_matching_on_for_new_pairs(workspace, generator, monkeypatch):  # noqa: F811
+    from labeling import settings
+
+    at = open_data()
+    assert at.number_input(key="length-ratio").value == 0.0
+    at.number_input(key="length-ratio").set_value(0.5)
+    at.button(key="FormSubmitter:length-form-Save length matching").click().run()
+    assert "The length ratio must be 0 (off) or above 1" in at.error[0].value and settings.pair_length_ratio() == 0.0
+    at.number_input(key="length-ratio").set_value(1.5)
+    at.button(key="FormSubmitter:length-form-Save length matching").click().run()
+    assert settings.pair_length_ratio() == 1.5 and "matched in length" in at.success[0].value

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from labeling import db, store
 from labeling.models import Job, Pair, Response, utcnow
 from tests.tiny_models import make_tiny_policy
-from training import generate, jobs
+from training import engine, generate, jobs
 from training import model as models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,3 +263,51 @@ def test_light_jobs_leave_the_generator_alone(tiny):
     jobs.wait(jobs.start_job("worker", {"note": "light"}), timeout=60)
     assert jobs.get_job(generating).status == "running"
     jobs.cancel(generating)
+
+
+class LengthySampler(engine.Sampler):
+    """A stand-in for the CTranslate2 sampler: side a answers 10 words; side b 40 words, until the
+    seed of the second length retry, which makes it 12 words."""
+
+    def __init__(self):
+        self.seeds = []
+
+    def __call__(self, texts, *, max_new_tokens, temperature, top_p, seed):
+        self.seeds.append(seed)
+        short_b = seed >= 2 * generate.LENGTH_SEED_OFFSET
+        rows = []
+        for k, _ in enumerate(texts):
+            n = 10 if k % 2 == 0 else (12 if short_b else 40)
+            rows.append((" ".join(f"w{seed}-{k}-{j}" for j in range(n)), n, True))
+        return rows
+
+
+def test_length_matching_resamples_far_pairs_and_keeps_the_closest():
+    sampler = LengthySampler()
+    prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(3)]
+    tokenizer = type("T", (), {"apply_chat_template": lambda self, p, **kw: p[0]["content"],
+                               "__call__": lambda self, texts, **kw: {"input_ids": [[0] * len(t) for t in texts]}})()
+    as_sampled = generate.generate_pairs(sampler, tokenizer, prompts, batch_size=8, seed=5)
+    assert [generate.length_ratio_of(s) for _, _, s in as_sampled] == [4.0] * 3 and len(sampler.seeds) == 1
+    matched = generate.generate_pairs(sampler, tokenizer, prompts, batch_size=8, seed=5, length_ratio=1.5)
+    assert [generate.length_ratio_of(s) for _, _, s in matched] == [1.2] * 3  # 12 words against 10
+    assert {(s["length_tries"], s["seed"], s["length_ratio"]) for _, _, s in matched} == {
+        (2, 5 + 2 * generate.LENGTH_SEED_OFFSET, 1.5)}  # the seed that made the kept pair, for replay
+    assert sampler.seeds[1:] == [5, 5 + generate.LENGTH_SEED_OFFSET, 5 + 2 * generate.LENGTH_SEED_OFFSET]
+    a, b = generate.side_settings(matched[0][2])
+    assert (a["length_tries"], b["length_ratio"]) == (2, 1.5)
+    loose = generate.generate_pairs(sampler, tokenizer, prompts, batch_size=8, seed=5, length_ratio=5.0)
+    assert all(s["length_tries"] == 0 for _, _, s in loose)  # within the ratio: taken as sampled
+
+
+def test_the_apps_generator_matches_lengths_as_the_workspace_says(workspace, monkeypatch):
+    from labeling import settings
+
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, config, **kw: started.append(config) or 7)
+    generate.start_generation(prompts=4)
+    settings.set_pair_length_ratio(1.5)
+    generate.start_generation(prompts=4)
+    assert [c["length_ratio"] for c in started] == [0.0, 1.5]
+    with pytest.raises(settings.SettingError, match="0 \\(off\\) or above 1"):
+        settings.set_pair_length_ratio(0.9)

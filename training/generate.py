@@ -26,6 +26,8 @@ from training.engine import ENGINES, Sampler
 
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
 RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
+LENGTH_TRIES = 3  # resamples of a pair whose answers differ too much in length (length_ratio)
+LENGTH_SEED_OFFSET = 2_000_003  # seeds of those resamples: apart from the batch seeds and the identical retry
 FIRST_CHUNK_PROMPTS = 2  # prompts in the first chunk: a labeler on an empty queue sees pairs early
 LOW_WATER = 20  # pairs: below this many waiting, the app generates more, whatever the labeling rate
 SCORE_PER_CHUNK = 64  # waiting pairs the reward model scores after each chunk, oldest unscored first
@@ -51,6 +53,9 @@ class GenerateConfig:
         "help": "auto: CTranslate2 (int8, 2-3x faster) on a CPU when it converts the model, else transformers."})
     until_waiting: int = field(default=0, metadata={"min": 0,
         "help": "Stop early once this many pairs wait to be labeled (0: answer every prompt)."})
+    length_ratio: float = field(default=0.0, metadata={"min": 0, "help": (
+        "Resample a pair (up to 3 more times, keeping the closest) while its longer answer has more than this many "
+        "times the shorter's tokens, so people judge content, not length; 0: off (the Data page's setting).")})
 
 
 # ---------------------------------------------------------------- sampling
@@ -113,14 +118,18 @@ def ramp(order: list[int], largest: int, first: int = FIRST_CHUNK_PROMPTS) -> li
 
 def generate_pairs(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 128,
                    temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 32, seed: int = 0,
-                   on_batch: Callable[[int, int], None] | None = None) -> list[tuple[str, str, dict]]:
+                   on_batch: Callable[[int, int], None] | None = None,
+                   length_ratio: float = 0.0) -> list[tuple[str, str, dict]]:
     """Two sampled responses per prompt (a conversation of {role, content} messages).
 
     Returns (response_a, response_b, settings) per kept pair, in prompt order; settings holds
     temperature, top_p, max_new_tokens, the batch seed, the new token counts of each side
     (`tokens_a`, `tokens_b`, EOS included) and `prompt_index`, the prompt's place in `prompts`.
     A pair whose sides are identical is re-sampled once and dropped if still identical, so
-    fewer pairs than prompts may come back. `on_batch(done, total)` is called after each batch.
+    fewer pairs than prompts may come back. With `length_ratio` r > 0, a pair whose longer side has
+    more than r times the shorter's new tokens is sampled again, whole, up to LENGTH_TRIES times,
+    and the pair closest in length is kept (its settings say which seed made it, and
+    `length_tries`). `on_batch(done, total)` is called after each batch.
     """
     texts = chat_texts(tokenizer, prompts)
     order = length_order(tokenizer, texts)  # similar lengths share a batch: little padding
@@ -135,7 +144,34 @@ def generate_pairs(model, tokenizer, prompts: list[list[dict]], *, max_new_token
     for b, batch in enumerate(_batches(identical, max(1, batch_size // 2))):
         retry = _sample_pairs(model, tokenizer, texts, batch, settings, seed + RESAMPLE_SEED_OFFSET + b)
         results.update({i: r for i, r in retry.items()})
+    if length_ratio:
+        match_lengths(model, tokenizer, texts, results, settings, length_ratio, seed, max(1, batch_size // 2))
     return [results[i] for i in range(len(prompts)) if results[i][0] != results[i][1]]
+
+
+def length_ratio_of(settings: dict) -> float:
+    """The longer side's new tokens over the shorter's (at least one token each)."""
+    a, b = max(settings["tokens_a"], 1), max(settings["tokens_b"], 1)
+    return max(a, b) / min(a, b)
+
+
+def match_lengths(model, tokenizer, texts: list[str], results: dict[int, tuple], settings: dict, ratio: float,
+                  seed: int, per_batch: int) -> None:
+    """Resample, whole, the pairs of `results` whose sides differ in length by more than `ratio`,
+    up to LENGTH_TRIES times, keeping for each prompt the distinct pair closest in length."""
+    for i in results:
+        results[i][2].update(length_ratio=ratio, length_tries=0)
+    for attempt in range(1, LENGTH_TRIES + 1):
+        far = [i for i, (a, b, s) in sorted(results.items()) if length_ratio_of(s) > ratio or a == b]
+        for b, batch in enumerate(_batches(far, per_batch)):
+            offset = LENGTH_SEED_OFFSET * attempt + b
+            for i, (a2, b2, s2) in _sample_pairs(model, tokenizer, texts, batch, settings, seed + offset).items():
+                kept = results[i]
+                s2.update(length_ratio=ratio, length_tries=attempt)
+                if a2 != b2 and (kept[0] == kept[1] or length_ratio_of(s2) < length_ratio_of(kept[2])):
+                    results[i] = (a2, b2, s2)
+                else:
+                    kept[2]["length_tries"] = attempt
 
 
 def _sample_pairs(model, tokenizer, texts, batch: list[int], settings: dict, seed: int) -> dict[int, tuple]:
@@ -164,7 +200,8 @@ def pick_prompts(n: int) -> list[tuple[int, list[dict]]]:
 def side_settings(settings: dict, sampler: dict | None = None) -> tuple[dict, dict]:
     """The generation record stored with each response of a pair; `sampler`: which engine sampled
     it and how (`engine.sampler_record`)."""
-    shared = {**{k: settings[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}, **(sampler or {})}
+    kept = ("temperature", "top_p", "max_new_tokens", "seed", "length_ratio", "length_tries")
+    shared = {**{k: settings[k] for k in kept if k in settings}, **(sampler or {})}
     return ({**shared, "side": "a", "new_tokens": settings["tokens_a"], "eos": settings["eos_a"]},
             {**shared, "side": "b", "new_tokens": settings["tokens_b"], "eos": settings["eos_b"]})
 
@@ -191,7 +228,7 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
         t0 = time.perf_counter()
         pairs = generate_pairs(model, tokenizer, [chosen[i][1] for i in chunk], max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, top_p=config.top_p, batch_size=config.batch_size,
-                               seed=seed + step * 1000)
+                               seed=seed + step * 1000, length_ratio=config.length_ratio)
         seconds += time.perf_counter() - t0
         tokens += sum(p[2]["tokens_a"] + p[2]["tokens_b"] for p in pairs)
         stored += store.add_generated_pairs([(chosen[chunk[settings["prompt_index"]]][0], a, b, version,
@@ -250,8 +287,11 @@ def buffer_target(pairs_per_minute: float) -> int:
 def start_generation(prompts: int = 32, version: str | None = None, until_waiting: int = 0) -> int:
     """Start `python -m training generate` as a background job of this server (it stops when the
     server stops, and gives way to any round started meanwhile); return its id (JobError when
-    another heavy job is running)."""
-    config = GenerateConfig(prompts=prompts, version=version, until_waiting=until_waiting)
+    another heavy job is running). Pairs are matched in length as the Data page's setting says."""
+    from labeling import settings
+
+    config = GenerateConfig(prompts=prompts, version=version, until_waiting=until_waiting,
+                            length_ratio=settings.pair_length_ratio())
     return jobs.start_job("generate", asdict(config), stop_with_server=True)
 
 
