@@ -311,3 +311,14 @@ def test_the_apps_generator_matches_lengths_as_the_workspace_says(workspace, mon
     assert [c["length_ratio"] for c in started] == [0.0, 1.5]
     with pytest.raises(settings.SettingError, match="0 \\(off\\) or above 1"):
         settings.set_pair_length_ratio(0.9)
+
+
+def test_a_job_cancelled_while_queued_stops_before_loading_a_model(workspace, monkeypatch):
+    from labeling import runs
+
+    job_id = runs.queue_job("generate", {}, unless_active=())
+    runs.cancel_job(job_id)
+    monkeypatch.setattr(engine, "load_generator", lambda *a, **k: pytest.fail("loaded a model for a cancelled job"))
+    with pytest.raises(jobs.Cancelled):
+        generate.run(generate.GenerateConfig(prompts=2), jobs.Reporter(job_id))
+    assert runs.get_job(job_id).status == "cancelled"

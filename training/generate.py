@@ -211,8 +211,9 @@ def run(config: GenerateConfig, reporter: jobs.Reporter | None = None) -> dict[s
     from labeling import store
     from training import suggest, versions
 
-    store.ensure_builtin_prompts()
     reporter = reporter or jobs.Reporter(None)
+    reporter.start(None)  # a job cancelled while it was queued stops here, before loading a model
+    store.ensure_builtin_prompts()
     chosen = pick_prompts(config.prompts)
     seed = config.seed if config.seed is not None else time.time_ns() % 2**31
     version = config.version or versions.current_policy_id() or "base"  # one id for the model and its pairs
