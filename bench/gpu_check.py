@@ -9,7 +9,8 @@ annotator (bench/tastes.py `plain`) labels them through the queue, then a reward
 a PPO round and an evaluation of the DPO version against the base, with each round's defaults in
 the precision the device seam picks (bf16 where the card has it). MFU is the model FLOPs a stage
 did over the card's dense bf16 peak: 2·N per generated token; 6·N per DPO training token (forward,
-backward through the frozen weights to the adapter, and the reference's forward), N the
+backward through the frozen weights to the adapter, and the reference's forward at every step:
+the check turns the reference cache off), N the
 parameters. The peak comes from the card's name (`PEAK_TFLOPS`) or `--peak-tflops`.
 
 Where there is no CUDA device it prints {"skipped": "no CUDA"} and exits 0. `--allow-cpu` runs the
@@ -137,7 +138,8 @@ def run(args) -> dict:
                row["seconds"], peak))
     labels, _ = stage("label", lambda: label_waiting(plain))
     rm, _ = stage("reward", lambda: reward.run_round(round_config("reward", args), quiet))
-    summary, row = stage("dpo", lambda: dpo.run_round(round_config("dpo", args), quiet))
+    # the reference's forward at every step (no cache), so 6·N per token holds
+    summary, row = stage("dpo", lambda: dpo.run_round(round_config("dpo", args, precompute_ref_log_probs="no"), quiet))
     row.update(pairs=summary["pairs"], epochs=summary["epochs"], steps=summary["steps"], tokens=summary.get("tokens"),
                pairs_per_s=round(summary["pairs_per_second"], 3),
                mfu=mfu(6 * parameters * summary["tokens"], summary["train_seconds"], peak) if summary.get("tokens") else None)

@@ -322,3 +322,10 @@ def test_a_job_cancelled_while_queued_stops_before_loading_a_model(workspace, mo
     with pytest.raises(jobs.Cancelled):
         generate.run(generate.GenerateConfig(prompts=2), jobs.Reporter(job_id))
     assert runs.get_job(job_id).status == "cancelled"
+
+
+def test_a_length_ratio_of_one_or_less_is_refused_in_one_sentence():
+    from training.config_fields import settings_problem
+
+    assert "length_ratio must be 0 (off) or above 1" in settings_problem(generate.GenerateConfig(length_ratio=0.8))
+    assert settings_problem(generate.GenerateConfig(length_ratio=1.3)) is None

@@ -23,6 +23,9 @@ def test_every_stage_runs_through_the_app_on_the_cpu(tmp_path, monkeypatch, caps
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
     monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
+    for name in ("PREFLOOP_HOME", "PREFLOOP_MODEL"):  # the script sets them: restored after the test
+        monkeypatch.setenv(name, "")
+    monkeypatch.delenv("PREFLOOP_DB", raising=False)
     model = make_tiny_policy(tmp_path / "tiny")
     assert gpu_check.main(["--allow-cpu", "--model", str(model), "--prompts", "40", "--max-new-tokens", "8",
                            "--ppo-steps", "1", "--home", str(tmp_path / "run")]) == 0

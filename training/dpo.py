@@ -95,16 +95,14 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None, e
 
     # across processes TRL caches the reference log-probs in each one's own temporary folder, where
     # the others cannot read them: a distributed round computes them as it goes
-    distributed_run = distributed.world_size() > 1
-    if distributed_run and config.precompute_ref_log_probs == "yes":
-        raise preferences.NotReady("precompute_ref_log_probs: yes does not work under accelerate launch (each process "
-                                   "caches the reference in its own temporary folder); use auto or no.")
+    distributed_run = distributed.world_size() > 1  # (a "yes" is refused by config.problem() there)
     precompute = {"yes": True, "no": False, "auto": epochs > 1 and not distributed_run}[config.precompute_ref_log_probs]
     return DPOConfig(
         output_dir=output_dir, beta=config.beta, loss_type=[config.loss_type], label_smoothing=config.label_smoothing,
         ld_alpha=config.ld_alpha,
         learning_rate=config.learning_rate, num_train_epochs=epochs, max_steps=max_steps or -1,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        per_device_train_batch_size=distributed.per_process(config.batch_size),
+        per_device_eval_batch_size=distributed.per_process(config.batch_size),
         max_length=config.max_length, precompute_ref_log_probs=precompute, seed=config.seed,
         logging_steps=1, save_strategy="no", report_to=[], **device.trainer_precision(),
         gradient_checkpointing=config.gradient_checkpointing,
@@ -157,9 +155,8 @@ def train(model, tokenizer, data: preferences.PreferenceData, config: DPORoundCo
     seconds = time.perf_counter() - started
     metrics = {"train_loss": output.training_loss, "train_seconds": seconds, "steps": trainer.state.global_step,
                "pairs": len(data.train), "epochs": epochs}
-    # pairs actually seen (a --max-steps run stops early; each process of a distributed round takes
-    # its own batch of every step), per second of training
-    metrics["pairs_per_second"] = min(trainer.state.global_step * config.batch_size * distributed.world_size(),
+    # pairs actually seen (a --max-steps run stops early), per second of training
+    metrics["pairs_per_second"] = min(trainer.state.global_step * config.batch_size,
                                       len(data.train) * epochs) / seconds
     last = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
     if last:

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+
+from training import distributed
+from training.distributed import ACCELERATE_CONFIG_ENV
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair",
               "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
@@ -79,6 +83,9 @@ class DPORoundConfig:
         """The sentence saying why these settings do not go together, or None."""
         if self.loss_type == "exo_pair" and self.label_smoothing <= 0:
             return "The exo_pair loss needs label_smoothing above 0 (for example 1e-3)."
+        if self.precompute_ref_log_probs == "yes" and (os.environ.get(ACCELERATE_CONFIG_ENV) or distributed.world_size() > 1):
+            return ("precompute_ref_log_probs: yes does not work under accelerate launch (each process caches the "
+                    "reference in its own temporary folder); use auto or no.")
         if self.label_smoothing > 0 and self.loss_type not in SMOOTHED_LOSSES:
             return (f"label_smoothing has no effect on the {self.loss_type} loss; set it to 0 or pick one of "
                     f"{', '.join(SMOOTHED_LOSSES)}.")

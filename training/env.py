@@ -80,12 +80,14 @@ def report_in_child(timeout: float = 120) -> dict[str, Any]:
     try:
         done = subprocess.run([sys.executable, "-m", "training", "env"], capture_output=True, text=True, cwd=ROOT,
                               timeout=timeout, env=dict(os.environ, PREFLOOP_THREADS="1"))
+        lines = done.stdout.strip().splitlines()
+        if done.returncode or not lines:
+            return {"error": (done.stderr.strip().splitlines() or ["`python -m training env` failed."])[-1]}
+        return json.loads(lines[-1])
     except subprocess.TimeoutExpired:
         return {"error": f"`python -m training env` did not answer within {timeout:.0f} s."}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode or not lines:
-        return {"error": (done.stderr.strip().splitlines() or ["`python -m training env` failed."])[-1]}
-    return json.loads(lines[-1])
+    except (OSError, ValueError) as exc:  # no interpreter to start, or a last line that is not JSON
+        return {"error": f"`python -m training env` could not be read ({exc})."}
 
 
 def sentence(info: dict[str, Any]) -> str:

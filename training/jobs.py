@@ -303,16 +303,28 @@ def reporting(job_id: int | None, quiet: bool = False) -> Iterator[Reporter]:
     try:
         yield reporter
     except Exception as exc:  # the job row must say why it failed, whatever failed
-        if _terminated and distributed.world_size() > 1 and job_id is not None \
-                and runs.get_job(job_id).status != "cancelled":  # (a library may have wrapped our Cancelled)
-            reporter.finish("failed", error=RANK_FAILED)
-        elif isinstance(exc, Cancelled):
-            reporter.finish("cancelled", error=str(exc) if str(exc) == SERVER_STOPPED else None)
-        else:
-            reporter.finish("failed", error=describe(exc))
+        with _termination_held():
+            if _terminated and distributed.world_size() > 1 and job_id is not None \
+                    and runs.get_job(job_id).status != "cancelled":  # (a library may have wrapped our Cancelled)
+                reporter.finish("failed", error=RANK_FAILED)
+            elif isinstance(exc, Cancelled):
+                reporter.finish("cancelled", error=str(exc) if str(exc) == SERVER_STOPPED else None)
+            else:
+                reporter.finish("failed", error=describe(exc))
         raise
     else:
-        reporter.finish("done", result=getattr(reporter, "result", None))
+        with _termination_held():
+            reporter.finish("done", result=getattr(reporter, "result", None))
+
+
+@contextmanager
+def _termination_held() -> Iterator[None]:
+    """Hold SIGTERM while the job's end is written, so the row never stays "running" half-written."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def describe(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training import preferences, registry, runner
+from training import distributed, preferences, registry, runner
 from training.kto_config import KTORoundConfig
 
 MIN_EXAMPLES = 2 * preferences.MIN_PAIRS
@@ -44,7 +44,8 @@ def trl_config(config: KTORoundConfig, output_dir: str, max_steps: int | None, w
 
     return KTOConfig(
         output_dir=output_dir, beta=config.beta, learning_rate=config.learning_rate, num_train_epochs=config.epochs,
-        max_steps=max_steps or -1, per_device_train_batch_size=config.batch_size, max_length=config.max_length,
+        max_steps=max_steps or -1, per_device_train_batch_size=distributed.per_process(config.batch_size),
+        max_length=config.max_length,
         desirable_weight=weights[0], undesirable_weight=weights[1], seed=config.seed, logging_steps=1,
         save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0, **device.trainer_precision())
 

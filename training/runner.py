@@ -21,6 +21,8 @@ from training import distributed, engine
 from training.config_fields import ConfigError, config_from_args
 from training.preferences import NotReady
 
+HELPER_GRACE_SECONDS = 10  # a failing process of a distributed round waits this long before it exits
+
 
 def lora_policy_round(method: str, config: Any, make_trainer: Callable, judgment_ids: list[int],
                       metrics: dict[str, Any], after_train: Callable[[Any], dict] | None = None) -> dict[str, Any]:
@@ -96,9 +98,11 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
             jobs.set_threads()
             if distributed.world_size() > 1:  # the main process registers the base before the others read it
                 distributed.start()
+                if extras["job_id"] is not None:
+                    jobs.lower_priority()  # the launcher started each process in a session of its own
                 if main:
                     versions.ensure_base_version()
-                distributed.wait_for_everyone()
+                versions.follow_main()
             before = versions.current_policy_id()
             summary = run_round(config, reporter, max_steps=extras["max_steps"], max_pairs=extras["max_pairs"])
             if main and (after := versions.current_policy_id()) != before:  # ready for the generator's next pairs
@@ -110,11 +114,14 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
     if not distributed.is_main():
         sys.stdout = open(os.devnull, "w")  # one summary line in the job's log: the main process's
     try:
-        return run_command(work, {ConfigError: 2,
+        code = run_command(work, {ConfigError: 2,
                                   (NotReady, ModelPathError, VersionError, DeviceError, *user_errors): 1})  # the user's to fix
     except jobs.Cancelled:
         print(json.dumps({"cancelled": True}))
-        return 130
+        code = 130
+    if code and not distributed.is_main():  # the main process likely met the same error: let it write its sentence
+        time.sleep(HELPER_GRACE_SECONDS)  # before the launcher, seeing this process end, stops it
+    return code
 
 
 def _fail_job(argv: list[str], message: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training import preferences, registry, runner
+from training import distributed, preferences, registry, runner
 from training.sft_config import SFTRoundConfig
 
 MIN_DEMONSTRATIONS = 4
@@ -41,7 +41,8 @@ def trl_config(config: SFTRoundConfig, output_dir: str, max_steps: int | None):
 
     return SFTConfig(
         output_dir=output_dir, learning_rate=config.learning_rate, num_train_epochs=config.epochs,
-        max_steps=max_steps or -1, per_device_train_batch_size=config.batch_size, max_length=config.max_length,
+        max_steps=max_steps or -1, per_device_train_batch_size=distributed.per_process(config.batch_size),
+        max_length=config.max_length,
         completion_only_loss=True, seed=config.seed, logging_steps=1,
         save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0, **device.trainer_precision())
 

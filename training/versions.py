@@ -114,9 +114,22 @@ def version_labels(kind: str | None = "policy") -> dict[str, str]:
     return {row.id: describe(row) for row in list_versions(kind)}
 
 
+_MAIN_READ: list[str | None] = []  # in the other processes of a distributed round: the main one's reading
+
+
 def current_policy_id() -> str | None:
-    """The current policy's id, or None."""
+    """The current policy's id, or None. In the other processes of a distributed round, the one the
+    main process read as the round started (`follow_main`), so a rollback meanwhile cannot give the
+    processes different parents."""
+    if _MAIN_READ and not distributed.is_main():
+        return _MAIN_READ[0]
     return model_versions.current_policy_id()
+
+
+def follow_main() -> None:
+    """At the start of a distributed round (every process): fix the current policy to the main
+    process's reading."""
+    _MAIN_READ[:] = [distributed.from_main(model_versions.current_policy_id)]
 
 
 def set_current(version_id: str, if_current: str | None = None) -> bool:
