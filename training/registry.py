@@ -18,7 +18,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from training import preferences, runner
+from training import distributed, preferences, runner
 from training.config_fields import settings_problem
 
 
@@ -102,8 +102,9 @@ def version_kind(method: str) -> str | None:
 def run(name: str, config: Any, reporter, max_steps: int | None = None,
         max_pairs: int | None = None) -> dict[str, Any]:
     """Run round `name` after the same check the Train page shows; NotReady with its sentence if it
-    cannot run."""
-    problem = ROUNDS[name].problem(config)
+    cannot run. In a distributed round the main process checks and the others follow its answer, so
+    a label arriving meanwhile cannot start some processes and stop others."""
+    problem = distributed.from_main(lambda: ROUNDS[name].problem(config))
     if problem:
         raise preferences.NotReady(problem)
     return ROUNDS[name].run_function()(config, reporter, max_steps=max_steps, max_pairs=max_pairs)
