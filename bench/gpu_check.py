@@ -115,7 +115,7 @@ def card_peak(args) -> tuple[str | None, float | None]:
     return name, peak
 
 
-def run(args) -> dict:
+def run(args, root: Path) -> dict:
     import torch
 
     from bench.learning import label_waiting, round_config, use_workspace
@@ -126,7 +126,7 @@ def run(args) -> dict:
     card, peak = card_peak(args)
     on_cuda = card is not None
     stage = Stage(on_cuda)
-    use_workspace(Path(os.environ["PREFLOOP_HOME"]).parent, Path(os.environ["PREFLOOP_HOME"]).name)
+    use_workspace(root, "workspace")  # the folder main() pointed PREFLOOP_HOME at
     parameters = parameter_count(Path(os.environ["PREFLOOP_MODEL"]))
     quiet = jobs.Reporter(None)
     args.set = []
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
             args.model = str(convert_default_model())
         if args.model:
             os.environ["PREFLOOP_MODEL"] = args.model
-        out = run(args)
+        out = run(args, root)
     out["total_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out))
     return 0

@@ -146,9 +146,8 @@ def generate_pairs(model, tokenizer, prompts: list[list[dict]], *, max_new_token
         if on_batch:
             on_batch(b + 1, len(batches))
     identical = [i for i in order if results[i][0] == results[i][1]]
-    for b, batch in enumerate(_batches(identical, max(1, batch_size // 2))):
-        retry = _sample_pairs(model, tokenizer, texts, batch, settings, seed + RESAMPLE_SEED_OFFSET + b)
-        results.update({i: r for i, r in retry.items()})
+    results.update(_resample(model, tokenizer, texts, identical, settings, seed + RESAMPLE_SEED_OFFSET,
+                             max(1, batch_size // 2)))
     if length_ratio:
         match_lengths(model, tokenizer, texts, results, settings, length_ratio, seed, max(1, batch_size // 2))
     return [results[i] for i in range(len(prompts)) if results[i][0] != results[i][1]]
@@ -168,15 +167,22 @@ def match_lengths(model, tokenizer, texts: list[str], results: dict[int, tuple],
         results[i][2].update(length_ratio=ratio, length_tries=0)
     for attempt in range(1, LENGTH_TRIES + 1):
         far = [i for i, (a, b, s) in sorted(results.items()) if length_ratio_of(s) > ratio or a == b]
-        for b, batch in enumerate(_batches(far, per_batch)):
-            offset = LENGTH_SEED_OFFSET * attempt + b
-            for i, (a2, b2, s2) in _sample_pairs(model, tokenizer, texts, batch, settings, seed + offset).items():
-                kept = results[i]
-                s2.update(length_ratio=ratio, length_tries=attempt)
-                if a2 != b2 and (kept[0] == kept[1] or length_ratio_of(s2) < length_ratio_of(kept[2])):
-                    results[i] = (a2, b2, s2)
-                else:
-                    kept[2]["length_tries"] = attempt
+        retry = _resample(model, tokenizer, texts, far, settings, seed + LENGTH_SEED_OFFSET * attempt, per_batch)
+        for i, (a2, b2, s2) in retry.items():
+            kept = results[i]
+            s2.update(length_ratio=ratio, length_tries=attempt)
+            if a2 != b2 and (kept[0] == kept[1] or length_ratio_of(s2) < length_ratio_of(kept[2])):
+                results[i] = (a2, b2, s2)
+            else:
+                kept[2]["length_tries"] = attempt
+
+
+def _resample(model, tokenizer, texts, indices: list[int], settings: dict, seed: int, per_batch: int) -> dict[int, tuple]:
+    """The pairs of the prompts `indices` sampled again, `per_batch` prompts at a time, batch b with seed + b."""
+    out: dict[int, tuple] = {}
+    for b, batch in enumerate(_batches(indices, per_batch)):
+        out.update(_sample_pairs(model, tokenizer, texts, batch, settings, seed + b))
+    return out
 
 
 def _sample_pairs(model, tokenizer, texts, batch: list[int], settings: dict, seed: int) -> dict[int, tuple]:
