@@ -6,6 +6,9 @@ annotator sees every pair), picks an outcome and calls `queue.submit_judgment`. 
 repeats: one submit in five is sent twice (a double click, sometimes with a changed mind), and one
 in four is also sent as a *shared* annotator whom every process impersonates at the same time
 (two tabs of one person submitting the same pair: the race on the unique pair+annotator row).
+Then RACE_ROUNDS times, every process waits for the others and submits the same pair for a new
+shared annotator at the same moment: the race on inserting that annotator and that row, made
+certain rather than left to the scheduler (a busy machine can keep the first part in lockstep).
 
 Afterwards the stored rows are checked against what the processes were told:
     lost           acknowledged (pair, annotator) with no row, or a row with another id than returned
@@ -44,6 +47,7 @@ OUTCOMES = ("a", "b", "tie", "both_bad", "skip")
 DOUBLE_CLICK_EVERY = 5
 SHARED_EVERY = 4
 SHARED_NAME = "shared-tab"
+RACE_ROUNDS = 8
 
 
 def seed_pairs(folder: Path, n: int) -> int:
@@ -72,8 +76,9 @@ def _submit(log: list, name: str, pair_id: int, outcome: str, left: str) -> None
     log.append((name, pair_id, outcome, judgment_id, ms, error, began, os.getpid()))
 
 
-def annotate(index: int, annotators: int, judgments: int, barrier, results) -> None:
-    """One annotator process: `judgments` pairs from the queue, with double clicks and shared-tab submits."""
+def annotate(index: int, annotators: int, judgments: int, barrier, together, race_pairs: list[int], results) -> None:
+    """One annotator process: `judgments` pairs from the queue, with double clicks and shared-tab
+    submits, then the RACE_ROUNDS submits made at once with the other processes (`together`)."""
     from labeling import queue
 
     rng, name, log = random.Random(index), f"annotator-{index}", []
@@ -89,7 +94,21 @@ def annotate(index: int, annotators: int, judgments: int, barrier, results) -> N
             _submit(log, name, view.pair_id, rng.choice((outcome, rng.choice(OUTCOMES))), view.left)
         if step % SHARED_EVERY == 0:
             _submit(log, SHARED_NAME, view.pair_id, outcome, view.left)
+    for k, pair_id in enumerate(race_pairs):
+        together.wait(timeout=300)
+        _submit(log, f"{SHARED_NAME}-{k}", pair_id, rng.choice(OUTCOMES), "a")
     results.put(log)
+
+
+def first_pairs(n: int) -> list[int]:
+    """The ids of the first `n` pairs stored."""
+    from sqlalchemy import select
+
+    from labeling import db
+    from labeling.models import Pair
+
+    with db.session() as s:
+        return list(s.scalars(select(Pair.id).order_by(Pair.id).limit(n)))
 
 
 def check(logs: list[tuple]) -> dict[str, Any]:
@@ -116,7 +135,7 @@ def check(logs: list[tuple]) -> dict[str, Any]:
         stored.setdefault((name, pair_id), []).append((judgment_id, outcome))
     lost = sum(1 for key, ids in acknowledged.items() if {i for i, _ in stored.get(key, [])} != ids)
     wrong = sum(1 for key, outcome in last_outcome.items()
-                if key[0] != SHARED_NAME and [o for _, o in stored.get(key, [])] != [outcome])
+                if not key[0].startswith(SHARED_NAME) and [o for _, o in stored.get(key, [])] != [outcome])
     return {"lost": lost, "duplicated": sum(1 for v in stored.values() if len(v) > 1),
             "wrong_outcome": wrong,
             "count_mismatch": sum(1 for pid, n in counted.items() if n != real.get(pid, 0)),
@@ -126,12 +145,12 @@ def check(logs: list[tuple]) -> dict[str, Any]:
 
 
 def races(logs: list[tuple]) -> int:
-    """Shared-annotator submits of one pair by two processes whose calls overlapped in time: the
-    cases where both could find no row and both try to insert one."""
-    by_key: dict[int, list[tuple[float, float, int]]] = {}
+    """Submits of one pair for one shared annotator by two processes whose calls overlapped in
+    time: the cases where both could find no row and both try to insert one."""
+    by_key: dict[tuple[str, int], list[tuple[float, float, int]]] = {}
     for name, pair_id, _o, _id, ms, _e, start, pid in logs:
-        if name == SHARED_NAME:
-            by_key.setdefault(pair_id, []).append((start, start + ms / 1000, pid))
+        if name.startswith(SHARED_NAME):
+            by_key.setdefault((name, pair_id), []).append((start, start + ms / 1000, pid))
     return sum(1 for calls in by_key.values() for i, a in enumerate(calls) for b in calls[i + 1:]
                if a[2] != b[2] and a[0] < b[1] and b[0] < a[1])
 
@@ -168,8 +187,9 @@ def run(annotators: int, judgments: int) -> dict[str, Any]:
     """Seed the pairs, start the annotator processes together, gather their logs, check the rows."""
     ctx = mp.get_context("spawn")  # fresh interpreters: no database connection crosses a fork
     seeded = seed_pairs(Path(os.environ["PREFLOOP_HOME"]), judgments)
-    barrier, results = ctx.Barrier(annotators + 1), ctx.Queue()
-    procs = [ctx.Process(target=annotate, args=(i, annotators, judgments, barrier, results))
+    race_pairs = first_pairs(RACE_ROUNDS)
+    barrier, together, results = ctx.Barrier(annotators + 1), ctx.Barrier(annotators), ctx.Queue()
+    procs = [ctx.Process(target=annotate, args=(i, annotators, judgments, barrier, together, race_pairs, results))
              for i in range(annotators)]
     for p in procs:
         p.start()
@@ -183,7 +203,7 @@ def run(annotators: int, judgments: int) -> dict[str, Any]:
     latencies = sorted(entry[4] for entry in logs)
     summary = check(logs)
     summary.update({"submits": len(logs), "seconds": round(seconds, 2),
-                    "submits_per_s": round(len(logs) / seconds, 1), "pairs": seeded,
+                    "submits_per_s": round(len(logs) / seconds, 1), "pairs": seeded, "race_rounds": len(race_pairs),
                     "crashed_processes": len(failed),
                     "p50_ms": round(latencies[len(latencies) // 2], 2) if latencies else None,
                     "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 2) if latencies else None})

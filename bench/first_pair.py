@@ -37,6 +37,16 @@ def stored_pairs(home: Path) -> int:
     return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
 
+def what_happened(home: Path, page) -> str:
+    """Why no pair showed, for the error: the page's text, the workspace's jobs, the ends of their logs."""
+    out = subprocess.run([sys.executable, "-m", "training", "worker", "list"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PREFLOOP_HOME": str(home)})
+    logs = "".join(f"\n--- {log}:\n{log.read_text(errors='replace')[-1500:]}"
+                   for log in sorted(home.glob("jobs/*/log.txt")) + [home / "streamlit.log"] if log.is_file())
+    return (f"page: {page.inner_text('body')[:1500]!r}\njobs: {out.stdout.strip() or out.stderr[-800:]}"
+            f"\npairs stored: {stored_pairs(home)}{logs}")
+
+
 def prepare(env: dict[str, str]) -> None:
     """What `make run` does before it starts the server, untimed: `python -m training prepare`
     (the model converted for the generator's engine, in this workspace)."""
@@ -65,6 +75,8 @@ def one_run(home: Path, model: Path, timeout: float) -> dict:
             page.get_by_role("link", name="Label").click()
             try:
                 page.get_by_text("Response A", exact=True).first.wait_for(timeout=timeout * 1000)
+            except Exception as error:  # playwright's TimeoutError: say what the page and the jobs showed
+                raise RuntimeError(f"no pair on screen after {timeout:.0f} s.\n{what_happened(home, page)}") from error
             finally:
                 page.screenshot(path=str(home / "label_page.png"))
             result["first_pair_on_screen_s"] = round(time.monotonic() - started, 1)

@@ -222,10 +222,18 @@ def render_rating(name: str) -> None:
 
 @st.fragment(run_every="5s")
 def wait_for_pairs(name: str) -> None:
-    """Shown when nothing waits: looks again every 5 s and brings the next pair as soon as it exists."""
+    """Shown when nothing waits: looks again every 5 s and brings the next pair as soon as it exists,
+    asks for more pairs meanwhile, and says so when generating them failed."""
     if queue.next_pair(name, overlap()) is not None:
         st.rerun(scope="app")
     st.info("No pairs are waiting for you right now. New pairs appear here as soon as they are generated.")
+    keep_pairs_coming(0)
+    if os.environ.get("PREFLOOP_AUTOGENERATE", "1") != "0":
+        from training import generate  # lazy: the app's other pages never need it
+
+        if error := generate.recent_failure():
+            minutes = generate.RETRY_AFTER_FAILURE.seconds // 60
+            st.error(f"Generating pairs failed: {error.rstrip('.')}. It is tried again {minutes} minutes after the failure.")
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ def generator(monkeypatch):
     fake.ensure_pairs_waiting = (lambda min_waiting=None, waiting=None:
                                  fake.calls.append(("ensure", min_waiting, waiting)) or 7)
     fake.start_generation = lambda prompts: fake.calls.append(("start", prompts)) or 8
+    fake.recent_failure = lambda: None
     monkeypatch.setitem(sys.modules, "training.generate", fake)
     monkeypatch.setenv("PREFLOOP_AUTOGENERATE", "1")
     monkeypatch.setattr(training, "generate", fake, raising=False)
@@ -174,6 +175,19 @@ def test_empty_queue_asks_the_generator_and_says_so(workspace, generator):
     assert ("ensure", None, 0) in generator.calls
     assert any("No pairs are waiting" in i.value for i in at.info)
     assert not at.exception
+
+
+def test_empty_queue_says_why_when_generating_failed_and_starts_no_new_job(workspace, monkeypatch):
+    from labeling import runs
+
+    monkeypatch.setenv("PREFLOOP_AUTOGENERATE", "1")  # the real generator module: no model loads, since it fails
+    job_id = runs.queue_job("generate", {}, unless_active=())
+    runs.finish_job(job_id, "failed", None, "The model folder /nowhere does not exist.")
+    at = open_label()
+    assert not at.exception
+    assert any("Generating pairs failed: The model folder /nowhere does not exist. It is tried again 5 minutes"
+               in e.value for e in at.error), [e.value for e in at.error]
+    assert runs.last_job("generate").id == job_id  # no new job until the failure is 5 minutes old
 
 
 def test_pairs_i_skipped_do_not_count_as_waiting_for_me(workspace, generator):

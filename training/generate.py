@@ -319,7 +319,7 @@ def ensure_pairs_waiting(min_waiting: int | None = None, waiting: int | None = N
         min_waiting = buffer_target(queue.judgments_per_minute() / overlap)
     everyone = queue.pairs_waiting(overlap)
     waiting = everyone if waiting is None else waiting
-    if waiting >= min_waiting or jobs.active_jobs() or _failed_recently():
+    if waiting >= min_waiting or jobs.active_jobs() or recent_failure():
         return None
     more = 2 * min_waiting - waiting
     try:  # the job counts what waits for everyone (it cannot tell whose): `more` on top of that
@@ -328,10 +328,12 @@ def ensure_pairs_waiting(min_waiting: int | None = None, waiting: int | None = N
         return None
 
 
-def _failed_recently() -> bool:
-    """The last generation job failed less than RETRY_AFTER_FAILURE ago (its error is on the Jobs view)."""
+def recent_failure() -> str | None:
+    """The error of the last generation job when it failed less than RETRY_AFTER_FAILURE ago (no
+    new one starts by itself until then), else None."""
     from labeling import runs
 
     last = runs.last_job("generate")
-    return bool(last and last.status == "failed" and last.finished_at
-                and runs.utcnow() - last.finished_at < RETRY_AFTER_FAILURE)
+    if last and last.status == "failed" and last.finished_at and runs.utcnow() - last.finished_at < RETRY_AFTER_FAILURE:
+        return last.error or f"Job #{last.id} failed; its log is jobs/{last.id}/log.txt in the workspace."
+    return None
