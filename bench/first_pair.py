@@ -43,8 +43,10 @@ def what_happened(home: Path, page) -> str:
                          text=True, env={**os.environ, "PREFLOOP_HOME": str(home)})
     logs = "".join(f"\n--- {log}:\n{log.read_text(errors='replace')[-1500:]}"
                    for log in sorted(home.glob("jobs/*/log.txt")) + [home / "streamlit.log"] if log.is_file())
+    busiest = subprocess.run(["ps", "-eo", "pid,ni,pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True)
     return (f"page: {page.inner_text('body')[:1500]!r}\njobs: {out.stdout.strip() or out.stderr[-800:]}"
-            f"\npairs stored: {stored_pairs(home)}{logs}")
+            f"\npairs stored: {stored_pairs(home)}{logs}\n--- busiest processes:\n"
+            + "\n".join(line[:200] for line in busiest.stdout.splitlines()[:8]))
 
 
 def prepare(env: dict[str, str]) -> None:
