@@ -244,3 +244,36 @@ def test_length_desensitised_dpo_reaches_trl_and_changes_the_loss(tiny, tmp_path
         losses[alpha] = summary["train_loss"]
         assert versions.get_version(summary["version"]).config["ld_alpha"] == alpha
     assert losses[None] != pytest.approx(losses[0.0])
+
+
+def test_length_regularised_dpo_learns_less_from_longer_winners_and_more_from_shorter(tiny, tmp_path, monkeypatch):
+    """R-DPO (length_alpha): a pair won by the longer answer teaches less than in plain DPO, one won
+    by the shorter answer teaches more: the first step's gradient, on pairs where the chosen answer
+    is the long one, then on the same pairs with the sides swapped (the new adapter starts where
+    plain DPO's loss is log 2 for every pair, so only the length term differs)."""
+    from labeling.store import import_file
+    from tests.preference_fixtures import preference_records
+
+    assert "length_alpha" in DPORoundConfig(length_alpha=0.05, precompute_ref_log_probs="no").problem()
+
+    class Recorder(jobs.Reporter):
+        def step(self, step, metrics=None):
+            self.first = getattr(self, "first", None) or dict(metrics or {})
+
+    def first_gradient(records: list[dict], alpha: float | None, name: str) -> float:
+        monkeypatch.setenv("PREFLOOP_HOME", str(tmp_path / name))  # a workspace of its own
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        import_file(path, fmt="pairs", source=name)
+        recorder = Recorder(None)
+        dpo.run_round(DPORoundConfig(learning_rate=1e-2, batch_size=4, length_alpha=alpha, make_current=False),
+                      recorder, max_steps=1)
+        return recorder.first["grad_norm"]
+
+    longer_wins = preference_records(12)  # "Sure, here is a short answer about ..." against "No."
+    shorter_wins = [dict(r, chosen=r["rejected"], rejected=r["chosen"]) for r in longer_wins]
+    plain, regularised = first_gradient(longer_wins, None, "long-1"), first_gradient(longer_wins, 0.05, "long-2")
+    assert regularised < 0.8 * plain, (plain, regularised)
+    plain, regularised = first_gradient(shorter_wins, None, "short-1"), first_gradient(shorter_wins, 0.05, "short-2")
+    assert regularised > 1.1 * plain, (plain, regularised)
+    assert dpo.trainer_class(None).__name__ == "DPOTrainer"

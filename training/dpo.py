@@ -16,6 +16,7 @@ import dataclasses
 import random
 import tempfile
 import time
+import uuid
 from typing import Any
 
 from training import distributed, preferences, registry, runner, versions
@@ -96,7 +97,8 @@ def trl_config(config: DPORoundConfig, output_dir: str, max_steps: int | None, e
     # across processes TRL caches the reference log-probs in each one's own temporary folder, where
     # the others cannot read them: a distributed round computes them as it goes
     distributed_run = distributed.world_size() > 1  # (a "yes" is refused by config.problem() there)
-    precompute = {"yes": True, "no": False, "auto": epochs > 1 and not distributed_run}[config.precompute_ref_log_probs]
+    precompute = {"yes": True, "no": False,
+                  "auto": (epochs > 1 or bool(config.length_alpha)) and not distributed_run}[config.precompute_ref_log_probs]
     return DPOConfig(
         output_dir=output_dir, beta=config.beta, loss_type=[config.loss_type], label_smoothing=config.label_smoothing,
         ld_alpha=config.ld_alpha,
@@ -133,19 +135,41 @@ def small_logprob_chunks() -> None:
         trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, LOGPROB_CHUNK_POSITIONS)
 
 
+def trainer_class(length_alpha: float | None):
+    """TRL's DPOTrainer, or with a length term (R-DPO) when `length_alpha` is set."""
+    from trl import DPOTrainer
+
+    if not length_alpha:
+        return DPOTrainer
+
+    class LengthRegularisedDPOTrainer(DPOTrainer):
+        """R-DPO through TRL's public hook: the reference log-probs, computed once before training,
+        are lowered by (α/β) per response token, so β·(chosen − rejected log-ratio) gains
+        α·(chosen tokens − rejected tokens): a length difference explains part of each preference,
+        and the policy learns less "longer" from it."""
+
+        def compute_ref_log_probs(self, model, inputs):
+            chosen, rejected = super().compute_ref_log_probs(model, inputs)
+            tokens_chosen, tokens_rejected = inputs["completion_mask"].sum(dim=1).chunk(2, dim=0)
+            shift = length_alpha / self.beta
+            return chosen - shift * tokens_chosen.to(chosen.dtype), rejected - shift * tokens_rejected.to(rejected.dtype)
+
+    return LengthRegularisedDPOTrainer
+
+
 def train(model, tokenizer, data: preferences.PreferenceData, config: DPORoundConfig, reporter,
           output_dir: str, max_steps: int | None = None, reference=None) -> tuple[Any, dict[str, float]]:
     """Train a LoRA adapter with DPO; return (the peft model, metrics incl. held-out ones).
     `reference` None: the reference is `model` itself with the adapter off."""
-    from trl import DPOTrainer
-
     small_logprob_chunks()
 
     prompt_tokens = prompt_budget(config)
     train_set = to_dataset(batched_by_length(data.train, config.batch_size, config.seed), tokenizer, prompt_tokens)
     heldout_set = to_dataset(data.heldout, tokenizer, prompt_tokens) if data.heldout else None
     epochs = config.epochs_for(len(data.train))
-    trainer = DPOTrainer(
+    if config.length_alpha:  # its own fingerprint: TRL would otherwise reuse another round's cached reference
+        train_set = train_set.map(lambda row: {}, new_fingerprint=f"length-alpha-{uuid.uuid4().hex}")
+    trainer = trainer_class(config.length_alpha)(
         model=model, ref_model=reference, args=trl_config(config, output_dir, max_steps, epochs),
         train_dataset=train_set, eval_dataset=heldout_set, processing_class=tokenizer,
         peft_config=lora_config(config, model), callbacks=[runner.progress_callback(reporter, LOGGED)],

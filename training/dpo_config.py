@@ -46,6 +46,12 @@ class DPORoundConfig:
         "Length-desensitised DPO (LD-DPO, Liu et al. 2024): the log-probability of the tokens past the shorter "
         "answer's length counts this much (0.5 is a common choice); empty = plain DPO. Use it when the labels "
         "favour longer answers and the tuned model grows wordy.")})
+    length_alpha: float | None = field(default=None, metadata={"min": 0, "help": (
+        "Length-regularised DPO (R-DPO, Park et al. 2024): each pair's margin gets length_alpha × (chosen tokens − "
+        "rejected tokens), so a pair won by the longer answer teaches less and one won by the shorter teaches more "
+        "(0.01–0.05 with β 0.1); empty = plain DPO. Use it when people pick the longer answer more than the content "
+        "deserves. Held-out accuracy then includes the length term. Needs the reference log-probs computed once "
+        "(precompute auto or yes), so not on several processes.")})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank of the new adapter."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     reference: str = field(default="base", metadata={
@@ -86,6 +92,10 @@ class DPORoundConfig:
         if self.precompute_ref_log_probs == "yes" and (os.environ.get(ACCELERATE_CONFIG_ENV) or distributed.world_size() > 1):
             return ("precompute_ref_log_probs: yes does not work under accelerate launch (each process caches the "
                     "reference in its own temporary folder); use auto or no.")
+        if self.length_alpha and (self.precompute_ref_log_probs == "no" or os.environ.get(ACCELERATE_CONFIG_ENV)
+                                  or distributed.world_size() > 1):
+            return ("length_alpha needs the reference log-probs computed once before training: set "
+                    "precompute_ref_log_probs to auto or yes, and run the round in one process.")
         if self.label_smoothing > 0 and self.loss_type not in SMOOTHED_LOSSES:
             return (f"label_smoothing has no effect on the {self.loss_type} loss; set it to 0 or pick one of "
                     f"{', '.join(SMOOTHED_LOSSES)}.")
