@@ -31,7 +31,18 @@ def workspace(tmp_path, monkeypatch):
     # no generation job starts by itself (app.py starts one at a server's first page view); the
     # tests of that behaviour turn it back on
     monkeypatch.setenv("PREFLOOP_AUTOGENERATE", "0")
+    clear_app_caches()
     return home
+
+
+def clear_app_caches() -> None:
+    """Forget what the app cached for the last test's server (e.g. the Train page's device and free
+    memory, kept five minutes): AppTest runs every test's app in this one process."""
+    import sys
+
+    if "streamlit" in sys.modules:  # nothing is cached before the first AppTest imports it
+        sys.modules["streamlit"].cache_resource.clear()
+        sys.modules["streamlit"].cache_data.clear()
 
 
 @pytest.fixture

@@ -105,18 +105,21 @@ def upload(at, name: str, content: bytes):
 def test_import_of_a_good_file_stores_its_pairs(workspace, generator):  # noqa: F811
     rows = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
             {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Rome"}]
-    at = upload(open_data(), "mini.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    at = open_data()
+    before = counts()  # the app's built-in prompts are in
+    at = upload(at, "mini.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
     assert not at.error, [e.value for e in at.error]
     assert any("imported 2" in s.value for s in at.success)
-    assert counts() == (2, 2, 2)
+    assert tuple(n - m for n, m in zip(counts(), before)) == (2, 2, 2)
     assert queue.pairs_waiting() == 0  # imported labels count as judgments: nothing waits in the queue
     assert queue.pairs_waiting(overlap=2) == 2
 
 
 def test_import_of_a_bad_file_shows_one_sentence_and_stores_nothing(workspace, generator):  # noqa: F811
     seed_pairs(1)
+    at = open_data()
     before = counts()
-    at = upload(open_data(), "broken.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": \n')
+    at = upload(at, "broken.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": \n')
     assert len(at.error) == 1
     message = at.error[0].value
     assert "broken.jsonl" in message and "line 2" in message and "/tmp" not in message

@@ -52,6 +52,9 @@ def test_form_is_built_from_the_dataclass(workspace, generator):  # noqa: F811
 
 
 def test_not_ready_sentences_and_no_job(workspace, generator, started, monkeypatch):  # noqa: F811
+    from labeling import store
+
+    monkeypatch.setattr(store, "ensure_builtin_prompts", lambda: 0)  # a workspace with no prompts at all
     at = pick_round(open_train(), "DPO")
     assert "DPO needs at least 8 labeled pairs; you have 0." in at.warning[0].value
     at = press_train(at)

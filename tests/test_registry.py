@@ -88,7 +88,8 @@ def test_a_registered_round_appears_on_the_train_page(workspace, generator, toy,
     assert "Toy" in at.radio(key="round").options
     at.radio(key="round").set_value("Toy")
     at.run()
-    assert not at.warning and next(w for w in at.number_input if w.label == "steps").value == 2
+    assert not at.warning, [w.value for w in at.warning]
+    assert next(w for w in at.number_input if w.label == "steps").value == 2
     assert {"max steps (0 = all)", "max pairs (0 = all)"} <= {w.label for w in at.number_input}
     next(w for w in at.number_input if w.label == "steps").set_value(5)
     next(b for b in at.button if b.label == "Train").click()
