@@ -38,15 +38,27 @@ def stored_pairs(home: Path) -> int:
 
 
 def what_happened(home: Path, page) -> str:
-    """Why no pair showed, for the error: the page's text, the workspace's jobs, the ends of their logs."""
-    out = subprocess.run([sys.executable, "-m", "training", "worker", "list"], cwd=ROOT, capture_output=True,
-                         text=True, env={**os.environ, "PREFLOOP_HOME": str(home)})
-    logs = "".join(f"\n--- {log}:\n{log.read_text(errors='replace')[-1500:]}"
-                   for log in sorted(home.glob("jobs/*/log.txt")) + [home / "streamlit.log"] if log.is_file())
-    busiest = subprocess.run(["ps", "-eo", "pid,ni,pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True)
-    return (f"page: {page.inner_text('body')[:1500]!r}\njobs: {out.stdout.strip() or out.stderr[-800:]}"
-            f"\npairs stored: {stored_pairs(home)}{logs}\n--- busiest processes:\n"
-            + "\n".join(line[:200] for line in busiest.stdout.splitlines()[:8]))
+    """Why no pair showed, for the error: the page's text, the workspace's jobs, the ends of their
+    logs, the busiest processes; whatever of it can be read."""
+    parts = []
+    for name, read in (
+        ("page", lambda: repr(page.inner_text("body", timeout=5000)[:1500])),
+        ("jobs", lambda: subprocess.run([sys.executable, "-m", "training", "worker", "list"], cwd=ROOT, text=True,
+                                        capture_output=True, timeout=60, env={**os.environ, "PREFLOOP_HOME": str(home)}
+                                        ).stdout.strip()),
+        ("pairs waiting", lambda: stored_pairs(home)),
+        ("logs", lambda: "".join(f"\n--- {log}:\n{log.read_text(errors='replace')[-1500:]}" for log in
+                                 sorted(home.glob("jobs/*/log.txt"), key=lambda p: int(p.parent.name))
+                                 + [home / "streamlit.log"] if log.is_file())),
+        ("busiest processes", lambda: "\n" + "\n".join(line[:200] for line in subprocess.run(
+            ["ps", "-eo", "pid,ni,pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True,
+            timeout=10).stdout.splitlines()[:8])),
+    ):
+        try:
+            parts.append(f"{name}: {read()}")
+        except Exception as error:  # a crashed page or a hung child must not hide the rest
+            parts.append(f"{name}: unreadable ({type(error).__name__}: {error})")
+    return "\n".join(parts)
 
 
 def prepare(env: dict[str, str]) -> None:

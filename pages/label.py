@@ -232,8 +232,9 @@ def wait_for_pairs(name: str) -> None:
         from training import generate  # lazy: the app's other pages never need it
 
         if error := generate.recent_failure():
-            minutes = generate.RETRY_AFTER_FAILURE.seconds // 60
-            st.error(f"Generating pairs failed: {error.rstrip('.')}. It is tried again {minutes} minutes after the failure.")
+            minutes = round(generate.RETRY_AFTER_FAILURE.total_seconds() / 60)
+            why = f": {error.rstrip('.')}" if is_admin() else " (an admin sees why here)"  # errors may name server paths
+            st.error(f"Generating pairs failed{why}. It is tried again {minutes} minutes after the failure.")
 
 
 def main() -> None:

@@ -17,5 +17,4 @@ def test_the_first_pair_appears_on_its_own(tmp_path):
     require_chromium()
     model = make_tiny_policy(tmp_path / "tiny-policy")
     result = first_pair.one_run(tmp_path / "workspace", model, timeout=300)  # generous: it fails only when broken, and then says why
-    assert result["pairs_stored_by_then"] >= 1
-    assert result["first_pair_on_screen_s"] < 300
+    assert result["pairs_stored_by_then"] >= 1  # (no pair on screen within the timeout raises, saying why)

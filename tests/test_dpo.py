@@ -255,6 +255,7 @@ def test_length_regularised_dpo_learns_less_from_longer_winners_and_more_from_sh
     from tests.preference_fixtures import preference_records
 
     assert "length_alpha" in DPORoundConfig(length_alpha=0.05, precompute_ref_log_probs="no").problem()
+    assert "ipo loss" in DPORoundConfig(length_alpha=0.05, loss_type="ipo").problem()  # it divides the term away
 
     class Recorder(jobs.Reporter):
         def step(self, step, metrics=None):
@@ -266,9 +267,12 @@ def test_length_regularised_dpo_learns_less_from_longer_winners_and_more_from_sh
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
         import_file(path, fmt="pairs", source=name)
         recorder = Recorder(None)
-        dpo.run_round(DPORoundConfig(learning_rate=1e-2, batch_size=4, length_alpha=alpha, make_current=False),
-                      recorder, max_steps=1)
+        summary = dpo.run_round(DPORoundConfig(learning_rate=1e-2, batch_size=4, length_alpha=alpha, make_current=False,
+                                               heldout_fraction=0.25), recorder, max_steps=1)
+        held_out.append(summary["heldout_margin"])
         return recorder.first["grad_norm"]
+
+    held_out: list[float] = []
 
     longer_wins = preference_records(12)  # "Sure, here is a short answer about ..." against "No."
     shorter_wins = [dict(r, chosen=r["rejected"], rejected=r["chosen"]) for r in longer_wins]
@@ -277,3 +281,6 @@ def test_length_regularised_dpo_learns_less_from_longer_winners_and_more_from_sh
     plain, regularised = first_gradient(shorter_wins, None, "short-1"), first_gradient(shorter_wins, 0.05, "short-2")
     assert regularised > 1.1 * plain, (plain, regularised)
     assert dpo.trainer_class(None).__name__ == "DPOTrainer"
+    # held out, the length term is left out: one step from a zero adapter leaves the margin near 0 both ways
+    # (with the term, α × about 25 tokens would put it near ±1.25)
+    assert all(abs(margin) < 0.2 for margin in held_out), held_out

@@ -16,7 +16,6 @@ import dataclasses
 import random
 import tempfile
 import time
-import uuid
 from typing import Any
 
 from training import distributed, preferences, registry, runner, versions
@@ -146,10 +145,15 @@ def trainer_class(length_alpha: float | None):
         """R-DPO through TRL's public hook: the reference log-probs, computed once before training,
         are lowered by (α/β) per response token, so β·(chosen − rejected log-ratio) gains
         α·(chosen tokens − rejected tokens): a length difference explains part of each preference,
-        and the policy learns less "longer" from it."""
+        and the policy learns less "longer" from it. Only losses of that difference take it as
+        such (DPORoundConfig.problem). `length_term` off: the plain reference (for evaluation)."""
+
+        length_term = True
 
         def compute_ref_log_probs(self, model, inputs):
             chosen, rejected = super().compute_ref_log_probs(model, inputs)
+            if not self.length_term:
+                return chosen, rejected
             tokens_chosen, tokens_rejected = inputs["completion_mask"].sum(dim=1).chunk(2, dim=0)
             shift = length_alpha / self.beta
             return chosen - shift * tokens_chosen.to(chosen.dtype), rejected - shift * tokens_rejected.to(rejected.dtype)
@@ -167,11 +171,13 @@ def train(model, tokenizer, data: preferences.PreferenceData, config: DPORoundCo
     train_set = to_dataset(batched_by_length(data.train, config.batch_size, config.seed), tokenizer, prompt_tokens)
     heldout_set = to_dataset(data.heldout, tokenizer, prompt_tokens) if data.heldout else None
     epochs = config.epochs_for(len(data.train))
-    if config.length_alpha:  # its own fingerprint: TRL would otherwise reuse another round's cached reference
-        train_set = train_set.map(lambda row: {}, new_fingerprint=f"length-alpha-{uuid.uuid4().hex}")
+    args = trl_config(config, output_dir, max_steps, epochs)
+    if config.length_alpha and not args.precompute_ref_log_probs:  # config.problem() refuses it first in a round
+        raise ValueError("length_alpha needs the reference log-probs computed once before training.")
     trainer = trainer_class(config.length_alpha)(
-        model=model, ref_model=reference, args=trl_config(config, output_dir, max_steps, epochs),
-        train_dataset=train_set, eval_dataset=heldout_set, processing_class=tokenizer,
+        model=model, ref_model=reference, args=args, train_dataset=train_set,
+        # with a length term the held-out pairs are scored after training, without it
+        eval_dataset=None if config.length_alpha else heldout_set, processing_class=tokenizer,
         peft_config=lora_config(config, model), callbacks=[runner.progress_callback(reporter, LOGGED)],
     )
     started = time.perf_counter()
@@ -187,7 +193,8 @@ def train(model, tokenizer, data: preferences.PreferenceData, config: DPORoundCo
         metrics["train_accuracy"] = last[-1]["rewards/accuracies"]
         metrics["tokens"] = int(last[-1].get("num_tokens", 0))  # prompt + responses seen in training
     if heldout_set is not None:
-        ev = trainer.evaluate()
+        trainer.length_term = False  # held-out accuracy: the implicit reward alone, as for plain DPO
+        ev = trainer.evaluate(heldout_set) if config.length_alpha else trainer.evaluate()
         metrics.update({"heldout_pairs": len(data.heldout), "heldout_loss": ev["eval_loss"],
                         "heldout_accuracy": ev["eval_rewards/accuracies"], "heldout_margin": ev["eval_rewards/margins"]})
     return trainer.model, metrics

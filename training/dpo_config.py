@@ -17,6 +17,7 @@ TARGET_STEPS = 96
 MAX_EPOCHS = 4
 
 SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the losses TRL applies label_smoothing to
+MARGIN_LOSSES = ("sigmoid", "hinge", "robust", "exo_pair", "discopop")  # functions of β·(chosen − rejected log-ratio) alone
 
 
 @dataclass
@@ -50,8 +51,9 @@ class DPORoundConfig:
         "Length-regularised DPO (R-DPO, Park et al. 2024): each pair's margin gets length_alpha × (chosen tokens − "
         "rejected tokens), so a pair won by the longer answer teaches less and one won by the shorter teaches more "
         "(0.01–0.05 with β 0.1); empty = plain DPO. Use it when people pick the longer answer more than the content "
-        "deserves. Held-out accuracy then includes the length term. Needs the reference log-probs computed once "
-        "(precompute auto or yes), so not on several processes.")})
+        "deserves. Held-out accuracy is still the implicit reward's alone. Needs the reference log-probs computed "
+        "once (precompute auto or yes), so not on several processes, and a loss of the margin (sigmoid, hinge, "
+        "robust, exo_pair, discopop).")})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank of the new adapter."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     reference: str = field(default="base", metadata={
@@ -92,6 +94,9 @@ class DPORoundConfig:
         if self.precompute_ref_log_probs == "yes" and (os.environ.get(ACCELERATE_CONFIG_ENV) or distributed.world_size() > 1):
             return ("precompute_ref_log_probs: yes does not work under accelerate launch (each process caches the "
                     "reference in its own temporary folder); use auto or no.")
+        if self.length_alpha and self.loss_type not in MARGIN_LOSSES:
+            return (f"length_alpha adds to the chosen-minus-rejected margin, which the {self.loss_type} loss does not "
+                    f"use as such; pick one of {', '.join(MARGIN_LOSSES)}, or leave length_alpha empty.")
         if self.length_alpha and (self.precompute_ref_log_probs == "no" or os.environ.get(ACCELERATE_CONFIG_ENV)
                                   or distributed.world_size() > 1):
             return ("length_alpha needs the reference log-probs computed once before training: set "
