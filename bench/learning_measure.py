@@ -1,7 +1,7 @@
 """How bench/learning.py measures a version against a taste: every version answers the same
 held-out prompts with the same seeds (`Measure`), and `summarise` reports the taste's mean, its
-paired win rate with a 95 % interval over prompts, the exact KL to the base, length, fluency and
-degenerate answers; `reward_accuracy_against_taste` checks a reward model against the taste."""
+paired win rate with a 95 % interval over prompts, the exact KL to the base, length, the share of
+answers cut at the token cap, fluency and degenerate answers; `reward_accuracy_against_taste` checks a reward model against the taste."""
 from __future__ import annotations
 
 import itertools
@@ -34,6 +34,7 @@ class Measure:
         rows = sample_and_score(policy, self.base, self.tokenizer, self.prompts, self.args.samples,
                                 self.args.max_new_tokens, self.args.seed + 7, batch_size=8)
         rows["taste"] = [self.taste(t) for t in rows["texts"]]
+        rows["max_new_tokens"] = self.args.max_new_tokens
         self.rows[key] = rows
         return rows
 
@@ -54,6 +55,8 @@ def summarise(rows: dict, base: dict, previous: dict | None) -> dict:
            "mean_words": round(sum(len(t.split()) for t in texts) / len(texts), 1),
            "base_logp_per_token": round(sum(rows["base_logp"]) / max(sum(rows["tokens"]), 1), 3),
            "empty_or_looping": round(sum(not t or looping(t) for t in texts) / len(texts), 3)}
+    if cap := rows.get("max_new_tokens"):  # answers cut there never ended: no length option can act on them
+        out["cut_at_cap"] = round(sum(n >= cap for n in rows["tokens"]) / len(rows["tokens"]), 3)
     for name, other in (("vs_base", base), ("vs_previous", previous)):
         if other is not None and other is not rows:
             w = win_rate(rows["taste"], other["taste"], rows["prompt"])
