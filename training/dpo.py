@@ -175,9 +175,7 @@ def train(model, tokenizer, data: preferences.PreferenceData, config: DPORoundCo
     if config.length_alpha and not args.precompute_ref_log_probs:  # config.problem() refuses it first in a round
         raise ValueError("length_alpha needs the reference log-probs computed once before training.")
     trainer = trainer_class(config.length_alpha)(
-        model=model, ref_model=reference, args=args, train_dataset=train_set,
-        # with a length term the held-out pairs are scored after training, without it
-        eval_dataset=None if config.length_alpha else heldout_set, processing_class=tokenizer,
+        model=model, ref_model=reference, args=args, train_dataset=train_set, processing_class=tokenizer,
         peft_config=lora_config(config, model), callbacks=[runner.progress_callback(reporter, LOGGED)],
     )
     started = time.perf_counter()
@@ -192,9 +190,9 @@ def train(model, tokenizer, data: preferences.PreferenceData, config: DPORoundCo
     if last:
         metrics["train_accuracy"] = last[-1]["rewards/accuracies"]
         metrics["tokens"] = int(last[-1].get("num_tokens", 0))  # prompt + responses seen in training
-    if heldout_set is not None:
+    if heldout_set is not None:  # scored after training, so an R-DPO round can leave its length term out
         trainer.length_term = False  # held-out accuracy: the implicit reward alone, as for plain DPO
-        ev = trainer.evaluate(heldout_set) if config.length_alpha else trainer.evaluate()
+        ev = trainer.evaluate(heldout_set)
         metrics.update({"heldout_pairs": len(data.heldout), "heldout_loss": ev["eval_loss"],
                         "heldout_accuracy": ev["eval_rewards/accuracies"], "heldout_margin": ev["eval_rewards/margins"]})
     return trainer.model, metrics

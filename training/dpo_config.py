@@ -91,14 +91,14 @@ class DPORoundConfig:
         """The sentence saying why these settings do not go together, or None."""
         if self.loss_type == "exo_pair" and self.label_smoothing <= 0:
             return "The exo_pair loss needs label_smoothing above 0 (for example 1e-3)."
-        if self.precompute_ref_log_probs == "yes" and (os.environ.get(ACCELERATE_CONFIG_ENV) or distributed.world_size() > 1):
+        several_processes = bool(os.environ.get(ACCELERATE_CONFIG_ENV)) or distributed.world_size() > 1
+        if self.precompute_ref_log_probs == "yes" and several_processes:
             return ("precompute_ref_log_probs: yes does not work under accelerate launch (each process caches the "
                     "reference in its own temporary folder); use auto or no.")
         if self.length_alpha and self.loss_type not in MARGIN_LOSSES:
             return (f"length_alpha adds to the chosen-minus-rejected margin, which the {self.loss_type} loss does not "
                     f"use as such; pick one of {', '.join(MARGIN_LOSSES)}, or leave length_alpha empty.")
-        if self.length_alpha and (self.precompute_ref_log_probs == "no" or os.environ.get(ACCELERATE_CONFIG_ENV)
-                                  or distributed.world_size() > 1):
+        if self.length_alpha and (self.precompute_ref_log_probs == "no" or several_processes):
             return ("length_alpha needs the reference log-probs computed once before training: set "
                     "precompute_ref_log_probs to auto or yes, and run the round in one process.")
         if self.label_smoothing > 0 and self.loss_type not in SMOOTHED_LOSSES:
