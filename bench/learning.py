@@ -12,7 +12,11 @@ For each taste, in fresh workspaces that share one converted base model:
   * ppo: on those same labels, a reward round and a PPO round from the base, with the defaults;
   * iterative: `--rounds` rounds on the same total budget, each generating its pairs from the
     policy the previous round made (on-policy), labeling them, and running a DPO round on all
-    labels so far.
+    labels so far;
+  * rewrites: the dpo arm's pairs again, but when both answers score at or below the base's median the
+    annotator presses Both bad and writes the answer it wanted (bench/tastes.py `rewrite`: the
+    better answer edited toward the taste), as the Label page stores it; then an SFT round on the
+    rewrites and a DPO round on the pairs plus the rewrites' pairs, as a user would press them.
 Every version answers the same held-out prompts with the same seeds (K samples each, temperature
 1). Reported per version: the taste's mean, its win rate against the base and against the
 previous round (paired sample by sample, ties half, 95% interval from a bootstrap over prompts),
@@ -38,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.learning_measure import Measure, report, reward_accuracy_against_taste, summarise  # noqa: E402
-from bench.tastes import load_taste  # noqa: E402
+from bench.tastes import load_taste, rewrite  # noqa: E402
 
 ANNOTATOR = "scripted"
 
@@ -49,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                     "repeat for several (default: concise and plain)")
     p.add_argument("--labels", type=int, default=128, help="judgments each arm may spend")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the iterative arm")
-    p.add_argument("--arms", default="dpo,iterative,ppo", help="any of dpo, kto, iterative, ppo (comma-separated)")
+    p.add_argument("--arms", default="dpo,iterative,ppo", help="any of dpo, kto, iterative, ppo, rewrites (comma-separated)")
     p.add_argument("--heldout", type=int, default=24, help="held-out prompts the versions answer")
     p.add_argument("--samples", type=int, default=4, help="answers per held-out prompt and version")
     p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, when labeling and measuring")
@@ -107,19 +111,30 @@ def extra_prompts() -> list[str]:
 # ---------------------------------------------------------------- the annotator
 
 
-def label_waiting(taste, length_bias: float = 0.0, seed: int = 0) -> dict[str, int]:
+def label_waiting(taste, length_bias: float = 0.0, seed: int = 0, bad_at: float | None = None) -> dict[str, int]:
     """Judge every waiting pair as the Label page would store it: the better side by the taste,
     a tie when it scores both the same; with `length_bias` p, a share p of the votes picks the
-    longer answer (in words) whatever the taste says, as a person who favours long answers would."""
+    longer answer (in words) whatever the taste says, as a person who favours long answers would.
+    With `bad_at`, a pair whose two answers both score at or below it is Both bad, and the annotator
+    writes the answer it wanted (`rewrite` of the better one) when it can make one."""
     import random
 
-    from labeling import queue
+    from labeling import demonstrations, queue
 
     rng = random.Random(seed)
-    counts = {"judged": 0, "ties": 0}
+    counts = {"judged": 0, "ties": 0, "both_bad": 0, "rewrites": 0}
     while (view := queue.next_pair(ANNOTATOR)) is not None:
-        scorer = (lambda t: len(t.split())) if rng.random() < length_bias else taste
-        left, right = scorer(view.left_text), scorer(view.right_text)
+        left, right = taste(view.left_text), taste(view.right_text)
+        if bad_at is not None and max(left, right) <= bad_at:
+            queue.submit_judgment(ANNOTATOR, view.pair_id, "both_bad", view.left, seconds=0.0)
+            counts["judged"] += 1
+            counts["both_bad"] += 1
+            if better := rewrite(taste, view.left_text if left >= right else view.right_text):
+                demonstrations.add_rewrite(ANNOTATOR, view.pair_id, better)
+                counts["rewrites"] += 1
+            continue
+        if rng.random() < length_bias:
+            left, right = len(view.left_text.split()), len(view.right_text.split())
         choice = "left" if left > right else "right" if right > left else "tie"
         queue.submit_judgment(ANNOTATOR, view.pair_id, queue.stored_outcome(choice, view.left), view.left, seconds=0.0)
         counts["judged"] += 1
@@ -128,14 +143,15 @@ def label_waiting(taste, length_bias: float = 0.0, seed: int = 0) -> dict[str, i
 
 
 def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int, engine: str = "auto",
-                       length_bias: float = 0.0, length_ratio: float = 0.0) -> dict[str, int]:
+                       length_bias: float = 0.0, length_ratio: float = 0.0,
+                       bad_at: float | None = None) -> dict[str, int]:
     """The app's generator answers `prompts` training prompts twice with the current policy (pairs
     matched in length when `length_ratio` is set); all is labeled."""
     from training.generate import GenerateConfig, run
 
     run(GenerateConfig(prompts=prompts, max_new_tokens=max_new_tokens, seed=seed, engine=engine,
                        length_ratio=length_ratio))
-    return label_waiting(taste, length_bias, seed)
+    return label_waiting(taste, length_bias, seed, bad_at)
 
 
 # ---------------------------------------------------------------- arms
@@ -236,6 +252,39 @@ def arm_iterative(args, taste, root: Path, measure_base) -> dict:
     return out
 
 
+def arm_rewrites(args, taste, root: Path, measure_base) -> dict:
+    """The dpo arm's pairs (same prompts and seed), labeled with Both bad → rewrite at or below the base's
+    median taste; an SFT round on the rewrites, then a DPO round on the pairs and the rewrites'
+    pairs (reference: the base), each measured."""
+    import statistics
+
+    from training import jobs, sft
+    from training.preferences import NotReady
+
+    use_workspace(root, "rewrites")
+    measure = Measure(args, taste)
+    measure.rows["base"] = measure_base
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias,
+                                args.length_ratio, bad_at=statistics.median(measure_base["taste"]))
+    out, previous = {"labels": labels}, None
+    try:
+        t0 = time.perf_counter()
+        summary = sft.run_round(round_config("sft", args), jobs.Reporter(None))
+    except NotReady as exc:  # fewer rewrites than an SFT round needs: DPO learns from the pairs alone
+        out["sft"] = report("rewrites sft", {"skipped": str(exc), "labels": labels})
+    else:
+        previous = measure("rewrites sft", summary["version"])
+        out["sft"] = report("rewrites sft", {
+            **summarise(previous, measure_base, None), "labels": labels, "demonstrations": summary["demonstrations"],
+            "train_seconds": round(time.perf_counter() - t0, 1), "steps": summary["steps"]})
+    summary = run_dpo(args)
+    out["sft+dpo"] = report("rewrites sft+dpo", {
+        **summarise(measure("rewrites sft+dpo", summary["version"]), measure_base, previous), "labels": labels,
+        "pairs_from_rewrites": summary.get("pairs_from_rewrites"), "train_seconds": summary["seconds"],
+        "steps": summary["steps"]})
+    return out
+
+
 # ---------------------------------------------------------------- the whole run
 
 
@@ -279,6 +328,8 @@ def run_taste(args, name: str, root: Path) -> dict:
         result.update(arm_dpo(args, taste, root, base))
     if "iterative" in arms:
         result["iterative"] = arm_iterative(args, taste, root, base)
+    if "rewrites" in arms:
+        result["rewrites"] = arm_rewrites(args, taste, root, base)
     return result
 
 
@@ -291,6 +342,8 @@ def headline(result: dict) -> dict:
     trained = [r for r in result.get("iterative", {}).values() if "vs_base" in r]
     if trained:
         picked["iterative"] = trained[-1]["vs_base"]
+    if "rewrites" in result:
+        picked["rewrites"] = result["rewrites"]["sft+dpo"]["vs_base"]
     if "ppo" in result:
         picked["reward_accuracy_vs_taste"] = result["ppo"]["reward_model"]["accuracy_vs_taste"]
     return picked
@@ -312,6 +365,8 @@ def results_from_logs(paths: list[str]) -> dict:
                 results.setdefault(taste, {})["base"] = row
             elif arm.startswith("iterative round "):
                 results[taste].setdefault("iterative", {})[f"round {arm.split()[-1]}"] = row
+            elif arm.startswith("rewrites "):
+                results[taste].setdefault("rewrites", {})[arm[len("rewrites "):]] = row
             else:
                 results[taste][arm] = row
     return results
@@ -338,6 +393,9 @@ def plot(results: dict, path: str) -> None:
         for arm, style in (("dpo", "s"), ("ppo", "^")):
             if arm in result:
                 draw([result[arm]["labels"]], [result[arm]], f"one {arm.upper()} round", style)
+        if "vs_base" in result.get("rewrites", {}).get("sft+dpo", {}):
+            draw([result["rewrites"]["sft+dpo"]["labels"]["judged"]], [result["rewrites"]["sft+dpo"]],
+                 "SFT on rewrites, then DPO", "v")
         for arm in (a for a in result if a.startswith("sweep ")):  # DPO variants on the dpo arm's labels
             draw([result.get("labels", {}).get("judged", 128)], [result[arm]], "DPO " + arm[len("sweep "):], "D")
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")

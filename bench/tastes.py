@@ -4,6 +4,11 @@ higher = preferred. Any other `package.module:function` of that shape can be nam
 They are of different kinds on purpose: `concise` is about length (which DPO learns almost for
 free), `plain` and `structured` are not (a long answer in short words, or in a list, wins as
 easily as a short one).
+
+When both answers of a pair are bad the annotator writes the answer it wanted (`rewrite`): a taste
+may carry its own `rewrite(text) -> str` attribute; any other is served by `edit_toward`, which
+edits the better answer as a person with a keyboard would (delete a sentence, cut an unfinished
+ending, put the sentences into a list) and keeps an edit only when the taste scores it higher.
 """
 from __future__ import annotations
 
@@ -36,6 +41,41 @@ def structured(text: str) -> float:
         return 0.0
     listed = sum(bool(LIST_LINE.match(line)) for line in lines) / len(lines)
     return listed + min(0.3, 0.1 * text.count("\n\n"))
+
+
+SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)\s*|\n+")
+
+
+def edit_toward(taste: Taste, text: str, edits: int = 8) -> str | None:
+    """The answer a person who holds `taste` would make of `text` by editing it. First an
+    unfinished ending (an answer cut at the token cap) goes, back to the last finished sentence:
+    nobody writes half a sentence. Then, up to `edits` times, every single edit is tried (delete
+    one sentence; put the sentences into a list, one per line) and the one the taste scores
+    highest is kept, while it scores higher than what was there. None when nothing changed."""
+    best = text.strip()
+    if not re.search(r"[.!?]$", best) and re.search(r"[.!?]", best):
+        best = best[: max(best.rfind(c) for c in ".!?") + 1]
+    best_score = taste(best)
+    for _ in range(edits):
+        units = [u for u in SENTENCE.findall(best) if u]
+        sentences = [u.strip() for u in units if u.strip()]
+        if len(sentences) < 2:
+            break
+        candidates = ["".join(units[:i] + units[i + 1:]).strip() for i, u in enumerate(units) if u.strip()]
+        candidates.append("\n".join(f"- {s}" for s in sentences))
+        scored = [(taste(c), c) for c in candidates if c.strip() and c != best]
+        if not scored or max(s for s, _ in scored) <= best_score:
+            break
+        best_score, best = max(scored, key=lambda sc: sc[0])
+    return best if best != text.strip() else None
+
+
+def rewrite(taste: Taste, text: str) -> str | None:
+    """The taste's own rewrite of `text` when it has one, else `edit_toward`; None when neither
+    makes an answer the taste prefers."""
+    own = getattr(taste, "rewrite", None)
+    better = own(text) if own else edit_toward(taste, text)
+    return better if better and better.strip() != text.strip() and taste(better) > taste(text) else None
 
 
 BUILTIN: dict[str, Taste] = {"concise": concise, "plain": plain, "structured": structured}

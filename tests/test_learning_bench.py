@@ -69,3 +69,61 @@ def test_the_share_of_answers_cut_at_the_token_cap_is_reported():
             "tokens": [64, 12, 64, 64], "texts": ["a b", "c", "d e f", "g"], "max_new_tokens": 64}
     assert summarise(rows, rows, None)["cut_at_cap"] == 0.75
     assert "cut_at_cap" not in summarise({**rows, "max_new_tokens": None}, rows, None)
+
+
+def vowel_rich(text: str) -> float:
+    """`vowels` with a rewrite of its own: a taste may say how it would edit an answer."""
+    return vowels(text)
+
+
+vowel_rich.rewrite = lambda text: text.strip() + " aiea eau"
+
+
+def test_the_quick_loop_trains_sft_on_rewrites_then_dpo(tmp_path, monkeypatch, capsys):
+    from bench import learning
+
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowel_rich", "--arms", "rewrites",
+                          "--set", "sft.learning_rate=0.005",
+                          "--set", "dpo.learning_rate=0.005", "--set", "dpo.epochs=8", "--home", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
+    detail = lines[-2]["tests.test_learning_bench:vowel_rich"]["rewrites"]
+    labels = detail["labels"]
+    # both answers at or below the base's median taste: about a quarter of 48 pairs, each rewritten
+    assert labels["judged"] == 48 and 4 <= labels["both_bad"] == labels["rewrites"] <= 24
+    assert detail["sft"]["demonstrations"] == labels["rewrites"] and detail["sft"]["kl"] > 0
+    after = detail["sft+dpo"]
+    assert after["pairs_from_rewrites"] == 2 * labels["rewrites"] and after["kl"] > 0
+    assert "vs_previous" in after and lines[-1]["tastes"]["tests.test_learning_bench:vowel_rich"]["rewrites"] == after["vs_base"]
+
+
+def test_the_scripted_annotator_rewrites_by_editing_toward_its_taste():
+    from bench.tastes import concise, edit_toward, plain, rewrite, structured
+
+    answer = ("Photosynthesis is extraordinarily complicated. Plants use light. They make sugar from water and air. "
+              "Furthermore, chlorophyll absorbs")  # cut at the token cap
+    assert rewrite(concise, answer) == "Plants use light."  # the unfinished ending goes first, then sentences
+    assert rewrite(plain, answer) == "Plants use light. They make sugar from water and air."
+    assert rewrite(structured, answer) == ("- Photosynthesis is extraordinarily complicated.\n- Plants use light.\n"
+                                           "- They make sugar from water and air.")
+    assert edit_toward(concise, "One sentence only.") is None and rewrite(plain, "a cat sat.") is None
+    assert rewrite(vowel_rich, "xyz") == "xyz aiea eau"  # a taste's own rewrite wins
+    vowel_rich_worse = lambda text: -vowels(text)  # noqa: E731
+    vowel_rich_worse.rewrite = vowel_rich.rewrite
+    assert rewrite(vowel_rich_worse, "xyz") is None  # never a rewrite the taste likes less
+
+
+def test_both_bad_pairs_get_the_annotators_rewrite(workspace):
+    from bench import learning
+    from labeling import demonstrations
+    from labeling.export import preference_rows
+    from tests.test_queue import seed_pairs
+
+    seed_pairs([("Q1?", "A long answer here. And more.", "Another long answer. Even more."),
+                ("Q2?", "Short.", "A longer answer than that.")])
+    counts = learning.label_waiting(learning.load_taste("concise"), bad_at=-5)
+    assert counts == {"judged": 2, "ties": 0, "both_bad": 1, "rewrites": 1}
+    assert [r["completion"][0]["content"] for r in demonstrations.sft_rows()] == ["Even more."]  # the better answer, cut
+    assert [r["chosen"][0]["content"] for r in preference_rows().rows] == ["Short."]  # both bad is no preference
+    assert {r["rejected"][0]["content"] for r in demonstrations.rewrite_rows()} == {
+        "A long answer here. And more.", "Another long answer. Even more."}
