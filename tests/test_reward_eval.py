@@ -158,3 +158,25 @@ def test_reward_eval_scores_a_heads_version_beside_random_heads(workspace, tmp_p
     systems = report["all"]["accuracy"]
     assert set(systems) == {"model", "untrained", "longer", "shorter"}
     assert systems["model"]["accuracy"] == summary["heldout_accuracy"]
+
+
+def test_the_card_scores_the_pairs_its_round_held_out_when_rewrites_were_among_them(workspace, tmp_path, monkeypatch):
+    """Rewrites' pairs are training rows but not labeled pairs: splitting the labeled pairs again
+    (the old way) gave the card a pair the round trained on for this seed (pair 11)."""
+    from labeling import demonstrations, queue
+    from tests.test_queue import seed_pairs
+    from training import preferences
+
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+    import_pairs(tmp_path, 12)
+    for pair_id in seed_pairs([(f"Rewrite me {i}?", f"Bad {i}.", f"Worse {i}.") for i in range(3)]):
+        queue.submit_judgment("ann", pair_id, "both_bad", "a", seconds=1.0)
+        demonstrations.add_rewrite("ann", pair_id, f"A good answer {pair_id}.")
+    config = RewardRoundConfig(backbone="policy", method="fine-tune", learning_rate=1e-2, batch_size=4, seed=1)
+    summary = reward.run_round(config, jobs.Reporter(None), max_steps=1)
+    row = versions.get_version(summary["version"])
+    _, held_out, _ = preferences.split_by_conversation(preferences.training_rows().rows, config.heldout_fraction, 1)
+    assert row.metrics["heldout_pair_ids"] == sorted({r["pair_id"] for r in held_out})
+    assert [r["pair_id"] for r in reward_eval.heldout_rows(row)] == [r["pair_id"] for r in held_out]
+    assert len(held_out) == summary["heldout_pairs"]
