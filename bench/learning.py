@@ -16,7 +16,11 @@ For each taste, in fresh workspaces that share one converted base model:
   * rewrites: the dpo arm's pairs again, but when both answers score at or below the base's median the
     annotator presses Both bad and writes the answer it wanted (bench/tastes.py `rewrite`: the
     better answer edited toward the taste), as the Label page stores it; then an SFT round on the
-    rewrites and a DPO round on the pairs plus the rewrites' pairs, as a user would press them.
+    rewrites and a DPO round on the pairs plus the rewrites' pairs, as a user would press them;
+  * autopilot: the dpo arm's labels again, a reward round on them, then `python -m training
+    autopilot`'s rounds (best-against-worst pairs the reward model picks from the policy's own
+    answers; DPO with the base as reference); between rounds the annotator answers the audit pairs
+    the autopilot sent to its queue, so the labels a version cost include the audits.
 Every version answers the same held-out prompts with the same seeds (K samples each, temperature
 1). Reported per version: the taste's mean, its win rate against the base and against the
 previous round (paired sample by sample, ties half, 95% interval from a bootstrap over prompts),
@@ -53,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                     "repeat for several (default: concise and plain)")
     p.add_argument("--labels", type=int, default=128, help="judgments each arm may spend")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the iterative arm")
-    p.add_argument("--arms", default="dpo,iterative,ppo", help="any of dpo, kto, iterative, ppo, rewrites (comma-separated)")
+    p.add_argument("--arms", default="dpo,iterative,ppo", help="any of dpo, kto, iterative, ppo, rewrites, autopilot (comma-separated)")
     p.add_argument("--heldout", type=int, default=24, help="held-out prompts the versions answer")
     p.add_argument("--samples", type=int, default=4, help="answers per held-out prompt and version")
     p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, when labeling and measuring")
@@ -285,6 +289,48 @@ def arm_rewrites(args, taste, root: Path, measure_base) -> dict:
     return out
 
 
+def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
+    """The dpo arm's labels, a reward round on them, then the autopilot's `--rounds` rounds with its
+    defaults (--set autopilot.FIELD=V); the annotator answers the audit pairs between rounds."""
+    from training import autopilot, jobs, reward
+    from training.config_fields import config_from_dict
+
+    class Auditor(jobs.Reporter):
+        """The autopilot reports after each round: the annotator then judges the audit pairs waiting."""
+
+        def step(self, step, metrics=None):
+            super().step(step, metrics)
+            if metrics:  # after a round (the call before a round carries no metrics)
+                self.audits.append(label_waiting(taste, args.length_bias, args.seed + step)["judged"])
+
+    use_workspace(root, "autopilot")
+    measure = Measure(args, taste)
+    measure.rows["base"] = measure_base
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias,
+                                args.length_ratio)
+    t0 = time.perf_counter()
+    rm = reward.run_round(round_config("reward", args), jobs.Reporter(None))
+    values = {"rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "reward_version": rm["version"]}
+    for item in args.set:
+        target, _, value = item.partition("=")
+        if target.startswith("autopilot."):
+            values[target[len("autopilot."):]] = value
+    auditor = Auditor(None, quiet=True)
+    auditor.audits = []  # votes on each round's audit pairs
+    result = autopilot.run(config_from_dict(autopilot.AutopilotConfig, values, where="--set"), auditor)
+    seconds = round(time.perf_counter() - t0, 1)
+    out = {"labels": labels, "stopped": result["stopped"], "train_seconds": seconds}
+    previous, spent = measure_base, labels["judged"]
+    for r, (summary, audits) in enumerate(zip(result["rounds"], auditor.audits), start=1):
+        rows = measure(f"autopilot round {r}", summary["version"])
+        out[f"round {r}"] = report(f"autopilot round {r}", {
+            **summarise(rows, measure_base, previous), "labels": spent, "automatic_pairs": summary["automatic_pairs"],
+            "reward_win_rate": summary["win_rate"], "steps": summary["steps"]})
+        previous, spent = rows, spent + audits  # a round's audits are judged after it: the next round's cost
+    out["reward_model"] = reward_accuracy_against_taste(rm["version"], measure)
+    return out
+
+
 # ---------------------------------------------------------------- the whole run
 
 
@@ -330,6 +376,8 @@ def run_taste(args, name: str, root: Path) -> dict:
         result["iterative"] = arm_iterative(args, taste, root, base)
     if "rewrites" in arms:
         result["rewrites"] = arm_rewrites(args, taste, root, base)
+    if "autopilot" in arms:
+        result["autopilot"] = arm_autopilot(args, taste, root, base)
     return result
 
 
@@ -344,6 +392,9 @@ def headline(result: dict) -> dict:
         picked["iterative"] = trained[-1]["vs_base"]
     if "rewrites" in result:
         picked["rewrites"] = result["rewrites"]["sft+dpo"]["vs_base"]
+    rounds = [r for k, r in result.get("autopilot", {}).items() if k.startswith("round ")]
+    if rounds:
+        picked["autopilot"] = rounds[-1]["vs_base"]
     if "ppo" in result:
         picked["reward_accuracy_vs_taste"] = result["ppo"]["reward_model"]["accuracy_vs_taste"]
     return picked
@@ -365,6 +416,8 @@ def results_from_logs(paths: list[str]) -> dict:
                 results.setdefault(taste, {})["base"] = row
             elif arm.startswith("iterative round "):
                 results[taste].setdefault("iterative", {})[f"round {arm.split()[-1]}"] = row
+            elif arm.startswith("autopilot round "):
+                results[taste].setdefault("autopilot", {})[f"round {arm.split()[-1]}"] = row
             elif arm.startswith("rewrites "):
                 results[taste].setdefault("rewrites", {})[arm[len("rewrites "):]] = row
             else:
@@ -390,6 +443,9 @@ def plot(results: dict, path: str) -> None:
             rounds = [r for r in result["iterative"].values() if "vs_base" in r]
             draw([0] + [p["labels"] for p in rounds], [result["base"] | {"vs_base": {"win_rate": .5, "low": .5, "high": .5}}]
                  + rounds, "iterative DPO", "-o")
+        rounds = [r for k, r in result.get("autopilot", {}).items() if k.startswith("round ")]
+        if rounds:
+            draw([p["labels"] for p in rounds], rounds, "autopilot (labels: people's, audits included)", "-x")
         for arm, style in (("dpo", "s"), ("ppo", "^")):
             if arm in result:
                 draw([result[arm]["labels"]], [result[arm]], f"one {arm.upper()} round", style)

@@ -127,3 +127,22 @@ def test_both_bad_pairs_get_the_annotators_rewrite(workspace):
     assert [r["chosen"][0]["content"] for r in preference_rows().rows] == ["Short."]  # both bad is no preference
     assert {r["rejected"][0]["content"] for r in demonstrations.rewrite_rows()} == {
         "A long answer here. And more.", "Another long answer. Even more."}
+
+
+def test_the_quick_loop_runs_the_autopilot_and_answers_its_audits(tmp_path, monkeypatch, capsys):
+    from bench import learning
+
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "autopilot",
+                          "--set", "reward.heads=2", "--set", "autopilot.prompts=8", "--set", "autopilot.audit_share=0.5",
+                          "--set", "autopilot.stop_when_flat=false", "--set", "autopilot.learning_rate=0.005",
+                          "--home", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
+    detail = lines[-2]["tests.test_learning_bench:vowels"]["autopilot"]
+    first, second = detail["round 1"], detail["round 2"]
+    assert detail["labels"]["judged"] == 48 and detail["stopped"] is None
+    assert first["automatic_pairs"] >= 1 and first["kl"] > 0 and second["kl"] > 0
+    # the people's labels a version cost: the 48 first, then the audits of the rounds before it (half the pairs)
+    assert first["labels"] == 48 and second["labels"] == 48 + round(first["automatic_pairs"] * 0.5)
+    assert "vs_previous" in second and 0 <= detail["reward_model"]["accuracy_vs_taste"] <= 1
+    assert lines[-1]["tastes"]["tests.test_learning_bench:vowels"]["autopilot"] == second["vs_base"]
