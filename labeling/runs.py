@@ -125,9 +125,15 @@ def list_jobs(limit: int = 50) -> list[Job]:
 
 def last_job(kind: str) -> Job | None:
     """The newest job of `kind`, or None."""
+    jobs = last_jobs(kind, 1)
+    return jobs[0] if jobs else None
+
+
+def last_jobs(kind: str, limit: int) -> list[Job]:
+    """The newest `limit` jobs of `kind`, newest first."""
     with db.session() as s:
-        row = s.scalar(select(JobRow).where(JobRow.kind == kind).order_by(JobRow.id.desc()).limit(1))
-        return _record(row) if row is not None else None
+        rows = s.scalars(select(JobRow).where(JobRow.kind == kind).order_by(JobRow.id.desc()).limit(limit))
+        return [_record(row) for row in rows]
 
 
 def job_metrics(job_id: int) -> list[dict[str, Any]]:

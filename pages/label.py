@@ -237,7 +237,7 @@ def wait_for_pairs(name: str) -> None:
         from training import generate  # lazy: the app's other pages never need it
 
         if error := generate.recent_failure():
-            minutes = round(generate.RETRY_AFTER_FAILURE.total_seconds() / 60)
+            minutes = round(generate.retry_wait().total_seconds() / 60)
             why = f": {error.rstrip('.')}" if is_admin() else " (an admin sees why here)"  # errors may name server paths
             st.error(f"Generating pairs failed{why}. It is tried again {minutes} minutes after the failure.")
 

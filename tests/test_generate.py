@@ -2,6 +2,8 @@
 last JSON line, and the background job that keeps pairs waiting."""
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 import os
 import subprocess
@@ -147,6 +149,26 @@ def test_failed_generation_is_not_restarted_at_once(tiny):
     with db.session() as s:
         s.add(Job(kind="generate", status="failed", finished_at=utcnow(), error="boom"))
     assert generate.ensure_pairs_waiting() is None
+
+
+def test_each_failure_in_a_row_doubles_the_wait_before_the_next_try(workspace):
+    """A model that stays broken under an open Label page: 5, 10, 20 ... minutes, at most 2 hours."""
+    def add(status, minutes_ago):
+        with db.session() as s:
+            s.add(Job(kind="generate", status=status, finished_at=utcnow() - dt.timedelta(minutes=minutes_ago),
+                      error="boom" if status == "failed" else None))
+
+    assert generate.retry_wait() == dt.timedelta(minutes=5)  # no job yet
+    add("done", 60)
+    waits = []
+    for _ in range(7):
+        add("failed", 7)
+        waits.append(generate.retry_wait().total_seconds() / 60)
+    assert waits == [5, 10, 20, 40, 80, 120, 120]
+    assert generate.recent_failure() == "boom"  # 7 minutes after the 7th failure in a row: still waiting
+    add("done", 1)
+    add("failed", 7)
+    assert generate.retry_wait() == dt.timedelta(minutes=5) and generate.recent_failure() is None  # a success resets it
 
 
 def test_first_chunk_is_small_so_the_first_pairs_arrive_early(tiny):
