@@ -129,15 +129,19 @@ def label_waiting(taste, length_bias: float = 0.0, seed: int = 0, bad_at: float 
     counts = {"judged": 0, "ties": 0, "both_bad": 0, "rewrites": 0}
     while (view := queue.next_pair(ANNOTATOR)) is not None:
         left, right = taste(view.left_text), taste(view.right_text)
+        by_length = rng.random() < length_bias  # drawn for every pair, so arms with and without Both bad agree
         if bad_at is not None and max(left, right) <= bad_at:
             queue.submit_judgment(ANNOTATOR, view.pair_id, "both_bad", view.left, seconds=0.0)
             counts["judged"] += 1
             counts["both_bad"] += 1
             if better := rewrite(taste, view.left_text if left >= right else view.right_text):
-                demonstrations.add_rewrite(ANNOTATOR, view.pair_id, better)
+                try:
+                    demonstrations.add_rewrite(ANNOTATOR, view.pair_id, better)
+                except demonstrations.DemonstrationError:  # e.g. a plugged-in taste's rewrite too long to store
+                    continue
                 counts["rewrites"] += 1
             continue
-        if rng.random() < length_bias:
+        if by_length:
             left, right = len(view.left_text.split()), len(view.right_text.split())
         choice = "left" if left > right else "right" if right > left else "tie"
         queue.submit_judgment(ANNOTATOR, view.pair_id, queue.stored_outcome(choice, view.left), view.left, seconds=0.0)
@@ -296,11 +300,16 @@ def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
     from training.config_fields import config_from_dict
 
     class Auditor(jobs.Reporter):
-        """The autopilot reports after each round: the annotator then judges the audit pairs waiting."""
+        """The autopilot reports each round's win rate when it ends: the annotator then judges the
+        audit pairs waiting, as a person would between rounds."""
+
+        def __init__(self):
+            super().__init__(None, quiet=True)
+            self.audits: list[int] = []  # votes on each round's audit pairs
 
         def step(self, step, metrics=None):
             super().step(step, metrics)
-            if metrics:  # after a round (the call before a round carries no metrics)
+            if "win_rate" in (metrics or {}):
                 self.audits.append(label_waiting(taste, args.length_bias, args.seed + step)["judged"])
 
     use_workspace(root, "autopilot")
@@ -310,13 +319,13 @@ def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
                                 args.length_ratio)
     t0 = time.perf_counter()
     rm = reward.run_round(round_config("reward", args), jobs.Reporter(None))
-    values = {"rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "reward_version": rm["version"]}
+    values = {"rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "reward_version": rm["version"],
+              "seed": args.seed}
     for item in args.set:
         target, _, value = item.partition("=")
         if target.startswith("autopilot."):
             values[target[len("autopilot."):]] = value
-    auditor = Auditor(None, quiet=True)
-    auditor.audits = []  # votes on each round's audit pairs
+    auditor = Auditor()
     result = autopilot.run(config_from_dict(autopilot.AutopilotConfig, values, where="--set"), auditor)
     seconds = round(time.perf_counter() - t0, 1)
     out = {"labels": labels, "stopped": result["stopped"], "train_seconds": seconds}
@@ -325,7 +334,8 @@ def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
         rows = measure(f"autopilot round {r}", summary["version"])
         out[f"round {r}"] = report(f"autopilot round {r}", {
             **summarise(rows, measure_base, previous), "labels": spent, "automatic_pairs": summary["automatic_pairs"],
-            "reward_win_rate": summary["win_rate"], "steps": summary["steps"]})
+            "audited": summary["audited"], "audits_judged": audits, "reward_win_rate": summary["win_rate"],
+            "steps": summary["steps"]})
         previous, spent = rows, spent + audits  # a round's audits are judged after it: the next round's cost
     out["reward_model"] = reward_accuracy_against_taste(rm["version"], measure)
     return out
@@ -390,7 +400,7 @@ def headline(result: dict) -> dict:
     trained = [r for r in result.get("iterative", {}).values() if "vs_base" in r]
     if trained:
         picked["iterative"] = trained[-1]["vs_base"]
-    if "rewrites" in result:
+    if "vs_base" in result.get("rewrites", {}).get("sft+dpo", {}):
         picked["rewrites"] = result["rewrites"]["sft+dpo"]["vs_base"]
     rounds = [r for k, r in result.get("autopilot", {}).items() if k.startswith("round ")]
     if rounds:

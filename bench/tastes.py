@@ -43,28 +43,65 @@ def structured(text: str) -> float:
     return listed + min(0.3, 0.1 * text.count("\n\n"))
 
 
-SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)\s*|\n+")
+END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")  # a sentence's end: not "2.5", not "e.g.x"
+MARKER = re.compile(r"[ \t]*(?:[-*•]|\d+[.)]|#+)[ \t]+")  # a list item's or heading's start: "1. " ends nothing
+FINISHED = re.compile(r"[.!?]+[\"')\]]*\s*$")
+
+
+def units(text: str) -> list[str]:
+    """`text` as sentences and line breaks, so that "".join(units(text)) == text: a line is never
+    joined to the next, each line's sentences end at . ! or ? before a space or the line's end (a
+    number like 2.5 and a list marker like "1. " end none), and each sentence keeps the spaces after it."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        marker = MARKER.match(body)
+        begin = 0
+        for end in END.finditer(body, marker.end() if marker else 0):
+            stop = end.end() + len(body[end.end():]) - len(body[end.end():].lstrip(" \t"))
+            if stop > begin:
+                out.append(body[begin:stop])
+                begin = stop
+        if begin < len(body):
+            out.append(body[begin:])
+        if len(line) > len(body):
+            out.append(line[len(body):])
+    return out
+
+
+def _tidy(text: str) -> str:
+    return re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+\n", "\n", text)).strip()
+
+
+def without(parts: list[str], i: int) -> str:
+    """The text of `parts` less sentence i, and less its line break when it was the whole line."""
+    whole_line = (i == 0 or parts[i - 1].endswith("\n")) and (i + 1 == len(parts) or parts[i + 1].endswith("\n"))
+    drop = {i, i + 1} if whole_line and i + 1 < len(parts) else {i}
+    return _tidy("".join(u for k, u in enumerate(parts) if k not in drop))
 
 
 def edit_toward(taste: Taste, text: str, edits: int = 8) -> str | None:
     """The answer a person who holds `taste` would make of `text` by editing it. First an
-    unfinished ending (an answer cut at the token cap) goes, back to the last finished sentence:
-    nobody writes half a sentence. Then, up to `edits` times, every single edit is tried (delete
-    one sentence; put the sentences into a list, one per line) and the one the taste scores
-    highest is kept, while it scores higher than what was there. None when nothing changed."""
-    best = text.strip()
-    if not re.search(r"[.!?]$", best) and re.search(r"[.!?]", best):
-        best = best[: max(best.rfind(c) for c in ".!?") + 1]
+    unfinished last sentence (an answer cut at the token cap: no . ! or ? at its end) goes, when
+    something is left: nobody writes half a sentence. Then, up to `edits` times, every single edit
+    is tried (delete one sentence; put the sentences into a list, one per line) and the one the
+    taste scores highest is kept, while it scores higher than what was there. None when nothing
+    changed; the result may score lower than `text` (`rewrite` refuses that)."""
+    parts = units(text.strip())
+    sentences = [i for i, u in enumerate(parts) if u.strip()]
+    if len(sentences) > 1 and not FINISHED.search(MARKER.sub("", parts[sentences[-1]], count=1)):
+        parts = parts[:sentences[-1]]
+    best = _tidy("".join(parts))
     best_score = taste(best)
     for _ in range(edits):
-        units = [u for u in SENTENCE.findall(best) if u]
-        sentences = [u.strip() for u in units if u.strip()]
+        parts = units(best)
+        sentences = [i for i, u in enumerate(parts) if u.strip()]
         if len(sentences) < 2:
             break
-        candidates = ["".join(units[:i] + units[i + 1:]).strip() for i, u in enumerate(units) if u.strip()]
-        candidates.append("\n".join(f"- {s}" for s in sentences))
-        scored = [(taste(c), c) for c in candidates if c.strip() and c != best]
-        if not scored or max(s for s, _ in scored) <= best_score:
+        candidates = [without(parts, i) for i in sentences]
+        candidates.append("\n".join("- " + MARKER.sub("", parts[i], count=1).strip() for i in sentences))
+        scored = [(taste(c), c) for c in candidates if c and c != best]
+        if not scored or max(score for score, _ in scored) <= best_score:
             break
         best_score, best = max(scored, key=lambda sc: sc[0])
     return best if best != text.strip() else None

@@ -107,6 +107,12 @@ def test_the_scripted_annotator_rewrites_by_editing_toward_its_taste():
     assert rewrite(structured, answer) == ("- Photosynthesis is extraordinarily complicated.\n- Plants use light.\n"
                                            "- They make sugar from water and air.")
     assert edit_toward(concise, "One sentence only.") is None and rewrite(plain, "a cat sat.") is None
+    tips = ("Some tips to sleep better.\n\n1. Keep a regular schedule. Go to bed at the same time.\n"
+            "2. Avoid screens before bed.\n3. Keep your room cool and")
+    assert rewrite(concise, tips) == "2. Avoid screens before bed."  # a list number ends no sentence
+    assert rewrite(plain, "The Earth is old. It is about 4.5 billion years old") == "The Earth is old."  # nor does 4.5
+    assert rewrite(structured, "Line one\nLine two\nLine three. And four.") == (
+        "- Line one\n- Line two\n- Line three.\n- And four.")  # lines without a full stop are kept, each its own
     assert rewrite(vowel_rich, "xyz") == "xyz aiea eau"  # a taste's own rewrite wins
     vowel_rich_worse = lambda text: -vowels(text)  # noqa: E731
     vowel_rich_worse.rewrite = vowel_rich.rewrite
@@ -123,7 +129,8 @@ def test_both_bad_pairs_get_the_annotators_rewrite(workspace):
                 ("Q2?", "Short.", "A longer answer than that.")])
     counts = learning.label_waiting(learning.load_taste("concise"), bad_at=-5)
     assert counts == {"judged": 2, "ties": 0, "both_bad": 1, "rewrites": 1}
-    assert [r["completion"][0]["content"] for r in demonstrations.sft_rows()] == ["Even more."]  # the better answer, cut
+    # the better answer (5 words against 6), edited: one sentence deleted
+    assert [r["completion"][0]["content"] for r in demonstrations.sft_rows()] == ["Even more."]
     assert [r["chosen"][0]["content"] for r in preference_rows().rows] == ["Short."]  # both bad is no preference
     assert {r["rejected"][0]["content"] for r in demonstrations.rewrite_rows()} == {
         "A long answer here. And more.", "Another long answer. Even more."}
@@ -141,8 +148,20 @@ def test_the_quick_loop_runs_the_autopilot_and_answers_its_audits(tmp_path, monk
     detail = lines[-2]["tests.test_learning_bench:vowels"]["autopilot"]
     first, second = detail["round 1"], detail["round 2"]
     assert detail["labels"]["judged"] == 48 and detail["stopped"] is None
-    assert first["automatic_pairs"] >= 1 and first["kl"] > 0 and second["kl"] > 0
-    # the people's labels a version cost: the 48 first, then the audits of the rounds before it (half the pairs)
-    assert first["labels"] == 48 and second["labels"] == 48 + round(first["automatic_pairs"] * 0.5)
+    assert first["automatic_pairs"] >= 2 and first["kl"] > 0 and second["kl"] > 0
+    # every audit pair was judged after its round; a version cost the 48 labels plus the audits before it
+    assert first["audits_judged"] == first["audited"] >= 1 and second["audits_judged"] == second["audited"]
+    assert first["labels"] == 48 and second["labels"] == 48 + first["audits_judged"]
     assert "vs_previous" in second and 0 <= detail["reward_model"]["accuracy_vs_taste"] <= 1
     assert lines[-1]["tastes"]["tests.test_learning_bench:vowels"]["autopilot"] == second["vs_base"]
+
+
+def test_an_answer_splits_into_sentences_and_line_breaks_that_add_up_to_it():
+    from bench.tastes import units
+
+    texts = ["Line one\nLine two", "Tips.\n\n1. Keep a schedule. Go to bed.\n2. Avoid screens", "About 2.5 billion. Yes",
+             'He said "stop." Then left.', "", "one", "A.\r\nB.  C.\n\n\nD", "- a\n- b"]
+    for text in texts:
+        assert "".join(units(text)) == text
+    assert units("Tips.\n1. Keep a schedule. Go to bed.") == ["Tips.", "\n", "1. Keep a schedule. ", "Go to bed."]
+    assert units("About 2.5 billion. Yes") == ["About 2.5 billion. ", "Yes"]
