@@ -348,7 +348,7 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
     if agreement:
         metrics["human_agreement"], metrics["overlap_pairs"] = agreement["percent_agreement"], agreement["pairs"]
     metrics["fallback_split"] = data.fallback_split
-    # the card's later scoring (reward-eval, the Train page) uses exactly these pairs, never a new split
+    # `python -m training reward-eval` scores exactly these pairs later, never a new split
     metrics["heldout_pair_ids"] = sorted({r["pair_id"] for r in data.heldout})
     metrics.update(data.origin)
     lora = config.backbone == "policy" and config.method == "fine-tune"
