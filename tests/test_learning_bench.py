@@ -48,13 +48,13 @@ def test_a_taste_is_a_builtin_name_or_a_function_path():
 
 
 def test_a_length_biased_annotator_picks_the_longer_answer_that_share_of_the_time(workspace):
-    from bench import learning
+    from bench.learning_arms import label_waiting
+    from bench.tastes import concise
     from labeling.export import preference_rows
     from tests.test_queue import seed_pairs
 
     seed_pairs([(f"Q{i}?", "one two three four five six", "one") for i in range(40)])
-    shorter = learning.load_taste("concise")
-    counts = learning.label_waiting(shorter, length_bias=0.7, seed=1)
+    counts = label_waiting(concise, length_bias=0.7, seed=1)
     assert counts["judged"] == 40
     longer_won = sum(r["chosen"][0]["content"].startswith("one two") for r in preference_rows().rows)
     assert 20 <= longer_won <= 36  # about 70 % of 40 votes, against 0 for the taste alone
@@ -120,14 +120,15 @@ def test_the_scripted_annotator_rewrites_by_editing_toward_its_taste():
 
 
 def test_both_bad_pairs_get_the_annotators_rewrite(workspace):
-    from bench import learning
+    from bench.learning_arms import label_waiting
+    from bench.tastes import concise
     from labeling import demonstrations
     from labeling.export import preference_rows
     from tests.test_queue import seed_pairs
 
     seed_pairs([("Q1?", "A long answer here. And more.", "Another long answer. Even more."),
                 ("Q2?", "Short.", "A longer answer than that.")])
-    counts = learning.label_waiting(learning.load_taste("concise"), bad_at=-5)
+    counts = label_waiting(concise, bad_at=-5)
     assert counts == {"judged": 2, "ties": 0, "both_bad": 1, "rewrites": 1}
     # the better answer (5 words against 6), edited: one sentence deleted
     assert [r["completion"][0]["content"] for r in demonstrations.sft_rows()] == ["Even more."]

@@ -1,0 +1,275 @@
+"""The arms of bench/learning.py: fresh workspaces, the scripted annotator that labels through the
+app's own queue, and each arm's rounds run through the same entry points as the Train button."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+from bench.learning_measure import Measure, report, reward_accuracy_against_taste, summarise
+from bench.tastes import rewrite
+
+ROOT = Path(__file__).resolve().parent.parent
+ANNOTATOR = "scripted"
+
+
+# ---------------------------------------------------------------- workspaces and prompts
+
+
+def use_workspace(root: Path, name: str) -> Path:
+    """Point prefloop at a fresh workspace (its own SQLite database) under `root`."""
+    home = root / name
+    os.environ["PREFLOOP_HOME"] = str(home)
+    os.environ.pop("PREFLOOP_DB", None)
+    from labeling import store
+    from training import versions
+
+    store.ensure_builtin_prompts()
+    store.add_prompts(extra_prompts(), "bench")
+    versions.ensure_base_version()
+    return home
+
+
+def extra_prompts() -> list[str]:
+    """OpenAssistant's root prompts (English, not synthetic) when ../shared/data is there: more
+    held-out prompts than the ~17 the built-in list gives."""
+    path = ROOT.parent / "shared" / "data" / "oasst-en-trees-70.jsonl"
+    if not path.is_file():
+        return []
+    prompts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        root = json.loads(line)["prompt"]
+        if not root.get("synthetic") and len(root["text"]) < 600:
+            prompts.append(root["text"])
+    return prompts
+
+
+# ---------------------------------------------------------------- the annotator
+
+
+def label_waiting(taste, length_bias: float = 0.0, seed: int = 0, bad_at: float | None = None) -> dict[str, int]:
+    """Judge every waiting pair as the Label page would store it: the better side by the taste,
+    a tie when it scores both the same; with `length_bias` p, a share p of the votes picks the
+    longer answer (in words) whatever the taste says, as a person who favours long answers would.
+    With `bad_at`, a pair whose two answers both score at or below it is Both bad, and the annotator
+    writes the answer it wanted (`rewrite` of the better one) when it can make one."""
+    import random
+
+    from labeling import demonstrations, queue
+
+    rng = random.Random(seed)
+    counts = {"judged": 0, "ties": 0, "both_bad": 0, "rewrites": 0}
+    while (view := queue.next_pair(ANNOTATOR)) is not None:
+        left, right = taste(view.left_text), taste(view.right_text)
+        by_length = rng.random() < length_bias  # drawn for every pair, so arms with and without Both bad agree
+        if bad_at is not None and max(left, right) <= bad_at:
+            queue.submit_judgment(ANNOTATOR, view.pair_id, "both_bad", view.left, seconds=0.0)
+            counts["judged"] += 1
+            counts["both_bad"] += 1
+            if better := rewrite(taste, view.left_text if left >= right else view.right_text):
+                try:
+                    demonstrations.add_rewrite(ANNOTATOR, view.pair_id, better)
+                except demonstrations.DemonstrationError:  # e.g. a plugged-in taste's rewrite too long to store
+                    continue
+                counts["rewrites"] += 1
+            continue
+        if by_length:
+            left, right = len(view.left_text.split()), len(view.right_text.split())
+        choice = "left" if left > right else "right" if right > left else "tie"
+        queue.submit_judgment(ANNOTATOR, view.pair_id, queue.stored_outcome(choice, view.left), view.left, seconds=0.0)
+        counts["judged"] += 1
+        counts["ties"] += choice == "tie"
+    return counts
+
+
+def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int, engine: str = "auto",
+                       length_bias: float = 0.0, length_ratio: float = 0.0,
+                       bad_at: float | None = None) -> dict[str, int]:
+    """The app's generator answers `prompts` training prompts twice with the current policy (pairs
+    matched in length when `length_ratio` is set); all is labeled."""
+    from training.generate import GenerateConfig, run
+
+    run(GenerateConfig(prompts=prompts, max_new_tokens=max_new_tokens, seed=seed, engine=engine,
+                       length_ratio=length_ratio))
+    return label_waiting(taste, length_bias, seed, bad_at)
+
+
+# ---------------------------------------------------------------- arms
+
+
+def round_config(kind: str, args, **fields):
+    """The round's default config, with --set overrides and `fields`."""
+    from training import registry
+    from training.config_fields import config_from_dict
+
+    cls = registry.get(kind).config_class()  # any round of the registry: dpo, kto, sft, ppo, reward
+    values = {}
+    for item in args.set:
+        target, _, value = item.partition("=")
+        round_kind, _, field = target.partition(".")
+        if round_kind == kind:
+            values[field] = value
+    return config_from_dict(cls, {**values, **fields}, where="--set / --sweep")
+
+
+def run_dpo(args, config=None) -> dict:
+    from training import dpo, jobs
+
+    started = time.perf_counter()
+    summary = dpo.run_round(config or round_config("dpo", args), jobs.Reporter(None))
+    return {**summary, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def arm_dpo(args, taste, root: Path, measure_base) -> dict:
+    """One DPO round on `--labels` pairs from the base; then reward + PPO on the same labels; then sweeps."""
+    from training import jobs, kto, ppo, reward, versions
+
+    use_workspace(root, "dpo")
+    measure = Measure(args, taste)
+    measure.rows["base"] = measure_base
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias,
+                                args.length_ratio)
+    out = {"labels": labels}
+    arms = args.arms.split(",")
+    if "dpo" in arms:
+        summary = run_dpo(args)
+        out["dpo"] = report("dpo", {**summarise(measure("dpo", summary["version"]), measure_base, None),
+                      "train_seconds": summary["seconds"], "steps": summary["steps"],
+                      "heldout_accuracy": summary.get("heldout_accuracy"), "labels": labels["judged"]})
+    if "kto" in arms:  # the same labels taken apart into desirable and undesirable answers
+        versions.set_current("v1-base")
+        t0 = time.perf_counter()
+        summary = kto.run_round(round_config("kto", args, make_current=False), jobs.Reporter(None))
+        out["kto"] = report("kto", {**summarise(measure("kto", summary["version"]), measure_base, None),
+                      "train_seconds": round(time.perf_counter() - t0, 1), "steps": summary["steps"],
+                      "labels": labels["judged"]})
+    if "ppo" in arms:
+        versions.set_current("v1-base")
+        t0 = time.perf_counter()
+        rm = reward.run_round(round_config("reward", args), jobs.Reporter(None))
+        summary = ppo.run_round(round_config("ppo", args, reward_version=rm["version"]), jobs.Reporter(None))
+        out["ppo"] = report("ppo", {**summarise(measure("ppo", summary["version"]), measure_base, None),
+                      "reward_model": reward_accuracy_against_taste(rm["version"], measure),
+                      "train_seconds": round(time.perf_counter() - t0, 1), "labels": labels["judged"]})
+    for variant in sweep_variants(args.sweep):
+        versions.set_current("v1-base")
+        summary = run_dpo(args, round_config("dpo", args, make_current=False, **variant))
+        key = "sweep " + " ".join(f"{k}={v}" for k, v in variant.items())
+        out[key] = report(key, {**summarise(measure(key, summary["version"]), measure_base, None),
+                                "train_seconds": summary["seconds"], "steps": summary["steps"]})
+    return out
+
+
+def sweep_variants(text: str) -> list[dict]:
+    """ "learning_rate=5e-5,5e-4 epochs=1,3" -> the 4 combinations, values as written (checked by the config)."""
+    axes = [(name, values.split(",")) for name, _, values in (part.partition("=") for part in text.split())]
+    return [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])] if axes else []
+
+
+def arm_iterative(args, taste, root: Path, measure_base) -> dict:
+    """`--rounds` on-policy DPO rounds on the same total budget."""
+    from training.preferences import NotReady
+
+    use_workspace(root, "iterative")
+    measure = Measure(args, taste)
+    measure.rows["base"] = measure_base
+    out, previous, spent = {}, measure_base, 0
+    for r in range(1, args.rounds + 1):
+        budget = args.labels * r // args.rounds - spent
+        labels = generate_and_label(taste, budget, args.max_new_tokens, args.seed + 100 * r, args.engine,
+                                    args.length_bias, args.length_ratio)
+        spent += budget
+        try:
+            summary = run_dpo(args)  # a fresh adapter on the current policy, all labels so far, reference = base
+        except NotReady as exc:  # the taste tied too often: label more before the next round
+            out[f"round {r}"] = {"labels": spent, "judged": labels, "skipped": str(exc)}
+            continue
+        rows = measure(f"round {r}", summary["version"])
+        out[f"round {r}"] = report(f"iterative round {r}", {
+            **summarise(rows, measure_base, previous), "labels": spent, "judged": labels,
+            "train_seconds": summary["seconds"], "steps": summary["steps"]})
+        previous = rows
+    return out
+
+
+def arm_rewrites(args, taste, root: Path, measure_base) -> dict:
+    """The dpo arm's pairs (same prompts and seed), labeled with Both bad → rewrite at or below the base's
+    median taste; an SFT round on the rewrites, then a DPO round on the pairs and the rewrites'
+    pairs (reference: the base), each measured."""
+    import statistics
+
+    from training import jobs, sft
+    from training.preferences import NotReady
+
+    use_workspace(root, "rewrites")
+    measure = Measure(args, taste)
+    measure.rows["base"] = measure_base
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias,
+                                args.length_ratio, bad_at=statistics.median(measure_base["taste"]))
+    out, previous = {"labels": labels}, None
+    try:
+        t0 = time.perf_counter()
+        summary = sft.run_round(round_config("sft", args), jobs.Reporter(None))
+    except NotReady as exc:  # fewer rewrites than an SFT round needs: DPO learns from the pairs alone
+        out["sft"] = report("rewrites sft", {"skipped": str(exc), "labels": labels})
+    else:
+        previous = measure("rewrites sft", summary["version"])
+        out["sft"] = report("rewrites sft", {
+            **summarise(previous, measure_base, None), "labels": labels, "demonstrations": summary["demonstrations"],
+            "train_seconds": round(time.perf_counter() - t0, 1), "steps": summary["steps"]})
+    summary = run_dpo(args)
+    out["sft+dpo"] = report("rewrites sft+dpo", {
+        **summarise(measure("rewrites sft+dpo", summary["version"]), measure_base, previous), "labels": labels,
+        "pairs_from_rewrites": summary.get("pairs_from_rewrites"), "train_seconds": summary["seconds"],
+        "steps": summary["steps"]})
+    return out
+
+
+def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
+    """The dpo arm's labels, a reward round on them, then the autopilot's `--rounds` rounds with its
+    defaults (--set autopilot.FIELD=V); the annotator answers the audit pairs between rounds."""
+    from training import autopilot, jobs, reward
+    from training.config_fields import config_from_dict
+
+    class Auditor(jobs.Reporter):
+        """The autopilot reports each round's win rate when it ends: the annotator then judges the
+        audit pairs waiting, as a person would between rounds."""
+
+        def __init__(self):
+            super().__init__(None, quiet=True)
+            self.audits: list[int] = []  # votes on each round's audit pairs
+
+        def step(self, step, metrics=None):
+            super().step(step, metrics)
+            if "win_rate" in (metrics or {}):
+                self.audits.append(label_waiting(taste, args.length_bias, args.seed + step)["judged"])
+
+    use_workspace(root, "autopilot")
+    measure = Measure(args, taste)
+    measure.rows["base"] = measure_base
+    labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias,
+                                args.length_ratio)
+    t0 = time.perf_counter()
+    rm = reward.run_round(round_config("reward", args), jobs.Reporter(None))
+    values = {"rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "reward_version": rm["version"],
+              "seed": args.seed}
+    for item in args.set:
+        target, _, value = item.partition("=")
+        if target.startswith("autopilot."):
+            values[target[len("autopilot."):]] = value
+    auditor = Auditor()
+    result = autopilot.run(config_from_dict(autopilot.AutopilotConfig, values, where="--set"), auditor)
+    seconds = round(time.perf_counter() - t0, 1)
+    out = {"labels": labels, "stopped": result["stopped"], "train_seconds": seconds}
+    previous, spent = measure_base, labels["judged"]
+    for r, (summary, audits) in enumerate(zip(result["rounds"], auditor.audits), start=1):
+        rows = measure(f"autopilot round {r}", summary["version"])
+        out[f"round {r}"] = report(f"autopilot round {r}", {
+            **summarise(rows, measure_base, previous), "labels": spent, "automatic_pairs": summary["automatic_pairs"],
+            "audited": summary["audited"], "audits_judged": audits, "reward_win_rate": summary["win_rate"],
+            "steps": summary["steps"]})
+        previous, spent = rows, spent + audits  # a round's audits are judged after it: the next round's cost
+    out["reward_model"] = reward_accuracy_against_taste(rm["version"], measure)
+    return out
