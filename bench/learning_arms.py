@@ -229,22 +229,10 @@ def arm_rewrites(args, taste, root: Path, measure_base) -> dict:
 
 def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
     """The dpo arm's labels, a reward round on them, then the autopilot's `--rounds` rounds with its
-    defaults (--set autopilot.FIELD=V); the annotator answers the audit pairs between rounds."""
-    from training import autopilot, jobs, reward
+    defaults (--set autopilot.FIELD=V); the annotator answers the audit pairs between rounds, and
+    each round's version is measured as it ends (a run stopped early keeps the rounds it printed)."""
+    from training import autopilot, jobs, reward, versions
     from training.config_fields import config_from_dict
-
-    class Auditor(jobs.Reporter):
-        """The autopilot reports each round's win rate when it ends: the annotator then judges the
-        audit pairs waiting, as a person would between rounds."""
-
-        def __init__(self):
-            super().__init__(None, quiet=True)
-            self.audits: list[int] = []  # votes on each round's audit pairs
-
-        def step(self, step, metrics=None):
-            super().step(step, metrics)
-            if "win_rate" in (metrics or {}):
-                self.audits.append(label_waiting(taste, args.length_bias, args.seed + step)["judged"])
 
     use_workspace(root, "autopilot")
     measure = Measure(args, taste)
@@ -253,23 +241,37 @@ def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
                                 args.length_ratio)
     t0 = time.perf_counter()
     rm = reward.run_round(round_config("reward", args), jobs.Reporter(None))
+    out = {"labels": labels, "reward_model": report("autopilot reward model", reward_accuracy_against_taste(
+        rm["version"], measure))}
+
+    class Auditor(jobs.Reporter):
+        """The autopilot reports each round's win rate when it ends: the annotator then judges the
+        audit pairs waiting, as a person would between rounds, and the new version is measured."""
+
+        def __init__(self):
+            super().__init__(None, quiet=True)
+            self.previous, self.spent = measure_base, labels["judged"]
+
+        def step(self, step, metrics=None):
+            super().step(step, metrics)
+            if "win_rate" not in (metrics or {}):
+                return
+            audits = label_waiting(taste, args.length_bias, args.seed + step)["judged"]
+            rows = measure(f"autopilot round {step}", versions.current_policy_id())
+            out[f"round {step}"] = report(f"autopilot round {step}", {
+                **summarise(rows, measure_base, self.previous), "labels": self.spent,
+                "automatic_pairs": int(metrics["automatic_pairs"]), "audits_judged": audits,
+                "reward_win_rate": metrics["win_rate"], "seconds": round(time.perf_counter() - t0, 1)})
+            self.previous, self.spent = rows, self.spent + audits  # a round's audits: the next round's cost
+
     values = {"rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "reward_version": rm["version"],
               "seed": args.seed}
     for item in args.set:
         target, _, value = item.partition("=")
         if target.startswith("autopilot."):
             values[target[len("autopilot."):]] = value
-    auditor = Auditor()
-    result = autopilot.run(config_from_dict(autopilot.AutopilotConfig, values, where="--set"), auditor)
-    seconds = round(time.perf_counter() - t0, 1)
-    out = {"labels": labels, "stopped": result["stopped"], "train_seconds": seconds}
-    previous, spent = measure_base, labels["judged"]
-    for r, (summary, audits) in enumerate(zip(result["rounds"], auditor.audits), start=1):
-        rows = measure(f"autopilot round {r}", summary["version"])
-        out[f"round {r}"] = report(f"autopilot round {r}", {
-            **summarise(rows, measure_base, previous), "labels": spent, "automatic_pairs": summary["automatic_pairs"],
-            "audited": summary["audited"], "audits_judged": audits, "reward_win_rate": summary["win_rate"],
-            "steps": summary["steps"]})
-        previous, spent = rows, spent + audits  # a round's audits are judged after it: the next round's cost
-    out["reward_model"] = reward_accuracy_against_taste(rm["version"], measure)
+    result = autopilot.run(config_from_dict(autopilot.AutopilotConfig, values, where="--set"), Auditor())
+    for r, summary in enumerate(result["rounds"], start=1):
+        out[f"round {r}"].update(audited=summary["audited"], steps=summary["steps"], version=summary["version"])
+    out["stopped"] = result["stopped"]
     return out
