@@ -180,3 +180,10 @@ def test_the_card_scores_the_pairs_its_round_held_out_when_rewrites_were_among_t
     assert row.metrics["heldout_pair_ids"] == sorted({r["pair_id"] for r in held_out})
     assert [r["pair_id"] for r in reward_eval.heldout_rows(row)] == [r["pair_id"] for r in held_out]
     assert len(held_out) == summary["heldout_pairs"]
+    # an admin leaving pairs out of later rounds changes nothing on this version's card
+    from labeling import audit, settings
+
+    monkeypatch.setattr(audit, "only_longer", lambda chosen, rejected: True)  # every pair flagged
+    settings.set_training_exclusions(["only_longer"])
+    assert len(preferences.training_rows().rows) < len(preferences.training_rows(audit_exclusions=False).rows)
+    assert [r["pair_id"] for r in reward_eval.heldout_rows(row)] == [r["pair_id"] for r in held_out]
