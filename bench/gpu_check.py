@@ -118,7 +118,7 @@ def card_peak(args) -> tuple[str | None, float | None]:
 def run(args, root: Path) -> dict:
     import torch
 
-    from bench.learning import label_waiting, round_config, use_workspace
+    from bench.learning_arms import label_waiting, round_config, use_workspace
     from bench.tastes import plain
     from training import device, dpo, evaluate, generate, jobs, ppo, reward, versions
     from training.env import parameter_count
