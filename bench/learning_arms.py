@@ -99,13 +99,14 @@ def generate_and_label(taste, prompts: int, max_new_tokens: int, seed: int, engi
 # ---------------------------------------------------------------- arms
 
 
-def round_config(kind: str, args, **fields):
-    """The round's default config, with --set overrides and `fields`."""
+def round_config(kind: str, args, config_class=None, defaults: dict | None = None, **fields):
+    """The round's config: `defaults` (else the class's own), then --set KIND.FIELD=V, then `fields`.
+    The class is the registry's round of that kind unless given (the autopilot is no round)."""
     from training import registry
     from training.config_fields import config_from_dict
 
-    cls = registry.get(kind).config_class()  # any round of the registry: dpo, kto, sft, ppo, reward
-    values = {}
+    cls = config_class or registry.get(kind).config_class()  # a round of the registry: dpo, kto, sft, ppo, reward
+    values = dict(defaults or {})
     for item in args.set:
         target, _, value = item.partition("=")
         round_kind, _, field = target.partition(".")
@@ -232,7 +233,6 @@ def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
     defaults (--set autopilot.FIELD=V); the annotator answers the audit pairs between rounds, and
     each round's version is measured as it ends (a run stopped early keeps the rounds it printed)."""
     from training import autopilot, jobs, reward, versions
-    from training.config_fields import config_from_dict
 
     use_workspace(root, "autopilot")
     measure = Measure(args, taste)
@@ -264,13 +264,9 @@ def arm_autopilot(args, taste, root: Path, measure_base) -> dict:
                 "reward_win_rate": metrics["win_rate"], "seconds": round(time.perf_counter() - t0, 1)})
             self.previous, self.spent = rows, self.spent + audits  # a round's audits: the next round's cost
 
-    values = {"rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "reward_version": rm["version"],
-              "seed": args.seed}
-    for item in args.set:
-        target, _, value = item.partition("=")
-        if target.startswith("autopilot."):
-            values[target[len("autopilot."):]] = value
-    result = autopilot.run(config_from_dict(autopilot.AutopilotConfig, values, where="--set"), Auditor())
+    config = round_config("autopilot", args, autopilot.AutopilotConfig, defaults={
+        "rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "reward_version": rm["version"], "seed": args.seed})
+    result = autopilot.run(config, Auditor())
     for r, summary in enumerate(result["rounds"], start=1):
         out[f"round {r}"].update(audited=summary["audited"], steps=summary["steps"], version=summary["version"])
     out["stopped"] = result["stopped"]

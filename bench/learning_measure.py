@@ -1,7 +1,8 @@
 """How bench/learning.py measures a version against a taste: every version answers the same
 held-out prompts with the same seeds (`Measure`), and `summarise` reports the taste's mean, its
 paired win rate with a 95 % interval over prompts, the exact KL to the base, length, the share of
-answers cut at the token cap, fluency and degenerate answers; `reward_accuracy_against_taste` checks a reward model against the taste."""
+answers cut at the token cap, fluency and degenerate answers; `reward_accuracy_against_taste`
+checks a reward model against the taste."""
 from __future__ import annotations
 
 import itertools

@@ -27,6 +27,7 @@ from training.engine import ENGINES, Sampler
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
 RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
 RETRY_AT_MOST = dt.timedelta(hours=2)  # each failure in a row doubles the wait, up to this
+RETRY_STREAK = math.ceil(math.log2(RETRY_AT_MOST / RETRY_AFTER_FAILURE)) + 1  # failures in a row that reach the cap
 LENGTH_TRIES = 3  # resamples of a pair whose answers differ too much in length (length_ratio)
 LENGTH_SEED_OFFSET = 2_000_003  # seeds of those resamples: apart from the batch seeds and the identical retry
 FIRST_CHUNK_PROMPTS = 2  # prompts in the first chunk: a labeler on an empty queue sees pairs early
@@ -329,15 +330,15 @@ def ensure_pairs_waiting(min_waiting: int | None = None, waiting: int | None = N
         return None
 
 
-def retry_wait() -> dt.timedelta:
+def retry_wait(recent: list | None = None) -> dt.timedelta:
     """How long after the last generation job's failure the next one may start by itself:
     RETRY_AFTER_FAILURE, doubled for each failure in a row before it, at most RETRY_AT_MOST (an
-    open Label page on a model that stays broken tries a few times an hour, then every 2 hours)."""
+    open Label page on a model that stays broken tries a few times an hour, then every 2 hours).
+    `recent`: the newest generation jobs, newest first, when the caller has them."""
     from labeling import runs
 
-    most = math.ceil(math.log2(RETRY_AT_MOST / RETRY_AFTER_FAILURE)) + 1  # failures in a row that reach the cap
     failures = 0
-    for job in runs.last_jobs("generate", most):
+    for job in runs.last_jobs("generate", RETRY_STREAK) if recent is None else recent[:RETRY_STREAK]:
         if job.status != "failed":
             break
         failures += 1
@@ -349,7 +350,8 @@ def recent_failure() -> str | None:
     one starts by itself until then), else None."""
     from labeling import runs
 
-    last = runs.last_job("generate")
-    if last and last.status == "failed" and last.finished_at and runs.utcnow() - last.finished_at < retry_wait():
+    recent = runs.last_jobs("generate", RETRY_STREAK)
+    last = recent[0] if recent else None
+    if last and last.status == "failed" and last.finished_at and runs.utcnow() - last.finished_at < retry_wait(recent):
         return last.error or f"Job #{last.id} failed; its log is jobs/{last.id}/log.txt in the workspace."
     return None
