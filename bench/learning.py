@@ -28,7 +28,9 @@ the exact KL to the base, mean length, the base model's log-prob per token of th
 (fluency) and the share of empty or looping answers; for the reward model, its held-out accuracy
 against the taste's own preference. Last line: JSON.
 
-`--sweep "learning_rate=5e-5,5e-4 epochs=1,3"` adds DPO variants trained on the dpo arm's labels.
+`--sweep "learning_rate=5e-5,5e-4 epochs=1,3"` adds DPO variants trained on the dpo arm's labels (the grid);
+groups split by ";" run one after the other ("beta=0.03,0.3; lora_r=4,64; max_pairs=32,64": each
+variant changes one thing), and `max_pairs=N` trains on the first N pairs.
 """
 from __future__ import annotations
 

@@ -115,11 +115,11 @@ def round_config(kind: str, args, config_class=None, defaults: dict | None = Non
     return config_from_dict(cls, {**values, **fields}, where="--set / --sweep")
 
 
-def run_dpo(args, config=None) -> dict:
+def run_dpo(args, config=None, max_pairs: int | None = None) -> dict:
     from training import dpo, jobs
 
     started = time.perf_counter()
-    summary = dpo.run_round(config or round_config("dpo", args), jobs.Reporter(None))
+    summary = dpo.run_round(config or round_config("dpo", args), jobs.Reporter(None), max_pairs=max_pairs)
     return {**summary, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -156,17 +156,26 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
                       "train_seconds": round(time.perf_counter() - t0, 1), "labels": labels["judged"]})
     for variant in sweep_variants(args.sweep):
         versions.set_current("v1-base")
-        summary = run_dpo(args, round_config("dpo", args, make_current=False, **variant))
+        fields = {k: v for k, v in variant.items() if k != "max_pairs"}
+        max_pairs = int(variant["max_pairs"]) if "max_pairs" in variant else None
+        summary = run_dpo(args, round_config("dpo", args, make_current=False, **fields), max_pairs)
         key = "sweep " + " ".join(f"{k}={v}" for k, v in variant.items())
         out[key] = report(key, {**summarise(measure(key, summary["version"]), measure_base, None),
-                                "train_seconds": summary["seconds"], "steps": summary["steps"]})
+                                "train_seconds": summary["seconds"], "steps": summary["steps"],
+                                "pairs": summary.get("pairs")})
     return out
 
 
 def sweep_variants(text: str) -> list[dict]:
-    """ "learning_rate=5e-5,5e-4 epochs=1,3" -> the 4 combinations, values as written (checked by the config)."""
-    axes = [(name, values.split(",")) for name, _, values in (part.partition("=") for part in text.split())]
-    return [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])] if axes else []
+    """ "learning_rate=5e-5,5e-4 epochs=1,3" -> the 4 combinations, values as written (checked by the
+    config); groups split by ";" are swept one after the other, so "beta=0.03,0.3; lora_r=4,64" is 4
+    variants, each changing one field. `max_pairs` (not a config field) trains on the first N pairs."""
+    variants = []
+    for group in text.split(";"):
+        axes = [(name, values.split(",")) for name, _, values in (part.partition("=") for part in group.split())]
+        if axes:
+            variants += [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+    return variants
 
 
 def arm_iterative(args, taste, root: Path, measure_base) -> dict:

@@ -166,3 +166,14 @@ def test_an_answer_splits_into_sentences_and_line_breaks_that_add_up_to_it():
         assert "".join(units(text)) == text
     assert units("Tips.\n1. Keep a schedule. Go to bed.") == ["Tips.", "\n", "1. Keep a schedule. ", "Go to bed."]
     assert units("About 2.5 billion. Yes") == ["About 2.5 billion. ", "Yes"]
+
+
+def test_sweep_groups_run_one_after_the_other_and_each_group_is_a_grid():
+    from bench.learning_arms import sweep_variants
+
+    assert sweep_variants("") == []
+    assert sweep_variants("learning_rate=5e-5,5e-4 epochs=1,3") == [
+        {"learning_rate": "5e-5", "epochs": "1"}, {"learning_rate": "5e-5", "epochs": "3"},
+        {"learning_rate": "5e-4", "epochs": "1"}, {"learning_rate": "5e-4", "epochs": "3"}]
+    assert sweep_variants("beta=0.03,0.3; lora_r=4,64;max_pairs=32") == [
+        {"beta": "0.03"}, {"beta": "0.3"}, {"lora_r": "4"}, {"lora_r": "64"}, {"max_pairs": "32"}]
