@@ -6,7 +6,6 @@ the sidebar and runs the page picked in the navigation.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -222,7 +221,7 @@ def main() -> None:
     st.set_page_config(page_title="prefloop", page_icon=":material/thumbs_up_down:", layout="wide")
     st.session_state["prefloop-routed"] = True  # pages check it (pages/widgets.require_router)
     load_builtin_prompts()
-    if os.environ.get("PREFLOOP_AUTOGENERATE", "1") != "0":
+    if settings.autogenerate():
         generate_at_start(str(workspace.home()))
     if access.enabled() and not signed_in():
         st.navigation([st.Page(sign_in, title="Sign in", default=True)], position="hidden").run()

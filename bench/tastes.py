@@ -45,7 +45,7 @@ def structured(text: str) -> float:
 
 END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")  # a sentence's end: not "2.5", not "e.g.x"
 MARKER = re.compile(r"[ \t]*(?:[-*•]|\d+[.)]|#+)[ \t]+")  # a list item's or heading's start: "1. " ends nothing
-FINISHED = re.compile(r"[.!?]+[\"')\]]*\s*$")
+FINISHED = re.compile(END.pattern + r"\s*$")  # the text ends a sentence
 
 
 def units(text: str) -> list[str]:

@@ -89,6 +89,11 @@ def set_queue_order(order: str) -> str:
     return order
 
 
+def autogenerate() -> bool:
+    """The app generates pairs by itself unless PREFLOOP_AUTOGENERATE=0 (e.g. a demo on imported pairs only)."""
+    return os.environ.get("PREFLOOP_AUTOGENERATE", "1") != "0"
+
+
 LENGTH_RATIO_KEY = "pair_length_ratio"
 MAX_LENGTH_RATIO = 10.0
 
@@ -104,10 +109,18 @@ def pair_length_ratio() -> float:
         return 0.0
 
 
+def length_ratio_problem(value: float, name: str = "The length ratio") -> str | None:
+    """One sentence when `value` is no length ratio (the Data page's setting, the generator's field)."""
+    if value != 0 and not 1 < value <= MAX_LENGTH_RATIO:
+        return (f"{name} must be 0 (off) or above 1 and at most {MAX_LENGTH_RATIO:g}, got {value:g}"
+                + (": at 1 or below every pair is resampled." if 0 < value <= 1 else "."))
+    return None
+
+
 def set_pair_length_ratio(value: float) -> float:
     value = float(value)
-    if value != 0 and not 1 < value <= MAX_LENGTH_RATIO:
-        raise SettingError(f"The length ratio must be 0 (off) or above 1 and at most {MAX_LENGTH_RATIO:g}, got {value:g}.")
+    if problem := length_ratio_problem(value):
+        raise SettingError(problem)
     write_value(LENGTH_RATIO_KEY, str(value))
     return value
 

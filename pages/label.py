@@ -9,7 +9,6 @@ reload that submits again updates instead of adding.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import streamlit as st
@@ -142,11 +141,6 @@ def render_pair(name: str, view: queue.PairView) -> None:
     st.caption(f"{VOTE_KEYS_CAPTION} · **U** Undo last")
 
 
-def autogenerate() -> bool:
-    """The app generates pairs by itself unless PREFLOOP_AUTOGENERATE=0 (e.g. a demo on imported pairs only)."""
-    return os.environ.get("PREFLOOP_AUTOGENERATE", "1") != "0"
-
-
 def keep_pairs_coming(waiting: int) -> None:
     """At most every 30 seconds, ask the generator for more pairs if this annotator's queue is
     shorter than a few minutes of labeling at the recent rate (pairs they skipped count for
@@ -154,7 +148,7 @@ def keep_pairs_coming(waiting: int) -> None:
     last = st.session_state.get("generation_checked_at", 0.0)
     if time.monotonic() - last < GENERATION_CHECK_SECONDS:
         return
-    if not autogenerate():
+    if not settings.autogenerate():
         return
     st.session_state["generation_checked_at"] = time.monotonic()
     from training import generate  # lazy: the app's other pages never need it
@@ -233,7 +227,7 @@ def wait_for_pairs(name: str) -> None:
         st.rerun(scope="app")
     st.info("No pairs are waiting for you right now. New pairs appear here as soon as they are generated.")
     keep_pairs_coming(0)
-    if autogenerate():
+    if settings.autogenerate():
         from training import generate  # lazy: the app's other pages never need it
 
         if error := generate.recent_failure():

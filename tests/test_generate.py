@@ -350,4 +350,5 @@ def test_a_length_ratio_of_one_or_less_is_refused_in_one_sentence():
     from training.config_fields import settings_problem
 
     assert "length_ratio must be 0 (off) or above 1" in settings_problem(generate.GenerateConfig(length_ratio=0.8))
+    assert "at most 10, got 12" in settings_problem(generate.GenerateConfig(length_ratio=12))
     assert settings_problem(generate.GenerateConfig(length_ratio=1.3)) is None

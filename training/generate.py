@@ -60,9 +60,9 @@ class GenerateConfig:
         "times the shorter's tokens, so people judge content, not length; 0: off (the Data page's setting).")})
 
     def problem(self) -> str | None:
-        if 0 < self.length_ratio <= 1:
-            return f"length_ratio must be 0 (off) or above 1, got {self.length_ratio:g}: at 1 or below every pair is resampled."
-        return None
+        from labeling.settings import length_ratio_problem
+
+        return length_ratio_problem(self.length_ratio, "length_ratio")
 
 
 # ---------------------------------------------------------------- sampling
