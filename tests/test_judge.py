@@ -260,3 +260,24 @@ def test_urls_that_would_leak_the_key_are_refused_and_answers_parse_around_extra
     assert v.winner == "second" and v.reason == "r"
     with pytest.raises(ValueError):
         judges.parse_answer("{}")
+
+
+def test_a_reward_card_keeps_the_ai_labels_its_round_held_out_after_ai_labels_are_turned_off(workspace):
+    from types import SimpleNamespace
+
+    from training import reward_eval
+
+    ids = pairs_with_short_answers(30)
+    judges.run(JudgeConfig(), judge=FakeJudge())
+    shorter = {i: "a" if k % 2 == 0 else "b" for k, i in enumerate(ids)}
+    label(ids[:12], "ana", shorter.get)
+    suggestions.set_ai_labels("fake", 1)
+    data = preferences.preference_data("reward", None, 0.3, 0)
+    held_out = sorted(r["pair_id"] for r in data.heldout)
+    assert {r["origin"] for r in data.heldout} == {"human", "ai"}
+    # the round's record, as reward.run_round stores it in the version's metrics
+    row = SimpleNamespace(metrics={"heldout_pair_ids": held_out, **data.origin})
+    assert sorted(r["pair_id"] for r in reward_eval.heldout_rows(row)) == held_out
+    suggestions.set_ai_labels(None)  # an admin turns AI labels off: later rounds use people's only
+    assert preferences.count_pairs() == 12
+    assert sorted(r["pair_id"] for r in reward_eval.heldout_rows(row)) == held_out

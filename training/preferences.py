@@ -62,18 +62,23 @@ def split_by_conversation(rows: list[dict], heldout_fraction: float, seed: int =
     return ([r for r in rows if conversation(r) not in chosen], [r for r in rows if conversation(r) in chosen], True)
 
 
-def training_rows(include_auto: bool = False, audit_exclusions: bool = True):
+IN_USE = "in use"  # training_rows' `ai` default: the AI judge whose labels are gated in now, if any
+
+
+def training_rows(include_auto: bool = False, audit_exclusions: bool = True, ai: dict | None | str = IN_USE):
     """The export rows a round trains on (an ExportResult): people's labels, less the pairs the pair
     audit flags under the checks an admin chose to leave out (Train page); two rows per rewrite,
     the rewrite preferred to each answer (labeling/demonstrations.py, "origin": "rewrite"); and an
     AI judge's verdicts on pairs nobody judged while an admin has AI labels on and the judge passes
     the agreement gate (labeling/agreement.py); with `include_auto`, the autopilot's automatic pairs
     ("origin": "auto"). Its `ai` is the judge in use, or None. `audit_exclusions=False` keeps the
-    pairs the audit would leave out (a past round's held-out pairs, whatever the admin chose since)."""
+    pairs the audit would leave out (a past round's held-out pairs, whatever the admin chose since);
+    `ai` ({"judge", "rubric"} or None) names the judge whose labels join instead of the one in use
+    (a past round's judge, whatever the gate says now)."""
     from labeling import agreement, demonstrations, settings
     from labeling.export import preference_rows
 
-    ai = agreement.ai_labels_in_use()
+    ai = agreement.ai_labels_in_use() if ai == IN_USE else ai
     exclude = settings.training_exclusions() if audit_exclusions else ()  # an admin's pair-audit choice
     result = preference_rows(ai=ai, exclude=exclude)
     result.rows.extend(demonstrations.rewrite_rows())

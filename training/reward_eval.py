@@ -55,13 +55,15 @@ def heldout_rows(row) -> list[dict[str, Any]]:
     (`heldout_pair_ids`, rewrites' pairs included), as they are labeled now, even those the pair
     audit would leave out of a round today. A version from before that record splits its own
     labeled pairs again, which can differ from its round's split when rewrites or an AI judge's
-    labels were among its rows."""
+    labels were among its rows. An AI judge's labels the round trained with stay, gated in now or not."""
     from labeling import pairs
     from labeling.export import preference_rows
 
-    if (recorded := (row.metrics or {}).get("heldout_pair_ids")) is not None:
+    metrics = row.metrics or {}
+    if (recorded := metrics.get("heldout_pair_ids")) is not None:
         wanted = set(recorded)
-        return [r for r in preferences.training_rows(audit_exclusions=False).rows if r["pair_id"] in wanted]
+        ai = {"judge": metrics["ai_judge"], "rubric": metrics["ai_rubric"]} if metrics.get("ai_judge") else None
+        return [r for r in preferences.training_rows(audit_exclusions=False, ai=ai).rows if r["pair_id"] in wanted]
     pair_ids = pairs.judged_pairs(set(row.judgment_ids or []))
     config = round_config(row)
     rows = [r for r in preference_rows().rows if r["pair_id"] in pair_ids]
