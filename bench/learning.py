@@ -202,8 +202,12 @@ def plot(results: dict, path: str) -> None:
         if "vs_base" in result.get("rewrites", {}).get("sft+dpo", {}):
             draw([result["rewrites"]["sft+dpo"]["labels"]["judged"]], [result["rewrites"]["sft+dpo"]],
                  "SFT on rewrites, then DPO", "v")
-        for arm in (a for a in result if a.startswith("sweep ")):  # DPO variants on the dpo arm's labels
-            draw([result.get("labels", {}).get("judged", 128)], [result[arm]], "DPO " + arm[len("sweep "):], "D")
+        sweeps = [a for a in result if a.startswith("sweep ")]  # DPO variants on the dpo arm's labels
+        judged = result.get("labels", {}).get("judged", 128)
+        every = max((result[a].get("pairs") or 0 for a in sweeps), default=0)  # a variant on all the pairs
+        for k, arm in enumerate(sweeps, 1):  # one on fewer pairs (max_pairs) spent that share of the labels
+            share = result[arm]["pairs"] / every if "max_pairs=" in arm and result[arm].get("pairs") and every else 1
+            draw([round(judged * share) + 1.5 * k], [result[arm]], "DPO " + arm[len("sweep "):], "D")  # beside, not on top
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")
         ax.set(title=f"taste: {taste}", xlabel="labels spent", ylabel="taste win rate vs base (95% CI)", ylim=(0, 1))
         ax.legend(fontsize=8)

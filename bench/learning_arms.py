@@ -137,7 +137,7 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     if "dpo" in arms:
         summary = run_dpo(args)
         out["dpo"] = report("dpo", {**summarise(measure("dpo", summary["version"]), measure_base, None),
-                      "train_seconds": summary["seconds"], "steps": summary["steps"],
+                      "train_seconds": summary["seconds"], "steps": summary["steps"], "pairs": summary.get("pairs"),
                       "heldout_accuracy": summary.get("heldout_accuracy"), "labels": labels["judged"]})
     if "kto" in arms:  # the same labels taken apart into desirable and undesirable answers
         versions.set_current("v1-base")
