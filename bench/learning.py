@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.learning_arms import arm_autopilot, arm_dpo, arm_iterative, arm_rewrites, use_workspace  # noqa: E402
+from bench.learning_arms import arm_autopilot, arm_dpo, arm_iterative, arm_rewrites, sweep_variants, use_workspace  # noqa: E402
 from bench.learning_measure import Measure, report, summarise  # noqa: E402
 from bench.tastes import load_taste  # noqa: E402
 
@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, when labeling and measuring")
     p.add_argument("--model", help="base model folder (default: the converted SmolLM2)")
     p.add_argument("--home", help="folder for the workspaces (default: a temporary one)")
-    p.add_argument("--sweep", default="", help='DPO variants on the dpo arm\'s labels: "field=v1,v2 field=v1,..."')
+    p.add_argument("--sweep", default="", help='DPO variants on the dpo arm\'s labels: "field=v1,v2 field=v1,..." (a grid); '
+                                               'groups split by ";" one after the other; max_pairs=N: the first N pairs')
     p.add_argument("--set", action="append", default=[], metavar="ROUND.FIELD=VALUE",
                    help="override a round default for every arm, e.g. dpo.learning_rate=1e-4")
     p.add_argument("--plot", help="write a PNG of taste win rate against labels spent")
@@ -203,10 +204,11 @@ def plot(results: dict, path: str) -> None:
             draw([result["rewrites"]["sft+dpo"]["labels"]["judged"]], [result["rewrites"]["sft+dpo"]],
                  "SFT on rewrites, then DPO", "v")
         sweeps = [a for a in result if a.startswith("sweep ")]  # DPO variants on the dpo arm's labels
-        judged = result.get("labels", {}).get("judged", 128)
-        every = max((result[a].get("pairs") or 0 for a in sweeps), default=0)  # a variant on all the pairs
+        # the pairs of a round on all the labels: the dpo arm's, else the most any variant had
+        every = result.get("dpo", {}).get("pairs") or max((result[a].get("pairs") or 0 for a in sweeps), default=0)
         for k, arm in enumerate(sweeps, 1):  # one on fewer pairs (max_pairs) spent that share of the labels
-            share = result[arm]["pairs"] / every if "max_pairs=" in arm and result[arm].get("pairs") and every else 1
+            judged = result[arm].get("labels") or result.get("dpo", {}).get("labels", 128)
+            share = min(1, result[arm]["pairs"] / every) if "max_pairs=" in arm and result[arm].get("pairs") and every else 1
             draw([round(judged * share) + 1.5 * k], [result[arm]], "DPO " + arm[len("sweep "):], "D")  # beside, not on top
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")
         ax.set(title=f"taste: {taste}", xlabel="labels spent", ylabel="taste win rate vs base (95% CI)", ylim=(0, 1))
@@ -228,6 +230,7 @@ def main(argv=None) -> int:
     tastes = args.taste or ["concise", "plain"]
     for name in tastes:
         load_taste(name)  # a wrong name fails before any work
+    sweep_variants(args.sweep)  # and so does a sweep that cannot be read
     from training import jobs
 
     jobs.set_threads()

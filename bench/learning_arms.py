@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -162,20 +163,31 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
         key = "sweep " + " ".join(f"{k}={v}" for k, v in variant.items())
         out[key] = report(key, {**summarise(measure(key, summary["version"]), measure_base, None),
                                 "train_seconds": summary["seconds"], "steps": summary["steps"],
-                                "pairs": summary.get("pairs")})
+                                "pairs": summary.get("pairs"), "labels": labels["judged"]})
     return out
 
 
 def sweep_variants(text: str) -> list[dict]:
     """ "learning_rate=5e-5,5e-4 epochs=1,3" -> the 4 combinations, values as written (checked by the
     config); groups split by ";" are swept one after the other, so "beta=0.03,0.3; lora_r=4,64" is 4
-    variants, each changing one field. `max_pairs` (not a config field) trains on the first N pairs."""
+    variants, each changing one field. `max_pairs` (not a config field) trains on the first N pairs.
+    A variant named twice runs once; ValueError, in one sentence, for a part that is no field=values."""
+    from training.preferences import MIN_PAIRS
+
     variants = []
     for group in text.split(";"):
-        axes = [(name, values.split(",")) for name, _, values in (part.partition("=") for part in group.split())]
+        group = re.sub(r"\s*([=,])\s*", r"\1", group)  # "beta = 0.03, 0.3" as "beta=0.03,0.3"
+        axes = []
+        for part in group.split():
+            name, _, values = part.partition("=")
+            if not name or not values or "" in values.split(","):
+                raise ValueError(f"--sweep: '{part}' is not field=value[,value...].")
+            if name == "max_pairs" and not all(v.isdigit() and int(v) >= MIN_PAIRS for v in values.split(",")):
+                raise ValueError(f"--sweep: max_pairs takes whole numbers of at least {MIN_PAIRS}, got '{values}'.")
+            axes.append((name, values.split(",")))
         if axes:
             variants += [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
-    return variants
+    return [v for k, v in enumerate(variants) if v not in variants[:k]]
 
 
 def arm_iterative(args, taste, root: Path, measure_base) -> dict:

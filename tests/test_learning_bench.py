@@ -177,3 +177,8 @@ def test_sweep_groups_run_one_after_the_other_and_each_group_is_a_grid():
         {"learning_rate": "5e-4", "epochs": "1"}, {"learning_rate": "5e-4", "epochs": "3"}]
     assert sweep_variants("beta=0.03,0.3; lora_r=4,64;max_pairs=32") == [
         {"beta": "0.03"}, {"beta": "0.3"}, {"lora_r": "4"}, {"lora_r": "64"}, {"max_pairs": "32"}]
+    assert sweep_variants("beta = 0.03, 0.3; beta=0.3") == [{"beta": "0.03"}, {"beta": "0.3"}]  # spaces; once each
+    for bad, says in (("beta", "'beta' is not field=value"), ("beta=0.1,", "is not field=value"),
+                      ("max_pairs=4", "at least 8, got '4'"), ("max_pairs=3e1", "whole numbers")):
+        with pytest.raises(ValueError, match=says):
+            sweep_variants(bad)

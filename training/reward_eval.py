@@ -62,7 +62,8 @@ def heldout_rows(row) -> list[dict[str, Any]]:
     metrics = row.metrics or {}
     if (recorded := metrics.get("heldout_pair_ids")) is not None:
         wanted = set(recorded)
-        ai = {"judge": metrics["ai_judge"], "rubric": metrics["ai_rubric"]} if metrics.get("ai_judge") else None
+        recorded_ai = metrics.get("ai_judge") and metrics.get("ai_rubric") is not None
+        ai = {"judge": metrics["ai_judge"], "rubric": metrics["ai_rubric"]} if recorded_ai else None
         return [r for r in preferences.training_rows(audit_exclusions=False, ai=ai).rows if r["pair_id"] in wanted]
     pair_ids = pairs.judged_pairs(set(row.judgment_ids or []))
     config = round_config(row)
