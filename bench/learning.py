@@ -228,9 +228,13 @@ def main(argv=None) -> int:
         args.max_new_tokens = min(args.max_new_tokens, 16)
         args.set = ["ppo.steps=2", "reward.epochs=1"] + args.set
     tastes = args.taste or ["concise", "plain"]
-    for name in tastes:
-        load_taste(name)  # a wrong name fails before any work
-    sweep_variants(args.sweep)  # and so does a sweep that cannot be read
+    try:
+        for name in tastes:
+            load_taste(name)  # a wrong name fails before any work
+        sweep_variants(args.sweep)  # and so does a sweep that cannot be read
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     from training import jobs
 
     jobs.set_threads()

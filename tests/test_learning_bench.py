@@ -182,3 +182,10 @@ def test_sweep_groups_run_one_after_the_other_and_each_group_is_a_grid():
                       ("max_pairs=4", "at least 8, got '4'"), ("max_pairs=3e1", "whole numbers")):
         with pytest.raises(ValueError, match=says):
             sweep_variants(bad)
+
+
+def test_a_sweep_that_cannot_be_read_stops_the_bench_before_any_work(capsys):
+    from bench import learning
+
+    assert learning.main(["--taste", "plain", "--sweep", "beta=0.1; max_pairs=2"]) == 2
+    assert capsys.readouterr().err.strip() == "--sweep: max_pairs takes whole numbers of at least 8, got '2'."
