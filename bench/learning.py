@@ -209,7 +209,8 @@ def plot(results: dict, path: str) -> None:
         for k, arm in enumerate(sweeps, 1):  # one on fewer pairs (max_pairs) spent that share of the labels
             judged = result[arm].get("labels") or result.get("dpo", {}).get("labels", 128)
             share = min(1, result[arm]["pairs"] / every) if "max_pairs=" in arm and result[arm].get("pairs") and every else 1
-            draw([round(judged * share) + 1.5 * k], [result[arm]], "DPO " + arm[len("sweep "):], "D")  # beside, not on top
+            beside = 1.5 * k if share == 1 else 0  # variants on every label side by side, not on top of each other
+            draw([round(judged * share) + beside], [result[arm]], "DPO " + arm[len("sweep "):], "D")
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")
         ax.set(title=f"taste: {taste}", xlabel="labels spent", ylabel="taste win rate vs base (95% CI)", ylim=(0, 1))
         ax.legend(fontsize=8)
