@@ -179,12 +179,13 @@ def sweep_variants(text: str) -> list[dict]:
         group = re.sub(r"\s*([=,])\s*", r"\1", group)  # "beta = 0.03, 0.3" as "beta=0.03,0.3"
         axes = []
         for part in group.split():
-            name, _, values = part.partition("=")
-            if not name or not values or "" in values.split(","):
+            name, _, written = part.partition("=")
+            values = written.split(",")
+            if not name or "" in values:
                 raise ValueError(f"--sweep: '{part}' is not field=value[,value...].")
-            if name == "max_pairs" and not all(v.isdigit() and int(v) >= MIN_PAIRS for v in values.split(",")):
-                raise ValueError(f"--sweep: max_pairs takes whole numbers of at least {MIN_PAIRS}, got '{values}'.")
-            axes.append((name, values.split(",")))
+            if name == "max_pairs" and not all(v.isdigit() and int(v) >= MIN_PAIRS for v in values):
+                raise ValueError(f"--sweep: max_pairs takes whole numbers of at least {MIN_PAIRS}, got '{written}'.")
+            axes.append((name, values))
         if axes:
             variants += [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
     return [v for k, v in enumerate(variants) if v not in variants[:k]]
