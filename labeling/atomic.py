@@ -9,7 +9,9 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from filelock import FileLock
 
 
 @contextmanager
@@ -32,3 +34,23 @@ def write(target: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def build_once(target: str | Path, done: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """`target`, made by `build(tmp)` unless `done(target)` says it is there: under a file lock beside
+    it, so a second process waits for the first one's build instead of doing its own; temporary
+    folders a killed build left are cleared first (the lock is ours), and the result is renamed into
+    place whole (`write`), over whatever incomplete folder was there."""
+    target = Path(target)
+    if done(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if done(target):  # another process finished while we waited
+            return target
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        with write(target) as tmp:
+            build(tmp)
+            shutil.rmtree(target, ignore_errors=True)  # a half folder left by hand, never one of ours
+    return target

@@ -20,6 +20,7 @@ def machine(monkeypatch):
     """Fake what torch sees: `machine(cuda=True, bf16=False, mps=False)`."""
     monkeypatch.delenv("PREFLOOP_DEVICE", raising=False)
     monkeypatch.delenv("PREFLOOP_DTYPE", raising=False)
+    monkeypatch.delenv("PREFLOOP_QUANT", raising=False)
 
     def fake(cuda: bool = False, bf16: bool = True, mps: bool = False):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

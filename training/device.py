@@ -20,9 +20,16 @@ reward scorer, the policy being sampled) are held in that dtype. Weights that tr
 fp32 (the LoRA adapters, PPO's value head, a reward encoder trained in full): forward passes run in
 the dtype under autocast (TRL's trainers get `bf16`/`fp16` from `trainer_precision`, PPO's own loop
 from `autocast` and `grad_scaler`, which scales the loss in fp16 so small gradients do not vanish).
+
+`PREFLOOP_QUANT`: none (default), 4bit or 8bit. QLoRA (Dettmers et al. 2023): the frozen weights
+under a round's LoRA adapter, and its reference, are loaded in 4-bit NF4 (double-quantized,
+computing in `dtype()`) or 8-bit by bitsandbytes, which quarters or halves their memory; the adapters
+stay as above. Only on a CUDA card with bitsandbytes installed; refused with one sentence elsewhere.
+Sampling pairs, evaluation, the arena and export read full-precision weights whatever it says.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from contextlib import AbstractContextManager
 from typing import Any
@@ -33,6 +40,8 @@ DEVICE_VAR, DTYPE_VAR = "PREFLOOP_DEVICE", "PREFLOOP_DTYPE"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+QUANT_VAR = "PREFLOOP_QUANT"
+QUANTS = ("none", "4bit", "8bit")
 
 
 class DeviceError(RuntimeError):
@@ -95,6 +104,37 @@ def dtype(on: torch.device | None = None) -> torch.dtype:
         raise DeviceError(f"{DTYPE_VAR}=fp16 needs a GPU (CUDA or MPS), and the device is the CPU; set "
                           f"{DTYPE_VAR}=bf16 or fp32, or unset it.")
     return DTYPES[chosen]
+
+
+def quantization() -> str | None:
+    """"4bit" or "8bit" when LoRA rounds load their frozen weights quantized (PREFLOOP_QUANT), else
+    None; DeviceError where that cannot be honoured (no CUDA card, no bitsandbytes)."""
+    chosen = os.environ.get(QUANT_VAR, "").strip().lower() or "none"
+    if chosen not in QUANTS:
+        raise DeviceError(f"{QUANT_VAR}={chosen} is not one of {', '.join(QUANTS)}; unset it to train in full "
+                          f"precision.")
+    if chosen == "none":
+        return None
+    on = device()
+    if on.type != "cuda":
+        raise DeviceError(f"{QUANT_VAR}={chosen} (QLoRA) needs a CUDA GPU, and the device is the {on.type}; "
+                          f"unset {QUANT_VAR}.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DeviceError(f"{QUANT_VAR}={chosen} needs bitsandbytes, which is not installed (pip install "
+                          f"bitsandbytes); or unset {QUANT_VAR}.")
+    return chosen
+
+
+def quantization_kwargs() -> dict[str, Any] | None:
+    """The arguments of transformers' BitsAndBytesConfig for `quantization()`, or None: 4-bit NF4
+    with double quantization computing in `dtype()` (the QLoRA paper's recipe), or LLM.int8()."""
+    chosen = quantization()
+    if chosen is None:
+        return None
+    if chosen == "8bit":
+        return {"load_in_8bit": True}
+    return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": dtype()}
 
 
 def weights_dtype(trained_in_full: bool = False) -> torch.dtype:
@@ -161,11 +201,12 @@ def trainer_precision() -> dict[str, bool]:
 
 
 def describe() -> dict[str, Any]:
-    """Device, dtype, torch version and free/total memory of the device, in bytes."""
+    """Device, dtype, quantization of LoRA rounds' frozen weights, torch version and free/total
+    memory of the device, in bytes."""
     on = device()
     free, total = memory(on)
-    return {"device": str(on), "dtype": DTYPE_NAMES[dtype(on)], "torch": torch.__version__,
-            "free_bytes": free, "total_bytes": total}
+    return {"device": str(on), "dtype": DTYPE_NAMES[dtype(on)], "quantization": quantization(),
+            "torch": torch.__version__, "free_bytes": free, "total_bytes": total}
 
 
 def memory(on: torch.device) -> tuple[int | None, int | None]:

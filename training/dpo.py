@@ -209,9 +209,9 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
     data = preferences.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS, config.auto_pairs)
     base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
-    model, tokenizer = load_policy(parent_id)
+    model, tokenizer = load_policy(parent_id, quantize=True)
     # the parent with the new adapter off is the reference unless it is to be the base and differs from it
-    reference = load_policy(base_id)[0] if config.reference == "base" and parent_id != base_id else None
+    reference = load_policy(base_id, quantize=True)[0] if config.reference == "base" and parent_id != base_id else None
     with tempfile.TemporaryDirectory(prefix="dpo-", dir=versions.versions_root().parent) as output_dir:
         peft_model, metrics = train(model, tokenizer, data, config, reporter, output_dir, max_steps, reference)
     metrics["fallback_split"] = data.fallback_split

@@ -17,25 +17,28 @@ vocabulary, no repetition penalty. CTranslate2 sorts the whole vocabulary for to
 which halves its speed, so it first keeps the TOP_K most likely tokens: SmolLM2's 95 % nucleus
 held at most 1,029 tokens over 1,059 sampled steps at temperature 0.8 (median 9), so the cut
 below 2,000 changes almost nothing.
+
+On a CUDA card, `engine: vllm` samples the pairs with vLLM when it is installed (off by default;
+refused with one sentence where it is missing or there is no card): the version's merged folder
+(training/merged.py), a share of the card's memory (VLLM_MEMORY_SHARE), the same sampling settings.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
 import shutil
 from pathlib import Path
 
-from filelock import FileLock
-
 from labeling import atomic
 from labeling.command import run_command
 from labeling.workspace import home
+from training import merged
 
-ENGINES = ("auto", "ctranslate2", "transformers")
+ENGINES = ("auto", "ctranslate2", "transformers", "vllm")
 TOP_K = 2000
 QUANTIZATION = "int8"
+VLLM_MEMORY_SHARE = 0.3  # of the card's memory vLLM may take: a round may be training on the same card
 STOP_FILE = "stop_ids.json"  # the token ids that end a response (sampling.stop_ids of the merged model)
 log = logging.getLogger(__name__)
 
@@ -60,46 +63,17 @@ def engines_root() -> Path:
     return home() / "engines"
 
 
-def _resolved(version_id: str | None) -> str:
-    """A concrete id for None (the current policy, or "base"), read once: the folder's key, its
-    conversion and the pairs sampled from it must all name the same version."""
-    from training import versions
-
-    return version_id or versions.current_policy_id() or "base"
-
-
-def _lineage_key(version_id: str) -> str:
-    """A name for a policy version's files: its lineage's folders, their files' modification
-    times (weights, tokenizer, generation config) and the CTranslate2 release that converts them."""
+def _folder(version_id: str) -> Path:
     import ctranslate2
 
-    from training import model as models
-
-    start, adapters = models._start_of(models._version_rows(version_id))
-    folders = [Path(start), *(Path(a["path"]) for a in adapters)]
-    stamp = [(str(f.resolve()), sorted((p.name, p.stat().st_mtime_ns) for p in f.iterdir() if p.is_file()))
-             for f in folders]
-    return hashlib.sha1(json.dumps([ctranslate2.__version__, stamp]).encode()).hexdigest()[:16]
-
-
-def _folder(version_id: str) -> Path:
-    return engines_root() / f"{_lineage_key(version_id)}-{QUANTIZATION}"
+    return engines_root() / f"{merged.lineage_key(version_id, ctranslate2.__version__)}-{QUANTIZATION}"
 
 
 def converted(version_id: str | None) -> Path:
     """The CTranslate2 folder of a policy version (None = the current one), converted on first use."""
-    version_id = _resolved(version_id)
-    folder = _folder(version_id)
-    if (folder / "model.bin").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder.parent / f".{folder.name}.lock")):
-        if not (folder / "model.bin").is_file():
-            for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # a killed conversion's (we hold the lock)
-                shutil.rmtree(stale, ignore_errors=True)
-            with atomic.write(folder) as tmp:
-                _convert(version_id, tmp)
-    return folder
+    version_id = merged.resolved(version_id)
+    return atomic.build_once(_folder(version_id), lambda folder: (folder / "model.bin").is_file(),
+                             lambda tmp: _convert(version_id, tmp))
 
 
 def _convert(version_id: str | None, out: Path) -> None:
@@ -110,18 +84,18 @@ def _convert(version_id: str | None, out: Path) -> None:
 
     model, tokenizer = models.load_policy(version_id)
     stop = sampling.stop_ids(model, tokenizer)
-    merged = out.with_name(out.name + "-hf")
+    merged_hf = out.with_name(out.name + "-hf")
     try:
-        model.save_pretrained(merged, safe_serialization=True)
-        tokenizer.save_pretrained(merged)
+        model.save_pretrained(merged_hf, safe_serialization=True)
+        tokenizer.save_pretrained(merged_hf)
         del model
         try:
-            ctranslate2.converters.TransformersConverter(str(merged)).convert(str(out), quantization=QUANTIZATION)
+            ctranslate2.converters.TransformersConverter(str(merged_hf)).convert(str(out), quantization=QUANTIZATION)
         except (ValueError, NotImplementedError) as error:  # e.g. an architecture it has no converter for
             raise EngineError(f"CTranslate2 cannot convert this model ({error}); "
                               "set the generator's engine to transformers.") from error
     finally:
-        shutil.rmtree(merged, ignore_errors=True)
+        shutil.rmtree(merged_hf, ignore_errors=True)
     tokenizer.save_pretrained(out)  # its files sit beside CTranslate2's model.bin and config.json
     config = json.loads((out / "config.json").read_text())  # CTranslate2 cannot load a null token
     config.update({k: tokenizer.eos_token for k in ("bos_token", "unk_token") if config.get(k) is None})
@@ -148,10 +122,12 @@ def prepare(version_id: str | None) -> Path | None:
 
 
 def sampler_record(model) -> dict:
-    """How pairs from `model` (a `Sampler` or a transformers model) were sampled, stored with each
-    response beside the sampling settings."""
+    """How pairs from `model` (a `Sampler`, a `VllmSampler` or a transformers model) were sampled,
+    stored with each response beside the sampling settings."""
     if isinstance(model, Sampler):
         return {"engine": "ctranslate2", "quantization": QUANTIZATION, "top_k": model.top_k}
+    if isinstance(model, VllmSampler):
+        return {"engine": "vllm", "dtype": model.dtype}
     return {"engine": "transformers"}
 
 
@@ -194,15 +170,72 @@ class Sampler:
         return rows
 
 
+def vllm_problem() -> str | None:
+    """Why `engine: vllm` cannot sample here, in one sentence, or None."""
+    from training import device
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed (pip install vllm); set the generator's engine to auto."
+    where = device.device().type
+    if where != "cuda":
+        return f"vLLM samples on a CUDA GPU, and the device is the {where}; set the generator's engine to auto."
+    return None
+
+
+class VllmSampler:
+    """`sample_rows` of training/generate.py on vLLM (on request, `engine: vllm`, on a CUDA card):
+    the version's merged folder (training/merged.py) loaded in the device's dtype, each text sampled
+    with its own seed, prompts passed as token ids so no special token is added twice.
+
+    Only the pairs to label sample with it; PPO rollouts, evaluation and the arena sample with
+    transformers, whose log-probs they need (PPO would have to sync the weights after every update)."""
+
+    def __init__(self, folder: Path, tokenizer, stop: list[int]):
+        from vllm import LLM
+
+        from training import device
+
+        self.dtype = device.DTYPE_NAMES[device.dtype()]
+        self.llm = LLM(model=str(folder), tokenizer=str(folder), dtype=str(device.dtype()).removeprefix("torch."),
+                       gpu_memory_utilization=VLLM_MEMORY_SHARE, seed=0)
+        self.tokenizer, self.stop = tokenizer, stop
+
+    def __call__(self, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
+                 seed: int) -> list[tuple[str, int, bool]]:
+        from vllm import SamplingParams
+
+        prompts = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
+        params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed + i,
+                                 stop_token_ids=self.stop, skip_special_tokens=True) for i in range(len(texts))]
+        return [self.row(out.outputs[0]) for out in self.llm.generate(prompts, params, use_tqdm=False)]
+
+    def row(self, completion) -> tuple[str, int, bool]:
+        """(response, new tokens with the stop token, stopped at a stop token) of one completion."""
+        ids = list(completion.token_ids)
+        eos = completion.finish_reason == "stop"
+        counted = len(ids) + (1 if eos and (not ids or ids[-1] not in self.stop) else 0)
+        return completion.text.strip(), counted, eos
+
+
 def load_generator(version_id: str | None, engine: str, threads: int):
     """(model, tokenizer, engine used) of a policy version for `generate_pairs`: a `Sampler`, or
     the transformers model. `engine` "auto" picks CTranslate2 on a CPU when it is installed and
-    converts the model, else transformers."""
+    converts the model, else transformers; "vllm" (a `VllmSampler`) is only ever taken when asked."""
     from training import model as models
     from training.jobs import Cancelled
 
     if engine not in ENGINES:
         raise EngineError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}.")
+    if engine == "vllm":
+        if problem := vllm_problem():
+            raise EngineError(problem)
+        from training import sampling
+
+        version_id = merged.resolved(version_id)
+        model, tokenizer = models.load_policy(version_id)  # the stop tokens, as the reference reads them
+        stop = sampling.stop_ids(model, tokenizer)
+        del model
+        return VllmSampler(merged.folder(version_id), tokenizer, stop), tokenizer, "vllm"
     wanted = engine == "ctranslate2" or (engine == "auto" and auto_picks_it())
     if engine == "ctranslate2" and not available():
         raise EngineError("CTranslate2 is not installed (pip install ctranslate2); "

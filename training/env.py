@@ -42,9 +42,12 @@ def parameter_count(folder: Path) -> int:
     return total
 
 
-def dpo_peak_bytes(parameters: int, bytes_per_parameter: int) -> int:
+QUANT_BYTES = {"4bit": 0.5, "8bit": 1.0}  # bytes a frozen weight takes under PREFLOOP_QUANT
+
+
+def dpo_peak_bytes(parameters: int, bytes_per_parameter: float) -> int:
     """The rough peak memory of a DPO round (see DPO_MEMORY_FACTOR)."""
-    return parameters * bytes_per_parameter * DPO_MEMORY_FACTOR
+    return int(parameters * bytes_per_parameter * DPO_MEMORY_FACTOR)
 
 
 def report() -> dict[str, Any]:
@@ -56,7 +59,7 @@ def report() -> dict[str, Any]:
     from training.model import ModelPathError, base_model_path, default_model_converted
 
     out = device.describe()
-    bytes_per = torch.empty(0, dtype=device.dtype()).element_size()
+    bytes_per = QUANT_BYTES.get(out["quantization"]) or torch.empty(0, dtype=device.dtype()).element_size()
     if not os.environ.get("PREFLOOP_MODEL", "").strip() and not default_model_converted():
         return {**out, "base_model": None, "parameters": None, "dpo_peak_bytes": None,  # asking must not convert it
                 "base_model_error": "The default model is converted on first use (make run does it at start); "
@@ -95,7 +98,8 @@ def sentence(info: dict[str, Any]) -> str:
     round's rough peak on this base model."""
     if "error" in info:
         return f"Device and memory unknown: {info['error']}"
-    said = (f"Runs on {info['device']} in {info['dtype']} (torch {info['torch']}); "
+    quantized = f", LoRA rounds on {info['quantization']} weights" if info.get("quantization") else ""
+    said = (f"Runs on {info['device']} in {info['dtype']}{quantized} (torch {info['torch']}); "
             f"{_gb(info['free_bytes'])} free of {_gb(info['total_bytes'])}")
     if info.get("parameters") is None:
         return f"{said}. {info.get('base_model_error', '')}".strip()
@@ -119,7 +123,8 @@ def main(argv: list[str]) -> int:
 
     def work() -> dict:
         info = report()
-        print(f"device: {info['device']} ({info['dtype']}), torch {info['torch']}")
+        quantized = f", LoRA rounds on {info['quantization']} weights (QLoRA)" if info["quantization"] else ""
+        print(f"device: {info['device']} ({info['dtype']}{quantized}), torch {info['torch']}")
         print(f"free memory: {_gb(info['free_bytes'])} of {_gb(info['total_bytes'])}")
         if info["parameters"] is None:
             print(f"base model: {info['base_model_error']}")

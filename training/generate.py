@@ -52,7 +52,8 @@ class GenerateConfig:
     batch_size: int = field(default=32, metadata={"min": 1, "help": "Sequences per batch (two per prompt)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampling (default: a new one each run, stored with every response)."})
     engine: str = field(default="auto", metadata={"choices": ENGINES,
-        "help": "auto: CTranslate2 (int8, 2-3x faster) on a CPU when it converts the model, else transformers."})
+        "help": "auto: CTranslate2 (int8, 2-3x faster) on a CPU when it converts the model, else transformers; "
+                "vllm: vLLM on a CUDA card, when installed."})
     until_waiting: int = field(default=0, metadata={"min": 0,
         "help": "Stop early once this many pairs wait to be labeled (0: answer every prompt)."})
     length_ratio: float = field(default=0.0, metadata={"min": 0, "help": (

@@ -21,11 +21,8 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from filelock import FileLock
 
 from labeling import atomic, model_versions
 from labeling.workspace import home
@@ -141,16 +138,7 @@ def convert_default_model(gguf: Path | None = None, out: Path | None = None) -> 
     if _is_complete(out):
         return out
     gguf = gguf or default_gguf()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out.parent / f".{out.name}.lock")):
-        if _is_complete(out):  # another process finished while we waited
-            return out
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed conversion (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        with atomic.write(out) as tmp:  # a failure or a cancelled job: no half copy of the model stays behind
-            _convert(gguf, tmp)
-            shutil.rmtree(out, ignore_errors=True)  # a half folder left by hand, never one of ours
-    return out
+    return atomic.build_once(out, _is_complete, lambda tmp: _convert(gguf, tmp))
 
 
 def _convert(gguf: Path, tmp: Path) -> None:
@@ -195,19 +183,22 @@ def with_chat_template(tokenizer, folder: Path):
     return tokenizer
 
 
-def load_model(folder: Path, dtype: "torch.dtype | None" = None):
+def load_model(folder: Path, dtype: "torch.dtype | None" = None, quantize: bool = False):
     """A causal LM from a folder of safetensors weights (never pickles, never remote code), on the
-    device in `dtype` (default: the device's, training/device.py)."""
-    from transformers import AutoModelForCausalLM
+    device in `dtype` (default: the device's, training/device.py); with `quantize`, in the bits
+    PREFLOOP_QUANT names when it names any (bitsandbytes places a quantized model itself)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from training import device
 
     folder = check_model_folder(folder, "model folder")
+    bits = device.quantization_kwargs() if quantize else None
+    extra = {"quantization_config": BitsAndBytesConfig(**bits), "device_map": {"": device.device()}} if bits else {}
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=dtype or device.dtype(), use_safetensors=True, trust_remote_code=False,
-        local_files_only=True,
+        local_files_only=True, **extra,
     )
-    return device.place(model)
+    return model if bits else device.place(model)
 
 
 def _version_rows(version_id: str | None) -> list[dict]:
@@ -260,9 +251,13 @@ def _tokenizer_folder(chain: list[dict], start: Path) -> Path:
     return start
 
 
-def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = None):
+def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = None, quantize: bool = False):
     """(model, tokenizer) of a policy version; None = the current policy, or the base model when
     no version is current. "base" is the base model even before its version row exists.
+
+    `quantize`: for a round that trains a LoRA adapter on the weights or holds them frozen as its
+    reference; when PREFLOOP_QUANT is set they load in its bits from the version's merged folder
+    (training/merged.py: bitsandbytes quantizes while it reads from disk), else as without it.
 
     The model is a plain transformers model (LoRA adapters of the lineage merged in), in eval
     mode, freshly loaded on each call: callers such as DPO and PPO train it in place, so a shared
@@ -275,6 +270,13 @@ def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = Non
 
     chain = _version_rows(version_id)
     start, adapters = _start_of(chain)
+    if quantize and device.quantization():
+        from training import merged
+
+        model = load_model(merged.folder(version_id), dtype, quantize=True)
+        tokenizer = load_tokenizer(_tokenizer_folder(chain, start))
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return model.eval(), tokenizer
     dtype = dtype or device.dtype()
     # adapters merge into fp32 weights: a small LoRA delta added to bf16 weights would mostly round away
     model = load_model(start, torch.float32 if adapters else dtype)

@@ -196,10 +196,10 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     scorer = reward.load_scorer(reward_id, penalty=config.uncertainty_penalty)
     base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
-    model, tokenizer = load_policy(parent_id)
+    model, tokenizer = load_policy(parent_id, quantize=True)
     parent = versions.get_version(parent_id)
     value_head = load_value_head(model.config.hidden_size, parent.path if parent.method == "ppo" else None)
-    reference = load_policy(base_id)[0] if config.reference == "base" and parent_id != base_id else None
+    reference = load_policy(base_id, quantize=True)[0] if config.reference == "base" and parent_id != base_id else None
     reporter.start(config.total_steps)
     result = train_ppo(model, tokenizer, prompts, scorer, config, on_step=reporter.step, value_head=value_head,
                        reference=reference)

@@ -34,7 +34,7 @@ def lora_policy_round(method: str, config: Any, make_trainer: Callable, judgment
     from training.model import load_policy
 
     parent_id = versions.current_policy_id() or versions.ensure_base_version()
-    model, tokenizer = load_policy(parent_id)
+    model, tokenizer = load_policy(parent_id, quantize=True)
     with tempfile.TemporaryDirectory(prefix=f"{method}-", dir=versions.versions_root().parent) as output_dir:
         trainer = make_trainer(model, tokenizer, output_dir)
         started = time.perf_counter()

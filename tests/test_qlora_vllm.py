@@ -1,0 +1,161 @@
+"""Issue 16's optional GPU paths, as far as a CPU can prove them: QLoRA (PREFLOOP_QUANT) and vLLM
+sampling are refused with one sentence where they cannot run and leave stored data alone; where
+they can (CUDA and bitsandbytes faked), a round loads the version's merged weights with the QLoRA
+recipe's settings; the merged folder equals the lineage `load_policy` merges."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from labeling import db, store
+from labeling.models import ModelVersion, Response
+from tests.test_model import _add_version, _logits, _save_lora
+from tests.tiny_models import make_tiny_policy
+from training import device, engine, generate, merged
+from training import model as models
+
+
+@pytest.fixture
+def tiny(workspace, tmp_path, monkeypatch):
+    folder = make_tiny_policy(tmp_path / "tiny")
+    monkeypatch.setenv("PREFLOOP_MODEL", str(folder))
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    for name in ("PREFLOOP_DEVICE", "PREFLOOP_DTYPE", "PREFLOOP_QUANT"):
+        monkeypatch.delenv(name, raising=False)
+    return folder
+
+
+def _fake_cuda(monkeypatch, bitsandbytes: bool):
+    """torch sees a bf16 card; bitsandbytes is installed or not."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if bitsandbytes else None) if name == "bitsandbytes" else real(name, *a))
+
+
+def test_quantization_is_off_unless_asked_and_refused_with_one_sentence_where_it_cannot_run(tiny, monkeypatch):
+    assert device.quantization() is None and device.quantization_kwargs() is None
+    assert device.describe()["quantization"] is None
+    for value, sentence in [("4bit", "PREFLOOP_QUANT=4bit (QLoRA) needs a CUDA GPU, and the device is the cpu"),
+                            ("3bit", "PREFLOOP_QUANT=3bit is not one of none, 4bit, 8bit")]:
+        monkeypatch.setenv("PREFLOOP_QUANT", value)
+        with pytest.raises(device.DeviceError) as err:
+            device.quantization()
+        assert sentence in str(err.value) and str(err.value).count(". ") == 0
+    monkeypatch.setenv("PREFLOOP_QUANT", "8bit")
+    _fake_cuda(monkeypatch, bitsandbytes=False)
+    with pytest.raises(device.DeviceError, match=r"needs bitsandbytes, which is not installed \(pip install"):
+        device.quantization()
+
+
+def test_with_a_card_and_bitsandbytes_4bit_is_the_qlora_recipe_and_8bit_is_llm_int8(tiny, monkeypatch):
+    _fake_cuda(monkeypatch, bitsandbytes=True)
+    monkeypatch.setenv("PREFLOOP_QUANT", "4BIT")
+    assert device.quantization_kwargs() == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                            "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": torch.bfloat16}
+    monkeypatch.setenv("PREFLOOP_QUANT", "8bit")
+    assert device.quantization_kwargs() == {"load_in_8bit": True}
+
+
+def test_the_merged_folder_is_the_lineage_merged_once_and_the_start_folder_without_adapters(tiny, tmp_path):
+    base, tokenizer = models.load_policy()
+    _add_version("base", tiny, method="base")
+    assert merged.folder(None) == merged.folder("base") == tiny  # nothing to merge: nothing copied
+    _save_lora(base, tmp_path / "v1", seed=1)
+    _add_version("v1", tmp_path / "v1", parent="base", current=True)
+    folder = merged.folder(None)
+    assert folder.parent.name == "merged" and (folder / "model.safetensors").is_file()
+    made = (folder / "model.safetensors").stat().st_mtime_ns
+    torch.testing.assert_close(_logits(models.load_model(folder), tokenizer),
+                               _logits(models.load_policy("v1")[0], tokenizer), atol=1e-5, rtol=1e-5)
+    assert merged.folder("v1") == folder and (folder / "model.safetensors").stat().st_mtime_ns == made
+    make_tiny_policy(tmp_path / "v1", seed=3)  # the version's files changed: merged again, elsewhere
+    assert merged.folder("v1") != folder
+
+
+def test_a_round_loads_the_merged_weights_quantized_where_it_can(tiny, tmp_path, monkeypatch):
+    """What a QLoRA round asks transformers for, with CUDA and bitsandbytes faked (the load itself
+    needs a card): the version's merged folder, NF4 settings, placed by bitsandbytes on the card."""
+    from transformers import AutoModelForCausalLM
+
+    base, tokenizer = models.load_policy()
+    _add_version("base", tiny, method="base")
+    _save_lora(base, tmp_path / "v1", seed=1)
+    _add_version("v1", tmp_path / "v1", parent="base", current=True)
+    merged_folder = merged.folder("v1")
+    _fake_cuda(monkeypatch, bitsandbytes=True)
+    monkeypatch.setenv("PREFLOOP_QUANT", "4bit")
+    asked = {}
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def record(cls, folder, **kwargs):
+        asked.update(kwargs, folder=folder)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "device_map")}
+        return real(cls, folder, **kwargs)  # loaded plainly on the CPU: only the request is checked
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(record))
+    model, _ = models.load_policy("v1", quantize=True)
+    bits = asked["quantization_config"]
+    assert asked["folder"] == merged_folder and asked["device_map"] == {"": torch.device("cuda")}
+    assert bits.load_in_4bit and bits.bnb_4bit_quant_type == "nf4" and bits.bnb_4bit_use_double_quant
+    assert bits.bnb_4bit_compute_dtype == torch.bfloat16 and not model.training
+    asked.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("PREFLOOP_QUANT")
+    models.load_policy("v1", quantize=True)  # without PREFLOOP_QUANT a round loads as it always did
+    assert "quantization_config" not in asked and asked["folder"] == tiny.resolve()
+
+
+def test_a_qlora_round_on_the_cpu_fails_with_the_sentence_and_writes_nothing(tiny, tmp_path, monkeypatch, capsys):
+    from tests.preference_fixtures import import_pairs
+    from training import dpo
+
+    import_pairs(tmp_path, 10)
+    monkeypatch.setenv("PREFLOOP_QUANT", "4bit")
+    assert dpo.main(["--max-steps", "1"]) == 1
+    assert "PREFLOOP_QUANT=4bit (QLoRA) needs a CUDA GPU" in capsys.readouterr().err
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.method == "dpo")) == 0
+
+
+def test_vllm_is_refused_with_one_sentence_where_it_is_missing_or_there_is_no_card(tiny, monkeypatch, capsys):
+    import importlib.util
+
+    store.add_prompts(["Question number one?", "Question number two?"], "test")
+    assert generate.main(["--engine", "vllm", "--prompts", "2", "--max-new-tokens", "4"]) == 1
+    assert "vLLM is not installed (pip install vllm); set the generator's engine to auto." in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    with pytest.raises(engine.EngineError, match="vLLM samples on a CUDA GPU, and the device is the cpu"):
+        engine.load_generator(None, "vllm", threads=1)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Response)) == 0
+    assert engine.load_generator(None, "auto", threads=1)[2] != "vllm"  # never chosen unless asked
+
+
+def test_a_vllm_completion_counts_its_stop_token_once(tiny):
+    sampler = engine.VllmSampler.__new__(engine.VllmSampler)
+    sampler.stop = [2]
+    done = SimpleNamespace(token_ids=[5, 6, 2], finish_reason="stop", text=" Paris. ")
+    left_out = SimpleNamespace(token_ids=[5, 6], finish_reason="stop", text="Paris.")
+    cut = SimpleNamespace(token_ids=[5, 6, 7, 8], finish_reason="length", text="Paris is the")
+    assert [sampler.row(c) for c in (done, left_out, cut)] == [("Paris.", 3, True), ("Paris.", 3, True),
+                                                               ("Paris is the", 4, False)]
+    sampler.dtype = "bf16"
+    assert engine.sampler_record(sampler) == {"engine": "vllm", "dtype": "bf16"}
+
+
+def test_the_train_page_says_a_round_runs_on_quantized_weights_and_estimates_their_memory():
+    from training import env
+
+    info = {"device": "cuda:0", "dtype": "bf16", "quantization": "4bit", "torch": "2.13", "free_bytes": 8 * env.GB,
+            "total_bytes": 16 * env.GB, "parameters": 10**9, "dpo_peak_bytes": env.dpo_peak_bytes(10**9, env.QUANT_BYTES["4bit"])}
+    said = env.sentence(info)
+    assert said.startswith("Runs on cuda:0 in bf16, LoRA rounds on 4bit weights (torch 2.13)")
+    assert "peaks near 3.7 GB" in said  # 1e9 weights × half a byte × 8, against 14.9 GB in bf16
