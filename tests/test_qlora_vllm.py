@@ -4,6 +4,7 @@ they can (CUDA and bitsandbytes faked), a round loads the version's merged weigh
 recipe's settings; the merged folder equals the lineage `load_policy` merges."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -159,3 +160,99 @@ def test_the_train_page_says_a_round_runs_on_quantized_weights_and_estimates_the
     said = env.sentence(info)
     assert said.startswith("Runs on cuda:0 in bf16, LoRA rounds on 4bit weights (torch 2.13)")
     assert "peaks near 3.7 GB" in said  # 1e9 weights × half a byte × 8, against 14.9 GB in bf16
+
+
+# ---------------------------------------------------------------- PPO's rollouts on vLLM, with a stand-in
+
+
+def _peft_tiny(tmp_path, seed=1):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = make_tiny_policy(tmp_path / "tiny-peft")
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                      init_lora_weights=False))
+    return folder, model
+
+
+def test_merged_weights_are_the_adapted_model_under_the_base_names_and_leave_it_untouched(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder, policy = _peft_tiny(tmp_path)
+    frozen = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    fresh = AutoModelForCausalLM.from_pretrained(folder)
+    weights = dict(engine.merged_weights(policy))
+    assert set(weights) == {n for n, _ in fresh.named_parameters()}  # no lora_ or base_layer names left
+    fresh.load_state_dict(weights, strict=False)
+    ids = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids).logits, policy(ids).logits, atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(p, frozen[n]) for n, p in policy.named_parameters())
+
+
+class _StandInLLM:
+    """What PPO uses of vLLM's `LLM`: `generate` on token ids and the in-process model's
+    `load_weights`, backed by a transformers copy of the model that samples as vLLM would."""
+
+    def __init__(self, folder):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(folder)
+        self.synced, self.generated = [], 0
+        runner = SimpleNamespace(model=SimpleNamespace(load_weights=self.load_weights))
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)))
+
+    def load_weights(self, weights):
+        weights = {name: tensor.detach().clone() for name, tensor in weights}
+        self.model.load_state_dict(weights, strict=False)
+        self.synced.append(weights)
+
+    def reset_prefix_cache(self):
+        pass
+
+    def generate(self, prompts, params, use_tqdm=False):
+        outs = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt["prompt_token_ids"]])
+            with torch.no_grad():
+                new = self.model.generate(ids, do_sample=True, temperature=params.temperature, top_k=0,
+                                          max_new_tokens=params.max_tokens, eos_token_id=params.stop_token_ids,
+                                          pad_token_id=params.stop_token_ids[0])[0, ids.shape[1]:].tolist()
+            stopped = bool(new) and new[-1] in params.stop_token_ids
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=new[:-1] if stopped else new,  # vLLM may
+                        finish_reason="stop" if stopped else "length", text="")]))  # leave the stop token out
+            self.generated += 1
+        return outs
+
+
+def test_ppo_rollouts_sample_from_vllm_synced_with_the_policy_before_each_rollout(tmp_path, monkeypatch):
+    import sys
+
+    from tests.test_ppo import PROMPTS, config as ppo_config, load, target_share_reward
+    from training.ppo import train_ppo
+    from training.sampling import stop_ids
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kw: SimpleNamespace(**kw)))
+    folder = make_tiny_policy(tmp_path / "tiny")
+    model, tokenizer = load(folder)
+    sampler = engine.VllmSampler.__new__(engine.VllmSampler)
+    sampler.llm, sampler.tokenizer, sampler.stop = _StandInLLM(folder), tokenizer, stop_ids(model, tokenizer)
+    result = train_ppo(model, tokenizer, PROMPTS, target_share_reward(tokenizer),
+                       ppo_config(steps=3, batch_size=4, max_new_tokens=6), sampler=sampler)
+    llm = sampler.llm
+    assert len(llm.synced) == 3 and llm.generated == 12  # one sync and 4 rollouts a step
+    first, last = llm.synced[0], llm.synced[-1]
+    assert torch.equal(first["model.embed_tokens.weight"], model.get_input_embeddings().weight.detach())
+    assert any(not torch.equal(first[n], last[n]) for n in first)  # the updates reached vLLM
+    assert all(math.isfinite(row["policy_loss"]) and 0 < row["response_length"] <= 6 for row in result["history"])
+
+
+def test_ppo_with_vllm_rollouts_is_refused_with_one_sentence_where_it_cannot_run(tiny, monkeypatch):
+    from training.ppo import rollout_engine_problem
+    from training.ppo_config import PPOConfig
+
+    assert rollout_engine_problem(PPOConfig()) is None
+    assert rollout_engine_problem(PPOConfig(rollout_engine="vllm")) == (
+        "vLLM is not installed (pip install vllm); set rollout_engine to transformers.")

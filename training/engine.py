@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -187,10 +188,12 @@ class VllmSampler:
     the version's merged folder (training/merged.py) loaded in the device's dtype, each text sampled
     with its own seed, prompts passed as token ids so no special token is added twice.
 
-    Only the pairs to label sample with it; PPO rollouts, evaluation and the arena sample with
-    transformers, whose log-probs they need (PPO would have to sync the weights after every update)."""
+    PPO's rollouts may sample with it too (`rollout_engine: vllm`): `sync` loads the policy's weights
+    before each rollout, `sample_ids` returns token ids; the log-probs PPO trains on are transformers'.
+    Evaluation and the arena sample with transformers."""
 
     def __init__(self, folder: Path, tokenizer, stop: list[int]):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # its model in this process: `sync` reaches it
         from vllm import LLM
 
         from training import device
@@ -209,12 +212,62 @@ class VllmSampler:
                                  stop_token_ids=self.stop, skip_special_tokens=True) for i in range(len(texts))]
         return [self.row(out.outputs[0]) for out in self.llm.generate(prompts, params, use_tqdm=False)]
 
+    def sample_ids(self, query_ids, query_mask, *, max_new_tokens: int, temperature: float, pad: int):
+        """`sampling.sample` for PPO's rollouts: top-p 1 and top-k off (the full distribution, as PPO's
+        ratio assumes), each row's stop token kept, rows right-padded with `pad`.
+
+        Shape: query_ids, query_mask (B, Q) left-padded -> response_ids (B, R), response_mask (B, R)."""
+        import torch
+        from vllm import SamplingParams
+
+        from training import device
+
+        prompts = [{"prompt_token_ids": ids[mask.bool()].tolist()} for ids, mask in zip(query_ids, query_mask)]
+        params = SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens,
+                                stop_token_ids=self.stop, skip_special_tokens=True)
+        rows = []
+        for out in self.llm.generate(prompts, params, use_tqdm=False):
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            if completion.finish_reason == "stop" and (not ids or ids[-1] not in self.stop):
+                ids.append(self.stop[0])  # the stop token ends the response PPO scores
+            rows.append(ids or [self.stop[0]])
+        width = max(len(ids) for ids in rows)
+        response_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        response_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            response_ids[i, :len(ids)], response_mask[i, :len(ids)] = torch.tensor(ids), 1
+        return device.place((response_ids, response_mask))
+
+    def sync(self, peft_model) -> None:
+        """Load the policy's current weights (its adapter added, `merged_weights`) into vLLM, as TRL's
+        colocated trainers do, and drop vLLM's cached prefixes computed with the old ones."""
+        self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(merged_weights(peft_model))
+        self.llm.reset_prefix_cache()
+
     def row(self, completion) -> tuple[str, int, bool]:
         """(response, new tokens with the stop token, stopped at a stop token) of one completion."""
         ids = list(completion.token_ids)
         eos = completion.finish_reason == "stop"
         counted = len(ids) + (1 if eos and (not ids or ids[-1] not in self.stop) else 0)
         return completion.text.strip(), counted, eos
+
+
+def merged_weights(peft_model):
+    """(name, tensor) of a PeftModel's weights with its LoRA adapter added, under the base model's
+    parameter names, the model untouched: merging in place and back (`merge_adapter`) in bf16 would
+    leave the frozen weights a rounding error off after every sync."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {f"{name}.base_layer.weight": module.get_delta_weight(module.active_adapters[0])
+              for name, module in peft_model.named_modules() if isinstance(module, LoraLayer) and module.active_adapters}
+    for name, param in peft_model.named_parameters():
+        if ".lora_" in name:
+            continue
+        value = param.data
+        if name in deltas:
+            value = (value.float() + deltas[name].float()).to(value.dtype)
+        yield name.removeprefix("base_model.model.").replace(".base_layer", ""), value
 
 
 def load_generator(version_id: str | None, engine: str, threads: int):

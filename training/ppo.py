@@ -119,12 +119,13 @@ def ended(rollout: Rollout, stop: list[int]) -> torch.Tensor:
 
 def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, config: PPOConfig,
               on_step: Callable[[int, dict], None] | None = None, value_head=None,
-              reference=None) -> dict[str, Any]:
+              reference=None, sampler=None) -> dict[str, Any]:
     """Train a fresh LoRA adapter on `model` (a plain causal LM, the starting policy) with PPO.
 
     `reward_fn(prompts, response_texts)` returns one score per response, shape (B,). `value_head`
     is the critic to start from (default: a fresh one, zero everywhere). `reference` is the model
-    the KL is held to (default: `model` itself with the adapter off). Returns
+    the KL is held to (default: `model` itself with the adapter off). `sampler` samples the rollouts
+    instead of `model` (`rollout_engine: vllm`). Returns
     {"model": the PeftModel (save its adapter), "value_head", "metrics": the last step's, "history"}.
     """
     import torch
@@ -155,7 +156,7 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
     moments, batches, history = RunningMoments(), prompt_batches(prompts, config.batch_size, generator), []
     for step in range(1, config.total_steps + 1):
         rollout = collect_rollout(model, value_head, tokenizer, next(batches), reward_fn, config.max_new_tokens,
-                                  config.temperature, config.max_prompt_tokens, reference)
+                                  config.temperature, config.max_prompt_tokens, reference, sampler)
         moments.update(rollout.scores)
         scores = moments.normalise(rollout.scores) if config.normalize_scores else rollout.scores.clone()
         finished = ended(rollout, stop)
@@ -178,6 +179,20 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
 # ---------------------------------------------------------------- the round
 
 
+def rollout_engine_problem(config: PPOConfig) -> str | None:
+    """Why `rollout_engine: vllm` cannot run here, in one sentence, or None (checked before anything loads)."""
+    from training import device, engine
+
+    if config.rollout_engine != "vllm":
+        return None
+    if problem := engine.vllm_problem():
+        return problem.replace("the generator's engine to auto", "rollout_engine to transformers")
+    if device.quantization():
+        return (f"PPO's vLLM rollouts take full-precision weights, and {device.QUANT_VAR} is {device.quantization()}; "
+                f"unset it or set rollout_engine to transformers.")
+    return None
+
+
 def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
     """Reward model and prompts → current policy → train → save a new policy version → metrics.
@@ -196,13 +211,21 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     scorer = reward.load_scorer(reward_id, penalty=config.uncertainty_penalty)
     base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
+    if problem := rollout_engine_problem(config):
+        raise NotReady(problem)
     model, tokenizer = load_policy(parent_id, quantize=True)
+    sampler = None
+    if config.rollout_engine == "vllm":  # started on the parent's weights; `sync` brings the adapter's in
+        from training import engine, merged
+        from training.sampling import stop_ids
+
+        sampler = engine.VllmSampler(merged.folder(parent_id), tokenizer, stop_ids(model, tokenizer))
     parent = versions.get_version(parent_id)
     value_head = load_value_head(model.config.hidden_size, parent.path if parent.method == "ppo" else None)
     reference = load_policy(base_id, quantize=True)[0] if config.reference == "base" and parent_id != base_id else None
     reporter.start(config.total_steps)
     result = train_ppo(model, tokenizer, prompts, scorer, config, on_step=reporter.step, value_head=value_head,
-                       reference=reference)
+                       reference=reference, sampler=sampler)
 
     def write(folder):
         result["model"].save_pretrained(folder, safe_serialization=True)

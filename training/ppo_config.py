@@ -49,6 +49,9 @@ class PPOConfig:
     normalize_scores: bool = field(default=True, metadata={
         "help": "Normalise reward-model scores by their running mean and std."})
     max_grad_norm: float = field(default=1.0, metadata={"min": 0, "help": "Gradient norm clip."})
+    rollout_engine: str = field(default="transformers", metadata={"choices": ("transformers", "vllm"), "help": (
+        "What samples the rollouts: vllm on a CUDA card where it is installed, its weights synced from the policy "
+        "before each rollout; the log-probs PPO trains on always come from transformers.")})
     lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank of the new adapter."})
     lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scale = alpha / r)."})
     max_prompts: int | None = field(default=None, metadata={"min": 0,

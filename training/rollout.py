@@ -117,14 +117,21 @@ def score_tokens(model, value_head, query_ids, query_mask, response_ids, respons
 
 @torch.no_grad()
 def collect_rollout(model, value_head, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
-                    max_new_tokens: int, temperature: float, max_prompt_tokens: int, reference=None) -> Rollout:
+                    max_new_tokens: int, temperature: float, max_prompt_tokens: int, reference=None,
+                    sampler=None) -> Rollout:
     """Sample, decode and score one batch of prompts, dropout off. `model` is a PeftModel; the
     reference log-probs come from `reference` when given, else from `model` with its adapters
-    switched off (no second copy of the model held)."""
+    switched off (no second copy of the model held). `sampler` (training/engine.py's `VllmSampler`)
+    samples instead of `model` after taking its weights; the log-probs are `model`'s either way."""
     model.eval()
     query_ids, query_mask = sampling.encode_chats(tokenizer, prompts, max_prompt_tokens)
-    response_ids, response_mask = sampling.sample(model, tokenizer, query_ids, query_mask,
-                                                  max_new_tokens=max_new_tokens, temperature=temperature)
+    if sampler is not None:
+        sampler.sync(model)
+        response_ids, response_mask = sampler.sample_ids(query_ids, query_mask, max_new_tokens=max_new_tokens,
+                                                         temperature=temperature, pad=tokenizer.pad_token_id)
+    else:
+        response_ids, response_mask = sampling.sample(model, tokenizer, query_ids, query_mask,
+                                                      max_new_tokens=max_new_tokens, temperature=temperature)
     args = (query_ids, query_mask, response_ids, response_mask, temperature)
     logprobs, values, _ = score_tokens(model, value_head, *args)
     if reference is not None:
