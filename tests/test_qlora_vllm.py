@@ -146,8 +146,9 @@ def test_a_vllm_completion_counts_its_stop_token_once(tiny):
     done = SimpleNamespace(token_ids=[5, 6, 2], finish_reason="stop", text=" Paris. ")
     left_out = SimpleNamespace(token_ids=[5, 6], finish_reason="stop", text="Paris.")
     cut = SimpleNamespace(token_ids=[5, 6, 7, 8], finish_reason="length", text="Paris is the")
-    assert [sampler.row(c) for c in (done, left_out, cut)] == [("Paris.", 3, True), ("Paris.", 3, True),
-                                                               ("Paris is the", 4, False)]
+    last_allowed = SimpleNamespace(token_ids=[5, 2], finish_reason="length", text="Paris")  # the stop token came last
+    assert [sampler.row(c) for c in (done, left_out, cut, last_allowed)] == [
+        ("Paris.", 3, True), ("Paris.", 3, True), ("Paris is the", 4, False), ("Paris", 2, True)]
     sampler.dtype = "bf16"
     assert engine.sampler_record(sampler) == {"engine": "vllm", "dtype": "bf16"}
 
@@ -193,60 +194,111 @@ def test_merged_weights_are_the_adapted_model_under_the_base_names_and_leave_it_
 
 
 class _StandInLLM:
-    """What PPO uses of vLLM's `LLM`: `generate` on token ids and the in-process model's
-    `load_weights`, backed by a transformers copy of the model that samples as vLLM would."""
+    """What prefloop uses of vLLM's `LLM`: `generate` on token ids with one or per-prompt sampling
+    settings, and the in-process model's `load_weights`, backed by a transformers copy of the model
+    that samples as vLLM would. Odd-numbered completions keep their stop token, even ones leave it
+    out (vLLM's versions differ), and `events` records syncs and samples in order."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, tokenizer):
         from transformers import AutoModelForCausalLM
 
-        self.model = AutoModelForCausalLM.from_pretrained(folder)
-        self.synced, self.generated = [], 0
+        self.model, self.tokenizer = AutoModelForCausalLM.from_pretrained(folder), tokenizer
+        self.names = {n for n, _ in self.model.named_parameters()}
+        self.synced, self.events = [], []
         runner = SimpleNamespace(model=SimpleNamespace(load_weights=self.load_weights))
         self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)))
 
     def load_weights(self, weights):
         weights = {name: tensor.detach().clone() for name, tensor in weights}
+        assert set(weights) == self.names  # every weight, under the names vLLM's model has
         self.model.load_state_dict(weights, strict=False)
         self.synced.append(weights)
+        self.events.append("sync")
 
     def reset_prefix_cache(self):
         pass
 
     def generate(self, prompts, params, use_tqdm=False):
         outs = []
-        for prompt in prompts:
+        for k, (prompt, p) in enumerate(zip(prompts, params if isinstance(params, list) else [params] * len(prompts))):
             ids = torch.tensor([prompt["prompt_token_ids"]])
+            torch.manual_seed(p.seed if getattr(p, "seed", None) is not None else k)
             with torch.no_grad():
-                new = self.model.generate(ids, do_sample=True, temperature=params.temperature, top_k=0,
-                                          max_new_tokens=params.max_tokens, eos_token_id=params.stop_token_ids,
-                                          pad_token_id=params.stop_token_ids[0])[0, ids.shape[1]:].tolist()
-            stopped = bool(new) and new[-1] in params.stop_token_ids
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=new[:-1] if stopped else new,  # vLLM may
-                        finish_reason="stop" if stopped else "length", text="")]))  # leave the stop token out
-            self.generated += 1
+                new = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                                          temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_tokens,
+                                          eos_token_id=p.stop_token_ids, pad_token_id=p.stop_token_ids[0]
+                                          )[0, ids.shape[1]:].tolist()
+            stopped = bool(new) and new[-1] in p.stop_token_ids
+            kept = new if (not stopped or k % 2) else new[:-1]
+            text = self.tokenizer.decode([i for i in new if i not in p.stop_token_ids], skip_special_tokens=True)
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=kept, text=text,
+                                                                 finish_reason="stop" if stopped else "length")]))
+            self.events.append("sample")
         return outs
 
 
-def test_ppo_rollouts_sample_from_vllm_synced_with_the_policy_before_each_rollout(tmp_path, monkeypatch):
+def _stand_in_vllm(monkeypatch, folder, tokenizer, stop):
     import sys
 
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kw: SimpleNamespace(**kw)))
+    sampler = engine.VllmSampler.__new__(engine.VllmSampler)
+    sampler.llm, sampler.tokenizer, sampler.stop, sampler.dtype = _StandInLLM(folder, tokenizer), tokenizer, stop, "fp32"
+    return sampler
+
+
+def test_ppo_rollouts_sample_from_vllm_synced_with_the_policy_before_each_rollout(tmp_path, monkeypatch):
     from tests.test_ppo import PROMPTS, config as ppo_config, load, target_share_reward
+    from training import rollout
     from training.ppo import train_ppo
     from training.sampling import stop_ids
 
-    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kw: SimpleNamespace(**kw)))
     folder = make_tiny_policy(tmp_path / "tiny")
     model, tokenizer = load(folder)
-    sampler = engine.VllmSampler.__new__(engine.VllmSampler)
-    sampler.llm, sampler.tokenizer, sampler.stop = _StandInLLM(folder), tokenizer, stop_ids(model, tokenizer)
+    sampler = _stand_in_vllm(monkeypatch, folder, tokenizer, stop_ids(model, tokenizer))
+    masks = []
+    real = rollout.collect_rollout
+
+    def keep_masks(*args, **kwargs):
+        out = real(*args, **kwargs)
+        masks.append((out.response_ids, out.response_mask))
+        return out
+
+    monkeypatch.setattr(rollout, "collect_rollout", keep_masks)
     result = train_ppo(model, tokenizer, PROMPTS, target_share_reward(tokenizer),
                        ppo_config(steps=3, batch_size=4, max_new_tokens=6), sampler=sampler)
     llm = sampler.llm
-    assert len(llm.synced) == 3 and llm.generated == 12  # one sync and 4 rollouts a step
+    assert llm.events == ["sync"] + ["sample"] * 4 + ["sync"] + ["sample"] * 4 + ["sync"] + ["sample"] * 4
     first, last = llm.synced[0], llm.synced[-1]
     assert torch.equal(first["model.embed_tokens.weight"], model.get_input_embeddings().weight.detach())
     assert any(not torch.equal(first[n], last[n]) for n in first)  # the updates reached vLLM
     assert all(math.isfinite(row["policy_loss"]) and 0 < row["response_length"] <= 6 for row in result["history"])
+    stop = sampler.stop
+    for ids, mask in masks:  # as sampling.sample gives them: 1 up to and including the stop token, then 0
+        for row, m in zip(ids.tolist(), mask.tolist()):
+            n = sum(m)
+            assert m == [1] * n + [0] * (len(m) - n) and (n == 6 or row[n - 1] in stop)
+
+
+def test_pairs_to_label_sample_with_vllm_when_asked(tiny, monkeypatch):
+    from sqlalchemy import select as sql_select
+
+    from training.sampling import folder_stop_ids
+
+    store.add_prompts([f"Question number {i}?" for i in range(3)], "test")
+    monkeypatch.setattr(engine, "vllm_problem", lambda: None)
+
+    def stand_in(self, folder, tokenizer, stop):
+        assert stop == folder_stop_ids(folder, tokenizer) == [2]  # read from the files, no model loaded
+        made = _stand_in_vllm(monkeypatch, folder, tokenizer, stop)
+        self.llm, self.tokenizer, self.stop, self.dtype = made.llm, tokenizer, stop, "fp32"
+
+    monkeypatch.setattr(engine.VllmSampler, "__init__", stand_in)
+    result = generate.run(generate.GenerateConfig(prompts=3, max_new_tokens=5, seed=4, engine="vllm"))
+    assert result["engine"] == "vllm" and result["pairs"] >= 2
+    with db.session() as s:
+        rows = [r.generation for r in s.scalars(sql_select(Response))]
+    assert {g["engine"] for g in rows} == {"vllm"} and all(1 <= g["new_tokens"] <= 5 for g in rows)
+    assert all(g["new_tokens"] == 5 for g in rows if not g["eos"])
 
 
 def test_ppo_with_vllm_rollouts_is_refused_with_one_sentence_where_it_cannot_run(tiny, monkeypatch):

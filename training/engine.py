@@ -40,6 +40,7 @@ ENGINES = ("auto", "ctranslate2", "transformers", "vllm")
 TOP_K = 2000
 QUANTIZATION = "int8"
 VLLM_MEMORY_SHARE = 0.3  # of the card's memory vLLM may take: a round may be training on the same card
+VLLM_MAX_LENGTH = 4096  # prompt + answer, in tokens: a 128k context's KV cache would not fit in that share
 STOP_FILE = "stop_ids.json"  # the token ids that end a response (sampling.stop_ids of the merged model)
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,9 @@ class VllmSampler:
         from training import device
 
         self.dtype = device.DTYPE_NAMES[device.dtype()]
+        context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings") or VLLM_MAX_LENGTH
         self.llm = LLM(model=str(folder), tokenizer=str(folder), dtype=str(device.dtype()).removeprefix("torch."),
-                       gpu_memory_utilization=VLLM_MEMORY_SHARE, seed=0)
+                       gpu_memory_utilization=VLLM_MEMORY_SHARE, max_model_len=min(context, VLLM_MAX_LENGTH), seed=0)
         self.tokenizer, self.stop = tokenizer, stop
 
     def __call__(self, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
@@ -248,25 +250,30 @@ class VllmSampler:
     def row(self, completion) -> tuple[str, int, bool]:
         """(response, new tokens with the stop token, stopped at a stop token) of one completion."""
         ids = list(completion.token_ids)
-        eos = completion.finish_reason == "stop"
+        eos = completion.finish_reason == "stop" or (bool(ids) and ids[-1] in self.stop)  # a stop as the last allowed token
         counted = len(ids) + (1 if eos and (not ids or ids[-1] not in self.stop) else 0)
         return completion.text.strip(), counted, eos
 
 
+SAMPLERS = (Sampler, VllmSampler)  # engines generate.py calls with texts, as it calls sample_rows
+
+
 def merged_weights(peft_model):
     """(name, tensor) of a PeftModel's weights with its LoRA adapter added, under the base model's
-    parameter names, the model untouched: merging in place and back (`merge_adapter`) in bf16 would
-    leave the frozen weights a rounding error off after every sync."""
+    parameter names, one layer's delta at a time, the model untouched: merging in place and back
+    (`merge_adapter`) in bf16 would leave the frozen weights a rounding error off after every sync.
+    In bf16 the sum is rounded again, so vLLM samples from the policy to bf16's precision."""
     from peft.tuners.lora import LoraLayer
 
-    deltas = {f"{name}.base_layer.weight": module.get_delta_weight(module.active_adapters[0])
-              for name, module in peft_model.named_modules() if isinstance(module, LoraLayer) and module.active_adapters}
+    adapted = {f"{name}.base_layer.weight": module for name, module in peft_model.named_modules()
+               if isinstance(module, LoraLayer) and module.active_adapters}
     for name, param in peft_model.named_parameters():
         if ".lora_" in name:
             continue
         value = param.data
-        if name in deltas:
-            value = (value.float() + deltas[name].float()).to(value.dtype)
+        if name in adapted:
+            module = adapted[name]
+            value = (value.float() + module.get_delta_weight(module.active_adapters[0]).float()).to(value.dtype)
         yield name.removeprefix("base_model.model.").replace(".base_layer", ""), value
 
 
@@ -284,11 +291,9 @@ def load_generator(version_id: str | None, engine: str, threads: int):
             raise EngineError(problem)
         from training import sampling
 
-        version_id = merged.resolved(version_id)
-        model, tokenizer = models.load_policy(version_id)  # the stop tokens, as the reference reads them
-        stop = sampling.stop_ids(model, tokenizer)
-        del model
-        return VllmSampler(merged.folder(version_id), tokenizer, stop), tokenizer, "vllm"
+        folder = merged.folder(version_id)
+        tokenizer = models.load_tokenizer(folder)
+        return VllmSampler(folder, tokenizer, sampling.folder_stop_ids(folder, tokenizer)), tokenizer, "vllm"
     wanted = engine == "ctranslate2" or (engine == "auto" and auto_picks_it())
     if engine == "ctranslate2" and not available():
         raise EngineError("CTranslate2 is not installed (pip install ctranslate2); "

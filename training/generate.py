@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from training import engine, jobs, runner
-from training.engine import ENGINES, Sampler
+from training.engine import ENGINES, SAMPLERS
 
 RESAMPLE_SEED_OFFSET = 1_000_003  # seeds of the second try, far from any first-try batch seed
 RETRY_AFTER_FAILURE = dt.timedelta(minutes=5)  # a broken model path must not spawn a job per page view
@@ -191,7 +191,7 @@ def _resample(model, tokenizer, texts, indices: list[int], settings: dict, seed:
 def _sample_pairs(model, tokenizer, texts, batch: list[int], settings: dict, seed: int) -> dict[int, tuple]:
     """Both sides of each prompt in `batch` as rows 2k (side a) and 2k+1 (side b) of one batch."""
     texts = [texts[i] for i in batch for _ in (0, 1)]
-    rows = (model(texts, seed=seed, **settings) if isinstance(model, Sampler)
+    rows = (model(texts, seed=seed, **settings) if isinstance(model, SAMPLERS)
             else sample_rows(model, tokenizer, texts, seed=seed, **settings))
     out = {}
     for k, i in enumerate(batch):

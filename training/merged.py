@@ -3,7 +3,7 @@ apply LoRA adapters: bitsandbytes quantizes weights as they load (QLoRA rounds, 
 training/device.py), vLLM loads its own copy (training/engine.py).
 
 A version with no adapter in its lineage is its start folder, as it is. Otherwise its adapters are
-merged in fp32 (`load_policy`) and saved once under `$PREFLOOP_HOME/merged/<key>/`, keyed by the
+merged in fp32 in CPU memory (`load_policy`) and saved in the device's dtype once under `$PREFLOOP_HOME/merged/<key>/`, keyed by the
 lineage's folders and their files' modification times (`lineage_key`), written whole or not at all
 under a file lock, as CTranslate2's conversions are.
 """
@@ -50,10 +50,10 @@ def folder(version_id: str | None) -> Path:
 
 
 def _merge(version_id: str, out: Path) -> None:
-    import torch
+    """Merged in fp32 in CPU memory (a 7B model in fp32 would not sit beside a round on the card),
+    saved in the device's dtype (the rounding that matters is the merge's, not the file's)."""
+    from training import device, model as models
 
-    from training import model as models
-
-    model, tokenizer = models.load_policy(version_id, dtype=torch.float32)
+    model, tokenizer = models.load_policy(version_id, dtype=device.dtype(), host=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

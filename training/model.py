@@ -183,10 +183,11 @@ def with_chat_template(tokenizer, folder: Path):
     return tokenizer
 
 
-def load_model(folder: Path, dtype: "torch.dtype | None" = None, quantize: bool = False):
+def load_model(folder: Path, dtype: "torch.dtype | None" = None, quantize: bool = False, host: bool = False):
     """A causal LM from a folder of safetensors weights (never pickles, never remote code), on the
     device in `dtype` (default: the device's, training/device.py); with `quantize`, in the bits
-    PREFLOOP_QUANT names when it names any (bitsandbytes places a quantized model itself)."""
+    PREFLOOP_QUANT names when it names any (bitsandbytes places a quantized model itself); with
+    `host`, left in CPU memory."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from training import device
@@ -198,7 +199,7 @@ def load_model(folder: Path, dtype: "torch.dtype | None" = None, quantize: bool 
         folder, dtype=dtype or device.dtype(), use_safetensors=True, trust_remote_code=False,
         local_files_only=True, **extra,
     )
-    return model if bits else device.place(model)
+    return model if bits or host else device.place(model)
 
 
 def _version_rows(version_id: str | None) -> list[dict]:
@@ -251,13 +252,15 @@ def _tokenizer_folder(chain: list[dict], start: Path) -> Path:
     return start
 
 
-def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = None, quantize: bool = False):
+def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = None, quantize: bool = False,
+                host: bool = False):
     """(model, tokenizer) of a policy version; None = the current policy, or the base model when
     no version is current. "base" is the base model even before its version row exists.
 
     `quantize`: for a round that trains a LoRA adapter on the weights or holds them frozen as its
     reference; when PREFLOOP_QUANT is set they load in its bits from the version's merged folder
     (training/merged.py: bitsandbytes quantizes while it reads from disk), else as without it.
+    `host`: built and left in CPU memory (to merge and save a model without holding it on the card).
 
     The model is a plain transformers model (LoRA adapters of the lineage merged in), in eval
     mode, freshly loaded on each call: callers such as DPO and PPO train it in place, so a shared
@@ -279,11 +282,11 @@ def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = Non
         return model.eval(), tokenizer
     dtype = dtype or device.dtype()
     # adapters merge into fp32 weights: a small LoRA delta added to bf16 weights would mostly round away
-    model = load_model(start, torch.float32 if adapters else dtype)
+    model = load_model(start, torch.float32 if adapters else dtype, host=host)
     for row in adapters:
         # one adapter at a time: each was trained on top of its parent's merged weights
         model = PeftModel.from_pretrained(model, row["path"], is_trainable=False).merge_and_unload()
-    model = device.place(model, dtype)
+    model = model.to(dtype) if host else device.place(model, dtype)
     tokenizer = load_tokenizer(_tokenizer_folder(chain, start))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer

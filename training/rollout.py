@@ -78,14 +78,12 @@ def save_value_head(head: ValueHead, folder: Path) -> None:
 def wrap_with_lora(model, r: int, alpha: int):
     """A fresh LoRA adapter on every linear layer of `model` but its LM head (training/lora.py);
     with it disabled, `model` is π_ref. No dropout, so π_old and π agree exactly before the first
-    update. On weights quantized by PREFLOOP_QUANT, peft's k-bit preparation first (QLoRA, as TRL's
-    trainers do)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    update. On weights quantized by PREFLOOP_QUANT the adapter goes on as it is (TRL's DPOTrainer
+    does the same, without peft's k-bit preparation, which would upcast embeddings and head to fp32)."""
+    from peft import get_peft_model
 
     from training import lora
 
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, lora.lora_config(model, r, alpha))  # peft keeps the adapter in fp32
 
 
