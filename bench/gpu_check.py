@@ -11,7 +11,9 @@ the precision the device seam picks (bf16 where the card has it). MFU is the mod
 did over the card's dense bf16 peak: 2·N per generated token; 6·N per DPO training token (forward,
 backward through the frozen weights to the adapter, and the reference's forward at every step:
 the check turns the reference cache off), N the
-parameters. The peak comes from the card's name (`PEAK_TFLOPS`) or `--peak-tflops`.
+parameters. The peak comes from the card's name (`PEAK_TFLOPS`) or `--peak-tflops`. Where
+bitsandbytes or vllm is installed beside the card, two more stages: a DPO round from the base on
+4-bit weights (`PREFLOOP_QUANT=4bit`) and pairs sampled with vLLM; otherwise "skipped" says why.
 
 Where there is no CUDA device it prints {"skipped": "no CUDA"} and exits 0. `--allow-cpu` runs the
 same stages on the CPU, without MFU (the test suite does, on a tiny model, so the script keeps
@@ -22,6 +24,7 @@ then mean nothing). Last line printed: JSON, with the CPU figures the README mea
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -149,13 +152,42 @@ def run(args, root: Path) -> dict:
                                        quiet))
     stage("evaluate", lambda: evaluate.evaluate(evaluate.EvaluateConfig(versions=dpo_version, prompts=8, samples=2),
                                                 quiet))
+    skipped = optional_stages(args, stage, on_cuda)
     return {"device": str(device.device()), "dtype": device.describe()["dtype"], "card": card, "peak_tflops": peak,
             "torch": torch.__version__, "parameters": parameters, "random_weights": args.random_weights,
             "labels": labels, "stages": stage.rows,
             "gpu_over_cpu": {"generation": round(stage.rows["generate"]["tokens_per_s"]
                                                  / CPU_FIGURES["generation_tokens_per_s"], 1),
                              "dpo": round(stage.rows["dpo"]["pairs_per_s"] / CPU_FIGURES["dpo_pairs_per_s"], 1)},
-            "cpu_figures": CPU_FIGURES}
+            "cpu_figures": CPU_FIGURES, "skipped": skipped}
+
+
+def optional_stages(args, stage: Stage, on_cuda: bool) -> dict[str, str]:
+    """Where their packages are installed on a CUDA card: a DPO round from the base on 4-bit weights
+    (PREFLOOP_QUANT, against the "dpo" stage's peak memory) and pairs sampled with vLLM (against the
+    "generate" stage's tokens/s). Returns the stages skipped, with why."""
+    from bench.learning_arms import round_config
+    from training import dpo, generate, jobs, versions
+
+    skipped = {}
+    if on_cuda and importlib.util.find_spec("bitsandbytes"):
+        versions.set_current("v1-base")
+        os.environ["PREFLOOP_QUANT"] = "4bit"
+        try:
+            summary, row = stage("dpo qlora 4bit", lambda: dpo.run_round(
+                round_config("dpo", args, precompute_ref_log_probs="no"), jobs.Reporter(None)))
+            row.update(pairs_per_s=round(summary["pairs_per_second"], 3))
+        finally:
+            os.environ.pop("PREFLOOP_QUANT")
+    else:
+        skipped["dpo qlora 4bit"] = "needs a CUDA card and bitsandbytes"
+    if on_cuda and importlib.util.find_spec("vllm"):
+        result, row = stage("generate vllm", lambda: generate.run(generate.GenerateConfig(
+            prompts=args.prompts, max_new_tokens=args.max_new_tokens, seed=0, engine="vllm")))
+        row.update(pairs=result["pairs"], tokens_per_s=result["tokens_per_s"])
+    else:
+        skipped["generate vllm"] = "needs a CUDA card and vllm"
+    return skipped
 
 
 def main(argv=None) -> int:

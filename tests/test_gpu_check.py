@@ -40,6 +40,8 @@ def test_every_stage_runs_through_the_app_on_the_cpu(tmp_path, monkeypatch, caps
     assert all(row["seconds"] > 0 and row["peak_gib"] is None for row in stages.values())
     assert stages["generate"]["mfu"] is None and stages["dpo"]["mfu"] is None  # no card, no peak to divide by
     assert out["gpu_over_cpu"]["dpo"] > 0
+    assert out["skipped"] == {"dpo qlora 4bit": "needs a CUDA card and bitsandbytes",
+                              "generate vllm": "needs a CUDA card and vllm"}
 
 
 def test_mfu_is_flops_over_the_cards_peak():
