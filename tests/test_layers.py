@@ -100,8 +100,8 @@ def test_what_training_hands_out_is_plain_frozen_records(workspace):
 
 # Packages that take a tenth of a second or more to import: importing them inside the function
 # that needs them keeps the app's pages and `--help` fast. Anything else belongs at the top.
-HEAVY = {"accelerate", "altair", "ctranslate2", "datasets", "gguf", "huggingface_hub", "matplotlib", "numpy",
-         "pandas", "peft", "pyarrow", "safetensors", "sqlalchemy", "streamlit", "torch", "transformers", "trl"}
+HEAVY = {"accelerate", "altair", "bitsandbytes", "ctranslate2", "datasets", "gguf", "huggingface_hub", "matplotlib", "numpy",
+         "pandas", "peft", "pyarrow", "safetensors", "sqlalchemy", "streamlit", "torch", "transformers", "trl", "vllm"}
 OURS = ["app.py", "training", "pages", "labeling"]
 
 

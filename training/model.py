@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from labeling import atomic, model_versions
 from labeling.workspace import home
+from training import merged
 
 if TYPE_CHECKING:
     import torch
@@ -274,8 +275,6 @@ def load_policy(version_id: str | None = None, dtype: "torch.dtype | None" = Non
     chain = _version_rows(version_id)
     start, adapters = _start_of(chain)
     if quantize and device.quantization():
-        from training import merged
-
         model = load_model(merged.folder(version_id), dtype, quantize=True)
         tokenizer = load_tokenizer(_tokenizer_folder(chain, start))
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from training import distributed, registry
+from training import distributed, engine, merged, registry
 from training.config_fields import settings_problem
 from training.ppo_config import PPOConfig
 from training.preferences import NotReady, load_train_prompts
@@ -181,7 +181,7 @@ def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, 
 
 def rollout_engine_problem(config: PPOConfig) -> str | None:
     """Why `rollout_engine: vllm` cannot run here, in one sentence, or None (checked before anything loads)."""
-    from training import device, engine
+    from training import device
 
     if config.rollout_engine != "vllm":
         return None
@@ -216,7 +216,6 @@ def run_round(config: PPOConfig, reporter, max_steps: int | None = None,
     model, tokenizer = load_policy(parent_id, quantize=True)
     sampler = None
     if config.rollout_engine == "vllm":  # started on the parent's weights; `sync` brings the adapter's in
-        from training import engine, merged
         from training.sampling import stop_ids
 
         sampler = engine.VllmSampler(merged.folder(parent_id), tokenizer, stop_ids(model, tokenizer))
