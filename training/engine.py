@@ -172,15 +172,15 @@ class Sampler:
         return rows
 
 
-def vllm_problem() -> str | None:
-    """Why `engine: vllm` cannot sample here, in one sentence, or None."""
+def vllm_problem(remedy: str = "set the generator's engine to auto") -> str | None:
+    """Why vLLM cannot sample here, in one sentence ending with `remedy`, or None."""
     from training import device
 
     if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed (pip install vllm); set the generator's engine to auto."
+        return f"vLLM is not installed (pip install vllm); {remedy}."
     where = device.device().type
     if where != "cuda":
-        return f"vLLM samples on a CUDA GPU, and the device is the {where}; set the generator's engine to auto."
+        return f"vLLM samples on a CUDA GPU, and the device is the {where}; {remedy}."
     return None
 
 
@@ -227,13 +227,7 @@ class VllmSampler:
         prompts = [{"prompt_token_ids": ids[mask.bool()].tolist()} for ids, mask in zip(query_ids, query_mask)]
         params = SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens,
                                 stop_token_ids=self.stop, skip_special_tokens=True)
-        rows = []
-        for out in self.llm.generate(prompts, params, use_tqdm=False):
-            completion = out.outputs[0]
-            ids = list(completion.token_ids)
-            if completion.finish_reason == "stop" and (not ids or ids[-1] not in self.stop):
-                ids.append(self.stop[0])  # the stop token ends the response PPO scores
-            rows.append(ids or [self.stop[0]])
+        rows = [self.ids(out.outputs[0]) or [self.stop[0]] for out in self.llm.generate(prompts, params, use_tqdm=False)]
         width = max(len(ids) for ids in rows)
         response_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         response_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -247,12 +241,19 @@ class VllmSampler:
         self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(merged_weights(peft_model))
         self.llm.reset_prefix_cache()
 
-    def row(self, completion) -> tuple[str, int, bool]:
-        """(response, new tokens with the stop token, stopped at a stop token) of one completion."""
+    def ids(self, completion) -> list[int]:
+        """A completion's new token ids, ending with its stop token when it stopped at one (vLLM
+        versions differ on whether `token_ids` keep it)."""
         ids = list(completion.token_ids)
-        eos = completion.finish_reason == "stop" or (bool(ids) and ids[-1] in self.stop)  # a stop as the last allowed token
-        counted = len(ids) + (1 if eos and (not ids or ids[-1] not in self.stop) else 0)
-        return completion.text.strip(), counted, eos
+        if completion.finish_reason == "stop" and (not ids or ids[-1] not in self.stop):
+            ids.append(self.stop[0])
+        return ids
+
+    def row(self, completion) -> tuple[str, int, bool]:
+        """(response, new tokens with the stop token, stopped at a stop token) of one completion; a
+        stop token as the last allowed token ends it too."""
+        ids = self.ids(completion)
+        return completion.text.strip(), len(ids), bool(ids) and ids[-1] in self.stop
 
 
 SAMPLERS = (Sampler, VllmSampler)  # engines generate.py calls with texts, as it calls sample_rows

@@ -30,7 +30,10 @@ def lineage_key(version_id: str, *salt: str) -> str:
     times (weights, tokenizer, generation config), with `salt` (what converts them) mixed in."""
     from training import model as models
 
-    start, adapters = models._start_of(models._version_rows(version_id))
+    return _key(*models._start_of(models._version_rows(version_id)), *salt)
+
+
+def _key(start: Path, adapters: list[dict], *salt: str) -> str:
     folders = [Path(start), *(Path(a["path"]) for a in adapters)]
     stamp = [(str(f.resolve()), sorted((p.name, p.stat().st_mtime_ns) for p in f.iterdir() if p.is_file()))
              for f in folders]
@@ -45,7 +48,7 @@ def folder(version_id: str | None) -> Path:
     start, adapters = models._start_of(models._version_rows(version_id))
     if not adapters:
         return Path(start)
-    return atomic.build_once(home() / "merged" / lineage_key(version_id), lambda out: (out / "config.json").is_file(),
+    return atomic.build_once(home() / "merged" / _key(start, adapters), lambda out: (out / "config.json").is_file(),
                              lambda tmp: _merge(version_id, tmp))
 
 

@@ -185,8 +185,8 @@ def rollout_engine_problem(config: PPOConfig) -> str | None:
 
     if config.rollout_engine != "vllm":
         return None
-    if problem := engine.vllm_problem():
-        return problem.replace("the generator's engine to auto", "rollout_engine to transformers")
+    if problem := engine.vllm_problem("set rollout_engine to transformers"):
+        return problem
     if device.quantization():
         return (f"PPO's vLLM rollouts take full-precision weights, and {device.QUANT_VAR} is {device.quantization()}; "
                 f"unset it or set rollout_engine to transformers.")

@@ -20,10 +20,12 @@ import torch
 from training import device
 
 
-def stop_ids(model, tokenizer, configured: int | list[int] | None = None) -> list[int]:
-    """Every token id that ends a response for this model (its generation config's and the tokenizer's
-    EOS); `configured` stands for the generation config's EOS when `model` is None."""
-    configured = model.generation_config.eos_token_id if model is not None else configured
+def stop_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a response for this model (its generation config's and the tokenizer's EOS)."""
+    return _stop_ids(model.generation_config.eos_token_id, tokenizer)
+
+
+def _stop_ids(configured: int | list[int] | None, tokenizer) -> list[int]:
     ids = configured if isinstance(configured, list) else [configured]
     return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
 
@@ -36,7 +38,7 @@ def folder_stop_ids(folder, tokenizer) -> list[int]:
         config = GenerationConfig.from_pretrained(folder)
     except OSError:  # no generation_config.json: transformers derives one from config.json
         config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(folder))
-    return stop_ids(None, tokenizer, config.eos_token_id)
+    return _stop_ids(config.eos_token_id, tokenizer)
 
 
 def response_mask(response_ids: torch.Tensor, stop: list[int]) -> torch.Tensor:
