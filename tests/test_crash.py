@@ -158,3 +158,19 @@ def test_kill_9_mid_import_writes_nothing_and_the_next_import_works(workspace, t
     assert after["pairs"] == before_counts["pairs"] + 60_000
     assert after["judgments"] == before_counts["judgments"] + 60_000
     assert judgment_rows()[:len(before_rows)] == before_rows
+
+
+@pytest.mark.parametrize("proc", ["/proc", "/no-such-proc"])
+def test_a_finished_child_not_yet_waited_for_is_not_alive_with_or_without_proc(proc, monkeypatch):
+    """Where there is no /proc (macOS), `ps` tells a zombie apart, and the child is not reaped."""
+    monkeypatch.setattr(jobs, "PROC", Path(proc))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert jobs.pid_alive(child.pid)
+    finally:
+        child.kill()
+    deadline = time.monotonic() + 10
+    while jobs.pid_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not jobs.pid_alive(child.pid)  # a zombie now: done, waiting for its parent
+    assert child.wait(timeout=5) == -signal.SIGKILL  # still ours to reap

@@ -88,6 +88,9 @@ def lower_priority(nice: int = 10) -> None:
         pass
 
 
+PROC = Path("/proc")
+
+
 def pid_alive(pid: int | None) -> bool:
     """Whether process `pid` runs (a zombie, done and waiting for its parent, does not)."""
     if not pid:
@@ -102,10 +105,23 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def _is_zombie(pid: int) -> bool:
+    """Linux reads /proc; where there is none (macOS, the BSDs) `ps` says, without reaping the
+    child as `os.waitpid` would behind its `Popen`'s back."""
+    if not PROC.is_dir():
+        return _ps_state(pid).startswith("Z")
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+        return (PROC / str(pid) / "stat").read_text().split(") ")[1].startswith("Z")
     except (OSError, IndexError):
         return False
+
+
+def _ps_state(pid: int) -> str:
+    """The process state `ps` prints ("S", "R+", "Z"...), "" when it cannot tell."""
+    try:
+        done = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
 
 
 def refresh_stale() -> int:
