@@ -1,6 +1,7 @@
 """Which reward model ranks answers better than their length does, on conversations it never saw?
 
     python bench/reward.py [--max-hh 400] [--max-heldout 230] [--folds 5] [--backbones minilm policy]
+                           [--layer-sets 0.5,1 0.25,0.5,0.75,1 ...] [--combine]
                            [--no-finetune] [--home DIR] [--threads N]
 
 Data: `../shared/data`, hh-rlhf harmless-base (split 80/20 by conversation) and the OpenAssistant
@@ -13,12 +14,15 @@ Options, side by side in one run:
   * frozen backbone + an ensemble of 8 linear Bradley-Terry heads (training/reward_heads.py), for
     the MiniLM encoder and for the policy's base model (SmolLM2), with length "free", "remove"
     (length-disentangled) or "keep", each with and without source-balanced weights;
+  * other choices of the hidden states the heads read (`--layer-sets`, fractions of the depth
+    whose response mean is a feature; the default's is reward_heads.LAYERS), and both backbones'
+    features side by side (`--combine`), each trained on its own source with the three lengths;
   * the fully fine-tuned MiniLM (prefloop's reward round before this bench, TRL
     RewardTrainer), on fold 0 only (it costs minutes per fold).
 Baselines on the same pairs: "longer wins" and "shorter wins". Reported per option: accuracy on
 OASST held out by tree and on hh held out, each with a 95 % interval clustered by conversation,
 the cross-source OASST accuracy, the reward–length correlation on held-out responses, the
-ensemble's mean spread, and seconds. Features are cached in the home folder (keyed by the
+ensemble's mean spread, and seconds. Every layer's response mean is cached in the home folder (keyed by the
 backbone and the pairs), so a second run only refits the heads.
 
 One JSON line per option, then the last line for the option with the best OASST held-out accuracy.
@@ -68,27 +72,39 @@ def fold_of(rows: list[dict], folds: int, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------- features, cached
 
 
-def cached_features(name: str, rows: list[dict], home: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(chosen, rejected) features of `rows` under backbone `name`. Shape: (rows, d) each."""
+def cached_features(name: str, rows: list[dict], home: Path, max_length: int,
+                    layers=None) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen, rejected) features of `rows` under backbone `name`, from the hidden states `layers`
+    (reward_heads.LAYERS when None). Shape: (rows, d) each."""
+    from training import reward_heads
+
+    chosen, rejected = cached_layer_means(name, rows, home, max_length)
+    layers = reward_heads.LAYERS if layers is None else layers
+    return reward_heads.pick(chosen, layers), reward_heads.pick(rejected, layers)
+
+
+def cached_layer_means(name: str, rows: list[dict], home: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen, rejected) `reward_heads.layer_means` of `rows` under backbone `name`, read once and
+    kept in `home`. Shape: (rows, depth + 2, hidden) each."""
     from training import reward_heads
 
     key = hashlib.sha256(json.dumps([name, max_length] + [[r["prompt"], r["chosen"], r["rejected"]] for r in rows],
                                     sort_keys=True).encode()).hexdigest()[:16]
-    path = home / f"features-{name}-{key}.npz"
+    path = home / f"layer-means-{name}-{key}.npy"
     if path.is_file():
-        f = np.load(path)
-        return f["chosen"], f["rejected"]
+        both = np.load(path)
+        return both[0], both[1]
     from training import reward
     from training.reward_config import RewardRoundConfig
 
     model, tokenizer, _ = reward.load_backbone(RewardRoundConfig(backbone=name, method="heads"))  # frozen, no head
     prompts = [r["prompt"] for r in rows]
     started = time.perf_counter()
-    chosen = reward_heads.features(model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in rows], max_length)
-    rejected = reward_heads.features(model, tokenizer, prompts, [r["rejected"][-1]["content"] for r in rows], max_length)
+    chosen = reward_heads.layer_means(model, tokenizer, prompts, texts(rows, "chosen"), max_length)
+    rejected = reward_heads.layer_means(model, tokenizer, prompts, texts(rows, "rejected"), max_length)
     print(json.dumps({"features": name, "responses": 2 * len(rows), "seconds": round(time.perf_counter() - started, 1)}),
           flush=True)
-    np.savez(path, chosen=chosen, rejected=rejected)
+    np.save(path, np.stack([chosen, rejected]).astype(np.float32))
     return chosen, rejected
 
 
@@ -215,6 +231,10 @@ def main() -> None:
     parser.add_argument("--max-heldout", type=int, default=230, help="hh held-out pairs")
     parser.add_argument("--folds", type=int, default=5, help="folds of OASST trees")
     parser.add_argument("--max-length", type=int, default=256, help="tokens of prompt + response the backbone reads")
+    parser.add_argument("--layer-sets", nargs="+", default=[],
+                        help="other hidden states for the heads, each a comma-separated list of fractions of the depth "
+                             "(0 the embeddings, 1 the last layer), e.g. 0.25,0.5,0.75,1")
+    parser.add_argument("--combine", action="store_true", help="also both backbones' features side by side")
     parser.add_argument("--no-finetune", dest="finetune", action="store_false",
                         help="skip the fully fine-tuned MiniLM on fold 0 (minutes)")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
@@ -244,15 +264,28 @@ def main() -> None:
                       "baselines": {"oasst": baselines(oasst_rows), "hh": baselines(rows[n_train:n_train + n_heldout])}}),
           flush=True)
     results = []
+
+    def option(pool: Pool, label: str, combos) -> None:
+        for both, balanced, length in combos:
+            name = (f"{label}, length {length}, "
+                    + ("trained on both sources" + (" balanced" if balanced else "") if both else "trained on its own source"))
+            results.append({"option": name, "both_sources": both,
+                            **run_heads(pool, hh_train, hh_heldout, oasst, folds, length, balanced, both)})
+            print(json.dumps(results[-1]), flush=True)
+
+    every = [(both, balanced, length) for both, balanced in ((False, False), (True, False), (True, True))
+             for length in ("free", "remove", "keep")]
+    own = [(False, False, length) for length in ("free", "remove", "keep")]
+    layer_sets = [tuple(float(f) for f in spec.split(",")) for spec in args.layer_sets]
     for backbone in args.backbones:
-        pool = Pool(rows, *cached_features(backbone, rows, home, args.max_length))
-        for both, balanced in ((False, False), (True, False), (True, True)):
-            for length in ("free", "remove", "keep"):
-                name = (f"{backbone} frozen + 8 heads, length {length}, "
-                        + ("trained on both sources" + (" balanced" if balanced else "") if both else "trained on its own source"))
-                results.append({"option": name, "both_sources": both,
-                                **run_heads(pool, hh_train, hh_heldout, oasst, folds, length, balanced, both)})
-                print(json.dumps(results[-1]), flush=True)
+        option(Pool(rows, *cached_features(backbone, rows, home, args.max_length)), f"{backbone} frozen + 8 heads", every)
+        for layers in layer_sets:
+            option(Pool(rows, *cached_features(backbone, rows, home, args.max_length, layers)),
+                   f"{backbone} frozen + 8 heads, layers {','.join(f'{f:g}' for f in layers)}", own)
+    if args.combine:
+        parts = [cached_features(b, rows, home, args.max_length) for b in args.backbones]
+        option(Pool(rows, np.concatenate([c for c, _ in parts], 1), np.concatenate([r for _, r in parts], 1)),
+               " + ".join(args.backbones) + " frozen + 8 heads", own)
     if args.finetune:
         print(json.dumps(run_finetune(rows, hh_train, hh_heldout, oasst, folds, home)), flush=True)
     best = max(results, key=lambda r: r["oasst"]["accuracy"])

@@ -128,3 +128,27 @@ def test_features_pool_the_response_and_do_not_depend_on_the_batch(kind, tmp_pat
     np.testing.assert_allclose(together, alone, atol=1e-5)  # padding beside a longer answer changes nothing
     np.testing.assert_array_equal(together[0], together[2])
     assert not np.allclose(together[0], together[1])
+
+
+def test_features_are_the_middle_and_last_layer_means_and_the_last_token_and_pick_chooses_other_layers(tmp_path):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from tests import tiny_models
+    from training.reward import encode
+
+    folder = tiny_models.make_tiny_policy(tmp_path / "policy")
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    ids = encode(tokenizer, prompt, "Blue, like the sky.", 64)
+    start = reward_heads._shared_prefix(ids, encode(tokenizer, prompt, "", 64))
+    with torch.no_grad():
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states  # depth + 1 × (1, T, h)
+    by_hand = [hidden[len(hidden) // 2][0, start:].mean(0), hidden[-1][0, start:].mean(0), hidden[-1][0, -1]]
+    means = reward_heads.layer_means(model, tokenizer, [prompt], ["Blue, like the sky."], max_length=64)
+    assert means.shape == (1, len(hidden) + 1, model.config.hidden_size)
+    np.testing.assert_allclose(reward_heads.features(model, tokenizer, [prompt], ["Blue, like the sky."], 64)[0],
+                               torch.cat(by_hand).numpy(), atol=1e-5)
+    np.testing.assert_allclose(reward_heads.pick(means, (0.0,))[0],
+                               torch.cat([hidden[0][0, start:].mean(0), hidden[-1][0, -1]]).numpy(), atol=1e-5)

@@ -10,10 +10,11 @@ uncertainty (Lakshminarayanan et al. 2017; Coste et al. 2024, "Reward model ense
 mitigate overoptimization").
 
 Features of one response (`features`), from the backbone's hidden states:
-    [mean over the response's tokens at the middle layer,
-     mean over the response's tokens at the last layer,
+    [mean over the response's tokens at each layer of `LAYERS` (fractions of the depth: the
+     middle and the last),
      the last token at the last layer]                                Shape: (3 · hidden,)
-and its length ℓ = log(1 + characters).
+and its length ℓ = log(1 + characters). `layer_means` keeps every layer's mean, so
+`bench/reward.py` can compare other choices of layers from one reading.
 
 Length (`LENGTHS`), the reward's relation to how long an answer is:
   * "remove" and "keep" (length disentangled, in the spirit of ODIN, Chen et al. 2024): every
@@ -44,6 +45,7 @@ from training import preferences
 LENGTHS = ("remove", "keep", "free")
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # λ per pair-average loss, on standardised features
 HEADS_FILE = "heads.npz"
+LAYERS = (0.5, 1.0)  # the hidden states whose response mean is a feature, as fractions of the depth
 
 
 def response_length(texts: Sequence[str]) -> np.ndarray:
@@ -56,8 +58,25 @@ def response_length(texts: Sequence[str]) -> np.ndarray:
 
 def features(model, tokenizer, prompts: list[list[dict]], responses: list[str], max_length: int,
              batch_size: int = 8) -> np.ndarray:
-    """Pooled hidden states of each (prompt, response), encoded as the fine-tuned reward model
-    reads it (`reward.encode`: prompt kept, response cut at its end). Shape: (n, 3 · hidden).
+    """The features of each (prompt, response). Shape: (n, (len(LAYERS) + 1) · hidden)."""
+    return pick(layer_means(model, tokenizer, prompts, responses, max_length, batch_size))
+
+
+def pick(means: np.ndarray, layers: Sequence[float] = LAYERS) -> np.ndarray:
+    """The features from `layer_means`: the response mean at each fraction of the depth in `layers`
+    (0 the embeddings, 1 the last layer), then the last token at the last layer.
+    Shape: (n, depth + 2, hidden) -> (n, (len(layers) + 1) · hidden)."""
+    depth = means.shape[1] - 2
+    rows = [round(f * depth) for f in layers] + [depth + 1]
+    return means[:, rows].reshape(len(means), -1)
+
+
+def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str], max_length: int,
+                batch_size: int = 8) -> np.ndarray:
+    """Mean over the response's tokens of every hidden state (the embeddings first, the last layer
+    last), then the last token at the last layer, each (prompt, response) encoded as the
+    fine-tuned reward model reads it (`reward.encode`: prompt kept, response cut at its end).
+    Shape: (n, depth + 2, hidden).
 
     The response's tokens are those after the longest prefix shared with the prompt encoded alone
     (a truncated prompt shares less, so a few prompt tokens may join the mean: harmless)."""
@@ -75,19 +94,18 @@ def features(model, tokenizer, prompts: list[list[dict]], responses: list[str], 
         for first in range(0, len(order), batch_size):
             chunk = order[first:first + batch_size]
             batch = device.place(tokenizer.pad({"input_ids": [ids[k] for k in chunk]}, return_tensors="pt"))
-            hidden = model(**batch, output_hidden_states=True).hidden_states  # layers + 1 × (b, T, h)
+            hidden = torch.stack(model(**batch, output_hidden_states=True).hidden_states, 1).float()  # (b, depth+1, T, h)
             mask = batch["attention_mask"].bool()  # (b, T), right-padded
             positions = torch.arange(mask.shape[1], device=mask.device)[None, :]  # (1, T)
             start = torch.tensor([min(starts[k], len(ids[k]) - 1) for k in chunk], device=mask.device)[:, None]
-            response = (mask & (positions >= start)).unsqueeze(-1).float()  # (b, T, 1)
+            response = (mask & (positions >= start))[:, None, :, None].float()  # (b, 1, T, 1)
             last = mask.sum(1) - 1  # (b,)
-            middle, final = hidden[len(hidden) // 2].float(), hidden[-1].float()
-            pooled = torch.cat([(middle * response).sum(1) / response.sum(1),
-                                (final * response).sum(1) / response.sum(1),
-                                final[torch.arange(len(chunk)), last]], dim=-1)  # (b, 3h)
+            means = (hidden * response).sum(2) / response.sum(2)  # (b, depth+1, h)
+            final = hidden[torch.arange(len(chunk)), -1, last]  # (b, h)
+            pooled = torch.cat([means, final[:, None]], dim=1)  # (b, depth+2, h)
             for k, row in zip(chunk, device.to_host(pooled).numpy()):
                 out[k] = row
-    return np.stack(out) if out else np.zeros((0, 0))
+    return np.stack(out) if out else np.zeros((0, 0, 0))
 
 
 def _shared_prefix(a: list[int], b: list[int]) -> int:
