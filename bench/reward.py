@@ -1,7 +1,7 @@
 """Which reward model ranks answers better than their length does, on conversations it never saw?
 
     python bench/reward.py [--max-hh 400] [--max-heldout 230] [--folds 5] [--backbones minilm policy]
-                           [--layer-sets 0.5,1 0.25,0.5,0.75,1 ...] [--combine]
+                           [--layer-sets 0.5,1 0.25,0.5,0.75,1 ...] [--combine] [--curve 200,400,800]
                            [--no-finetune] [--home DIR] [--threads N]
 
 Data: `../shared/data`, hh-rlhf harmless-base (split 80/20 by conversation) and the OpenAssistant
@@ -17,6 +17,9 @@ Options, side by side in one run:
   * other choices of the hidden states the heads read (`--layer-sets`, fractions of the depth
     whose response mean is a feature; the default's is reward_heads.LAYERS), and both backbones'
     features side by side (`--combine`), each trained on its own source with the three lengths;
+  * with `--curve`, instead of the options: the default option (length free and keep) fitted on
+    fewer hh training pairs (random whole conversations, 3 draws each), scored on hh held out:
+    how accuracy grows with labels, to say what more of them would buy;
   * the fully fine-tuned MiniLM (prefloop's reward round before this bench, TRL
     RewardTrainer), on fold 0 only (it costs minutes per fold).
 Baselines on the same pairs: "longer wins" and "shorter wins". Reported per option: accuracy on
@@ -198,6 +201,25 @@ def run_heads(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: n
             "l2": hh_heads.l2, "fit_s": round(time.perf_counter() - started, 1)}
 
 
+def learning_point(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, n: int, length: str,
+                   draws: int = 3) -> dict:
+    """hh held-out accuracy of heads fitted on `n` training pairs (whole conversations drawn at
+    random, `draws` times; all of them once when `n` covers the split): the mean over draws, and
+    the first draw's accuracy with its interval."""
+    conversations = np.array(pool.groups)
+    keys = sorted(set(conversations[hh_train]))
+    scores = []
+    for seed in range(draws if n < hh_train.sum() else 1):
+        mask, order = np.zeros_like(hh_train), np.random.default_rng(seed).permutation(len(keys))
+        for k in order:
+            if mask.sum() >= n:
+                break
+            mask |= hh_train & (conversations == keys[k])
+        won, _, _ = pool.score(pool.fit(mask, length, balanced=False), hh_heldout)
+        scores.append(accuracy(won, list(conversations[hh_heldout])))
+    return {"mean_accuracy": round(float(np.mean([s["accuracy"] for s in scores])), 3), "first": scores[0]}
+
+
 def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray,
                  folds: np.ndarray, home: Path) -> dict:
     """The fully fine-tuned MiniLM (TRL RewardTrainer, the reward round's defaults) on fold 0."""
@@ -235,6 +257,7 @@ def main() -> None:
                         help="other hidden states for the heads, each a comma-separated list of fractions of the depth "
                              "(0 the embeddings, 1 the last layer), e.g. 0.25,0.5,0.75,1")
     parser.add_argument("--combine", action="store_true", help="also both backbones' features side by side")
+    parser.add_argument("--curve", help="only the learning curve on hh: comma-separated numbers of training pairs")
     parser.add_argument("--no-finetune", dest="finetune", action="store_false",
                         help="skip the fully fine-tuned MiniLM on fold 0 (minutes)")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
@@ -263,6 +286,14 @@ def main() -> None:
                                 "oasst_trees": len({r["conversation"] for r in oasst_rows})},
                       "baselines": {"oasst": baselines(oasst_rows), "hh": baselines(rows[n_train:n_train + n_heldout])}}),
           flush=True)
+    if args.curve:
+        for backbone in args.backbones:
+            pool = Pool(rows, *cached_features(backbone, rows, home, args.max_length))
+            for n in [int(k) for k in args.curve.split(",")] + [n_train]:
+                for length in ("free", "keep"):
+                    print(json.dumps({"curve": backbone, "length": length, "hh_train": min(n, n_train),
+                                      **learning_point(pool, hh_train, hh_heldout, n, length)}), flush=True)
+        return
     results = []
 
     def option(pool: Pool, label: str, combos) -> None:
