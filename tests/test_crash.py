@@ -3,6 +3,7 @@ files, and an import in the middle of its write transaction. Afterwards no parti
 or row), every judgment as it was, the job shown as failed, and the next job or import works."""
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -160,6 +161,7 @@ def test_kill_9_mid_import_writes_nothing_and_the_next_import_works(workspace, t
     assert judgment_rows()[:len(before_rows)] == before_rows
 
 
+@pytest.mark.skipif(shutil.which("ps") is None, reason="needs ps (procps)")
 @pytest.mark.parametrize("proc", ["/proc", "/no-such-proc"])
 def test_a_finished_child_not_yet_waited_for_is_not_alive_with_or_without_proc(proc, monkeypatch):
     """Where there is no /proc (macOS), `ps` tells a zombie apart, and the child is not reaped."""

@@ -130,25 +130,29 @@ def test_features_pool_the_response_and_do_not_depend_on_the_batch(kind, tmp_pat
     assert not np.allclose(together[0], together[1])
 
 
-def test_features_are_the_middle_and_last_layer_means_and_the_last_token_and_pick_chooses_other_layers(tmp_path):
+@pytest.mark.parametrize("layers", [2, 5])  # an odd depth: its middle rounds up, as before
+def test_features_are_the_middle_and_last_layer_means_and_the_last_token_and_pick_chooses_other_layers(layers, tmp_path):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     from tests import tiny_models
     from training.reward import encode
 
-    folder = tiny_models.make_tiny_policy(tmp_path / "policy")
+    folder = tiny_models.make_tiny_policy(tmp_path / "policy", layers=layers)
     model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    prompt = [{"role": "user", "content": "Name a colour."}]
-    ids = encode(tokenizer, prompt, "Blue, like the sky.", 64)
+    prompt, answer = [{"role": "user", "content": "Name a colour."}], "Blue, like the sky."
+    ids = encode(tokenizer, prompt, answer, 64)
     start = reward_heads._shared_prefix(ids, encode(tokenizer, prompt, "", 64))
     with torch.no_grad():
         hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states  # depth + 1 × (1, T, h)
-    by_hand = [hidden[len(hidden) // 2][0, start:].mean(0), hidden[-1][0, start:].mean(0), hidden[-1][0, -1]]
-    means = reward_heads.layer_means(model, tokenizer, [prompt], ["Blue, like the sky."], max_length=64)
-    assert means.shape == (1, len(hidden) + 1, model.config.hidden_size)
-    np.testing.assert_allclose(reward_heads.features(model, tokenizer, [prompt], ["Blue, like the sky."], 64)[0],
-                               torch.cat(by_hand).numpy(), atol=1e-5)
-    np.testing.assert_allclose(reward_heads.pick(means, (0.0,))[0],
+    by_hand = torch.cat([hidden[len(hidden) // 2][0, start:].mean(0), hidden[-1][0, start:].mean(0),
+                         hidden[-1][0, -1]]).numpy()  # the features before every layer was kept
+    every = reward_heads.layer_means(model, tokenizer, [prompt], [answer], max_length=64)
+    assert every.shape == (1, len(hidden) + 1, model.config.hidden_size)
+    np.testing.assert_allclose(reward_heads.features(model, tokenizer, [prompt], [answer], 64)[0], by_hand, atol=1e-5)
+    np.testing.assert_allclose(reward_heads.pick(every)[0], by_hand, atol=1e-5)
+    np.testing.assert_allclose(reward_heads.pick(every, (0.0,))[0],
                                torch.cat([hidden[0][0, start:].mean(0), hidden[-1][0, -1]]).numpy(), atol=1e-5)
+    assert reward_heads.features(model, tokenizer, [], [], 64).shape == (0, 0)
+    assert reward_heads.pick(reward_heads.layer_means(model, tokenizer, [], [], 64)).shape == (0, 0)

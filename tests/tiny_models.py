@@ -38,8 +38,8 @@ def make_tokenizer(folder: Path | None = None):
     return fast
 
 
-def make_tiny_policy(folder: Path, seed: int = 0) -> Path:
-    """Write a 2-layer LlamaForCausalLM (hidden 16) and its tokenizer to `folder`."""
+def make_tiny_policy(folder: Path, seed: int = 0, layers: int = 2) -> Path:
+    """Write a `layers`-layer LlamaForCausalLM (hidden 16) and its tokenizer to `folder`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,7 +47,7 @@ def make_tiny_policy(folder: Path, seed: int = 0) -> Path:
     tok = make_tokenizer(folder)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
         tie_word_embeddings=True,

@@ -59,24 +59,33 @@ def response_length(texts: Sequence[str]) -> np.ndarray:
 def features(model, tokenizer, prompts: list[list[dict]], responses: list[str], max_length: int,
              batch_size: int = 8) -> np.ndarray:
     """The features of each (prompt, response). Shape: (n, (len(LAYERS) + 1) · hidden)."""
-    return pick(layer_means(model, tokenizer, prompts, responses, max_length, batch_size))
+    means = layer_means(model, tokenizer, prompts, responses, max_length, batch_size, LAYERS)
+    return means.reshape(len(means), -1) if len(means) else np.zeros((0, 0))
+
+
+def layer_index(fraction: float, depth: int) -> int:
+    """The hidden state at `fraction` of the depth (0 the embeddings, 1 the last layer); half of an
+    odd depth rounds up, as `hidden_states[len(hidden_states) // 2]` does."""
+    return int(fraction * depth + 0.5)
 
 
 def pick(means: np.ndarray, layers: Sequence[float] = LAYERS) -> np.ndarray:
-    """The features from `layer_means`: the response mean at each fraction of the depth in `layers`
-    (0 the embeddings, 1 the last layer), then the last token at the last layer.
+    """The features from every layer's means (`layer_means` with `layers=None`): the response mean
+    at each fraction of the depth in `layers`, then the last token at the last layer.
     Shape: (n, depth + 2, hidden) -> (n, (len(layers) + 1) · hidden)."""
+    if not len(means):
+        return np.zeros((0, 0))
     depth = means.shape[1] - 2
-    rows = [round(f * depth) for f in layers] + [depth + 1]
+    rows = [layer_index(f, depth) for f in layers] + [depth + 1]
     return means[:, rows].reshape(len(means), -1)
 
 
 def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str], max_length: int,
-                batch_size: int = 8) -> np.ndarray:
-    """Mean over the response's tokens of every hidden state (the embeddings first, the last layer
-    last), then the last token at the last layer, each (prompt, response) encoded as the
-    fine-tuned reward model reads it (`reward.encode`: prompt kept, response cut at its end).
-    Shape: (n, depth + 2, hidden).
+                batch_size: int = 8, layers: Sequence[float] | None = None) -> np.ndarray:
+    """Mean over the response's tokens of the hidden states at `layers` (fractions of the depth;
+    None: every one, the embeddings first), then the last token at the last layer, each (prompt,
+    response) encoded as the fine-tuned reward model reads it (`reward.encode`: prompt kept,
+    response cut at its end). Shape: (n, len(layers) + 1, hidden), or (n, depth + 2, hidden).
 
     The response's tokens are those after the longest prefix shared with the prompt encoded alone
     (a truncated prompt shares less, so a few prompt tokens may join the mean: harmless)."""
@@ -94,15 +103,18 @@ def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str
         for first in range(0, len(order), batch_size):
             chunk = order[first:first + batch_size]
             batch = device.place(tokenizer.pad({"input_ids": [ids[k] for k in chunk]}, return_tensors="pt"))
-            hidden = torch.stack(model(**batch, output_hidden_states=True).hidden_states, 1).float()  # (b, depth+1, T, h)
+            hidden = model(**batch, output_hidden_states=True).hidden_states  # depth + 1 × (b, T, h)
+            depth = len(hidden) - 1
+            rows = range(depth + 1) if layers is None else [layer_index(f, depth) for f in layers]
             mask = batch["attention_mask"].bool()  # (b, T), right-padded
             positions = torch.arange(mask.shape[1], device=mask.device)[None, :]  # (1, T)
             start = torch.tensor([min(starts[k], len(ids[k]) - 1) for k in chunk], device=mask.device)[:, None]
-            response = (mask & (positions >= start))[:, None, :, None].float()  # (b, 1, T, 1)
+            response = (mask & (positions >= start)).float()  # (b, T)
+            weights = response / response.sum(1, keepdim=True)  # each response's tokens sum to 1
             last = mask.sum(1) - 1  # (b,)
-            means = (hidden * response).sum(2) / response.sum(2)  # (b, depth+1, h)
-            final = hidden[torch.arange(len(chunk)), -1, last]  # (b, h)
-            pooled = torch.cat([means, final[:, None]], dim=1)  # (b, depth+2, h)
+            means = [torch.einsum("bt,bth->bh", weights, hidden[i].float()) for i in rows]  # one layer at a time
+            final = hidden[-1][torch.arange(len(chunk)), last].float()  # (b, h)
+            pooled = torch.stack(means + [final], dim=1)  # (b, rows + 1, h)
             for k, row in zip(chunk, device.to_host(pooled).numpy()):
                 out[k] = row
     return np.stack(out) if out else np.zeros((0, 0, 0))
