@@ -291,7 +291,7 @@ def main() -> None:
             pool = Pool(rows, *cached_features(backbone, rows, home, args.max_length))
             for n in sorted({min(int(k), n_train) for k in args.curve.split(",")} | {n_train}):
                 for length in ("free", "keep"):
-                    print(json.dumps({"curve": backbone, "length": length, "hh_train": min(n, n_train),
+                    print(json.dumps({"curve": backbone, "length": length, "hh_train": n,
                                       **learning_point(pool, hh_train, hh_heldout, n, length)}), flush=True)
         return
     results = []
