@@ -51,13 +51,24 @@ from bench.learning_measure import Measure, report, summarise  # noqa: E402
 from bench.tastes import load_taste  # noqa: E402
 
 
+ARMS = ("dpo", "kto", "iterative", "ppo", "rewrites", "autopilot")
+
+
+def check_arms(text: str) -> None:
+    """ValueError, in one sentence, for an arm the bench does not have (a typo would run nothing)."""
+    unknown = [a for a in text.split(",") if a.strip() and a.strip() not in ARMS]
+    if unknown:
+        raise ValueError(f"--arms: {', '.join(map(repr, unknown))} is no arm; the arms are {', '.join(ARMS)}.")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--taste", action="append", help="built-in taste (concise, plain, structured) or package.module:function; "
                                                     "repeat for several (default: concise and plain)")
     p.add_argument("--labels", type=int, default=128, help="judgments each arm may spend")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the iterative arm")
-    p.add_argument("--arms", default="dpo,iterative,ppo", help="any of dpo, kto, iterative, ppo, rewrites, autopilot (comma-separated)")
+    p.add_argument("--arms", default="dpo,iterative,ppo", help=f"any of {', '.join(ARMS)} (comma-separated); "
+                                                               "empty (--arms '') with --sweep: the sweep's variants alone")
     p.add_argument("--heldout", type=int, default=24, help="held-out prompts the versions answer")
     p.add_argument("--samples", type=int, default=4, help="answers per held-out prompt and version")
     p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, when labeling and measuring")
@@ -120,7 +131,7 @@ def run_taste(args, name: str, root: Path) -> dict:
     measure = Measure(args, taste)
     base = measure("base", "v1-base")
     result = {"base": report(f"base ({name})", summarise(base, base, None))}
-    arms = args.arms.split(",")
+    arms = [a.strip() for a in args.arms.split(",")]
     if {"dpo", "kto", "ppo"} & set(arms) or args.sweep:
         result.update(arm_dpo(args, taste, root, base))
     if "iterative" in arms:
@@ -233,6 +244,7 @@ def main(argv=None) -> int:
         for name in tastes:
             load_taste(name)  # a wrong name fails before any work
         sweep_variants(args.sweep)  # and so does a sweep that cannot be read
+        check_arms(args.arms)  # or an arm it does not have
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2

@@ -134,7 +134,7 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias,
                                 args.length_ratio)
     out = {"labels": labels}
-    arms = args.arms.split(",")
+    arms = [a.strip() for a in args.arms.split(",")]
     if "dpo" in arms:
         summary = run_dpo(args)
         out["dpo"] = report("dpo", {**summarise(measure("dpo", summary["version"]), measure_base, None),

@@ -191,3 +191,13 @@ def test_a_sweep_that_cannot_be_read_stops_the_bench_before_any_work(capsys):
 
     assert learning.main(["--taste", "plain", "--sweep", "beta=0.1; max_pairs=2"]) == 2
     assert capsys.readouterr().err.strip() == "--sweep: max_pairs takes whole numbers of at least 8, got '2'."
+
+
+def test_an_arm_the_bench_does_not_have_stops_it_before_any_work(capsys):
+    from bench import learning
+
+    assert learning.main(["--taste", "plain", "--arms", "dpo,ppo0"]) == 2
+    assert capsys.readouterr().err.strip() == ("--arms: 'ppo0' is no arm; the arms are dpo, kto, iterative, ppo, "
+                                               "rewrites, autopilot.")
+    learning.check_arms("")  # no arm: a sweep's variants alone
+    learning.check_arms("dpo, kto")
