@@ -54,11 +54,16 @@ from bench.tastes import load_taste  # noqa: E402
 ARMS = ("dpo", "kto", "iterative", "ppo", "rewrites", "autopilot")
 
 
-def check_arms(text: str) -> None:
-    """ValueError, in one sentence, for an arm the bench does not have (a typo would run nothing)."""
-    unknown = [a for a in text.split(",") if a.strip() and a.strip() not in ARMS]
+def check_arms(text: str, sweep: str = "") -> None:
+    """ValueError, in one sentence, for an arm the bench does not have (a typo would run nothing),
+    or for no arm and no sweep (nothing but the base would be measured)."""
+    named = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in named if a not in ARMS]
     if unknown:
-        raise ValueError(f"--arms: {', '.join(map(repr, unknown))} is no arm; the arms are {', '.join(ARMS)}.")
+        raise ValueError(f"--arms: {', '.join(map(repr, unknown))} {'is no arm' if len(unknown) == 1 else 'are no arms'}; "
+                         f"the arms are {', '.join(ARMS)}.")
+    if not named and not sweep.strip():
+        raise ValueError("--arms is empty and there is no --sweep: name an arm or give variants to sweep.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -244,7 +249,7 @@ def main(argv=None) -> int:
         for name in tastes:
             load_taste(name)  # a wrong name fails before any work
         sweep_variants(args.sweep)  # and so does a sweep that cannot be read
-        check_arms(args.arms)  # or an arm it does not have
+        check_arms(args.arms, args.sweep)  # or an arm it does not have
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2

@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.generation import prefloop_run  # noqa: E402
 from labeling.store import builtin_prompts  # noqa: E402
-from training import engine, jobs  # noqa: E402
+from training import engine, jobs, sampling  # noqa: E402
 from training import model as models  # noqa: E402
 
 TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "f16": "LLAMA_FTYPE_MOSTLY_F16",
          "f32": "LLAMA_FTYPE_ALL_F32"}
 
 
-def requantized(source: Path, kind: str, work: Path) -> Path:
+def requantized(source: Path, kind: str, work: Path, threads: int) -> Path:
     """The GGUF requantized to `kind` by llama.cpp (written once); the shipped file for q4_1."""
     import llama_cpp as L
 
@@ -44,24 +44,31 @@ def requantized(source: Path, kind: str, work: Path) -> Path:
     out = work / f"{source.stem}-{kind}.gguf"
     if not out.is_file():
         params = L.llama_model_quantize_default_params()
-        params.ftype, params.allow_requantize, params.nthread = getattr(L, TYPES[kind]), True, 2
+        params.ftype, params.allow_requantize, params.nthread = getattr(L, TYPES[kind]), True, threads
         if L.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
             raise RuntimeError(f"llama.cpp could not requantize {source} to {kind}")
     return out
 
 
 def llamacpp_run(path: Path, tokenizer, texts: list[str], stop: set[int], max_new_tokens: int, threads: int) -> tuple[int, float]:
-    """(new tokens, seconds) of one sampled continuation per text, all rows decoded together."""
+    """(new tokens, seconds) of one sampled continuation per text, all rows decoded together; the
+    seconds count the tokenizing, as the other engines' do, not the loading."""
     import llama_cpp as L
 
+    tokenizing = time.perf_counter()
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    tokenizing = time.perf_counter() - tokenizing
     model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path}")
     params = L.llama_context_default_params()
     params.n_seq_max, params.n_ctx = len(ids), len(ids) * (max(map(len, ids)) + max_new_tokens)
     params.n_batch, params.n_ubatch = sum(map(len, ids)), 512
     params.n_threads = params.n_threads_batch = threads
     params.kv_unified = False  # measured faster here for rows that share no prefix
     ctx = L.llama_init_from_model(model, params)
+    if not ctx:  # e.g. more rows than llama.cpp's limit of sequences
+        raise RuntimeError(f"llama.cpp could not make a context for {len(ids)} rows")
     samplers = []
     for row in range(len(ids)):
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
@@ -96,7 +103,7 @@ def llamacpp_run(path: Path, tokenizer, texts: list[str], stop: set[int], max_ne
         batch.n_tokens, active = len(going), going
         if going and L.llama_decode(ctx, batch) != 0:
             raise RuntimeError("llama_decode failed while sampling")
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + tokenizing
     L.llama_batch_free(batch)
     for chain in samplers:
         L.llama_sampler_free(chain)
@@ -122,12 +129,12 @@ def main() -> int:
     L.llama_backend_init()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    files = {kind: requantized(models.default_gguf(), kind, work) for kind in args.types}
+    files = {kind: requantized(models.default_gguf(), kind, work, threads) for kind in args.types}
     model, tokenizer = models.load_policy("base")
     fast, fast_tokenizer, _ = engine.load_generator("base", "ctranslate2", threads)
     prompts = [[{"role": "user", "content": text}] for text in builtin_prompts()[:args.prompts]]
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts for _ in (0, 1)]
-    stop = {tokenizer.eos_token_id, *([tokenizer.convert_tokens_to_ids("<|im_end|>")] if "<|im_end|>" in tokenizer.get_vocab() else [])}
+    stop = set(sampling.stop_ids(model, tokenizer))  # what ends an answer in prefloop's generator
     rates: dict[str, list[float]] = {}
     for rep in range(2):  # each engine twice, in turns, so load from elsewhere falls on all alike
         for name, (m, tok) in (("transformers", (model, tokenizer)), ("ctranslate2", (fast, fast_tokenizer))):

@@ -199,5 +199,9 @@ def test_an_arm_the_bench_does_not_have_stops_it_before_any_work(capsys):
     assert learning.main(["--taste", "plain", "--arms", "dpo,ppo0"]) == 2
     assert capsys.readouterr().err.strip() == ("--arms: 'ppo0' is no arm; the arms are dpo, kto, iterative, ppo, "
                                                "rewrites, autopilot.")
-    learning.check_arms("")  # no arm: a sweep's variants alone
+    learning.check_arms("", "beta=0.3")  # no arm: a sweep's variants alone
     learning.check_arms("dpo, kto")
+    with pytest.raises(ValueError, match="'ppo0', 'sft' are no arms"):
+        learning.check_arms("dpo, ppo0,sft")
+    with pytest.raises(ValueError, match="no --sweep"):
+        learning.check_arms(" ")
