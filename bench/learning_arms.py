@@ -61,7 +61,9 @@ def label_waiting(taste, length_bias: float = 0.0, seed: int = 0, bad_at: float 
     from labeling import demonstrations, queue
 
     rng = random.Random(seed)
-    counts = {"judged": 0, "ties": 0, "both_bad": 0, "rewrites": 0}
+    # longer_won of length_differs: decided votes between answers of different word counts that the
+    # longer one won (the annotator's length habit, which the Data page reports per person)
+    counts = {"judged": 0, "ties": 0, "both_bad": 0, "rewrites": 0, "length_differs": 0, "longer_won": 0}
     while (view := queue.next_pair(ANNOTATOR)) is not None:
         left, right = taste(view.left_text), taste(view.right_text)
         by_length = rng.random() < length_bias  # drawn for every pair, so arms with and without Both bad agree
@@ -76,9 +78,13 @@ def label_waiting(taste, length_bias: float = 0.0, seed: int = 0, bad_at: float 
                     continue
                 counts["rewrites"] += 1
             continue
+        words_left, words_right = len(view.left_text.split()), len(view.right_text.split())
         if by_length:
-            left, right = len(view.left_text.split()), len(view.right_text.split())
+            left, right = words_left, words_right
         choice = "left" if left > right else "right" if right > left else "tie"
+        if choice != "tie" and words_left != words_right:
+            counts["length_differs"] += 1
+            counts["longer_won"] += (choice == "left") == (words_left > words_right)
         queue.submit_judgment(ANNOTATOR, view.pair_id, queue.stored_outcome(choice, view.left), view.left, seconds=0.0)
         counts["judged"] += 1
         counts["ties"] += choice == "tie"

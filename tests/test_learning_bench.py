@@ -60,6 +60,7 @@ def test_a_length_biased_annotator_picks_the_longer_answer_that_share_of_the_tim
     assert counts["judged"] == 40
     longer_won = sum(r["chosen"][0]["content"].startswith("one two") for r in preference_rows().rows)
     assert 20 <= longer_won <= 36  # about 70 % of 40 votes, against 0 for the taste alone
+    assert counts["longer_won"] == longer_won and counts["length_differs"] == 40  # the bench reports it
 
 
 def test_the_share_of_answers_cut_at_the_token_cap_is_reported():
@@ -131,7 +132,7 @@ def test_both_bad_pairs_get_the_annotators_rewrite(workspace):
     seed_pairs([("Q1?", "A long answer here. And more.", "Another long answer. Even more."),
                 ("Q2?", "Short.", "A longer answer than that.")])
     counts = label_waiting(concise, bad_at=-5)
-    assert counts == {"judged": 2, "ties": 0, "both_bad": 1, "rewrites": 1}
+    assert counts == {"judged": 2, "ties": 0, "both_bad": 1, "rewrites": 1, "length_differs": 1, "longer_won": 0}
     # the better answer (5 words against 6), edited: one sentence deleted
     assert [r["completion"][0]["content"] for r in demonstrations.sft_rows()] == ["Even more."]
     assert [r["chosen"][0]["content"] for r in preference_rows().rows] == ["Short."]  # both bad is no preference
