@@ -46,7 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.learning_arms import arm_autopilot, arm_dpo, arm_iterative, arm_rewrites, sweep_variants, use_workspace  # noqa: E402
+from bench.learning_arms import (arm_autopilot, arm_dpo, arm_iterative, arm_names, arm_rewrites, sweep_variants,  # noqa: E402
+                                  use_workspace)
 from bench.learning_measure import Measure, report, summarise  # noqa: E402
 from bench.tastes import load_taste  # noqa: E402
 
@@ -57,7 +58,7 @@ ARMS = ("dpo", "kto", "iterative", "ppo", "rewrites", "autopilot")
 def check_arms(text: str, sweep: str = "") -> None:
     """ValueError, in one sentence, for an arm the bench does not have (a typo would run nothing),
     or for no arm and no sweep (nothing but the base would be measured)."""
-    named = [a.strip() for a in text.split(",") if a.strip()]
+    named = arm_names(text)
     unknown = [a for a in named if a not in ARMS]
     if unknown:
         raise ValueError(f"--arms: {', '.join(map(repr, unknown))} {'is no arm' if len(unknown) == 1 else 'are no arms'}; "
@@ -136,7 +137,7 @@ def run_taste(args, name: str, root: Path) -> dict:
     measure = Measure(args, taste)
     base = measure("base", "v1-base")
     result = {"base": report(f"base ({name})", summarise(base, base, None))}
-    arms = [a.strip() for a in args.arms.split(",")]
+    arms = arm_names(args.arms)
     if {"dpo", "kto", "ppo"} & set(arms) or args.sweep:
         result.update(arm_dpo(args, taste, root, base))
     if "iterative" in arms:

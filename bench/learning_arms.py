@@ -130,6 +130,11 @@ def run_dpo(args, config=None, max_pairs: int | None = None) -> dict:
     return {**summary, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def arm_names(text: str) -> list[str]:
+    """The arms `--arms` names, "dpo, kto" as "dpo,kto"; none for an empty text."""
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
 def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     """One DPO round on `--labels` pairs from the base; then reward + PPO on the same labels; then sweeps."""
     from training import jobs, kto, ppo, reward, versions
@@ -140,7 +145,7 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     labels = generate_and_label(taste, args.labels, args.max_new_tokens, args.seed, args.engine, args.length_bias,
                                 args.length_ratio)
     out = {"labels": labels}
-    arms = [a.strip() for a in args.arms.split(",")]
+    arms = arm_names(args.arms)
     if "dpo" in arms:
         summary = run_dpo(args)
         out["dpo"] = report("dpo", {**summarise(measure("dpo", summary["version"]), measure_base, None),

@@ -30,6 +30,7 @@ from bench.generation import prefloop_run  # noqa: E402
 from labeling.store import builtin_prompts  # noqa: E402
 from training import engine, jobs, sampling  # noqa: E402
 from training import model as models  # noqa: E402
+from training.generate import chat_texts  # noqa: E402
 
 TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "f16": "LLAMA_FTYPE_MOSTLY_F16",
          "f32": "LLAMA_FTYPE_ALL_F32"}
@@ -117,7 +118,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=16, help="prompts; two rows each, all in one batch")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--types", nargs="+", default=["q4_1", "q4_0", "q8_0", "f16"], choices=["q4_1", *TYPES])
-    parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: PREFLOOP_THREADS or all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for every engine (default: PREFLOOP_THREADS or all cores)")
     parser.add_argument("--work", default="bench-workspace/llamacpp", help="folder for the requantized files")
     args = parser.parse_args()
     if importlib.util.find_spec("llama_cpp") is None:
@@ -133,7 +135,7 @@ def main() -> int:
     model, tokenizer = models.load_policy("base")
     fast, fast_tokenizer, _ = engine.load_generator("base", "ctranslate2", threads)
     prompts = [[{"role": "user", "content": text}] for text in builtin_prompts()[:args.prompts]]
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts for _ in (0, 1)]
+    texts = [text for text in chat_texts(tokenizer, prompts) for _ in (0, 1)]  # both sides of each prompt, as rows
     stop = set(sampling.stop_ids(model, tokenizer))  # what ends an answer in prefloop's generator
     rates: dict[str, list[float]] = {}
     for rep in range(2):  # each engine twice, in turns, so load from elsewhere falls on all alike
