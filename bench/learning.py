@@ -8,7 +8,8 @@ taste is measured on held-out prompts before and after.
 For each taste, in fresh workspaces that share one converted base model:
   * dpo: the app's generator samples pairs from the base for `--labels` training prompts, the
     annotator judges each through `queue.next_pair` / `queue.submit_judgment` (a tie when the
-    taste scores both sides the same), then one DPO round with the defaults;
+    taste scores both sides the same), then one DPO round with the defaults; its implicit reward
+    (β·log π/π_base) is checked against the taste as a reward model is;
   * ppo: on those same labels, a reward round and a PPO round from the base, with the defaults;
   * iterative: `--rounds` rounds on the same total budget, each generating its pairs from the
     policy the previous round made (on-policy), labeling them, and running a DPO round on all
@@ -165,6 +166,8 @@ def headline(result: dict) -> dict:
         picked["autopilot"] = rounds[-1]["vs_base"]
     if "ppo" in result:
         picked["reward_accuracy_vs_taste"] = result["ppo"]["reward_model"]["accuracy_vs_taste"]
+    if "implicit_reward" in result.get("dpo", {}):
+        picked["implicit_reward_accuracy_vs_taste"] = result["dpo"]["implicit_reward"]["per_token"]["accuracy_vs_taste"]
     return picked
 
 

@@ -9,7 +9,7 @@ import re
 import time
 from pathlib import Path
 
-from bench.learning_measure import Measure, report, reward_accuracy_against_taste, summarise
+from bench.learning_measure import Measure, implicit_reward_accuracy, report, reward_accuracy_against_taste, summarise
 from bench.tastes import rewrite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,10 +147,12 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     out = {"labels": labels}
     arms = arm_names(args.arms)
     if "dpo" in arms:
-        summary = run_dpo(args)
+        config = round_config("dpo", args)
+        summary = run_dpo(args, config)
         out["dpo"] = report("dpo", {**summarise(measure("dpo", summary["version"]), measure_base, None),
                       "train_seconds": summary["seconds"], "steps": summary["steps"], "pairs": summary.get("pairs"),
-                      "heldout_accuracy": summary.get("heldout_accuracy"), "labels": labels["judged"]})
+                      "heldout_accuracy": summary.get("heldout_accuracy"), "labels": labels["judged"],
+                      "implicit_reward": implicit_reward_accuracy(summary["version"], config.beta, measure)})
     if "kto" in arms:  # the same labels taken apart into desirable and undesirable answers
         versions.set_current("v1-base")
         t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 held-out prompts with the same seeds (`Measure`), and `summarise` reports the taste's mean, its
 paired win rate with a 95 % interval over prompts, the exact KL to the base, length, the share of
 answers cut at the token cap, fluency and degenerate answers; `reward_accuracy_against_taste`
-checks a reward model against the taste."""
+checks a reward model against the taste, `implicit_reward_accuracy` a DPO version's implicit reward."""
 from __future__ import annotations
 
 import itertools
@@ -76,12 +76,36 @@ def reward_accuracy_against_taste(reward_id: str, measure: Measure) -> dict:
     """How often the reward model prefers the answer the taste prefers, over every two base answers
     to the same held-out prompt that the taste tells apart (ties of the model count half), with a
     95% interval from a bootstrap over prompts."""
-    from labeling.paired import cluster_bootstrap_ci
     from training import reward
-    from training.metrics import pair_outcomes
 
     rows = measure.rows["base"]
     scores = reward.load_scorer(reward_id)([measure.prompts[i] for i in rows["prompt"]], rows["texts"]).float().tolist()
+    return accuracy_against_taste(scores, rows)
+
+
+def implicit_reward_accuracy(version_id: str, beta: float, measure: Measure) -> dict:
+    """DPO's implicit reward as a reward model (issue 20): β·log π/π_base of each base answer to a
+    held-out prompt under the DPO version `version_id`, summed over the answer's tokens and per
+    token, checked against the taste as `reward_accuracy_against_taste` checks a reward model."""
+    from training import model as models
+    from training.arena_answers import response_logprobs
+
+    rows = measure.rows["base"]
+    prompts = [measure.prompts[i] for i in rows["prompt"]]
+    policy = models.load_policy(version_id)[0].eval()
+    tuned = response_logprobs(policy, measure.tokenizer, prompts, rows["texts"])
+    base = response_logprobs(measure.base, measure.tokenizer, prompts, rows["texts"])
+    reward = [beta * (t - b) for (t, _), (b, _) in zip(tuned, base)]
+    return {"sum": accuracy_against_taste(reward, rows),
+            "per_token": accuracy_against_taste([r / n for r, (_, n) in zip(reward, base)], rows)}
+
+
+def accuracy_against_taste(scores: list[float], rows: dict) -> dict:
+    """Agreement of `scores` (one per base answer in `rows`) with the taste over every two answers to
+    the same prompt that the taste tells apart: ties of the scores count half, 95 % interval over prompts."""
+    from labeling.paired import cluster_bootstrap_ci
+    from training.metrics import pair_outcomes
+
     chosen, rejected, clusters = [], [], []
     for i, j in itertools.combinations(range(len(scores)), 2):
         if rows["prompt"][i] == rows["prompt"][j] and rows["taste"][i] != rows["taste"][j]:

@@ -21,7 +21,11 @@ Options, side by side in one run:
     fewer hh training pairs (random whole conversations, 3 draws each), scored on hh held out:
     how accuracy grows with labels, to say what more of them would buy;
   * the fully fine-tuned MiniLM (prefloop's reward round before this bench, TRL
-    RewardTrainer), on fold 0 only (it costs minutes per fold).
+    RewardTrainer), on fold 0 only (it costs minutes per fold);
+  * with `--implicit N`, instead of the options: DPO's implicit reward, β·log π/π_base of each
+    response under a DPO round trained with the defaults on the first N hh training pairs (LoRA
+    on the policy's base model, the base as reference), summed over the response and per token,
+    scored on hh held out and on every OASST pair (hh → OASST).
 Baselines on the same pairs: "longer wins" and "shorter wins". Reported per option: accuracy on
 OASST held out by tree and on hh held out, each with a 95 % interval clustered by conversation,
 the cross-source OASST accuracy, the reward–length correlation on held-out responses, the
@@ -246,6 +250,77 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     return {"option": "minilm fine-tuned (TRL RewardTrainer)", **result, "train_s": round(seconds, 1)}
 
 
+def run_implicit(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray, n: int,
+                 max_length: int, max_steps: int | None, home: Path) -> dict:
+    """DPO's implicit reward as a reward model: a DPO round (the defaults) on the first `n` hh training
+    pairs, then every held-out response scored by β·log π/π_base, read as the reward round reads it
+    (`reward.encode`: the prompt kept, the response's end cut at `max_length` tokens)."""
+    import tempfile
+
+    from training import dpo, jobs, metrics, preferences, versions
+    from training import model as models
+    from training.dpo_config import DPORoundConfig
+
+    config = DPORoundConfig()
+    train_rows = [r for r, m in zip(rows, hh_train) if m][:n]
+    model, tokenizer = models.load_policy(versions.ensure_base_version())
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=home) as out:
+        policy, trained = dpo.train(model, tokenizer, preferences.PreferenceData(train_rows, [], [], False), config,
+                                    jobs.Reporter(None), out, max_steps)
+    train_seconds = time.perf_counter() - started
+    policy.eval()
+    result = {"option": f"DPO implicit reward (β {config.beta:g}), trained on {len(train_rows)} hh pairs",
+              "steps": trained["steps"], "train_s": round(train_seconds, 1)}
+    for name, mask in (("hh", hh_heldout), ("hh_to_oasst", oasst)):
+        scored = [r for r, m in zip(rows, mask) if m]
+        sides = {side: implicit_rewards(policy, tokenizer, [r["prompt"] for r in scored], texts(scored, side),
+                                        max_length, config.beta) for side in ("chosen", "rejected")}
+        conversations = [r["conversation"] for r in scored]
+        lengths = np.concatenate([sides[s][2] for s in ("chosen", "rejected")])
+        for scoring, k in (("sum", 0), ("per_token", 1)):
+            won = metrics.pair_outcomes(sides["chosen"][k], sides["rejected"][k])
+            rewards = np.concatenate([sides[s][k] for s in ("chosen", "rejected")])
+            result[f"{name}_{scoring}"] = {**accuracy(won, conversations),
+                                           "length_r": round(metrics.pearson(rewards, lengths), 3)}
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def implicit_rewards(policy, tokenizer, prompts: list[list[dict]], responses: list[str], max_length: int, beta: float,
+                     batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(β·log π/π_ref summed over each response's tokens, the same per token, the token count), where
+    π is `policy` (a peft model) and π_ref the same network with its adapter off. Shape: (n,) each."""
+    import torch
+
+    from training import device
+    from training.evaluate import sequence_logprobs
+    from training.reward import encode
+    from training.reward_heads import shared_prefix
+
+    ids = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    starts = [shared_prefix(i, encode(tokenizer, p, "", max_length)) for i, p in zip(ids, prompts)]
+    total, count = np.zeros(len(ids)), np.zeros(len(ids))
+    order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
+    with torch.no_grad():
+        for first in range(0, len(order), batch_size):
+            chunk = order[first:first + batch_size]
+            width = max(len(ids[k]) for k in chunk)
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)  # (b, T), right-padded
+            attention, response = torch.zeros_like(input_ids), torch.zeros_like(input_ids)
+            for row, k in enumerate(chunk):
+                input_ids[row, :len(ids[k])] = torch.tensor(ids[k])
+                attention[row, :len(ids[k])] = 1
+                response[row, starts[k]:len(ids[k])] = 1  # the response's tokens
+            input_ids, attention, response = device.place(input_ids), device.place(attention), device.place(response)
+            tuned = sequence_logprobs(policy, input_ids, attention, response)
+            with policy.disable_adapter():
+                reference = sequence_logprobs(policy, input_ids, attention, response)
+            total[chunk] = beta * device.to_host(tuned - reference).numpy()
+            count[chunk] = device.to_host(response.sum(1)).numpy()
+    return total, total / np.maximum(count, 1), count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", nargs="+", default=["minilm", "policy"], choices=["minilm", "policy"])
@@ -258,6 +333,9 @@ def main() -> None:
                              "(0 the embeddings, 1 the last layer), e.g. 0.25,0.5,0.75,1")
     parser.add_argument("--combine", action="store_true", help="also both backbones' features side by side")
     parser.add_argument("--curve", help="only the learning curve on hh: comma-separated numbers of training pairs")
+    parser.add_argument("--implicit", type=int, metavar="N",
+                        help="only DPO's implicit reward, from a DPO round on the first N hh training pairs")
+    parser.add_argument("--implicit-steps", type=int, help="stop that DPO round after this many steps (a smoke run)")
     parser.add_argument("--no-finetune", dest="finetune", action="store_false",
                         help="skip the fully fine-tuned MiniLM on fold 0 (minutes)")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
@@ -293,6 +371,10 @@ def main() -> None:
                 for length in ("free", "keep"):
                     print(json.dumps({"curve": backbone, "length": length, "hh_train": n,
                                       **learning_point(pool, hh_train, hh_heldout, n, length)}), flush=True)
+        return
+    if args.implicit:
+        print(json.dumps(run_implicit(rows, hh_train, hh_heldout, oasst, args.implicit, args.max_length,
+                                      args.implicit_steps, home)), flush=True)
         return
     results = []
 

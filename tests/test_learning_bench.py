@@ -33,6 +33,9 @@ def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
     # [0.71, 0.92]), so the taste's rise is asserted on the two rounds, and one round only has to move the policy
     assert last["vs_base"]["win_rate"] > 0.6 and last["vs_base"]["low"] > 0.5
     assert summary["tastes"]["tests.test_learning_bench:vowels"]["dpo"] == dpo["vs_base"]
+    for scoring in ("sum", "per_token"):  # the DPO version's implicit reward, checked against the taste
+        implicit = dpo["implicit_reward"][scoring]
+        assert implicit["pairs"] > 0 and implicit["low"] <= implicit["accuracy_vs_taste"] <= implicit["high"]
 
 
 def test_a_taste_is_a_builtin_name_or_a_function_path():
@@ -206,3 +209,13 @@ def test_an_arm_the_bench_does_not_have_stops_it_before_any_work(capsys):
         learning.check_arms("dpo, ppo0,sft")
     with pytest.raises(ValueError, match="no --sweep"):
         learning.check_arms(" ")
+
+
+def test_agreement_with_the_taste_counts_pairs_the_taste_tells_apart_and_score_ties_half():
+    from bench.learning_measure import accuracy_against_taste
+
+    # prompt 0: answers 1 and 2 beat answer 0, and 1 and 2 tie for the taste (not counted); prompt 1: 3 beats 4
+    rows = {"prompt": [0, 0, 0, 1, 1], "taste": [1.0, 2.0, 2.0, 5.0, 3.0]}
+    out = accuracy_against_taste([0.0, 1.0, 0.0, 2.0, 2.0], rows)  # agree, tie, tie
+    assert out["pairs"] == 3 and out["accuracy_vs_taste"] == pytest.approx(2 / 3, abs=1e-3)
+    assert accuracy_against_taste([0.0] * 5, {"prompt": [0, 1, 2, 3, 4], "taste": rows["taste"]})["pairs"] == 0

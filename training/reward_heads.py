@@ -95,7 +95,7 @@ def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str
     from training.reward import encode
 
     ids = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    starts = [_shared_prefix(i, encode(tokenizer, p, "", max_length)) for i, p in zip(ids, prompts)]
+    starts = [shared_prefix(i, encode(tokenizer, p, "", max_length)) for i, p in zip(ids, prompts)]
     order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
     out = [None] * len(ids)
     model.eval()
@@ -120,7 +120,8 @@ def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str
     return np.stack(out) if out else np.zeros((0, 0, 0))
 
 
-def _shared_prefix(a: list[int], b: list[int]) -> int:
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many first tokens `a` and `b` share: where a response starts after its prompt."""
     n = 0
     for x, y in zip(a, b):
         if x != y:

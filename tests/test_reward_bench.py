@@ -1,0 +1,50 @@
+"""bench/reward.py's DPO implicit reward: β·log π/π_ref of each response, read as the reward round
+reads it, with the adapter off as the reference."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def test_the_implicit_reward_is_beta_times_the_log_ratio_of_the_response_and_zero_before_training(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.reward import implicit_rewards
+    from tests import tiny_models
+    from training.evaluate import sequence_logprobs
+    from training.reward import encode
+    from training.reward_heads import shared_prefix
+
+    folder = tiny_models.make_tiny_policy(tmp_path / "policy")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = "left"  # as the policy's tokenizer pads: the scorer pads on its own
+    torch.manual_seed(0)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(folder).eval(),
+                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]] * 2
+    responses = ["Blue, like the sky on a clear day.", "Hi.", "Red.", "Hello there, how are you today?"]
+
+    total, per_token, count = implicit_rewards(policy, tokenizer, prompts, responses, max_length=64, beta=0.1)
+    np.testing.assert_allclose(total, 0.0, atol=1e-6)  # LoRA starts at zero: the policy is its reference
+
+    for name, weight in policy.named_parameters():
+        if "lora_B" in name:
+            weight.data.normal_(0, 0.5)
+    total, per_token, count = implicit_rewards(policy, tokenizer, prompts, responses, max_length=64, beta=0.1,
+                                               batch_size=3)  # a batch pads short answers beside long ones
+    for k in range(len(responses)):
+        ids = encode(tokenizer, prompts[k], responses[k], 64)
+        start = shared_prefix(ids, encode(tokenizer, prompts[k], "", 64))
+        x, mask = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
+        response = torch.zeros_like(mask)
+        response[0, start:] = 1
+        with torch.no_grad():
+            tuned = sequence_logprobs(policy, x, mask, response)
+            with policy.disable_adapter():
+                reference = sequence_logprobs(policy, x, mask, response)
+        assert count[k] == len(ids) - start
+        np.testing.assert_allclose(total[k], 0.1 * float(tuned - reference), rtol=1e-4, atol=1e-5)
+    assert np.abs(total).min() > 0
+    np.testing.assert_allclose(per_token, total / count)
