@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 
 @contextmanager
@@ -54,3 +54,22 @@ def build_once(target: str | Path, done: Callable[[Path], bool], build: Callable
             build(tmp)
             shutil.rmtree(target, ignore_errors=True)  # a half folder left by hand, never one of ours
     return target
+
+
+def keep_recent(used: Path, count: int) -> Path:
+    """Mark `used` (a folder `build_once` made) as just used, and delete its sibling folders beyond the
+    `count` most recently used: a conversion of every version ever made current would otherwise stay
+    on disk for good (134 MB each for SmolLM2, gigabytes for a 7B model). Folders being built (hidden
+    temporaries) and a sibling whose build lock another process holds are left alone. Returns `used`."""
+    used = Path(used)
+    os.utime(used)
+    folders = [p for p in used.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for old in sorted(folders, key=lambda p: p.stat().st_mtime_ns, reverse=True)[count:]:
+        if old == used:
+            continue
+        try:
+            with FileLock(str(old.parent / f".{old.name}.lock"), timeout=0):
+                shutil.rmtree(old, ignore_errors=True)
+        except Timeout:  # being built again right now: in use
+            continue
+    return used

@@ -42,7 +42,11 @@ def test_a_version_is_converted_once_and_again_when_its_weights_change(tiny):
     assert engine.converted(None) == first and (first / "model.bin").stat().st_mtime_ns == made
     assert engine.converted("base") == first  # None is the current policy, here the base
     make_tiny_policy(tiny, seed=1)  # the same folder, new weights
-    assert engine.converted(None) != first
+    second = engine.converted(None)
+    assert second != first and first.is_dir()  # the one before the current stays
+    make_tiny_policy(tiny, seed=2)
+    third = engine.converted(None)
+    assert second.is_dir() and third.is_dir() and not first.exists()  # older conversions are deleted
 
 
 def test_auto_falls_back_to_transformers_when_ctranslate2_cannot_convert(tiny, monkeypatch):

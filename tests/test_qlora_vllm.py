@@ -77,7 +77,10 @@ def test_the_merged_folder_is_the_lineage_merged_once_and_the_start_folder_witho
                                _logits(models.load_policy("v1")[0], tokenizer), atol=1e-5, rtol=1e-5)
     assert merged.folder("v1") == folder and (folder / "model.safetensors").stat().st_mtime_ns == made
     make_tiny_policy(tmp_path / "v1", seed=3)  # the version's files changed: merged again, elsewhere
-    assert merged.folder("v1") != folder
+    second = merged.folder("v1")
+    assert second != folder and folder.is_dir()
+    make_tiny_policy(tmp_path / "v1", seed=4)
+    assert merged.folder("v1") != second and second.is_dir() and not folder.exists()  # only the last two stay
 
 
 def test_a_round_loads_the_merged_weights_quantized_where_it_can(tiny, tmp_path, monkeypatch):

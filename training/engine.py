@@ -10,7 +10,7 @@ A policy version is converted once, on its first use (LoRA adapters of its linea
 `load_policy` does), into `$PREFLOOP_HOME/engines/<key>/`, keyed by its lineage's folders and
 their weights' modification times, so a version made current again reuses its conversion and a
 changed base model is converted again. The folder is written whole or not at all
-(labeling/atomic.py) under a file lock.
+(labeling/atomic.py) under a file lock; only the `merged.KEPT` most recently used conversions stay.
 
 Sampling settings are the same as the reference's: temperature and top-p over the whole
 vocabulary, no repetition penalty. CTranslate2 sorts the whole vocabulary for top-p at every step,
@@ -74,8 +74,8 @@ def _folder(version_id: str) -> Path:
 def converted(version_id: str | None) -> Path:
     """The CTranslate2 folder of a policy version (None = the current one), converted on first use."""
     version_id = merged.resolved(version_id)
-    return atomic.build_once(_folder(version_id), lambda folder: (folder / "model.bin").is_file(),
-                             lambda tmp: _convert(version_id, tmp))
+    return atomic.keep_recent(atomic.build_once(_folder(version_id), lambda folder: (folder / "model.bin").is_file(),
+                                                lambda tmp: _convert(version_id, tmp)), merged.KEPT)
 
 
 def _convert(version_id: str | None, out: Path) -> None:

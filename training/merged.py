@@ -5,7 +5,8 @@ training/device.py), vLLM loads its own copy (training/engine.py).
 A version with no adapter in its lineage is its start folder, as it is. Otherwise its adapters are
 merged in fp32 in CPU memory (`load_policy`) and saved in the device's dtype once under `$PREFLOOP_HOME/merged/<key>/`, keyed by the
 lineage's folders and their files' modification times (`lineage_key`), written whole or not at all
-under a file lock, as CTranslate2's conversions are.
+under a file lock, as CTranslate2's conversions are. Only the KEPT most recently used stay: an
+older one is deleted when another is used, and made again (minutes) if its version is used again.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from labeling import atomic
 from labeling.workspace import home
+
+KEPT = 2  # merged folders (and CTranslate2 conversions) kept: the current version's and the one before
 
 
 def resolved(version_id: str | None) -> str:
@@ -48,8 +51,9 @@ def folder(version_id: str | None) -> Path:
     start, adapters = models._start_of(models._version_rows(version_id))
     if not adapters:
         return Path(start)
-    return atomic.build_once(home() / "merged" / _key(start, adapters), lambda out: (out / "config.json").is_file(),
-                             lambda tmp: _merge(version_id, tmp))
+    return atomic.keep_recent(atomic.build_once(home() / "merged" / _key(start, adapters),
+                                                lambda out: (out / "config.json").is_file(),
+                                                lambda tmp: _merge(version_id, tmp)), KEPT)
 
 
 def _merge(version_id: str, out: Path) -> None:
