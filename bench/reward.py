@@ -95,7 +95,8 @@ def cached_layer_means(name: str, rows: list[dict], home: Path, max_length: int)
     kept in `home`. Shape: (rows, depth + 2, hidden) each."""
     from training import reward_heads
 
-    key = hashlib.sha256(json.dumps([name, max_length] + [[r["prompt"], r["chosen"], r["rejected"]] for r in rows],
+    # "response start": features from before encode_parts (a long prompt's kept part joined the response mean)
+    key = hashlib.sha256(json.dumps([name, max_length, "response start"] + [[r["prompt"], r["chosen"], r["rejected"]] for r in rows],
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = home / f"layer-means-{name}-{key}.npy"
     if path.is_file():
@@ -295,11 +296,11 @@ def implicit_rewards(policy, tokenizer, prompts: list[list[dict]], responses: li
 
     from training import device
     from training.evaluate import sequence_logprobs
-    from training.reward import encode
-    from training.reward_heads import shared_prefix
+    from training.reward import encode_parts
 
-    ids = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    starts = [shared_prefix(i, encode(tokenizer, p, "", max_length)) for i, p in zip(ids, prompts)]
+    encoded = [encode_parts(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    ids, starts = [i for i, _ in encoded], [start for _, start in encoded]
+    on = next(policy.parameters()).device
     total, count = np.zeros(len(ids)), np.zeros(len(ids))
     order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
     with torch.no_grad():
@@ -312,7 +313,7 @@ def implicit_rewards(policy, tokenizer, prompts: list[list[dict]], responses: li
                 input_ids[row, :len(ids[k])] = torch.tensor(ids[k])
                 attention[row, :len(ids[k])] = 1
                 response[row, starts[k]:len(ids[k])] = 1  # the response's tokens
-            input_ids, attention, response = device.place(input_ids), device.place(attention), device.place(response)
+            input_ids, attention, response = input_ids.to(on), attention.to(on), response.to(on)
             tuned = sequence_logprobs(policy, input_ids, attention, response)
             with policy.disable_adapter():
                 reference = sequence_logprobs(policy, input_ids, attention, response)

@@ -60,16 +60,27 @@ def keep_recent(used: Path, count: int) -> Path:
     """Mark `used` (a folder `build_once` made) as just used, and delete its sibling folders beyond the
     `count` most recently used: a conversion of every version ever made current would otherwise stay
     on disk for good (134 MB each for SmolLM2, gigabytes for a 7B model). Folders being built (hidden
-    temporaries) and a sibling whose build lock another process holds are left alone. Returns `used`."""
+    temporaries) and a sibling whose build lock another process holds are left alone; a folder is
+    renamed away under its lock before it is deleted, so a reader finds it whole or not at all.
+    Returns `used`."""
     used = Path(used)
     os.utime(used)
+
+    def last_used(folder: Path) -> int:
+        try:
+            return folder.stat().st_mtime_ns
+        except FileNotFoundError:  # another process deleted it meanwhile
+            return -1
+
     folders = [p for p in used.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    for old in sorted(folders, key=lambda p: p.stat().st_mtime_ns, reverse=True)[count:]:
+    for old in sorted(folders, key=last_used, reverse=True)[count:]:
         if old == used:
             continue
         try:
             with FileLock(str(old.parent / f".{old.name}.lock"), timeout=0):
-                shutil.rmtree(old, ignore_errors=True)
-        except Timeout:  # being built again right now: in use
+                doomed = old.with_name(f".{old.name}.tmp-{secrets.token_hex(4)}")  # cleared by build_once too
+                os.replace(old, doomed)
+        except (Timeout, FileNotFoundError):  # being built again right now, or gone already
             continue
+        shutil.rmtree(doomed, ignore_errors=True)
     return used

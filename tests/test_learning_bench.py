@@ -219,3 +219,44 @@ def test_agreement_with_the_taste_counts_pairs_the_taste_tells_apart_and_score_t
     out = accuracy_against_taste([0.0, 1.0, 0.0, 2.0, 2.0], rows)  # agree, tie, tie
     assert out["pairs"] == 3 and out["accuracy_vs_taste"] == pytest.approx(2 / 3, abs=1e-3)
     assert accuracy_against_taste([0.0] * 5, {"prompt": [0, 1, 2, 3, 4], "taste": rows["taste"]})["pairs"] == 0
+
+
+def test_the_implicit_reward_ranks_answers_by_beta_times_their_log_ratio_to_the_base(workspace, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.learning_measure import implicit_reward_accuracy
+    from tests.test_model import _add_version, _save_lora
+    from tests.tiny_models import make_tiny_policy
+    from training import model as models
+    from training.evaluate import sequence_logprobs
+
+    tiny = make_tiny_policy(tmp_path / "tiny")
+    monkeypatch.setenv("PREFLOOP_MODEL", str(tiny))
+    _add_version("base", tiny, method="base")
+    _save_lora(models.load_policy("base")[0], tmp_path / "v2", seed=1)
+    _add_version("v2", tmp_path / "v2", parent="base")
+    base, tokenizer = models.load_policy("base")
+    tuned = models.load_policy("v2")[0]
+    prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]]
+    texts = ["Blue.", "Red, like a rose.", "Green grass", "Hi.", "Hello there!", "Hey"]
+    rows = {"prompt": [0, 0, 0, 1, 1, 1], "texts": texts, "tokens": [2, 5, 64, 2, 4, 64], "max_new_tokens": 64}
+
+    def by_hand(k: int) -> float:  # the last answer of each prompt was cut at the cap: no EOS
+        p_ids = tokenizer.apply_chat_template(prompts[rows["prompt"][k]], tokenize=True, add_generation_prompt=True,
+                                              return_dict=False)
+        y_ids = tokenizer(texts[k], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * (k % 3 < 2)
+        ids = torch.tensor([p_ids + y_ids])
+        response = torch.tensor([[0] * len(p_ids) + [1] * len(y_ids)])
+        with torch.no_grad():
+            return 0.3 * float(sequence_logprobs(tuned, ids, torch.ones_like(ids), response)
+                               - sequence_logprobs(base, ids, torch.ones_like(ids), response))
+
+    reward = [by_hand(k) for k in range(len(texts))]
+    assert len(set(reward)) == len(reward)
+    for sign, expected in ((1, 1.0), (-1, 0.0)):  # a taste that is the implicit reward, then its opposite
+        measure = SimpleNamespace(rows={"base": {**rows, "taste": [sign * r for r in reward]}}, prompts=prompts,
+                                  tokenizer=tokenizer, base=base)
+        out = implicit_reward_accuracy("v2", 0.3, measure)
+        assert out["sum"]["pairs"] == 6 and out["sum"]["accuracy_vs_taste"] == expected

@@ -69,6 +69,26 @@ def test_chat_input_keeps_the_prompt_and_cuts_the_end_of_the_response():
     assert reward.encode(tokenizer, short[:1], "Use sorted(xs).", 96) == chat(short)
 
 
+def test_the_response_starts_after_the_prompt_as_it_was_kept_even_when_the_prompt_was_cut(workspace):
+    from transformers import AutoTokenizer
+
+    from tests.tiny_models import make_tokenizer
+
+    chat_tokenizer, encoder_tokenizer = make_tokenizer(), AutoTokenizer.from_pretrained(reward.minilm_path())
+    latest = {"role": "user", "content": "How do I sort a list in Python?"}
+    oldest = {"role": "user", "content": "OLDEST " + "tell me about France " * 40}
+    long = [oldest, {"role": "assistant", "content": "Paris is the capital."}, latest]
+    response = "Use sorted(xs) first. " + "The sea is grey. " * 60
+    for tokenizer in (chat_tokenizer, encoder_tokenizer):
+        for prompt in ([latest], long):  # a prompt kept whole, and one that lost its oldest turn
+            ids, start = reward.encode_parts(tokenizer, prompt, response, 96)
+            assert ids == reward.encode(tokenizer, prompt, response, 96)
+            assert tokenizer.decode(ids[start:]).lstrip().lower().startswith("use sorted")  # not a prompt token
+            assert "python?" in tokenizer.decode(ids[:start]).lower()  # the whole kept prompt before it
+    ids, start = reward.encode_parts(chat_tokenizer, long, "", 96)
+    assert chat_tokenizer.decode(ids[:start]).endswith("<|im_start|>assistant\n")  # an empty answer: its end marker
+
+
 def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypatch):
     import torch
 

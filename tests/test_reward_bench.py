@@ -13,8 +13,7 @@ def test_the_implicit_reward_is_beta_times_the_log_ratio_of_the_response_and_zer
     from bench.reward import implicit_rewards
     from tests import tiny_models
     from training.evaluate import sequence_logprobs
-    from training.reward import encode
-    from training.reward_heads import shared_prefix
+    from training.reward import encode_parts
 
     folder = tiny_models.make_tiny_policy(tmp_path / "policy")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -35,8 +34,9 @@ def test_the_implicit_reward_is_beta_times_the_log_ratio_of_the_response_and_zer
     total, per_token, count = implicit_rewards(policy, tokenizer, prompts, responses, max_length=64, beta=0.1,
                                                batch_size=3)  # a batch pads short answers beside long ones
     for k in range(len(responses)):
-        ids = encode(tokenizer, prompts[k], responses[k], 64)
-        start = shared_prefix(ids, encode(tokenizer, prompts[k], "", 64))
+        ids = encode_parts(tokenizer, prompts[k], responses[k], 64)[0]
+        start = len(tokenizer.apply_chat_template(prompts[k], tokenize=True, add_generation_prompt=True,
+                                                  return_dict=False))
         x, mask = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
         response = torch.zeros_like(mask)
         response[0, start:] = 1

@@ -143,7 +143,7 @@ def test_features_are_the_middle_and_last_layer_means_and_the_last_token_and_pic
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompt, answer = [{"role": "user", "content": "Name a colour."}], "Blue, like the sky."
     ids = encode(tokenizer, prompt, answer, 64)
-    start = reward_heads.shared_prefix(ids, encode(tokenizer, prompt, "", 64))
+    start = len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False))
     with torch.no_grad():
         hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states  # depth + 1 × (1, T, h)
     by_hand = torch.cat([hidden[len(hidden) // 2][0, start:].mean(0), hidden[-1][0, start:].mean(0),

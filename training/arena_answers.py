@@ -32,18 +32,20 @@ class ArenaError(NotReady):
     """An arena run cannot start; one sentence for the user."""
 
 
-def response_logprobs(model, tokenizer, prompts: list[list[dict]], texts: list[str]) -> list[tuple[float, int]]:
-    """(Σ log π(y_t | ·), token count) of each text as the answer to its prompt, EOS included."""
+def response_logprobs(model, tokenizer, prompts: list[list[dict]], texts: list[str],
+                      ended: list[bool] | None = None) -> list[tuple[float, int]]:
+    """(Σ log π(y_t | ·), token count) of each text as the answer to its prompt, EOS included where
+    the answer `ended` (all of them by default; an answer cut at the token cap never chose to stop)."""
     import torch
 
     from training import device
     from training.evaluate import sequence_logprobs
 
     out = []
-    for prompt, text in zip(prompts, texts):
+    for prompt, text, stop in zip(prompts, texts, ended or [True] * len(texts)):
         p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        y_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        y_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * stop
         ids = device.place(torch.tensor([p_ids + y_ids]))
         mask = torch.ones_like(ids)
         response = device.place(torch.tensor([[0] * len(p_ids) + [1] * len(y_ids)]))

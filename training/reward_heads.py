@@ -87,15 +87,16 @@ def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str
     response) encoded as the fine-tuned reward model reads it (`reward.encode`: prompt kept,
     response cut at its end). Shape: (n, len(layers) + 1, hidden), or (n, depth + 2, hidden).
 
-    The response's tokens are those after the longest prefix shared with the prompt encoded alone
-    (a truncated prompt shares less, so a few prompt tokens may join the mean: harmless)."""
+    The response's tokens are those after the prompt as `reward.encode_parts` kept it (before
+    2026-12-07 the prompt encoded whole marked the start, so the mean of a response to a long
+    conversation took in the part of the prompt that was kept, about 127 tokens for 16 % of hh's)."""
     import torch
 
     from training import device
-    from training.reward import encode
+    from training.reward import encode_parts
 
-    ids = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    starts = [shared_prefix(i, encode(tokenizer, p, "", max_length)) for i, p in zip(ids, prompts)]
+    encoded = [encode_parts(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    ids, starts = [i for i, _ in encoded], [start for _, start in encoded]
     order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
     out = [None] * len(ids)
     model.eval()
@@ -118,16 +119,6 @@ def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str
             for k, row in zip(chunk, device.to_host(pooled).numpy()):
                 out[k] = row
     return np.stack(out) if out else np.zeros((0, 0, 0))
-
-
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    """How many first tokens `a` and `b` share: where a response starts after its prompt."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # ---------------------------------------------------------------- the heads
