@@ -260,3 +260,28 @@ def test_the_implicit_reward_ranks_answers_by_beta_times_their_log_ratio_to_the_
                                   tokenizer=tokenizer, base=base)
         out = implicit_reward_accuracy("v2", 0.3, measure)
         assert out["sum"]["pairs"] == 6 and out["sum"]["accuracy_vs_taste"] == expected
+
+
+def test_bench_implicit_reward_scores_each_dpo_version_of_a_workspace(workspace, tmp_path, monkeypatch, capsys):
+    from bench import implicit_reward
+    from labeling import db, store
+    from labeling.models import ModelVersion
+    from tests.test_model import _add_version, _save_lora
+    from tests.tiny_models import make_tiny_policy
+    from training import model as models
+
+    tiny = make_tiny_policy(tmp_path / "tiny")
+    monkeypatch.setenv("PREFLOOP_MODEL", str(tiny))
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    store.ensure_builtin_prompts()
+    _add_version("v1-base", tiny, method="base")
+    _save_lora(models.load_policy("v1-base")[0], tmp_path / "v2", seed=1)
+    _add_version("v2-dpo", tmp_path / "v2", parent="v1-base")
+    with db.session() as s:  # the round's config, as a DPO round stores it
+        s.get(ModelVersion, "v2-dpo").config = {"beta": 0.1, "reference": "base"}
+    home = str(workspace)
+    assert implicit_reward.main(["--home", home, "--taste", "tests.test_learning_bench:vowels", "--heldout", "3",
+                                 "--samples", "3", "--max-new-tokens", "8"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["version"] for line in lines] == ["v2-dpo"] and lines[0]["beta"] == 0.1
+    assert 0 <= lines[0]["per_token"]["accuracy_vs_taste"] <= 1 and lines[0]["sum"]["pairs"] > 0
