@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         config = version.config or {}
         if version.method != "dpo" or (config.get("reference", "base") != "base" and version.parent_id != base_id):
             continue
-        print(json.dumps({"version": version.id, "beta": config["beta"],
+        print(json.dumps({"version": version.id, "beta": config["beta"], "lora_r": config.get("lora_r"),
+                          "pairs": (version.metrics or {}).get("pairs"),
                           **implicit_reward_accuracy(version.id, config["beta"], measure)}), flush=True)
         scored += 1
     if not scored:

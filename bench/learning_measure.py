@@ -84,11 +84,19 @@ def reward_accuracy_against_taste(reward_id: str, measure: Measure) -> dict:
 
 
 def implicit_reward_accuracy(version_id: str, beta: float, measure: Measure) -> dict:
-    """DPO's implicit reward as a reward model (issue 20): β·log π/π_base of each base answer to a
-    held-out prompt under the DPO version `version_id`, summed over the answer's tokens and per
-    token, checked against the taste as `reward_accuracy_against_taste` checks a reward model. The
-    EOS of an answer counts where it ended before the token cap (one that stopped on the cap's last
-    token is counted as cut)."""
+    """DPO's implicit reward as a reward model (issue 20): `implicit_rewards` of the base answers to
+    the held-out prompts, summed over each answer's tokens and per token, checked against the taste
+    as `reward_accuracy_against_taste` checks a reward model."""
+    rows = measure.rows["base"]
+    reward, tokens = implicit_rewards(version_id, beta, measure)
+    return {"sum": accuracy_against_taste(reward, rows),
+            "per_token": accuracy_against_taste([r / n for r, n in zip(reward, tokens)], rows)}
+
+
+def implicit_rewards(version_id: str, beta: float, measure: Measure) -> tuple[list[float], list[int]]:
+    """β·log π/π_base of each base answer to a held-out prompt under the DPO version `version_id`, and
+    its token count. The EOS of an answer counts where it ended before the token cap (one that
+    stopped on the cap's last token is counted as cut)."""
     from training import model as models
     from training.arena_answers import response_logprobs
 
@@ -98,9 +106,7 @@ def implicit_reward_accuracy(version_id: str, beta: float, measure: Measure) -> 
     policy = models.load_policy(version_id)[0].eval()
     tuned = response_logprobs(policy, measure.tokenizer, prompts, rows["texts"], ended)
     base = response_logprobs(measure.base, measure.tokenizer, prompts, rows["texts"], ended)
-    reward = [beta * (t - b) for (t, _), (b, _) in zip(tuned, base)]
-    return {"sum": accuracy_against_taste(reward, rows),
-            "per_token": accuracy_against_taste([r / n for r, (_, n) in zip(reward, base)], rows)}
+    return [beta * (t - b) for (t, _), (b, _) in zip(tuned, base)], [n for _, n in base]
 
 
 def accuracy_against_taste(scores: list[float], rows: dict) -> dict:

@@ -80,7 +80,7 @@ def keep_recent(used: Path, count: int) -> Path:
             with FileLock(str(old.parent / f".{old.name}.lock"), timeout=0):
                 doomed = old.with_name(f".{old.name}.tmp-{secrets.token_hex(4)}")  # cleared by build_once too
                 os.replace(old, doomed)
-        except (Timeout, FileNotFoundError):  # being built again right now, or gone already
+        except (Timeout, OSError):  # being built again right now, gone already, or not ours to move
             continue
         shutil.rmtree(doomed, ignore_errors=True)
     return used

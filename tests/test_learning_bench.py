@@ -226,7 +226,9 @@ def test_the_implicit_reward_ranks_answers_by_beta_times_their_log_ratio_to_the_
 
     import torch
 
-    from bench.learning_measure import implicit_reward_accuracy
+    import numpy as np
+
+    from bench.learning_measure import implicit_reward_accuracy, implicit_rewards
     from tests.test_model import _add_version, _save_lora
     from tests.tiny_models import make_tiny_policy
     from training import model as models
@@ -255,6 +257,9 @@ def test_the_implicit_reward_ranks_answers_by_beta_times_their_log_ratio_to_the_
 
     reward = [by_hand(k) for k in range(len(texts))]
     assert len(set(reward)) == len(reward)
+    measure = SimpleNamespace(rows={"base": rows}, prompts=prompts, tokenizer=tokenizer, base=base)
+    scored, tokens = implicit_rewards("v2", 0.3, measure)  # β, and an EOS only where the answer ended
+    np.testing.assert_allclose(scored, reward, rtol=1e-4, atol=1e-6)
     for sign, expected in ((1, 1.0), (-1, 0.0)):  # a taste that is the implicit reward, then its opposite
         measure = SimpleNamespace(rows={"base": {**rows, "taste": [sign * r for r in reward]}}, prompts=prompts,
                                   tokenizer=tokenizer, base=base)

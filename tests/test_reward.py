@@ -145,7 +145,7 @@ def test_minilm_fine_tuned_reward_round_trains_and_scores_from_its_version(works
     assert stored[0] > stored[1]  # it learned that the polite answer is chosen
 
 
-def test_heads_reward_round_keeps_the_backbone_frozen_and_scores_from_its_version(tiny, tmp_path):
+def test_heads_reward_round_keeps_the_backbone_frozen_and_scores_from_its_version(tiny, tmp_path, caplog):
     import torch
 
     from training import reward_heads
@@ -158,7 +158,7 @@ def test_heads_reward_round_keeps_the_backbone_frozen_and_scores_from_its_versio
     row = versions.get_version(summary["version"])
     folder = Path(row.path)
     meta = json.loads((folder / "reward.json").read_text())
-    assert (meta["method"], meta["lora"]) == ("heads", False)
+    assert (meta["method"], meta["lora"], meta["features"]) == ("heads", False, reward_heads.FEATURES)
     assert (folder / reward_heads.HEADS_FILE).is_file() and not (folder / "model.safetensors").exists()
 
     model, _, _ = reward.load_model(row.id)
@@ -173,6 +173,11 @@ def test_heads_reward_round_keeps_the_backbone_frozen_and_scores_from_its_versio
     cautious = reward.load_scorer(row.id, penalty=1.0)(prompts, responses)
     expected = every.mean(0) - reward_heads.spread(every)
     assert torch.allclose(cautious, torch.as_tensor(expected, dtype=torch.float32)) and (cautious < stored).all()
+    # a version fitted before the response's start was fixed still loads, with a warning to train it again
+    (folder / "reward.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "features"}))
+    with caplog.at_level("WARNING", logger="training.reward"):
+        reward.load_model(row.id)
+    assert "train it again" in caplog.text
 
 
 def test_reward_round_not_ready_and_missing_reward_model(tiny, tmp_path, capsys):

@@ -283,6 +283,10 @@ def load_model(version_id: str | None = None):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "right"
     if meta.get("method") == "heads":
+        if meta.get("features") != reward_heads.FEATURES:
+            log.warning("Reward version %s was fitted before its features read the response alone after a cut "
+                        "conversation (2026-12-07); it scores long conversations less well: train it again.",
+                        version_id or "latest")
         backbone = AutoModel.from_pretrained(meta["base_path"], use_safetensors=True, dtype=device.dtype())
         backbone = device.place(backbone.eval().requires_grad_(False))
         return reward_heads.HeadsModel(backbone, tokenizer, reward_heads.Heads.load(folder), meta["max_length"]), \
@@ -355,6 +359,8 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
               max_pairs: int | None = None) -> dict[str, Any]:
     """Data → backbone → train → evaluate on the held-out pairs → save version → metrics.
     Returns {"version": id, **metrics}."""
+    from training import reward_heads
+
     if problem := config.problem():  # a config built in code (the CLI and the form check it as they read it)
         raise preferences.NotReady(problem)
     reporter.start(None)
@@ -376,7 +382,10 @@ def run_round(config: RewardRoundConfig, reporter, max_steps: int | None = None,
     def write(folder: Path):
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        meta = {"backbone": config.backbone, "method": config.method, "lora": lora, "base_path": str(base), "max_length": config.max_length}
+        meta = {"backbone": config.backbone, "method": config.method, "lora": lora, "base_path": str(base),
+                "max_length": config.max_length}
+        if config.method == "heads":
+            meta["features"] = reward_heads.FEATURES
         (folder / "reward.json").write_text(json.dumps(meta, indent=1))
         if report:
             reward_report.write_report(folder, report)

@@ -80,6 +80,9 @@ def pick(means: np.ndarray, layers: Sequence[float] = LAYERS) -> np.ndarray:
     return means[:, rows].reshape(len(means), -1)
 
 
+FEATURES = "response after the kept prompt"  # stored with a reward version: what its heads were fitted on
+
+
 def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str], max_length: int,
                 batch_size: int = 8, layers: Sequence[float] | None = None) -> np.ndarray:
     """Mean over the response's tokens of the hidden states at `layers` (fractions of the depth;
