@@ -172,12 +172,14 @@ def _encode_chat(tokenizer, prompt: list[dict], response: str, max_length: int) 
 
     budget = prompt_budget(max_length, len(tokenizer(response, add_special_tokens=False)["input_ids"]))
     messages = preferences.trim_prompt(prompt, lambda m: len(render(m)), budget)
-    over = len(render(messages)) - budget
+    prompt_ids = render(messages)
+    over = len(prompt_ids) - budget
     if over > 0:  # the latest turn alone is too long: keep its end, next to the response
         messages = [{**messages[-1], "content": _drop_first_tokens(tokenizer, messages[-1]["content"], over)}]
+        prompt_ids = render(messages)
     ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
                                         tokenize=True, return_dict=False)[:max_length]
-    return ids, shared_prefix(ids, render(messages))
+    return ids, shared_prefix(ids, prompt_ids)
 
 
 def shared_prefix(a: list[int], b: list[int]) -> int:
