@@ -225,30 +225,61 @@ def learning_point(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, n: 
     return {"mean_accuracy": round(float(np.mean([s["accuracy"] for s in scores])), 3), "first": scores[0]}
 
 
+FINETUNE_SOURCES = ("hh", "oasst", "both")
+
+
+def finetune_spec(text: str) -> tuple[str, str, int | None]:
+    """`--finetune BACKBONE:SOURCE[:PAIRS]` read as (backbone, source, pairs or None); ValueError,
+    in one sentence, for anything else."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("minilm", "policy") or parts[1] not in FINETUNE_SOURCES \
+            or (len(parts) == 3 and not (parts[2].isdigit() and int(parts[2]) > 0)):
+        raise ValueError(f"--finetune {text!r}: write BACKBONE:SOURCE[:PAIRS], BACKBONE minilm or policy, SOURCE "
+                         f"{', '.join(FINETUNE_SOURCES)}, PAIRS a positive number (e.g. policy:hh:400).")
+    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None
+
+
 def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray,
-                 folds: np.ndarray, home: Path) -> dict:
-    """The fully fine-tuned MiniLM (TRL RewardTrainer, the reward round's defaults) on fold 0."""
+                 folds: np.ndarray, home: Path, backbone: str = "minilm", source: str = "both",
+                 pairs: int | None = None, max_steps: int | None = None) -> dict:
+    """A reward round with method fine-tune and its defaults: MiniLM trained in full, or LoRA on the
+    policy's base model with a scalar head (TRL RewardTrainer). Trained on `source` (hh: the hh
+    training split; oasst: the OASST trees outside fold 0; both: the two), on its first `pairs`
+    pairs; scored on what it never saw: hh held out and OASST fold 0, and across sources where it
+    trained on one (hh → every OASST pair, OASST → hh held out)."""
     import tempfile
 
     from training import jobs, metrics, preferences, reward
     from training.reward_config import RewardRoundConfig
 
-    config = RewardRoundConfig(backbone="minilm", method="fine-tune")
-    train_mask = hh_train | (oasst & (folds != 0))
-    data = preferences.PreferenceData([r for r, m in zip(rows, train_mask) if m], [], [], False)
+    config = RewardRoundConfig(backbone=backbone, method="fine-tune")
+    fold0 = oasst & (folds == 0)
+    train_mask = {"hh": hh_train, "oasst": oasst & (folds != 0), "both": hh_train | (oasst & (folds != 0))}[source]
+    scored = {"hh": {"hh": hh_heldout, "hh_to_oasst": oasst},
+              "oasst": {"oasst_fold0": fold0, "oasst_to_hh": hh_heldout},
+              "both": {"oasst_fold0": fold0, "hh": hh_heldout}}[source]
+    train_rows = [r for r, m in zip(rows, train_mask) if m][:pairs]
+    data = preferences.PreferenceData(train_rows, [], [], False)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=home) as out:
-        model, tokenizer, _, _ = reward.train(config, data, jobs.Reporter(None), out)
+        model, tokenizer, _, trained = reward.train(config, data, jobs.Reporter(None), out, max_steps)
     seconds = time.perf_counter() - started
+    model.eval()
     scorer = reward.make_scorer(model, tokenizer, config.max_length, batch_size=16)
-    result = {}
-    for name, mask in (("oasst_fold0", oasst & (folds == 0)), ("hh", hh_heldout)):
+    result = {"option": f"{backbone} fine-tuned ({'LoRA r' + str(config.lora_r) + ' + scalar head' if backbone == 'policy' else 'in full'}, "
+                        f"TRL RewardTrainer, lr {config.lr:g}, {config.epochs:g} epochs), trained on {len(train_rows)} "
+                        f"{source} pairs", "backbone": backbone, "source": source, "pairs": len(train_rows),
+              "steps": trained["steps"], "train_s": round(seconds, 1)}
+    for name, mask in scored.items():
         chosen_rows = [r for r, m in zip(rows, mask) if m]
         prompts = [r["prompt"] for r in chosen_rows]
-        won = metrics.pair_outcomes(scorer(prompts, texts(chosen_rows, "chosen")),
-                                    scorer(prompts, texts(chosen_rows, "rejected")))
-        result[name] = accuracy(won, [r["conversation"] for r in chosen_rows])
-    return {"option": "minilm fine-tuned (TRL RewardTrainer)", **result, "train_s": round(seconds, 1)}
+        rewards = [scorer(prompts, texts(chosen_rows, side)).numpy() for side in ("chosen", "rejected")]
+        won = metrics.pair_outcomes(*rewards)
+        lengths = np.concatenate([[len(t) for t in texts(chosen_rows, side)] for side in ("chosen", "rejected")])
+        result[name] = {**accuracy(won, [r["conversation"] for r in chosen_rows]),
+                        "length_r": round(metrics.pearson(np.concatenate(rewards), lengths), 3)}
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    return result
 
 
 def run_implicit(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray, n: int,
@@ -338,10 +369,21 @@ def main() -> None:
                         help="only DPO's implicit reward, from a DPO round on the first N hh training pairs")
     parser.add_argument("--implicit-steps", type=int, help="stop that DPO round after this many steps (a smoke run)")
     parser.add_argument("--no-finetune", dest="finetune", action="store_false",
-                        help="skip the fully fine-tuned MiniLM on fold 0 (minutes)")
+                        help="skip the fine-tuned reward models (minutes each)")
+    parser.add_argument("--finetune", dest="finetune_specs", action="append", metavar="BACKBONE:SOURCE[:PAIRS]",
+                        help="a fine-tuned reward model to train and score, e.g. policy:hh:400 (LoRA on SmolLM2, the "
+                             "first 400 hh training pairs); repeatable; default minilm:both")
+    parser.add_argument("--finetune-steps", type=int, help="stop each fine-tuning after this many steps (a smoke run)")
+    parser.add_argument("--finetune-only", action="store_true", help="only the fine-tuned models, no frozen options")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
     parser.add_argument("--threads", type=int, help="torch threads (default: PREFLOOP_THREADS or every core)")
     args = parser.parse_args()
+    try:
+        specs = [finetune_spec(t) for t in args.finetune_specs or ["minilm:both"]]
+    except ValueError as error:
+        sys.exit(str(error))
+    if args.finetune_only and not args.finetune:
+        sys.exit("--finetune-only with --no-finetune leaves nothing to measure.")
     if not (HH.is_file() and OASST.is_file()):
         sys.exit(f"{DATA} lacks the hh-rlhf or OASST file; the benchmark needs the shared data beside the checkout.")
     from training import jobs
@@ -391,17 +433,21 @@ def main() -> None:
              for length in ("free", "remove", "keep")]
     own = [(False, False, length) for length in ("free", "remove", "keep")]
     layer_sets = [tuple(float(f) for f in spec.split(",")) for spec in args.layer_sets]
-    for backbone in args.backbones:
+    for backbone in [] if args.finetune_only else args.backbones:
         option(Pool(rows, *cached_features(backbone, rows, home, args.max_length)), f"{backbone} frozen + 8 heads", every)
         for layers in layer_sets:
             option(Pool(rows, *cached_features(backbone, rows, home, args.max_length, layers)),
                    f"{backbone} frozen + 8 heads, layers {','.join(f'{f:g}' for f in layers)}", own)
-    if args.combine:
+    if args.combine and not args.finetune_only:
         parts = [cached_features(b, rows, home, args.max_length) for b in args.backbones]
         option(Pool(rows, np.concatenate([c for c, _ in parts], 1), np.concatenate([r for _, r in parts], 1)),
                " + ".join(args.backbones) + " frozen + 8 heads", own)
     if args.finetune:
-        print(json.dumps(run_finetune(rows, hh_train, hh_heldout, oasst, folds, home)), flush=True)
+        for backbone, source, pairs in specs:
+            print(json.dumps(run_finetune(rows, hh_train, hh_heldout, oasst, folds, home, backbone, source, pairs,
+                                          args.finetune_steps)), flush=True)
+    if not results:
+        return
     best = max(results, key=lambda r: r["oasst"]["accuracy"])
     print(json.dumps({"best": best["option"], "oasst": best["oasst"], "hh": best["hh"],
                       "longer_wins_oasst": baselines(oasst_rows)["longer"], "total_s": round(time.perf_counter() - started)}))

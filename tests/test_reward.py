@@ -119,6 +119,13 @@ def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypa
     assert stored.shape == (2,) and torch.allclose(live, stored, atol=1e-4)
     assert stored[0] > stored[1]  # it learned that the polite answer is chosen
 
+    # batches group answers of like length: each score still lands on its own answer
+    prompts = [[{"role": "user", "content": "Tell me about tea (5)."}]] * 5
+    responses = ["No.", "Sure, here is a short answer about tea, with more words.", "Tea.", "Sure, tea.", "A longer no, then."]
+    scorer = reward.load_scorer(row.id)
+    one_at_a_time = torch.cat([scorer([p], [r]) for p, r in zip(prompts, responses)])
+    assert torch.allclose(scorer(prompts, responses), one_at_a_time, atol=1e-4)
+
 
 def test_minilm_fine_tuned_reward_round_trains_and_scores_from_its_version(workspace, tmp_path):
     import torch

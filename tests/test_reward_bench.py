@@ -1,8 +1,9 @@
-"""bench/reward.py's DPO implicit reward: β·log π/π_ref of each response, read as the reward round
-reads it, with the adapter off as the reference."""
+"""bench/reward.py: DPO's implicit reward (β·log π/π_ref of each response, read as the reward round
+reads it, with the adapter off as the reference) and how a fine-tuned option is named."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def test_the_implicit_reward_is_beta_times_the_log_ratio_of_the_response_and_zero_before_training(tmp_path):
@@ -48,3 +49,13 @@ def test_the_implicit_reward_is_beta_times_the_log_ratio_of_the_response_and_zer
         np.testing.assert_allclose(total[k], 0.1 * float(tuned - reference), rtol=1e-4, atol=1e-5)
     assert np.abs(total).min() > 0
     np.testing.assert_allclose(per_token, total / count)
+
+
+def test_a_finetune_spec_reads_backbone_source_and_pairs_and_refuses_anything_else():
+    from bench.reward import finetune_spec
+
+    assert finetune_spec("policy:hh:400") == ("policy", "hh", 400)
+    assert finetune_spec("minilm:both") == ("minilm", "both", None)
+    for bad in ("policy", "policy:hh:0", "policy:hh:x", "gpt:hh", "policy:web", "policy:hh:4:5"):
+        with pytest.raises(ValueError, match="BACKBONE:SOURCE"):
+            finetune_spec(bad)
