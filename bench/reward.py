@@ -2,7 +2,8 @@
 
     python bench/reward.py [--max-hh 400] [--max-heldout 230] [--folds 5] [--backbones minilm policy]
                            [--layer-sets 0.5,1 0.25,0.5,0.75,1 ...] [--combine] [--curve 200,400,800]
-                           [--no-finetune] [--home DIR] [--threads N]
+                           [--finetune BACKBONE:SOURCE[:PAIRS] ...] [--finetune-only] [--no-finetune]
+                           [--implicit N] [--home DIR] [--threads N]
 
 Data: `../shared/data`, hh-rlhf harmless-base (split 80/20 by conversation) and the OpenAssistant
 trees (split into `--folds` folds by tree). Every option is trained on the hh training split plus
@@ -20,8 +21,12 @@ Options, side by side in one run:
   * with `--curve`, instead of the options: the default option (length free and keep) fitted on
     fewer hh training pairs (random whole conversations, 3 draws each), scored on hh held out:
     how accuracy grows with labels, to say what more of them would buy;
-  * the fully fine-tuned MiniLM (prefloop's reward round before this bench, TRL
-    RewardTrainer), on fold 0 only (it costs minutes per fold);
+  * fine-tuned reward models (the reward round's method fine-tune with its defaults, TRL
+    RewardTrainer), by default MiniLM trained in full (prefloop's reward round before this
+    bench) on both sources, scored on OASST fold 0 only (it costs minutes per fold);
+    `--finetune policy:hh:800` instead trains LoRA on the policy's base model with a scalar head
+    on the first 800 hh training pairs and scores hh held out and every OASST pair (hh → OASST),
+    `policy:oasst` on the OASST trees outside fold 0, scored on fold 0 and hh held out;
   * with `--implicit N`, instead of the options: DPO's implicit reward, β·log π/π_base of each
     response under a DPO round trained with the defaults on the first N hh training pairs (LoRA
     on the policy's base model, the base as reference), summed over the response and per token,
@@ -323,33 +328,16 @@ def implicit_rewards(policy, tokenizer, prompts: list[list[dict]], responses: li
                      batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(β·log π/π_ref summed over each response's tokens, the same per token, the token count), where
     π is `policy` (a peft model) and π_ref the same network with its adapter off. Shape: (n,) each."""
-    import torch
-
-    from training import device
-    from training.evaluate import sequence_logprobs
+    from training.evaluate import response_logprob_sums
     from training.reward import encode_parts
 
     encoded = [encode_parts(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
     ids, starts = [i for i, _ in encoded], [start for _, start in encoded]
-    on = next(policy.parameters()).device
-    total, count = np.zeros(len(ids)), np.zeros(len(ids))
-    order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
-    with torch.no_grad():
-        for first in range(0, len(order), batch_size):
-            chunk = order[first:first + batch_size]
-            width = max(len(ids[k]) for k in chunk)
-            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)  # (b, T), right-padded
-            attention, response = torch.zeros_like(input_ids), torch.zeros_like(input_ids)
-            for row, k in enumerate(chunk):
-                input_ids[row, :len(ids[k])] = torch.tensor(ids[k])
-                attention[row, :len(ids[k])] = 1
-                response[row, starts[k]:len(ids[k])] = 1  # the response's tokens
-            input_ids, attention, response = input_ids.to(on), attention.to(on), response.to(on)
-            tuned = sequence_logprobs(policy, input_ids, attention, response)
-            with policy.disable_adapter():
-                reference = sequence_logprobs(policy, input_ids, attention, response)
-            total[chunk] = beta * device.to_host(tuned - reference).numpy()
-            count[chunk] = device.to_host(response.sum(1)).numpy()
+    tuned = response_logprob_sums(policy, ids, starts, tokenizer.pad_token_id, batch_size).numpy()
+    with policy.disable_adapter():
+        reference = response_logprob_sums(policy, ids, starts, tokenizer.pad_token_id, batch_size).numpy()
+    total = beta * (tuned - reference)
+    count = np.array([len(i) - start for i, start in zip(ids, starts)], dtype=float)
     return total, total / np.maximum(count, 1), count
 
 
@@ -382,8 +370,8 @@ def main() -> None:
         specs = [finetune_spec(t) for t in args.finetune_specs or ["minilm:both"]]
     except ValueError as error:
         sys.exit(str(error))
-    if args.finetune_only and not args.finetune:
-        sys.exit("--finetune-only with --no-finetune leaves nothing to measure.")
+    if not args.finetune and (args.finetune_only or args.finetune_specs):
+        sys.exit("--no-finetune turns off the fine-tuned models that --finetune and --finetune-only ask for.")
     if not (HH.is_file() and OASST.is_file()):
         sys.exit(f"{DATA} lacks the hh-rlhf or OASST file; the benchmark needs the shared data beside the checkout.")
     from training import jobs

@@ -87,6 +87,44 @@ def test_the_response_starts_after_the_prompt_as_it_was_kept_even_when_the_promp
             assert "python?" in tokenizer.decode(ids[:start]).lower()  # the whole kept prompt before it
     ids, start = reward.encode_parts(chat_tokenizer, long, "", 96)
     assert chat_tokenizer.decode(ids[:start]).endswith("<|im_start|>assistant\n")  # an empty answer: its end marker
+    # a latest turn too long on its own: its start was cut, and the response still starts after it
+    long_question = {"role": "user", "content": "FIRST " + "please explain photosynthesis " * 40 + "in short words?"}
+    ids, start = reward.encode_parts(chat_tokenizer, [long_question], response, 96)
+    assert len(ids) == 96 and chat_tokenizer.decode(ids[start:]).startswith("Use sorted")
+    assert chat_tokenizer.decode(ids[:start]).endswith("in short words?<|im_end|>\n<|im_start|>assistant\n")
+
+
+class SlowView:
+    """A fast tokenizer seen as a slow one (no offsets): transformers 5 loads MiniLM's as fast only."""
+    is_fast, chat_template = False, None
+
+    def __init__(self, fast):
+        self.fast = fast
+
+    def __call__(self, *args, **kwargs):
+        assert "return_offsets_mapping" not in kwargs
+        return self.fast(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.fast, name)
+
+
+def test_a_tokenizer_without_offsets_cuts_by_its_own_tokens_and_keeps_the_latest_turn(workspace):
+    from transformers import AutoTokenizer
+
+    fast = AutoTokenizer.from_pretrained(reward.minilm_path())
+    slow = SlowView(fast)
+    for tokenizer in (slow, fast):
+        assert reward._drop_first_tokens(tokenizer, "alpha beta gamma delta", 2).lower() == "gamma delta"
+        assert reward._drop_first_tokens(tokenizer, "alpha beta", 5) == ""
+        assert reward._first_tokens(tokenizer, "alpha beta gamma", 2).lower() == "alpha beta"
+        assert reward._first_tokens(tokenizer, "alpha beta", 0) == ""
+    prompt = [{"role": "user", "content": "old question " * 80}, {"role": "user", "content": "how do I pick a lock"}]
+    response = "no, I cannot help with that. " + "more words " * 80
+    ids, start = reward.encode_parts(slow, prompt, response, 64)
+    assert len(ids) == 64 and fast.decode(ids[start:]).startswith("no, i cannot help with that.")
+    assert fast.decode(ids[:start]).endswith("how do i pick a lock [SEP]")  # the latest turn kept, before the answer
+    assert ids[:start] == reward.encode_parts(fast, prompt, response, 64)[0][:start]  # the same cut as with offsets
 
 
 def test_reward_round_trains_scorer_and_saves_a_version(tiny, tmp_path, monkeypatch):

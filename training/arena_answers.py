@@ -33,25 +33,21 @@ class ArenaError(NotReady):
 
 
 def response_logprobs(model, tokenizer, prompts: list[list[dict]], texts: list[str],
-                      ended: list[bool] | None = None) -> list[tuple[float, int]]:
+                      ended: list[bool] | None = None, batch_size: int = 8) -> list[tuple[float, int]]:
     """(Σ log π(y_t | ·), token count) of each text as the answer to its prompt, EOS included where
     the answer `ended` (all of them by default; an answer cut at the token cap never chose to stop)."""
-    import torch
+    from training.evaluate import response_logprob_sums
 
-    from training import device
-    from training.evaluate import sequence_logprobs
-
-    out = []
+    ids, starts = [], []
     for prompt, text, stop in zip(prompts, texts, ended or [True] * len(texts)):
         p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
         y_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * stop
-        ids = device.place(torch.tensor([p_ids + y_ids]))
-        mask = torch.ones_like(ids)
-        response = device.place(torch.tensor([[0] * len(p_ids) + [1] * len(y_ids)]))
-        with torch.inference_mode():
-            out.append((float(sequence_logprobs(model, ids, mask, response)[0]), len(y_ids)))
-    return out
+        ids.append(p_ids + y_ids)
+        starts.append(len(p_ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sums = response_logprob_sums(model, ids, starts, pad, batch_size)
+    return [(float(s), len(i) - start) for s, i, start in zip(sums, ids, starts)]
 
 
 def answer(version_id: str, prompts: list[list[dict]], config: ArenaConfig) -> list[str]:

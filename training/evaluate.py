@@ -42,6 +42,31 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 @torch.no_grad()
+def response_logprob_sums(model, ids: list[list[int]], starts: list[int], pad_id: int | None,
+                          batch_size: int = 8) -> torch.Tensor:
+    """Σ log π(y_t | ·) over the tokens of each row of `ids` from `starts` on (the response), read in
+    batches of like length, right-padded, on the model's device; the sums come back in CPU memory,
+    in the rows' order. Shape: (n,)."""
+    from training import device
+
+    on = next(model.parameters()).device
+    out = torch.zeros(len(ids))
+    order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
+    for first in range(0, len(order), batch_size):
+        chunk = order[first:first + batch_size]
+        width = max(len(ids[k]) for k in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id or 0)  # (b, T); padding is masked, any id will do
+        attention, response = torch.zeros_like(input_ids), torch.zeros_like(input_ids)
+        for row, k in enumerate(chunk):
+            input_ids[row, :len(ids[k])] = torch.tensor(ids[k])
+            attention[row, :len(ids[k])] = 1
+            response[row, starts[k]:len(ids[k])] = 1
+        sums = sequence_logprobs(model, input_ids.to(on), attention.to(on), response.to(on))
+        out[chunk] = device.to_host(sums.float())
+    return out
+
+
+@torch.no_grad()
 def sample(model, tokenizer, prompts: list[list[dict]], samples: int, max_new_tokens: int, seed: int):
     """K samples per prompt at temperature 1. Returns (input_ids, attention_mask, response_mask, texts, R):
     the responses fill the last R columns of each tensor. Rows are ordered prompt-major: row i*K + k

@@ -147,19 +147,14 @@ def encode_parts(tokenizer, prompt: list[dict], response: str, max_length: int) 
     if tokenizer.chat_template:
         return _encode_chat(tokenizer, prompt, response, max_length)
     prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-    if not tokenizer.is_fast:  # no offsets to cut at: the tokenizer cuts, the longer text first
-        ids = tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
-        return ids, shared_prefix(ids, tokenizer(prompt_text, "", truncation="longest_first",
-                                                 max_length=max_length)["input_ids"])
-    prompt_spans = tokenizer(prompt_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    response_spans = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    prompt_n, response_n = (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (prompt_text, response))
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    keep_prompt = min(len(prompt_spans), prompt_budget(room, len(response_spans)))
-    keep_response = min(len(response_spans), room - keep_prompt)
+    keep_prompt = min(prompt_n, prompt_budget(room, response_n))
+    keep_response = min(response_n, room - keep_prompt)
     # cut the texts at token boundaries, then encode the pair; the final truncation only guards
-    # against a token more where a cut word is read again
-    response = response[:response_spans[keep_response - 1][1]] if keep_response else ""
-    prompt_text = prompt_text[prompt_spans[-keep_prompt][0]:] if keep_prompt else ""
+    # against tokens more where a cut word is read again (or, without offsets, decoded text is)
+    response = _first_tokens(tokenizer, response, keep_response)
+    prompt_text = _drop_first_tokens(tokenizer, prompt_text, prompt_n - keep_prompt)
     ids = tokenizer(prompt_text, response, truncation="longest_first", max_length=max_length)["input_ids"]
     return ids, shared_prefix(ids, tokenizer(prompt_text, "")["input_ids"])  # [CLS] prompt [SEP] shared
 
@@ -192,8 +187,20 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _first_tokens(tokenizer, text: str, n: int) -> str:
+    """The first `n` tokens of `text`, cut at a token boundary (a slow tokenizer, which has no
+    offsets, decodes them)."""
+    if not tokenizer.is_fast:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if n >= len(ids) else tokenizer.decode(ids[:n])  # decoding rewrites text: only when cut
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text[:spans[n - 1][1]] if n > 0 else ""
+
+
 def _drop_first_tokens(tokenizer, text: str, n: int) -> str:
     """`text` without its first `n` tokens (cut at a token boundary)."""
+    if n <= 0:
+        return text
     if not tokenizer.is_fast:
         return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][n:])
     spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
