@@ -250,8 +250,8 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     """A reward round with method fine-tune and its defaults: MiniLM trained in full, or LoRA on the
     policy's base model with a scalar head (TRL RewardTrainer). Trained on `source` (hh: the hh
     training split; oasst: the OASST trees outside fold 0; both: the two), on its first `pairs`
-    pairs; scored on what it never saw: hh held out and OASST fold 0, and across sources where it
-    trained on one (hh → every OASST pair, OASST → hh held out)."""
+    pairs; scored on what it never saw: trained on hh, hh held out and every OASST pair (hh →
+    OASST); on OASST, OASST fold 0 and hh held out (OASST → hh); on both, OASST fold 0 and hh held out."""
     import tempfile
 
     from training import jobs, metrics, preferences, reward
@@ -274,7 +274,7 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     result = {"option": f"{backbone} fine-tuned ({'LoRA r' + str(config.lora_r) + ' + scalar head' if backbone == 'policy' else 'in full'}, "
                         f"TRL RewardTrainer, lr {config.lr:g}, {config.epochs:g} epochs), trained on {len(train_rows)} "
                         f"{source} pairs", "backbone": backbone, "source": source, "pairs": len(train_rows),
-              "steps": trained["steps"], "train_s": round(seconds, 1)}
+              "steps": trained["steps"], "train_loss": round(trained["train_loss"], 4), "train_s": round(seconds, 1)}
     for name, mask in scored.items():
         chosen_rows = [r for r, m in zip(rows, mask) if m]
         prompts = [r["prompt"] for r in chosen_rows]
@@ -372,6 +372,10 @@ def main() -> None:
         sys.exit(str(error))
     if not args.finetune and (args.finetune_only or args.finetune_specs):
         sys.exit("--no-finetune turns off the fine-tuned models that --finetune and --finetune-only ask for.")
+    if (args.curve or args.implicit) and (args.finetune_only or args.finetune_specs):
+        sys.exit("--curve and --implicit measure only themselves: run --finetune on its own.")
+    if args.finetune_only and (args.combine or args.layer_sets):
+        sys.exit("--finetune-only leaves out the frozen options that --combine and --layer-sets ask for.")
     if not (HH.is_file() and OASST.is_file()):
         sys.exit(f"{DATA} lacks the hh-rlhf or OASST file; the benchmark needs the shared data beside the checkout.")
     from training import jobs
