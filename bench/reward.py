@@ -269,8 +269,7 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     with tempfile.TemporaryDirectory(dir=home) as out:
         model, tokenizer, _, trained = reward.train(config, data, jobs.Reporter(None), out, max_steps)
     seconds = time.perf_counter() - started
-    model.eval()
-    scorer = reward.make_scorer(model, tokenizer, config.max_length, batch_size=16)
+    scorer = reward.make_scorer(model, tokenizer, config.max_length, batch_size=16)  # scores in eval mode
     result = {"option": f"{backbone} fine-tuned ({'LoRA r' + str(config.lora_r) + ' + scalar head' if backbone == 'policy' else 'in full'}, "
                         f"TRL RewardTrainer, lr {config.lr:g}, {config.epochs:g} epochs), trained on {len(train_rows)} "
                         f"{source} pairs", "backbone": backbone, "source": source, "pairs": len(train_rows),
@@ -278,9 +277,10 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     for name, mask in scored.items():
         chosen_rows = [r for r, m in zip(rows, mask) if m]
         prompts = [r["prompt"] for r in chosen_rows]
-        rewards = [scorer(prompts, texts(chosen_rows, side)).numpy() for side in ("chosen", "rejected")]
+        answers = [texts(chosen_rows, side) for side in ("chosen", "rejected")]
+        rewards = [scorer(prompts, side).numpy() for side in answers]
         won = metrics.pair_outcomes(*rewards)
-        lengths = np.concatenate([[len(t) for t in texts(chosen_rows, side)] for side in ("chosen", "rejected")])
+        lengths = [len(t) for side in answers for t in side]  # characters, in the order of the rewards
         result[name] = {**accuracy(won, [r["conversation"] for r in chosen_rows]),
                         "length_r": round(metrics.pearson(np.concatenate(rewards), lengths), 3)}
     result["total_s"] = round(time.perf_counter() - started, 1)
