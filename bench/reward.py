@@ -1,7 +1,8 @@
 """Which reward model ranks answers better than their length does, on conversations it never saw?
 
     python bench/reward.py [--max-hh 400] [--max-heldout 230] [--folds 5] [--backbones minilm policy]
-                           [--layer-sets 0.5,1 0.25,0.5,0.75,1 ...] [--combine] [--curve 200,400,800]
+                           [--layer-sets 0.5,1 0.25,0.5,0.75,1 ...] [--combine] [--margins 0.5,1,2]
+                           [--curve 200,400,800]
                            [--finetune BACKBONE:SOURCE[:PAIRS] ...] [--finetune-only] [--no-finetune]
                            [--implicit N] [--home DIR] [--threads N]
 
@@ -18,6 +19,10 @@ Options, side by side in one run:
   * other choices of the hidden states the heads read (`--layer-sets`, fractions of the depth
     whose response mean is a feature; the default's is reward_heads.LAYERS), and both backbones'
     features side by side (`--combine`), each trained on its own source with the three lengths;
+  * OASST's full rankings with margins (`--margins`): every pair of ranked siblings is already a
+    pair; with a margin c·(gap − 1) a reply ranked g places above another must out-score it by
+    more (hh pairs and neighbours: no margin), for each scale c, length free and keep, on its own
+    source and on both balanced;
   * with `--curve`, instead of the options: the default option (length free and keep) fitted on
     fewer hh training pairs (random whole conversations, 3 draws each), scored on hh held out:
     how accuracy grows with labels, to say what more of them would buy;
@@ -143,13 +148,28 @@ def baselines(rows: list[dict]) -> dict:
             "shorter": accuracy(metrics.shorter_wins(texts(rows, "chosen"), texts(rows, "rejected")), conversations)}
 
 
+def rank_gaps(rows: list[dict]) -> np.ndarray:
+    """How many places apart in its ranking each pair's two answers stood: 1 for neighbours (and
+    for a lone pair, as every hh pair is), more for an OASST reply ranked above several siblings.
+    Read from the pairs alone: among one prompt's pairs, an answer ranked p-th of k is chosen over
+    the k − p answers below it. Shape: (rows,)."""
+    wins: dict[tuple[str, str], int] = {}
+    keys = [json.dumps(r["prompt"], sort_keys=True) for r in rows]
+    for key, r in zip(keys, rows):
+        wins[key, r["chosen"][-1]["content"]] = wins.get((key, r["chosen"][-1]["content"]), 0) + 1
+    return np.array([wins[key, r["chosen"][-1]["content"]] - wins.get((key, r["rejected"][-1]["content"]), 0)
+                     for key, r in zip(keys, rows)], dtype=float)
+
+
 class Pool:
-    """All pairs with their features, lengths, sources and conversations, indexable by a mask."""
+    """All pairs with their features, lengths, sources and conversations, indexable by a mask.
+    `margins`: each pair's Bradley-Terry margin (`reward_heads.bt_fit`), none unless set."""
 
     def __init__(self, rows: list[dict], chosen: np.ndarray, rejected: np.ndarray):
         from training import reward_heads
 
         self.rows, self.chosen, self.rejected = rows, chosen, rejected
+        self.margins = np.zeros(len(rows))
         self.chosen_len = reward_heads.response_length(texts(rows, "chosen"))
         self.rejected_len = reward_heads.response_length(texts(rows, "rejected"))
         self.groups = [r["conversation"] for r in rows]
@@ -162,7 +182,7 @@ class Pool:
         weights = reward_heads.source_weights(sources) if balanced else None
         return reward_heads.fit(self.chosen[mask], self.rejected[mask], self.chosen_len[mask],
                                 self.rejected_len[mask], [g for g, m in zip(self.groups, mask) if m],
-                                weights, length=length, seed=seed)
+                                weights, length=length, seed=seed, margins=self.margins[mask])
 
     def score(self, heads, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(outcome per pair, every response's mean reward, ensemble spread per response)."""
@@ -246,18 +266,21 @@ def finetune_spec(text: str) -> tuple[str, str, int | None]:
 
 def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray,
                  folds: np.ndarray, home: Path, backbone: str = "minilm", source: str = "both",
-                 pairs: int | None = None, max_steps: int | None = None) -> dict:
+                 pairs: int | None = None, max_steps: int | None = None, settings: dict | None = None) -> dict:
     """A reward round with method fine-tune and its defaults: MiniLM trained in full, or LoRA on the
     policy's base model with a scalar head (TRL RewardTrainer). Trained on `source` (hh: the hh
     training split; oasst: the OASST trees outside fold 0; both: the two), on its first `pairs`
     pairs; scored on what it never saw: trained on hh, hh held out and every OASST pair (hh →
-    OASST); on OASST, OASST fold 0 and hh held out (OASST → hh); on both, OASST fold 0 and hh held out."""
+    OASST); on OASST, OASST fold 0 and hh held out (OASST → hh); on both, OASST fold 0 and hh held out.
+    `settings`: other fields of the reward round than its defaults (`--finetune-set`)."""
     import tempfile
 
     from training import jobs, metrics, preferences, reward
+    from training.config_fields import config_from_dict
     from training.reward_config import RewardRoundConfig
 
-    config = RewardRoundConfig(backbone=backbone, method="fine-tune")
+    config = config_from_dict(RewardRoundConfig, {**(settings or {}), "backbone": backbone, "method": "fine-tune"},
+                              where="--finetune-set")
     fold0 = oasst & (folds == 0)
     train_mask = {"hh": hh_train, "oasst": oasst & (folds != 0), "both": hh_train | (oasst & (folds != 0))}[source]
     scored = {"hh": {"hh": hh_heldout, "hh_to_oasst": oasst},
@@ -352,6 +375,9 @@ def main() -> None:
                         help="other hidden states for the heads, each a comma-separated list of fractions of the depth "
                              "(0 the embeddings, 1 the last layer), e.g. 0.25,0.5,0.75,1")
     parser.add_argument("--combine", action="store_true", help="also both backbones' features side by side")
+    parser.add_argument("--margins", help="also the heads fitted with a margin c·(rank gap − 1) per pair (OASST's "
+                                          "rankings: answers further apart must differ more), one option per "
+                                          "comma-separated c, e.g. 0.5,1,2")
     parser.add_argument("--curve", help="only the learning curve on hh: comma-separated numbers of training pairs")
     parser.add_argument("--implicit", type=int, metavar="N",
                         help="only DPO's implicit reward, from a DPO round on the first N hh training pairs")
@@ -362,6 +388,9 @@ def main() -> None:
                         help="a fine-tuned reward model to train and score, e.g. policy:hh:400 (LoRA on SmolLM2, the "
                              "first 400 hh training pairs); repeatable; default minilm:both")
     parser.add_argument("--finetune-steps", type=int, help="stop each fine-tuning after this many steps (a smoke run)")
+    parser.add_argument("--finetune-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a reward-round setting other than its default for every fine-tuned model, e.g. "
+                             "learning_rate=5e-4 (repeatable)")
     parser.add_argument("--finetune-only", action="store_true", help="only the fine-tuned models, no frozen options")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
     parser.add_argument("--threads", type=int, help="torch threads (default: PREFLOOP_THREADS or every core)")
@@ -370,12 +399,25 @@ def main() -> None:
         specs = [finetune_spec(t) for t in args.finetune_specs or ["minilm:both"]]
     except ValueError as error:
         sys.exit(str(error))
-    if not args.finetune and (args.finetune_only or args.finetune_specs):
-        sys.exit("--no-finetune turns off the fine-tuned models that --finetune and --finetune-only ask for.")
+    if not args.finetune and (args.finetune_only or args.finetune_specs or args.finetune_set):
+        sys.exit("--no-finetune turns off the fine-tuned models that --finetune, --finetune-only and --finetune-set ask for.")
+    settings = dict(item.partition("=")[::2] for item in args.finetune_set)
+    if settings:
+        from training.config_fields import ConfigError, config_from_dict
+        from training.reward_config import RewardRoundConfig
+
+        try:  # a misspelt field or value is refused before the minutes of reading
+            config_from_dict(RewardRoundConfig, {**settings, "method": "fine-tune"}, where="--finetune-set")
+        except ConfigError as error:
+            sys.exit(str(error))
     if (args.curve or args.implicit) and (args.finetune_only or args.finetune_specs):
         sys.exit("--curve and --implicit measure only themselves: run --finetune on its own.")
-    if args.finetune_only and (args.combine or args.layer_sets):
-        sys.exit("--finetune-only leaves out the frozen options that --combine and --layer-sets ask for.")
+    if args.finetune_only and (args.combine or args.layer_sets or args.margins):
+        sys.exit("--finetune-only leaves out the frozen options that --combine, --layer-sets and --margins ask for.")
+    try:
+        margin_scales = [float(c) for c in args.margins.split(",")] if args.margins else []
+    except ValueError:
+        sys.exit(f"--margins takes comma-separated numbers, not {args.margins!r}.")
     if not (HH.is_file() and OASST.is_file()):
         sys.exit(f"{DATA} lacks the hh-rlhf or OASST file; the benchmark needs the shared data beside the checkout.")
     from training import jobs
@@ -395,8 +437,10 @@ def main() -> None:
     hh_train[:n_train], hh_heldout[n_train:n_train + n_heldout], oasst[n_train + n_heldout:] = True, True, True
     folds = np.full(len(rows), -1)
     folds[oasst] = fold_of(oasst_rows, args.folds)
+    gaps = rank_gaps(rows)
     print(json.dumps({"pairs": {"hh_train": n_train, "hh_heldout": n_heldout, "oasst": int(oasst.sum()),
-                                "oasst_trees": len({r["conversation"] for r in oasst_rows})},
+                                "oasst_trees": len({r["conversation"] for r in oasst_rows}),
+                                "oasst_rank_gaps": {int(g): int((gaps[oasst] == g).sum()) for g in sorted(set(gaps[oasst]))}},
                       "baselines": {"oasst": baselines(oasst_rows), "hh": baselines(rows[n_train:n_train + n_heldout])}}),
           flush=True)
     if args.curve:
@@ -425,8 +469,14 @@ def main() -> None:
              for length in ("free", "remove", "keep")]
     own = [(False, False, length) for length in ("free", "remove", "keep")]
     layer_sets = [tuple(float(f) for f in spec.split(",")) for spec in args.layer_sets]
+    with_margins = [(both, balanced, length) for both, balanced in ((False, False), (True, True)) for length in ("free", "keep")]
     for backbone in [] if args.finetune_only else args.backbones:
-        option(Pool(rows, *cached_features(backbone, rows, home, args.max_length)), f"{backbone} frozen + 8 heads", every)
+        pool = Pool(rows, *cached_features(backbone, rows, home, args.max_length))
+        option(pool, f"{backbone} frozen + 8 heads", every)
+        for scale in margin_scales:
+            pool.margins = scale * (gaps - 1)
+            option(pool, f"{backbone} frozen + 8 heads, margin {scale:g}·(rank gap − 1)", with_margins)
+        pool.margins = np.zeros(len(rows))
         for layers in layer_sets:
             option(Pool(rows, *cached_features(backbone, rows, home, args.max_length, layers)),
                    f"{backbone} frozen + 8 heads, layers {','.join(f'{f:g}' for f in layers)}", own)
@@ -437,7 +487,7 @@ def main() -> None:
     if args.finetune:
         for backbone, source, pairs in specs:
             print(json.dumps(run_finetune(rows, hh_train, hh_heldout, oasst, folds, home, backbone, source, pairs,
-                                          args.finetune_steps)), flush=True)
+                                          args.finetune_steps, settings)), flush=True)
     if not results:
         return
     best = max(results, key=lambda r: r["oasst"]["accuracy"])

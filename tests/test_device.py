@@ -198,3 +198,10 @@ def test_env_never_converts_the_default_model_to_estimate(workspace, monkeypatch
     info = env.report()
     assert info["parameters"] is None and "converted on first use" in info["base_model_error"]
     assert not converted_model_dir().exists()
+
+
+def test_length_batches_hold_every_index_once_in_batches_of_like_length():
+    sequences = [[1] * n for n in (5, 1, 4, 2, 3, 0, 6)]
+    batches = device.length_batches(sequences, 3)
+    assert batches == [[5, 1, 3], [4, 2, 0], [6]]  # shortest first: lengths 0 1 2 | 3 4 5 | 6
+    assert device.length_batches([], 3) == []

@@ -59,3 +59,33 @@ def test_a_finetune_spec_reads_backbone_source_and_pairs_and_refuses_anything_el
     for bad in ("policy", "policy:hh:0", "policy:hh:x", "gpt:hh", "policy:web", "policy:hh:4:5"):
         with pytest.raises(ValueError, match="BACKBONE:SOURCE"):
             finetune_spec(bad)
+
+
+def test_rank_gaps_count_the_places_between_two_ranked_siblings_and_a_lone_pair_is_one_place():
+    from bench.reward import rank_gaps
+
+    def row(prompt, chosen, rejected):
+        return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}]}
+
+    ranked = ["a", "b", "c", "d"]  # one prompt's replies, best first: every ranked pair, as the importer makes them
+    rows = [row("Q", ranked[i], ranked[j]) for i in range(4) for j in range(i + 1, 4)] + [row("H", "yes", "no")]
+    assert rank_gaps(rows).tolist() == [1, 2, 3, 1, 2, 1, 1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--finetune-set", "learning_rte=5e-4"], "unknown field 'learning_rte'"),
+    (["--finetune-set", "learning_rate=fast"], "learning_rate"),
+    (["--no-finetune", "--finetune-set", "learning_rate=5e-4"], "--no-finetune turns off"),
+    (["--margins", "0.5,x"], "--margins takes comma-separated numbers"),
+    (["--finetune-only", "--margins", "1"], "--finetune-only leaves out"),
+])
+def test_the_bench_refuses_settings_it_cannot_use_before_reading_anything(argv, message, monkeypatch, capsys):
+    import sys
+
+    from bench import reward
+
+    monkeypatch.setattr(sys, "argv", ["bench/reward.py", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        reward.main()
+    assert message in str(stopped.value)

@@ -42,6 +42,22 @@ def test_bradley_terry_fit_learns_a_separable_preference():
     assert np.argmax(np.abs(heads.theta[0])) == 0  # the content feature carries the weight
 
 
+def test_a_margin_asks_a_pair_to_be_separated_by_more_and_none_is_the_plain_fit():
+    rng = np.random.default_rng(0)
+    difference = rng.normal(1.0, 1.0, size=(200, 3))
+    weights = np.ones(200)
+    plain = reward_heads.bt_fit(difference, weights, l2=1.0)
+    np.testing.assert_allclose(reward_heads.bt_fit(difference, weights, l2=1.0, margins=np.zeros(200)), plain)
+    margins = np.where(np.arange(200) < 100, 0.0, 3.0)  # the second half: a clearer preference
+    wider = reward_heads.bt_fit(difference, weights, l2=1.0, margins=margins)
+    assert (difference @ wider).mean() > (difference @ plain).mean() + 0.1  # the rewards spread further apart
+
+    chosen, rejected, chosen_len, rejected_len, groups = planted(200, 0, "content")
+    fitted = [reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=2, length="free", margins=m)
+              for m in (None, np.full(200, 2.0))]
+    assert (np.abs(fitted[1].theta).sum(1) > np.abs(fitted[0].theta).sum(1)).all()  # every head is fitted with them
+
+
 def test_length_disentangled_heads_drop_a_planted_length_preference_and_keep_content():
     chosen, rejected, chosen_len, rejected_len, groups = planted(300, 0, "length")
     free = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="free")

@@ -163,6 +163,13 @@ def place(thing: Any, as_dtype: torch.dtype | None = None) -> Any:
     return thing
 
 
+def length_batches(sequences: list, batch_size: int) -> list[list[int]]:
+    """The indices of `sequences`, shortest first, in batches of `batch_size`: a padded batch of
+    like lengths wastes little compute. The caller scatters each batch's results back by index."""
+    order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))
+    return [order[first:first + batch_size] for first in range(0, len(order), batch_size)]
+
+
 def to_host(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor back in CPU memory (for numpy, saving, or scores leaving a scorer)."""
     return tensor.detach().to("cpu")

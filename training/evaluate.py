@@ -51,9 +51,7 @@ def response_logprob_sums(model, ids: list[list[int]], starts: list[int], pad_id
 
     on = next(model.parameters()).device
     out = torch.zeros(len(ids))
-    order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
-    for first in range(0, len(order), batch_size):
-        chunk = order[first:first + batch_size]
+    for chunk in device.length_batches(ids, batch_size):
         width = max(len(ids[k]) for k in chunk)
         input_ids = torch.full((len(chunk), width), pad_id or 0)  # (b, T); padding is masked, any id will do
         attention, response = torch.zeros_like(input_ids), torch.zeros_like(input_ids)

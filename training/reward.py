@@ -234,12 +234,10 @@ def make_scorer(model, tokenizer, max_length: int, batch_size: int = 8, penalty:
         was_training = model.training
         model.eval()
         ids = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-        order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # batches of like lengths: little padding
         out = torch.zeros(len(ids))
         # autocast: a model just trained has fp32 trainable weights on a half-precision base
         with torch.no_grad(), device.autocast():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
+            for chunk in device.length_batches(ids, batch_size):
                 batch = device.place(tokenizer.pad({"input_ids": [ids[k] for k in chunk]}, return_tensors="pt"))
                 out[chunk] = device.to_host(model(**batch).logits.squeeze(-1).float())  # (b,)
         model.train(was_training)

@@ -100,12 +100,10 @@ def layer_means(model, tokenizer, prompts: list[list[dict]], responses: list[str
 
     encoded = [encode_parts(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
     ids, starts = [i for i, _ in encoded], [start for _, start in encoded]
-    order = sorted(range(len(ids)), key=lambda k: len(ids[k]))  # little padding per batch
     out = [None] * len(ids)
     model.eval()
     with torch.no_grad(), device.autocast():
-        for first in range(0, len(order), batch_size):
-            chunk = order[first:first + batch_size]
+        for chunk in device.length_batches(ids, batch_size):
             batch = device.place(tokenizer.pad({"input_ids": [ids[k] for k in chunk]}, return_tensors="pt"))
             hidden = model(**batch, output_hidden_states=True).hidden_states  # depth + 1 × (b, T, h)
             depth = len(hidden) - 1
@@ -180,15 +178,18 @@ def spread(rewards: np.ndarray) -> np.ndarray:
     return rewards.std(axis=0)
 
 
-def bt_fit(difference: np.ndarray, weights: np.ndarray, l2: float, free: int = 0, steps: int = 200) -> np.ndarray:
-    """θ minimising Σ_i w_i · softplus(−θ·d_i) / Σ w + λ/2 ‖θ‖² (Bradley-Terry on differences
-    d_i = z_chosen − z_rejected; a strictly convex problem, solved by L-BFGS). The last `free`
-    coordinates are barely regularised (λ = 1e-6): the length head.
-    Shape: difference (pairs, d), weights (pairs,) -> (d,)."""
+def bt_fit(difference: np.ndarray, weights: np.ndarray, l2: float, free: int = 0, steps: int = 200,
+           margins: np.ndarray | None = None) -> np.ndarray:
+    """θ minimising Σ_i w_i · softplus(m_i − θ·d_i) / Σ w + λ/2 ‖θ‖² (Bradley-Terry on differences
+    d_i = z_chosen − z_rejected, with a margin m_i ≥ 0 that a clearer preference asks the rewards to
+    exceed, as Llama 2's reward model does (Touvron et al. 2023, eq. 2); 0 when None; a strictly
+    convex problem, solved by L-BFGS). The last `free` coordinates are barely regularised
+    (λ = 1e-6): the length head. Shape: difference (pairs, d), weights/margins (pairs,) -> (d,)."""
     import torch
 
     d = torch.as_tensor(difference, dtype=torch.float64)
     w = torch.as_tensor(weights, dtype=torch.float64)
+    m = torch.zeros(len(d), dtype=torch.float64) if margins is None else torch.as_tensor(margins, dtype=torch.float64)
     w = w / w.sum()
     theta = torch.zeros(d.shape[1], dtype=torch.float64, requires_grad=True)
     penalty = torch.full((d.shape[1],), float(l2), dtype=torch.float64)
@@ -198,7 +199,7 @@ def bt_fit(difference: np.ndarray, weights: np.ndarray, l2: float, free: int = 0
 
     def closure():
         optimizer.zero_grad()
-        loss = (w * torch.nn.functional.softplus(-(d @ theta))).sum() + 0.5 * (penalty * theta * theta).sum()
+        loss = (w * torch.nn.functional.softplus(m - d @ theta)).sum() + 0.5 * (penalty * theta * theta).sum()
         loss.backward()
         return loss
 
@@ -208,12 +209,12 @@ def bt_fit(difference: np.ndarray, weights: np.ndarray, l2: float, free: int = 0
 
 def fit(chosen: np.ndarray, rejected: np.ndarray, chosen_len: np.ndarray, rejected_len: np.ndarray,
         groups: Sequence[Any], weights: np.ndarray | None = None, heads: int = 8, length: str = "remove",
-        l2: float | None = None, seed: int = 0) -> Heads:
+        l2: float | None = None, seed: int = 0, margins: np.ndarray | None = None) -> Heads:
     """Fit the ensemble on labeled pairs' features.
 
     Shapes: chosen/rejected (pairs, d) features, chosen_len/rejected_len (pairs,) ℓ, groups
-    (pairs,) conversation keys (cross-validation never splits one), weights (pairs,) or None.
-    Head 0 fits all pairs; heads 1.. fit bootstrap resamples of the conversations."""
+    (pairs,) conversation keys (cross-validation never splits one), weights and margins (pairs,)
+    or None (`bt_fit`). Head 0 fits all pairs; heads 1.. fit bootstrap resamples of the conversations."""
     if length not in LENGTHS:
         raise ValueError(f"length must be one of {', '.join(LENGTHS)}, not {length!r}")
     weights = np.ones(len(chosen)) if weights is None else np.asarray(weights, dtype=float)
@@ -231,7 +232,8 @@ def fit(chosen: np.ndarray, rejected: np.ndarray, chosen_len: np.ndarray, reject
     if free:  # the length head's input: u of the chosen minus u of the rejected
         u = template.basis(chosen_len)[:, 1] - template.basis(rejected_len)[:, 1]
         difference = np.concatenate([difference, u[:, None]], axis=1)
-    l2 = choose_l2(difference, weights, groups, free, seed) if l2 is None else l2
+    margins = np.zeros(n) if margins is None else np.asarray(margins, dtype=float)
+    l2 = choose_l2(difference, weights, groups, free, seed, margins=margins) if l2 is None else l2
     rng = np.random.default_rng(seed)
     keys = sorted(set(groups), key=str)
     index = {k: i for i, k in enumerate(keys)}
@@ -240,7 +242,7 @@ def fit(chosen: np.ndarray, rejected: np.ndarray, chosen_len: np.ndarray, reject
     for head in range(heads):
         resample = np.ones(n) if head == 0 else np.bincount(rng.integers(0, len(keys), len(keys)),
                                                             minlength=len(keys))[member].astype(float)
-        thetas.append(bt_fit(difference, weights * resample, l2, free) if resample.any()
+        thetas.append(bt_fit(difference, weights * resample, l2, free, margins=margins) if resample.any()
                       else np.zeros(difference.shape[1]))
     thetas = np.stack(thetas)  # (heads, d + free)
     length_weight = thetas[:, -1] if free else np.zeros(heads)
@@ -248,12 +250,13 @@ def fit(chosen: np.ndarray, rejected: np.ndarray, chosen_len: np.ndarray, reject
 
 
 def choose_l2(difference: np.ndarray, weights: np.ndarray, groups: Sequence[Any], free: int = 0, seed: int = 0,
-              folds: int = 3) -> float:
-    """λ of `L2_GRID` with the lowest held-out Bradley-Terry loss over `folds` folds of whole
-    conversations (the largest λ when there are too few conversations to fold)."""
+              folds: int = 3, margins: np.ndarray | None = None) -> float:
+    """λ of `L2_GRID` with the lowest held-out Bradley-Terry loss (with `margins`, as `bt_fit`) over
+    `folds` folds of whole conversations (the largest λ when there are too few conversations to fold)."""
     keys = sorted(set(groups), key=str)
     if len(keys) < folds:
         return L2_GRID[-1]
+    margins = np.zeros(len(difference)) if margins is None else margins
     fold_of = {k: i % folds for i, k in enumerate(np.random.default_rng(seed).permutation(len(keys)))}
     position = {k: i for i, k in enumerate(keys)}
     fold = np.array([fold_of[position[g]] for g in groups])
@@ -262,8 +265,8 @@ def choose_l2(difference: np.ndarray, weights: np.ndarray, groups: Sequence[Any]
         total = 0.0
         for f in range(folds):
             train, test = fold != f, fold == f
-            theta = bt_fit(difference[train], weights[train], l2, free)
-            margin = difference[test] @ theta
+            theta = bt_fit(difference[train], weights[train], l2, free, margins=margins[train])
+            margin = difference[test] @ theta - margins[test]
             total += float((weights[test] * np.logaddexp(0, -margin)).sum())
         losses.append(total)
     return L2_GRID[int(np.argmin(losses))]
