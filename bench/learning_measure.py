@@ -56,8 +56,8 @@ def summarise(rows: dict, base: dict, previous: dict | None) -> dict:
            "mean_words": round(sum(len(t.split()) for t in texts) / len(texts), 1),
            "base_logp_per_token": round(sum(rows["base_logp"]) / max(sum(rows["tokens"]), 1), 3),
            "empty_or_looping": round(sum(not t or looping(t) for t in texts) / len(texts), 3)}
-    if cap := rows.get("max_new_tokens"):  # answers cut there never ended: no length option can act on them
-        out["cut_at_cap"] = round(sum(n >= cap for n in rows["tokens"]) / len(rows["tokens"]), 3)
+    if "ended" in rows:  # answers cut at the token cap never ended: no length option can act on them
+        out["cut_at_cap"] = round(sum(not e for e in rows["ended"]) / len(rows["ended"]), 3)
     for name, other in (("vs_base", base), ("vs_previous", previous)):
         if other is not None and other is not rows:
             w = win_rate(rows["taste"], other["taste"], rows["prompt"])

@@ -3,7 +3,8 @@
     python bench/reward.py [--max-hh 400] [--max-heldout 230] [--folds 5] [--backbones minilm policy]
                            [--layer-sets 0.5,1 0.25,0.5,0.75,1 ...] [--combine] [--margins 0.5,1,2]
                            [--curve 200,400,800]
-                           [--finetune BACKBONE:SOURCE[:PAIRS] ...] [--finetune-only] [--no-finetune]
+                           [--finetune BACKBONE:SOURCE[:PAIRS] ...] [--finetune-set FIELD=VALUE ...]
+                           [--finetune-only] [--no-finetune]
                            [--implicit N] [--home DIR] [--threads N]
 
 Data: `../shared/data`, hh-rlhf harmless-base (split 80/20 by conversation) and the OpenAssistant
@@ -32,6 +33,7 @@ Options, side by side in one run:
     `--finetune policy:hh:800` instead trains LoRA on the policy's base model with a scalar head
     on the first 800 hh training pairs and scores hh held out and every OASST pair (hh → OASST),
     `policy:oasst` on the OASST trees outside fold 0, scored on fold 0 and hh held out;
+    `--finetune-set learning_rate=5e-4` changes a setting of the reward round for each of them;
   * with `--implicit N`, instead of the options: DPO's implicit reward, β·log π/π_base of each
     response under a DPO round trained with the defaults on the first N hh training pairs (LoRA
     on the policy's base model, the base as reference), summed over the response and per token,

@@ -169,3 +169,22 @@ def test_arena_pairs_carry_scores_and_votes_become_ratings_and_training_pairs(tr
     ratings = arena.bradley_terry(votes)
     assert ratings[trained["tuned"]] > ratings[trained["base"]]
     assert len(preference_rows().rows) == before + result["pairs"]
+
+
+def test_an_answer_whose_last_allowed_token_is_its_stop_token_ended(tmp_path):
+    """"ended" is read from the tokens, not from the count: an answer as long as max_new_tokens
+    whose last token is a stop token ended; one without a stop token was cut."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests import tiny_models
+    from training.evaluate import sample_and_score
+
+    folder = tiny_models.make_tiny_policy(tmp_path / "policy")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    prompts = [[{"role": "user", "content": "Say hi."}], [{"role": "user", "content": "Name a colour."}]]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id]
+    cut = sample_and_score(model, model, tokenizer, prompts, 2, max_new_tokens=1, seed=0, batch_size=4)
+    model.generation_config.eos_token_id = list(range(model.config.vocab_size))  # every token stops
+    ended = sample_and_score(model, model, tokenizer, prompts, 2, max_new_tokens=1, seed=0, batch_size=4)
+    assert cut["tokens"] == ended["tokens"] == [1, 1, 1, 1]  # each at the cap of one token
+    assert cut["ended"] == [False] * 4 and ended["ended"] == [True] * 4

@@ -68,13 +68,15 @@ def test_a_length_biased_annotator_picks_the_longer_answer_that_share_of_the_tim
 
 def test_the_share_of_answers_cut_at_the_token_cap_is_reported():
     """An answer as long as max_new_tokens never ended: with most answers cut there, an option that
-    acts on token counts (LD-DPO, R-DPO, length matching) has nothing to act on, so the report says."""
+    acts on token counts (LD-DPO, R-DPO, length matching) has nothing to act on, so the report says.
+    One whose 64th token was its stop token ended (it used to be counted as cut)."""
     from bench.learning_measure import summarise
 
     rows = {"taste": [1.0, 0.0, 1.0, 0.0], "prompt": [0, 0, 1, 1], "kl": [0.0] * 4, "base_logp": [-1.0] * 4,
-            "tokens": [64, 12, 64, 64], "texts": ["a b", "c", "d e f", "g"], "max_new_tokens": 64}
-    assert summarise(rows, rows, None)["cut_at_cap"] == 0.75
-    assert "cut_at_cap" not in summarise({**rows, "max_new_tokens": None}, rows, None)
+            "tokens": [64, 12, 64, 64], "ended": [False, True, True, False], "texts": ["a b", "c", "d e f", "g"],
+            "max_new_tokens": 64}
+    assert summarise(rows, rows, None)["cut_at_cap"] == 0.5
+    assert "cut_at_cap" not in summarise({k: v for k, v in rows.items() if k != "ended"}, rows, None)
 
 
 def vowel_rich(text: str) -> float:

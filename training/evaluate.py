@@ -117,9 +117,13 @@ def response_stats(policy, base, input_ids, attention_mask, response_mask, respo
 def sample_and_score(policy, base, tokenizer, prompts: list[list[dict]], samples: int, max_new_tokens: int,
                      seed: int, batch_size: int) -> dict[str, list]:
     """K samples per prompt from `policy` (same seed for every version) with their KL to `base`,
-    base log-probs and token counts; "prompt" holds each row's prompt index (the cluster)."""
+    base log-probs and token counts; "ended" says whether each answer ended with a stop token (one
+    that did not was cut at `max_new_tokens`; one whose last allowed token was the stop token
+    ended); "prompt" holds each row's prompt index (the cluster)."""
     ids, attn, rmask, texts, width = sample(policy, tokenizer, prompts, samples, max_new_tokens, seed)
-    rows: dict[str, list] = {"kl": [], "base_logp": [], "tokens": []}
+    stop = torch.tensor(sampling.stop_ids(policy, tokenizer))
+    ended = (torch.isin(ids[:, ids.shape[1] - width:], stop) & rmask[:, ids.shape[1] - width:].bool()).any(1)
+    rows: dict[str, list] = {"kl": [], "base_logp": [], "tokens": [], "ended": ended.tolist()}
     for lo in range(0, ids.shape[0], batch_size):
         part = response_stats(policy, base, ids[lo:lo + batch_size], attn[lo:lo + batch_size],
                               rmask[lo:lo + batch_size], width)
