@@ -253,6 +253,7 @@ def learning_point(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, n: 
 
 
 FINETUNE_SOURCES = ("hh", "oasst", "both")
+FINETUNE_SCORES = ("hh", "hh_to_oasst", "oasst_fold0", "oasst_to_hh")  # what run_finetune may score
 
 
 def finetune_spec(text: str) -> tuple[str, str, int | None]:
@@ -486,11 +487,15 @@ def main() -> None:
         parts = [cached_features(b, rows, home, args.max_length) for b in args.backbones]
         option(Pool(rows, np.concatenate([c for c, _ in parts], 1), np.concatenate([r for _, r in parts], 1)),
                " + ".join(args.backbones) + " frozen + 8 heads", own)
+    tuned = []
     if args.finetune:
         for backbone, source, pairs in specs:
-            print(json.dumps(run_finetune(rows, hh_train, hh_heldout, oasst, folds, home, backbone, source, pairs,
-                                          args.finetune_steps, settings)), flush=True)
-    if not results:
+            tuned.append(run_finetune(rows, hh_train, hh_heldout, oasst, folds, home, backbone, source, pairs,
+                                      args.finetune_steps, settings))
+            print(json.dumps(tuned[-1]), flush=True)
+    if not results:  # the fine-tuned models alone: the last line sums them up
+        print(json.dumps({"finetuned": [{k: v for k, v in t.items() if k in ("option", *FINETUNE_SCORES)} for t in tuned],
+                          "longer_wins_oasst": baselines(oasst_rows)["longer"], "total_s": round(time.perf_counter() - started)}))
         return
     best = max(results, key=lambda r: r["oasst"]["accuracy"])
     print(json.dumps({"best": best["option"], "oasst": best["oasst"], "hh": best["hh"],
