@@ -35,7 +35,6 @@ class Measure:
         rows = sample_and_score(policy, self.base, self.tokenizer, self.prompts, self.args.samples,
                                 self.args.max_new_tokens, self.args.seed + 7, batch_size=8)
         rows["taste"] = [self.taste(t) for t in rows["texts"]]
-        rows["max_new_tokens"] = self.args.max_new_tokens
         self.rows[key] = rows
         return rows
 
@@ -95,14 +94,14 @@ def implicit_reward_accuracy(version_id: str, beta: float, measure: Measure) -> 
 
 def implicit_rewards(version_id: str, beta: float, measure: Measure) -> tuple[list[float], list[int]]:
     """β·log π/π_base of each base answer to a held-out prompt under the DPO version `version_id`, and
-    its token count. The EOS of an answer counts where it ended before the token cap (one that
-    stopped on the cap's last token is counted as cut)."""
+    its token count. The EOS of an answer counts where it ended (`sample_and_score`'s "ended"), even
+    on the cap's last token."""
     from training import model as models
     from training.arena_answers import response_logprobs
 
     rows = measure.rows["base"]
     prompts = [measure.prompts[i] for i in rows["prompt"]]
-    ended = [n < rows["max_new_tokens"] for n in rows["tokens"]]  # an answer cut at the cap has no EOS to score
+    ended = rows["ended"]  # an answer cut at the cap has no EOS to score
     policy = models.load_policy(version_id)[0].eval()
     tuned = response_logprobs(policy, measure.tokenizer, prompts, rows["texts"], ended)
     base = response_logprobs(measure.base, measure.tokenizer, prompts, rows["texts"], ended)

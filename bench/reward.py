@@ -153,38 +153,39 @@ def baselines(rows: list[dict]) -> dict:
 def rank_gaps(rows: list[dict]) -> np.ndarray:
     """How many places apart in its ranking each pair's two answers stood: 1 for neighbours (and
     for a lone pair, as every hh pair is), more for an OASST reply ranked above several siblings.
-    Read from the pairs alone: among one prompt's pairs, an answer ranked p-th of k is chosen over
-    the k − p answers below it. Shape: (rows,)."""
-    wins: dict[tuple[str, str], int] = {}
-    keys = [json.dumps(r["prompt"], sort_keys=True) for r in rows]
+    Read from the pairs alone: among the pairs of one prompt (of one source), an answer ranked p-th
+    of k is chosen over the k − p answers below it. At least 1: pairs the store dropped as repeats
+    can make the count smaller. Shape: (rows,)."""
+    keys = [(r.get("source"), json.dumps(r["prompt"], sort_keys=True)) for r in rows]
+    wins: dict[tuple, int] = {}
     for key, r in zip(keys, rows):
         wins[key, r["chosen"][-1]["content"]] = wins.get((key, r["chosen"][-1]["content"]), 0) + 1
-    return np.array([wins[key, r["chosen"][-1]["content"]] - wins.get((key, r["rejected"][-1]["content"]), 0)
-                     for key, r in zip(keys, rows)], dtype=float)
+    gaps = [wins[key, r["chosen"][-1]["content"]] - wins.get((key, r["rejected"][-1]["content"]), 0)
+            for key, r in zip(keys, rows)]
+    return np.maximum(np.array(gaps, dtype=float), 1)
 
 
 class Pool:
-    """All pairs with their features, lengths, sources and conversations, indexable by a mask.
-    `margins`: each pair's Bradley-Terry margin (`reward_heads.bt_fit`), none unless set."""
+    """All pairs with their features, lengths, sources and conversations, indexable by a mask."""
 
     def __init__(self, rows: list[dict], chosen: np.ndarray, rejected: np.ndarray):
         from training import reward_heads
 
         self.rows, self.chosen, self.rejected = rows, chosen, rejected
-        self.margins = np.zeros(len(rows))
         self.chosen_len = reward_heads.response_length(texts(rows, "chosen"))
         self.rejected_len = reward_heads.response_length(texts(rows, "rejected"))
         self.groups = [r["conversation"] for r in rows]
         self.sources = [r["source"] for r in rows]
 
-    def fit(self, mask: np.ndarray, length: str, balanced: bool, seed: int = 0):
+    def fit(self, mask: np.ndarray, length: str, balanced: bool, seed: int = 0, margins: np.ndarray | None = None):
+        """Heads on the pairs in `mask`; `margins`: every pair's Bradley-Terry margin (`reward_heads.bt_fit`)."""
         from training import reward_heads
 
         sources = [s for s, m in zip(self.sources, mask) if m]
         weights = reward_heads.source_weights(sources) if balanced else None
         return reward_heads.fit(self.chosen[mask], self.rejected[mask], self.chosen_len[mask],
                                 self.rejected_len[mask], [g for g, m in zip(self.groups, mask) if m],
-                                weights, length=length, seed=seed, margins=self.margins[mask])
+                                weights, length=length, seed=seed, margins=None if margins is None else margins[mask])
 
     def score(self, heads, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(outcome per pair, every response's mean reward, ensemble spread per response)."""
@@ -198,7 +199,7 @@ class Pool:
 
 
 def run_heads(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray, folds: np.ndarray,
-              length: str, balanced: bool, both: bool) -> dict:
+              length: str, balanced: bool, both: bool, margins: np.ndarray | None = None) -> dict:
     """One frozen-backbone option. OASST: K folds over trees, each scored by heads trained on the
     other trees (and on hh's training split when `both`); hh held out: scored by heads trained on
     hh's training split (and on OASST folds 1.. when `both`). Cross-source: trained on one source,
@@ -210,16 +211,16 @@ def run_heads(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: n
     rewards, lengths, spreads = [], [], []
     for k in sorted(set(folds[oasst])):
         test = oasst & (folds == k)
-        heads = pool.fit((hh_train if both else np.zeros_like(oasst)) | (oasst & ~test), length, balanced)
+        heads = pool.fit((hh_train if both else np.zeros_like(oasst)) | (oasst & ~test), length, balanced, margins=margins)
         won, reward, spread = pool.score(heads, test)
         won_oasst[test] = won
         fold0 = won if k == 0 else fold0
         rewards.append(reward), spreads.append(spread)
         lengths.append(np.concatenate([pool.chosen_len[test], pool.rejected_len[test]]))
-    hh_heads = pool.fit(hh_train | (oasst & (folds != 0) if both else hh_train), length, balanced)
+    hh_heads = pool.fit(hh_train | (oasst & (folds != 0) if both else hh_train), length, balanced, margins=margins)
     won_hh, reward_hh, spread_hh = pool.score(hh_heads, hh_heldout)
-    won_to_oasst, _, _ = pool.score(pool.fit(hh_train, length, balanced), oasst)
-    won_to_hh, _, _ = pool.score(pool.fit(oasst, length, balanced), hh_heldout)
+    won_to_oasst, _, _ = pool.score(pool.fit(hh_train, length, balanced, margins=margins), oasst)
+    won_to_hh, _, _ = pool.score(pool.fit(oasst, length, balanced, margins=margins), hh_heldout)
     hh_lengths = np.concatenate([pool.chosen_len[hh_heldout], pool.rejected_len[hh_heldout]])
     conversations = np.array(pool.groups)
     return {"oasst": accuracy(won_oasst[oasst], list(conversations[oasst])),
@@ -253,7 +254,7 @@ def learning_point(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, n: 
 
 
 FINETUNE_SOURCES = ("hh", "oasst", "both")
-FINETUNE_SCORES = ("hh", "hh_to_oasst", "oasst_fold0", "oasst_to_hh")  # what run_finetune may score
+FINETUNE_FIXED = ("backbone", "method", "backbone_path")  # what --finetune-set may not change
 
 
 def finetune_spec(text: str) -> tuple[str, str, int | None]:
@@ -299,7 +300,8 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     result = {"option": f"{backbone} fine-tuned ({'LoRA r' + str(config.lora_r) + ' + scalar head' if backbone == 'policy' else 'in full'}, "
                         f"TRL RewardTrainer, lr {config.lr:g}, {config.epochs:g} epochs), trained on {len(train_rows)} "
                         f"{source} pairs", "backbone": backbone, "source": source, "pairs": len(train_rows),
-              "steps": trained["steps"], "train_loss": round(trained["train_loss"], 4), "train_s": round(seconds, 1)}
+              "settings": settings or {}, "steps": trained["steps"], "train_loss": round(trained["train_loss"], 4),
+              "train_s": round(seconds, 1)}
     for name, mask in scored.items():
         chosen_rows = [r for r, m in zip(rows, mask) if m]
         prompts = [r["prompt"] for r in chosen_rows]
@@ -308,7 +310,8 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
         won = metrics.pair_outcomes(*rewards)
         lengths = [len(t) for side in answers for t in side]  # characters, in the order of the rewards
         result[name] = {**accuracy(won, [r["conversation"] for r in chosen_rows]),
-                        "length_r": round(metrics.pearson(np.concatenate(rewards), lengths), 3)}
+                        "length_r": round(metrics.pearson(np.concatenate(rewards), lengths), 3),
+                        "longer_wins": baselines(chosen_rows)["longer"]["accuracy"]}
     result["total_s"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -405,22 +408,29 @@ def main() -> None:
     if not args.finetune and (args.finetune_only or args.finetune_specs or args.finetune_set):
         sys.exit("--no-finetune turns off the fine-tuned models that --finetune, --finetune-only and --finetune-set ask for.")
     settings = dict(item.partition("=")[::2] for item in args.finetune_set)
+    if bad := [item for item in args.finetune_set if "=" not in item or item.partition("=")[0] in FINETUNE_FIXED]:
+        sys.exit(f"--finetune-set {bad[0]!r}: write FIELD=VALUE for a field other than {', '.join(FINETUNE_FIXED)} "
+                 f"(--finetune names the backbone).")
     if settings:
         from training.config_fields import ConfigError, config_from_dict
         from training.reward_config import RewardRoundConfig
 
-        try:  # a misspelt field or value is refused before the minutes of reading
-            config_from_dict(RewardRoundConfig, {**settings, "method": "fine-tune"}, where="--finetune-set")
-        except ConfigError as error:
-            sys.exit(str(error))
-    if (args.curve or args.implicit) and (args.finetune_only or args.finetune_specs):
-        sys.exit("--curve and --implicit measure only themselves: run --finetune on its own.")
+        for backbone, _, _ in specs:  # a misspelt field or value is refused before the minutes of reading
+            try:
+                config_from_dict(RewardRoundConfig, {**settings, "backbone": backbone, "method": "fine-tune"},
+                                 where="--finetune-set")
+            except ConfigError as error:
+                sys.exit(str(error))
+    if (args.curve or args.implicit) and (args.finetune_only or args.finetune_specs or args.margins):
+        sys.exit("--curve and --implicit measure only themselves: run --finetune and --margins on their own.")
     if args.finetune_only and (args.combine or args.layer_sets or args.margins):
         sys.exit("--finetune-only leaves out the frozen options that --combine, --layer-sets and --margins ask for.")
     try:
         margin_scales = [float(c) for c in args.margins.split(",")] if args.margins else []
     except ValueError:
-        sys.exit(f"--margins takes comma-separated numbers, not {args.margins!r}.")
+        margin_scales = [float("nan")]
+    if not all(np.isfinite(c) and c > 0 for c in margin_scales):
+        sys.exit(f"--margins takes comma-separated numbers above 0, not {args.margins!r}.")
     if not (HH.is_file() and OASST.is_file()):
         sys.exit(f"{DATA} lacks the hh-rlhf or OASST file; the benchmark needs the shared data beside the checkout.")
     from training import jobs
@@ -440,7 +450,7 @@ def main() -> None:
     hh_train[:n_train], hh_heldout[n_train:n_train + n_heldout], oasst[n_train + n_heldout:] = True, True, True
     folds = np.full(len(rows), -1)
     folds[oasst] = fold_of(oasst_rows, args.folds)
-    gaps = rank_gaps(rows)
+    gaps = np.where(oasst, rank_gaps(rows), 1)  # hh pairs: no margin
     print(json.dumps({"pairs": {"hh_train": n_train, "hh_heldout": n_heldout, "oasst": int(oasst.sum()),
                                 "oasst_trees": len({r["conversation"] for r in oasst_rows}),
                                 "oasst_rank_gaps": {int(g): int((gaps[oasst] == g).sum()) for g in sorted(set(gaps[oasst]))}},
@@ -460,12 +470,12 @@ def main() -> None:
         return
     results = []
 
-    def option(pool: Pool, label: str, combos) -> None:
+    def option(pool: Pool, label: str, combos, margins: np.ndarray | None = None) -> None:
         for both, balanced, length in combos:
             name = (f"{label}, length {length}, "
                     + ("trained on both sources" + (" balanced" if balanced else "") if both else "trained on its own source"))
             results.append({"option": name, "both_sources": both,
-                            **run_heads(pool, hh_train, hh_heldout, oasst, folds, length, balanced, both)})
+                            **run_heads(pool, hh_train, hh_heldout, oasst, folds, length, balanced, both, margins)})
             print(json.dumps(results[-1]), flush=True)
 
     every = [(both, balanced, length) for both, balanced in ((False, False), (True, False), (True, True))
@@ -477,9 +487,7 @@ def main() -> None:
         pool = Pool(rows, *cached_features(backbone, rows, home, args.max_length))
         option(pool, f"{backbone} frozen + 8 heads", every)
         for scale in margin_scales:
-            pool.margins = scale * (gaps - 1)
-            option(pool, f"{backbone} frozen + 8 heads, margin {scale:g}·(rank gap − 1)", with_margins)
-        pool.margins = np.zeros(len(rows))
+            option(pool, f"{backbone} frozen + 8 heads, margin {scale:g}·(rank gap − 1)", with_margins, scale * (gaps - 1))
         for layers in layer_sets:
             option(Pool(rows, *cached_features(backbone, rows, home, args.max_length, layers)),
                    f"{backbone} frozen + 8 heads, layers {','.join(f'{f:g}' for f in layers)}", own)
@@ -494,8 +502,8 @@ def main() -> None:
                                       args.finetune_steps, settings))
             print(json.dumps(tuned[-1]), flush=True)
     if not results:  # the fine-tuned models alone: the last line sums them up
-        print(json.dumps({"finetuned": [{k: v for k, v in t.items() if k in ("option", *FINETUNE_SCORES)} for t in tuned],
-                          "longer_wins_oasst": baselines(oasst_rows)["longer"], "total_s": round(time.perf_counter() - started)}))
+        print(json.dumps({"finetuned": [{k: v for k, v in t.items() if k == "option" or isinstance(v, dict)} for t in tuned],
+                          "total_s": round(time.perf_counter() - started)}))
         return
     best = max(results, key=lambda r: r["oasst"]["accuracy"])
     print(json.dumps({"best": best["option"], "oasst": best["oasst"], "hh": best["hh"],

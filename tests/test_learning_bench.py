@@ -73,8 +73,7 @@ def test_the_share_of_answers_cut_at_the_token_cap_is_reported():
     from bench.learning_measure import summarise
 
     rows = {"taste": [1.0, 0.0, 1.0, 0.0], "prompt": [0, 0, 1, 1], "kl": [0.0] * 4, "base_logp": [-1.0] * 4,
-            "tokens": [64, 12, 64, 64], "ended": [False, True, True, False], "texts": ["a b", "c", "d e f", "g"],
-            "max_new_tokens": 64}
+            "tokens": [64, 12, 64, 64], "ended": [False, True, True, False], "texts": ["a b", "c", "d e f", "g"]}
     assert summarise(rows, rows, None)["cut_at_cap"] == 0.5
     assert "cut_at_cap" not in summarise({k: v for k, v in rows.items() if k != "ended"}, rows, None)
 
@@ -245,7 +244,8 @@ def test_the_implicit_reward_ranks_answers_by_beta_times_their_log_ratio_to_the_
     tuned = models.load_policy("v2")[0]
     prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]]
     texts = ["Blue.", "Red, like a rose.", "Green grass", "Hi.", "Hello there!", "Hey"]
-    rows = {"prompt": [0, 0, 0, 1, 1, 1], "texts": texts, "tokens": [2, 5, 64, 2, 4, 64], "max_new_tokens": 64}
+    rows = {"prompt": [0, 0, 0, 1, 1, 1], "texts": texts, "tokens": [2, 64, 64, 2, 4, 64],
+            "ended": [True, True, False, True, True, False]}  # the second ended on the cap's last token
 
     def by_hand(k: int) -> float:  # the last answer of each prompt was cut at the cap: no EOS
         p_ids = tokenizer.apply_chat_template(prompts[rows["prompt"][k]], tokenize=True, add_generation_prompt=True,

@@ -72,12 +72,21 @@ def test_rank_gaps_count_the_places_between_two_ranked_siblings_and_a_lone_pair_
     rows = [row("Q", ranked[i], ranked[j]) for i in range(4) for j in range(i + 1, 4)] + [row("H", "yes", "no")]
     assert rank_gaps(rows).tolist() == [1, 2, 3, 1, 2, 1, 1]
 
+    other = [dict(row("Q", "a", "z"), source="hh")]  # the same prompt in another source is another ranking
+    assert rank_gaps([dict(r, source="oasst") for r in rows[:6]] + other).tolist() == [1, 2, 3, 1, 2, 1, 1]
+    # a ranking a, b, c whose pair a > c the store dropped (a repeat) counts a and b alike: never below one place
+    assert rank_gaps([row("R", "a", "b"), row("R", "b", "c")]).tolist() == [1, 1]
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--finetune-set", "learning_rte=5e-4"], "unknown field 'learning_rte'"),
     (["--finetune-set", "learning_rate=fast"], "learning_rate"),
     (["--no-finetune", "--finetune-set", "learning_rate=5e-4"], "--no-finetune turns off"),
     (["--margins", "0.5,x"], "--margins takes comma-separated numbers"),
+    (["--margins", "0,1"], "numbers above 0"),
+    (["--curve", "100", "--margins", "1"], "--curve and --implicit measure only themselves"),
+    (["--finetune-set", "learning_rate"], "write FIELD=VALUE"),
+    (["--finetune-set", "backbone=minilm"], "--finetune names the backbone"),
     (["--finetune-only", "--margins", "1"], "--finetune-only leaves out"),
 ])
 def test_the_bench_refuses_settings_it_cannot_use_before_reading_anything(argv, message, monkeypatch, capsys):

@@ -58,6 +58,28 @@ def test_a_margin_asks_a_pair_to_be_separated_by_more_and_none_is_the_plain_fit(
     assert (np.abs(fitted[1].theta).sum(1) > np.abs(fitted[0].theta).sum(1)).all()  # every head is fitted with them
 
 
+def test_the_fit_with_margins_is_where_the_gradient_of_its_loss_vanishes():
+    """At θ of bt_fit, Σ w σ(m − θ·d) d / Σ w = λ θ: the margin enters the loss as written."""
+    rng = np.random.default_rng(1)
+    difference, weights = rng.normal(0.3, 1.0, size=(120, 4)), rng.uniform(0.5, 2.0, size=120)
+    margins = rng.choice([0.0, 0.5, 2.0], size=120)
+    theta = reward_heads.bt_fit(difference, weights, l2=0.1, margins=margins)
+    pull = 1 / (1 + np.exp(-(margins - difference @ theta)))  # σ(m − θ·d)
+    np.testing.assert_allclose((weights * pull) @ difference / weights.sum(), 0.1 * theta, atol=1e-6)
+
+
+def test_the_regularisation_is_chosen_on_the_held_out_loss_with_its_margins():
+    """Noisy pairs: without margins a stronger λ holds out best; asked to separate every pair by
+    3, the held-out loss (with the same margins) wants a larger θ, so a weaker λ."""
+    rng = np.random.default_rng(0)
+    difference = rng.normal(0.0, 1.0, size=(300, 5))
+    difference[:, 0] += 0.3
+    groups, weights = list(range(300)), np.ones(300)
+    plain = reward_heads.choose_l2(difference, weights, groups)
+    assert plain == reward_heads.choose_l2(difference, weights, groups, margins=[0.0] * 300) == 0.1
+    assert reward_heads.choose_l2(difference, weights, groups, margins=[3.0] * 300) == 0.01
+
+
 def test_length_disentangled_heads_drop_a_planted_length_preference_and_keep_content():
     chosen, rejected, chosen_len, rejected_len, groups = planted(300, 0, "length")
     free = reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1, length="free")

@@ -45,3 +45,15 @@ def test_response_mask_keeps_the_first_stop_token_and_decode_drops_it(tmp_path):
     mask = sampling.response_mask(ids, [eos])
     assert mask.sum(-1).tolist() == [len(a) + 1, len(b) + 1]
     assert sampling.decode(tok, ids, mask) == ["Paris", "sea"]
+
+
+def test_an_answer_ended_when_its_kept_tokens_hold_a_stop_token_even_the_last_one_allowed():
+    from training.sampling import ended
+
+    response = torch.tensor([[5, 2, 2, 2],   # ended early; padded with the stop token
+                             [5, 6, 7, 8],   # cut at the cap
+                             [5, 6, 7, 2],   # its stop token was the last one allowed
+                             [5, 6, 0, 0]])  # padding that is no stop token, outside what was kept
+    kept = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]])
+    assert ended(response, kept, [2]).tolist() == [True, False, True, False]
+    assert ended(response, torch.zeros_like(kept), [2]).tolist() == [False] * 4  # a stop token not kept does not count

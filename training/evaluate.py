@@ -121,8 +121,8 @@ def sample_and_score(policy, base, tokenizer, prompts: list[list[dict]], samples
     that did not was cut at `max_new_tokens`; one whose last allowed token was the stop token
     ended); "prompt" holds each row's prompt index (the cluster)."""
     ids, attn, rmask, texts, width = sample(policy, tokenizer, prompts, samples, max_new_tokens, seed)
-    stop = torch.tensor(sampling.stop_ids(policy, tokenizer))
-    ended = (torch.isin(ids[:, ids.shape[1] - width:], stop) & rmask[:, ids.shape[1] - width:].bool()).any(1)
+    response, kept = ids[:, ids.shape[1] - width:], rmask[:, ids.shape[1] - width:]  # (B, R): the responses
+    ended = sampling.ended(response, kept, sampling.stop_ids(policy, tokenizer))
     rows: dict[str, list] = {"kl": [], "base_logp": [], "tokens": [], "ended": ended.tolist()}
     for lo in range(0, ids.shape[0], batch_size):
         part = response_stats(policy, base, ids[lo:lo + batch_size], attn[lo:lo + batch_size],

@@ -90,10 +90,8 @@ def sample_rows(model, tokenizer, texts: list[str], *, max_new_tokens: int, temp
     enc = device.place(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
     new, mask = sampling.sample(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_p=top_p, seed=seed)  # (B, T_new) each
-    stop = sampling.stop_ids(model, tokenizer)
-    counts = mask.sum(-1).tolist()
-    return [(text, n, bool(n and int(ids[n - 1]) in stop))
-            for text, n, ids in zip(sampling.decode(tokenizer, new, mask), counts, new)]
+    stopped = sampling.ended(new, mask, sampling.stop_ids(model, tokenizer)).tolist()
+    return list(zip(sampling.decode(tokenizer, new, mask), mask.sum(-1).tolist(), stopped))
 
 
 def chat_texts(tokenizer, prompts: list[list[dict]]) -> list[str]:

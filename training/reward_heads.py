@@ -256,7 +256,7 @@ def choose_l2(difference: np.ndarray, weights: np.ndarray, groups: Sequence[Any]
     keys = sorted(set(groups), key=str)
     if len(keys) < folds:
         return L2_GRID[-1]
-    margins = np.zeros(len(difference)) if margins is None else margins
+    margins = np.zeros(len(difference)) if margins is None else np.asarray(margins, dtype=float)
     fold_of = {k: i % folds for i, k in enumerate(np.random.default_rng(seed).permutation(len(keys)))}
     position = {k: i for i, k in enumerate(keys)}
     fold = np.array([fold_of[position[g]] for g in groups])

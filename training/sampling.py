@@ -51,6 +51,13 @@ def response_mask(response_ids: torch.Tensor, stop: list[int]) -> torch.Tensor:
     return (stops_before == 0).long()
 
 
+def ended(response_ids: torch.Tensor, kept: torch.Tensor, stop: list[int]) -> torch.Tensor:
+    """Whether each row's kept tokens hold a stop token: it ended, even where its stop token was the
+    last one allowed; a row without one was cut at the token cap. Shape: (B, R) -> (B,) bool."""
+    is_stop = torch.isin(response_ids, torch.tensor(stop, device=response_ids.device))
+    return (is_stop & kept.bool()).any(1)
+
+
 @contextmanager
 def own_settings_only(model) -> Iterator[None]:
     """Within the block, the model's own generation_config holds no sampling defaults."""
