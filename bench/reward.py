@@ -27,7 +27,7 @@ Options, side by side in one run:
   * with `--curve`, instead of the options: the default option (length free and keep) fitted on
     fewer hh training pairs (random whole conversations, 3 draws each), scored on hh held out:
     how accuracy grows with labels, to say what more of them would buy;
-  * fine-tuned reward models (the reward round's method fine-tune with its defaults, TRL
+  * fine-tuned reward models (bench/reward_trained.py; the reward round's method fine-tune with its defaults, TRL
     RewardTrainer), by default MiniLM trained in full (prefloop's reward round before this
     bench) on both sources, scored on OASST fold 0 only (it costs minutes per fold);
     `--finetune policy:hh:800` instead trains LoRA on the policy's base model with a scalar head
@@ -253,124 +253,10 @@ def learning_point(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, n: 
     return {"mean_accuracy": round(float(np.mean([s["accuracy"] for s in scores])), 3), "first": scores[0]}
 
 
-FINETUNE_SOURCES = ("hh", "oasst", "both")
-FINETUNE_FIXED = ("backbone", "method", "backbone_path")  # what --finetune-set may not change
-
-
-def finetune_spec(text: str) -> tuple[str, str, int | None]:
-    """`--finetune BACKBONE:SOURCE[:PAIRS]` read as (backbone, source, pairs or None); ValueError,
-    in one sentence, for anything else."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in ("minilm", "policy") or parts[1] not in FINETUNE_SOURCES \
-            or (len(parts) == 3 and not (parts[2].isdigit() and int(parts[2]) > 0)):
-        raise ValueError(f"--finetune {text!r}: write BACKBONE:SOURCE[:PAIRS], BACKBONE minilm or policy, SOURCE "
-                         f"{', '.join(FINETUNE_SOURCES)}, PAIRS a positive number (e.g. policy:hh:400).")
-    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None
-
-
-def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray,
-                 folds: np.ndarray, home: Path, backbone: str = "minilm", source: str = "both",
-                 pairs: int | None = None, max_steps: int | None = None, settings: dict | None = None) -> dict:
-    """A reward round with method fine-tune and its defaults: MiniLM trained in full, or LoRA on the
-    policy's base model with a scalar head (TRL RewardTrainer). Trained on `source` (hh: the hh
-    training split; oasst: the OASST trees outside fold 0; both: the two), on its first `pairs`
-    pairs; scored on what it never saw: trained on hh, hh held out and every OASST pair (hh →
-    OASST); on OASST, OASST fold 0 and hh held out (OASST → hh); on both, OASST fold 0 and hh held out.
-    `settings`: other fields of the reward round than its defaults (`--finetune-set`)."""
-    import tempfile
-
-    from training import jobs, metrics, preferences, reward
-    from training.config_fields import config_from_dict
-    from training.reward_config import RewardRoundConfig
-
-    config = config_from_dict(RewardRoundConfig, {**(settings or {}), "backbone": backbone, "method": "fine-tune"},
-                              where="--finetune-set")
-    fold0 = oasst & (folds == 0)
-    train_mask = {"hh": hh_train, "oasst": oasst & (folds != 0), "both": hh_train | (oasst & (folds != 0))}[source]
-    scored = {"hh": {"hh": hh_heldout, "hh_to_oasst": oasst},
-              "oasst": {"oasst_fold0": fold0, "oasst_to_hh": hh_heldout},
-              "both": {"oasst_fold0": fold0, "hh": hh_heldout}}[source]
-    train_rows = [r for r, m in zip(rows, train_mask) if m][:pairs]
-    data = preferences.PreferenceData(train_rows, [], [], False)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=home) as out:
-        model, tokenizer, _, trained = reward.train(config, data, jobs.Reporter(None), out, max_steps)
-    seconds = time.perf_counter() - started
-    scorer = reward.make_scorer(model, tokenizer, config.max_length, batch_size=16)  # scores in eval mode
-    result = {"option": f"{backbone} fine-tuned ({'LoRA r' + str(config.lora_r) + ' + scalar head' if backbone == 'policy' else 'in full'}, "
-                        f"TRL RewardTrainer, lr {config.lr:g}, {config.epochs:g} epochs), trained on {len(train_rows)} "
-                        f"{source} pairs", "backbone": backbone, "source": source, "pairs": len(train_rows),
-              "settings": settings or {}, "steps": trained["steps"], "train_loss": round(trained["train_loss"], 4),
-              "train_s": round(seconds, 1)}
-    for name, mask in scored.items():
-        chosen_rows = [r for r, m in zip(rows, mask) if m]
-        prompts = [r["prompt"] for r in chosen_rows]
-        answers = [texts(chosen_rows, side) for side in ("chosen", "rejected")]
-        rewards = [scorer(prompts, side).numpy() for side in answers]
-        won = metrics.pair_outcomes(*rewards)
-        lengths = [len(t) for side in answers for t in side]  # characters, in the order of the rewards
-        result[name] = {**accuracy(won, [r["conversation"] for r in chosen_rows]),
-                        "length_r": round(metrics.pearson(np.concatenate(rewards), lengths), 3),
-                        "longer_wins": baselines(chosen_rows)["longer"]["accuracy"]}
-    result["total_s"] = round(time.perf_counter() - started, 1)
-    return result
-
-
-def run_implicit(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: np.ndarray, n: int,
-                 max_length: int, max_steps: int | None, home: Path) -> dict:
-    """DPO's implicit reward as a reward model: a DPO round (the defaults) on the first `n` hh training
-    pairs, then every held-out response scored by β·log π/π_base, read as the reward round reads it
-    (`reward.encode`: the prompt kept, the response's end cut at `max_length` tokens)."""
-    import tempfile
-
-    from training import dpo, jobs, metrics, preferences, versions
-    from training import model as models
-    from training.dpo_config import DPORoundConfig
-
-    config = DPORoundConfig()
-    train_rows = [r for r, m in zip(rows, hh_train) if m][:n]
-    model, tokenizer = models.load_policy(versions.ensure_base_version())
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=home) as out:
-        policy, trained = dpo.train(model, tokenizer, preferences.PreferenceData(train_rows, [], [], False), config,
-                                    jobs.Reporter(None), out, max_steps)
-    train_seconds = time.perf_counter() - started
-    policy.eval()
-    result = {"option": f"DPO implicit reward (β {config.beta:g}), trained on {len(train_rows)} hh pairs",
-              "steps": trained["steps"], "train_s": round(train_seconds, 1)}
-    for name, mask in (("hh", hh_heldout), ("hh_to_oasst", oasst)):
-        scored = [r for r, m in zip(rows, mask) if m]
-        sides = {side: implicit_rewards(policy, tokenizer, [r["prompt"] for r in scored], texts(scored, side),
-                                        max_length, config.beta) for side in ("chosen", "rejected")}
-        conversations = [r["conversation"] for r in scored]
-        lengths = np.concatenate([sides[s][2] for s in ("chosen", "rejected")])
-        for scoring, k in (("sum", 0), ("per_token", 1)):
-            won = metrics.pair_outcomes(sides["chosen"][k], sides["rejected"][k])
-            rewards = np.concatenate([sides[s][k] for s in ("chosen", "rejected")])
-            result[f"{name}_{scoring}"] = {**accuracy(won, conversations),
-                                           "length_r": round(metrics.pearson(rewards, lengths), 3)}
-    result["total_s"] = round(time.perf_counter() - started, 1)
-    return result
-
-
-def implicit_rewards(policy, tokenizer, prompts: list[list[dict]], responses: list[str], max_length: int, beta: float,
-                     batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(β·log π/π_ref summed over each response's tokens, the same per token, the token count), where
-    π is `policy` (a peft model) and π_ref the same network with its adapter off. Shape: (n,) each."""
-    from training.evaluate import response_logprob_sums
-    from training.reward import encode_parts
-
-    encoded = [encode_parts(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    ids, starts = [i for i, _ in encoded], [start for _, start in encoded]
-    tuned = response_logprob_sums(policy, ids, starts, tokenizer.pad_token_id, batch_size).numpy()
-    with policy.disable_adapter():
-        reference = response_logprob_sums(policy, ids, starts, tokenizer.pad_token_id, batch_size).numpy()
-    total = beta * (tuned - reference)
-    count = np.array([len(i) - start for i, start in zip(ids, starts)], dtype=float)
-    return total, total / np.maximum(count, 1), count
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: what cannot be used together or at all is refused in one sentence
+    (SystemExit) before anything is read. Adds `specs` (the fine-tuned models), `settings`
+    (`--finetune-set` as a dict) and `margin_scales`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", nargs="+", default=["minilm", "policy"], choices=["minilm", "policy"])
     parser.add_argument("--max-hh", type=int, default=400, help="hh training pairs")
@@ -400,14 +286,16 @@ def main() -> None:
     parser.add_argument("--finetune-only", action="store_true", help="only the fine-tuned models, no frozen options")
     parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
     parser.add_argument("--threads", type=int, help="torch threads (default: PREFLOOP_THREADS or every core)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    from bench.reward_trained import FINETUNE_FIXED, finetune_spec  # it imports this module's scoring
+
     try:
-        specs = [finetune_spec(t) for t in args.finetune_specs or ["minilm:both"]]
+        args.specs = specs = [finetune_spec(t) for t in args.finetune_specs or ["minilm:both"]]
     except ValueError as error:
         sys.exit(str(error))
     if not args.finetune and (args.finetune_only or args.finetune_specs or args.finetune_set):
         sys.exit("--no-finetune turns off the fine-tuned models that --finetune, --finetune-only and --finetune-set ask for.")
-    settings = dict(item.partition("=")[::2] for item in args.finetune_set)
+    args.settings = settings = dict(item.partition("=")[::2] for item in args.finetune_set)
     if bad := [item for item in args.finetune_set if "=" not in item or item.partition("=")[0] in FINETUNE_FIXED]:
         sys.exit(f"--finetune-set {bad[0]!r}: write FIELD=VALUE for a field other than {', '.join(FINETUNE_FIXED)} "
                  f"(--finetune names the backbone).")
@@ -426,11 +314,18 @@ def main() -> None:
     if args.finetune_only and (args.combine or args.layer_sets or args.margins):
         sys.exit("--finetune-only leaves out the frozen options that --combine, --layer-sets and --margins ask for.")
     try:
-        margin_scales = [float(c) for c in args.margins.split(",")] if args.margins else []
+        args.margin_scales = [float(c) for c in args.margins.split(",")] if args.margins else []
     except ValueError:
-        margin_scales = [float("nan")]
-    if not all(np.isfinite(c) and c > 0 for c in margin_scales):
+        args.margin_scales = [float("nan")]
+    if not all(np.isfinite(c) and c > 0 for c in args.margin_scales):
         sys.exit(f"--margins takes comma-separated numbers above 0, not {args.margins!r}.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from bench.reward_trained import run_finetune, run_implicit  # it imports this module's scoring
+
     if not (HH.is_file() and OASST.is_file()):
         sys.exit(f"{DATA} lacks the hh-rlhf or OASST file; the benchmark needs the shared data beside the checkout.")
     from training import jobs
@@ -486,7 +381,7 @@ def main() -> None:
     for backbone in [] if args.finetune_only else args.backbones:
         pool = Pool(rows, *cached_features(backbone, rows, home, args.max_length))
         option(pool, f"{backbone} frozen + 8 heads", every)
-        for scale in margin_scales:
+        for scale in args.margin_scales:
             option(pool, f"{backbone} frozen + 8 heads, margin {scale:g}·(rank gap − 1)", with_margins, scale * (gaps - 1))
         for layers in layer_sets:
             option(Pool(rows, *cached_features(backbone, rows, home, args.max_length, layers)),
@@ -497,9 +392,9 @@ def main() -> None:
                " + ".join(args.backbones) + " frozen + 8 heads", own)
     tuned = []
     if args.finetune:
-        for backbone, source, pairs in specs:
+        for backbone, source, pairs in args.specs:
             tuned.append(run_finetune(rows, hh_train, hh_heldout, oasst, folds, home, backbone, source, pairs,
-                                      args.finetune_steps, settings))
+                                      args.finetune_steps, args.settings))
             print(json.dumps(tuned[-1]), flush=True)
     if not results:  # the fine-tuned models alone: the last line sums them up
         print(json.dumps({"finetuned": [{k: v for k, v in t.items() if k == "option" or isinstance(v, dict)} for t in tuned],

@@ -1,5 +1,6 @@
-"""bench/reward.py: DPO's implicit reward (β·log π/π_ref of each response, read as the reward round
-reads it, with the adapter off as the reference) and how a fine-tuned option is named."""
+"""bench/reward.py and bench/reward_trained.py: DPO's implicit reward (β·log π/π_ref of each
+response, read as the reward round reads it, with the adapter off as the reference), how a
+fine-tuned option is named, OASST's rank gaps, and the command line's refusals."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,7 @@ def test_the_implicit_reward_is_beta_times_the_log_ratio_of_the_response_and_zer
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench.reward import implicit_rewards
+    from bench.reward_trained import implicit_rewards
     from tests import tiny_models
     from training.evaluate import sequence_logprobs
     from training.reward import encode_parts
@@ -52,7 +53,7 @@ def test_the_implicit_reward_is_beta_times_the_log_ratio_of_the_response_and_zer
 
 
 def test_a_finetune_spec_reads_backbone_source_and_pairs_and_refuses_anything_else():
-    from bench.reward import finetune_spec
+    from bench.reward_trained import finetune_spec
 
     assert finetune_spec("policy:hh:400") == ("policy", "hh", 400)
     assert finetune_spec("minilm:both") == ("minilm", "both", None)
@@ -89,12 +90,17 @@ def test_rank_gaps_count_the_places_between_two_ranked_siblings_and_a_lone_pair_
     (["--finetune-set", "backbone=minilm"], "--finetune names the backbone"),
     (["--finetune-only", "--margins", "1"], "--finetune-only leaves out"),
 ])
-def test_the_bench_refuses_settings_it_cannot_use_before_reading_anything(argv, message, monkeypatch, capsys):
-    import sys
-
+def test_the_bench_refuses_settings_it_cannot_use_before_reading_anything(argv, message):
     from bench import reward
 
-    monkeypatch.setattr(sys, "argv", ["bench/reward.py", *argv])
     with pytest.raises(SystemExit) as stopped:
-        reward.main()
+        reward.parse_args(argv)
     assert message in str(stopped.value)
+
+
+def test_the_bench_reads_its_fine_tuning_settings_and_margin_scales():
+    from bench import reward
+
+    args = reward.parse_args(["--finetune", "policy:oasst", "--finetune-set", "learning_rate=5e-4", "--margins", "0.5,2"])
+    assert args.specs == [("policy", "oasst", None)] and args.settings == {"learning_rate": "5e-4"}
+    assert args.margin_scales == [0.5, 2.0]
