@@ -27,14 +27,15 @@ Options, side by side in one run:
   * with `--curve`, instead of the options: the default option (length free and keep) fitted on
     fewer hh training pairs (random whole conversations, 3 draws each), scored on hh held out:
     how accuracy grows with labels, to say what more of them would buy;
-  * fine-tuned reward models (bench/reward_trained.py; the reward round's method fine-tune with its defaults, TRL
-    RewardTrainer), by default MiniLM trained in full (prefloop's reward round before this
-    bench) on both sources, scored on OASST fold 0 only (it costs minutes per fold);
+  * fine-tuned reward models (the reward round's method fine-tune with its defaults, TRL
+    RewardTrainer; bench/reward_trained.py), by default MiniLM trained in full (prefloop's reward
+    round before this bench) on both sources, scored on hh held out and on OASST fold 0 alone,
+    not every fold (it costs minutes per fold);
     `--finetune policy:hh:800` instead trains LoRA on the policy's base model with a scalar head
     on the first 800 hh training pairs and scores hh held out and every OASST pair (hh → OASST),
     `policy:oasst` on the OASST trees outside fold 0, scored on fold 0 and hh held out;
     `--finetune-set learning_rate=5e-4` changes a setting of the reward round for each of them;
-  * with `--implicit N`, instead of the options: DPO's implicit reward, β·log π/π_base of each
+  * with `--implicit N`, instead of the options (bench/reward_trained.py): DPO's implicit reward, β·log π/π_base of each
     response under a DPO round trained with the defaults on the first N hh training pairs (LoRA
     on the policy's base model, the base as reference), summed over the response and per token,
     scored on hh held out and on every OASST pair (hh → OASST).
@@ -63,6 +64,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.reward_scoring import accuracy, baselines, texts  # noqa: E402
+from bench.reward_trained import FINETUNE_FIXED, finetune_spec, run_finetune, run_implicit  # noqa: E402
+from training.config_fields import ConfigError, config_from_dict  # noqa: E402
+from training.reward_config import RewardRoundConfig  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 HH, OASST = DATA / "hh-rlhf-harmless-base-test.jsonl.gz", DATA / "oasst-en-trees-70.jsonl"
 
@@ -115,7 +122,6 @@ def cached_layer_means(name: str, rows: list[dict], home: Path, max_length: int)
         both = np.load(path)
         return both[0], both[1]
     from training import reward
-    from training.reward_config import RewardRoundConfig
 
     model, tokenizer, _ = reward.load_backbone(RewardRoundConfig(backbone=name, method="heads"))  # frozen, no head
     prompts = [r["prompt"] for r in rows]
@@ -129,25 +135,6 @@ def cached_layer_means(name: str, rows: list[dict], home: Path, max_length: int)
 
 
 # ---------------------------------------------------------------- scoring
-
-
-def texts(rows: list[dict], side: str) -> list[str]:
-    return [r[side][-1]["content"] for r in rows]
-
-
-def accuracy(won: np.ndarray, conversations: list[str]) -> dict:
-    from training import metrics
-
-    low, high = metrics.cluster_bootstrap_ci(won, conversations)
-    return {"accuracy": round(float(won.mean()), 3), "low": round(low, 3), "high": round(high, 3)}
-
-
-def baselines(rows: list[dict]) -> dict:
-    from training import metrics
-
-    conversations = [r["conversation"] for r in rows]
-    return {"longer": accuracy(metrics.longer_wins(texts(rows, "chosen"), texts(rows, "rejected")), conversations),
-            "shorter": accuracy(metrics.shorter_wins(texts(rows, "chosen"), texts(rows, "rejected")), conversations)}
 
 
 def rank_gaps(rows: list[dict]) -> np.ndarray:
@@ -287,8 +274,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--home", default=str(ROOT / "bench-workspace" / "reward"), help="workspace and feature cache")
     parser.add_argument("--threads", type=int, help="torch threads (default: PREFLOOP_THREADS or every core)")
     args = parser.parse_args(argv)
-    from bench.reward_trained import FINETUNE_FIXED, finetune_spec  # it imports this module's scoring
-
     try:
         args.specs = specs = [finetune_spec(t) for t in args.finetune_specs or ["minilm:both"]]
     except ValueError as error:
@@ -300,9 +285,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sys.exit(f"--finetune-set {bad[0]!r}: write FIELD=VALUE for a field other than {', '.join(FINETUNE_FIXED)} "
                  f"(--finetune names the backbone).")
     if settings:
-        from training.config_fields import ConfigError, config_from_dict
-        from training.reward_config import RewardRoundConfig
-
         for backbone, _, _ in specs:  # a misspelt field or value is refused before the minutes of reading
             try:
                 config_from_dict(RewardRoundConfig, {**settings, "backbone": backbone, "method": "fine-tune"},
@@ -324,8 +306,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from bench.reward_trained import run_finetune, run_implicit  # it imports this module's scoring
-
     if not (HH.is_file() and OASST.is_file()):
         sys.exit(f"{DATA} lacks the hh-rlhf or OASST file; the benchmark needs the shared data beside the checkout.")
     from training import jobs

@@ -4,12 +4,16 @@ full, or LoRA on the policy's base model with a scalar head) and DPO's implicit 
 CPU, where the frozen options of bench/reward.py cost seconds once the answers are read."""
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.reward import accuracy, baselines, texts
+from bench.reward_scoring import accuracy, baselines, texts
+from training.config_fields import config_from_dict
+from training.dpo_config import DPORoundConfig
+from training.reward_config import RewardRoundConfig
 
 FINETUNE_SOURCES = ("hh", "oasst", "both")
 FINETUNE_FIXED = ("backbone", "method", "backbone_path")  # what --finetune-set may not change
@@ -35,11 +39,7 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     pairs; scored on what it never saw: trained on hh, hh held out and every OASST pair (hh →
     OASST); on OASST, OASST fold 0 and hh held out (OASST → hh); on both, OASST fold 0 and hh held out.
     `settings`: other fields of the reward round than its defaults (`--finetune-set`)."""
-    import tempfile
-
     from training import jobs, metrics, preferences, reward
-    from training.config_fields import config_from_dict
-    from training.reward_config import RewardRoundConfig
 
     config = config_from_dict(RewardRoundConfig, {**(settings or {}), "backbone": backbone, "method": "fine-tune"},
                               where="--finetune-set")
@@ -79,11 +79,8 @@ def run_implicit(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
     """DPO's implicit reward as a reward model: a DPO round (the defaults) on the first `n` hh training
     pairs, then every held-out response scored by β·log π/π_base, read as the reward round reads it
     (`reward.encode`: the prompt kept, the response's end cut at `max_length` tokens)."""
-    import tempfile
-
     from training import dpo, jobs, metrics, preferences, versions
     from training import model as models
-    from training.dpo_config import DPORoundConfig
 
     config = DPORoundConfig()
     train_rows = [r for r, m in zip(rows, hh_train) if m][:n]
