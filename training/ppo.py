@@ -108,13 +108,11 @@ def prompt_batches(prompts: list, batch_size: int, generator: torch.Generator):
 
 
 def ended(rollout: Rollout, stop: list[int]) -> torch.Tensor:
-    """Whether each response ended with a stop token within max_new_tokens. Shape: -> (B,) bool."""
-    import torch
+    """Whether each response ended with a stop token within max_new_tokens (`sampling.ended`; its
+    mask runs up to and including the first stop token). Shape: -> (B,) bool."""
+    from training import sampling
 
-    from training.losses import last_token_index
-
-    last = rollout.response_ids.gather(1, last_token_index(rollout.response_mask).unsqueeze(1)).squeeze(1)
-    return torch.isin(last, torch.tensor(stop, device=last.device))
+    return sampling.ended(rollout.response_ids, rollout.response_mask, stop)
 
 
 def train_ppo(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn, config: PPOConfig,
