@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.reward_scoring import accuracy, baselines, texts
+from bench.reward_scoring import accuracy, texts
 from training.config_fields import config_from_dict
 from training.dpo_config import DPORoundConfig
 from training.reward_config import RewardRoundConfig
@@ -69,7 +69,7 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
         lengths = [len(t) for side in answers for t in side]  # characters, in the order of the rewards
         result[name] = {**accuracy(won, [r["conversation"] for r in chosen_rows]),
                         "length_r": round(metrics.pearson(np.concatenate(rewards), lengths), 3),
-                        "longer_wins": baselines(chosen_rows)["longer"]["accuracy"]}
+                        "longer_wins": round(float(metrics.longer_wins(*answers).mean()), 3)}
     result["total_s"] = round(time.perf_counter() - started, 1)
     return result
 
