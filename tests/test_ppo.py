@@ -337,10 +337,11 @@ def test_a_response_that_never_ended_loses_the_missing_eos_penalty(tiny_folder, 
     from training import ppo
     from training.rollout import Rollout
 
-    ids = torch.tensor([[5, 6, 2, 0], [5, 6, 7, 8]])
-    rollout = Rollout(*(torch.zeros(2, 1),) * 2, ids, response_mask_from_ids(ids, [2]), *(torch.zeros(2, 4),) * 3,
-                      torch.zeros(2), ["a", "b"])
-    assert ppo.ended(rollout, [2]).tolist() == [True, False]
+    # padded with another token, padded with the stop token, cut at the cap, the stop token on the cap's last position
+    ids = torch.tensor([[5, 2, 0, 0], [5, 2, 2, 2], [5, 6, 7, 8], [5, 6, 7, 2]])
+    rollout = Rollout(*(torch.zeros(4, 1),) * 2, ids, response_mask_from_ids(ids, [2]), *(torch.zeros(4, 4),) * 3,
+                      torch.zeros(4), ["a", "b", "c", "d"])
+    assert ppo.ended(rollout, [2]).tolist() == [True, True, False, True]
 
     seen = []
     real = ppo.step_rewards
