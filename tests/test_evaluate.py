@@ -58,6 +58,21 @@ def test_sequence_logprobs_ignore_left_padding(trained):
     assert torch.allclose(one, two, atol=1e-5)
 
 
+def test_sequence_logprobs_read_every_response_token_when_the_head_skips_the_prompts(trained):
+    from training.evaluate import sequence_logprobs
+
+    model, _ = _models(trained["base"])
+    ids = torch.tensor([[7, 8, 9, 10, 11, 12], [7, 8, 9, 10, 11, 0], [7, 8, 0, 0, 0, 0]])
+    attention = (ids != 0).long()
+    response = torch.tensor([[0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]])  # starts 4 and 2; none
+    with torch.no_grad():
+        logps = torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
+    by_hand = (logps.gather(-1, ids[:, 1:, None])[..., 0] * response[:, 1:]).sum(-1)  # every position's logits
+    with torch.no_grad():
+        assert torch.allclose(sequence_logprobs(model, ids, attention, response), by_hand, atol=1e-5)
+        assert sequence_logprobs(model, ids[2:], attention[2:], response[2:]).tolist() == [0.0]
+
+
 def test_evaluate_cli_stores_points_that_the_chart_shows(trained, capsys):
     from training.evaluate import main
 
