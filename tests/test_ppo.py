@@ -337,11 +337,13 @@ def test_a_response_that_never_ended_loses_the_missing_eos_penalty(tiny_folder, 
     from training import ppo
     from training.rollout import Rollout
 
-    # padded with another token, padded with the stop token, cut at the cap, the stop token on the cap's last position
-    ids = torch.tensor([[5, 2, 0, 0], [5, 2, 2, 2], [5, 6, 7, 8], [5, 6, 7, 2]])
-    rollout = Rollout(*(torch.zeros(4, 1),) * 2, ids, response_mask_from_ids(ids, [2]), *(torch.zeros(4, 4),) * 3,
-                      torch.zeros(4), ["a", "b", "c", "d"])
-    assert ppo.ended(rollout, [2]).tolist() == [True, True, False, True]
+    # padded with another token, padded with the stop token, cut at the cap, the stop token on the cap's last
+    # position, and a stop token past the kept tokens (a mask by hand: the mask, not the ids, says what was kept)
+    ids = torch.tensor([[5, 2, 0, 0], [5, 2, 2, 2], [5, 6, 7, 8], [5, 6, 7, 2], [5, 6, 2, 0]])
+    mask = response_mask_from_ids(ids, [2])
+    mask[4] = torch.tensor([1, 1, 0, 0])
+    rollout = Rollout(*(torch.zeros(5, 1),) * 2, ids, mask, *(torch.zeros(5, 4),) * 3, torch.zeros(5), list("abcde"))
+    assert ppo.ended(rollout, [2]).tolist() == [True, True, False, True, False]
 
     seen = []
     real = ppo.step_rewards
