@@ -71,6 +71,7 @@ def test_sequence_logprobs_read_every_response_token_when_the_head_skips_the_pro
     with torch.no_grad():
         assert torch.allclose(sequence_logprobs(model, ids, attention, response), by_hand, atol=1e-5)
         assert sequence_logprobs(model, ids[2:], attention[2:], response[2:]).tolist() == [0.0]
+        assert sequence_logprobs(model, ids[:, :1], attention[:, :1], response[:, :1]).tolist() == [0.0] * 3
 
 
 def test_evaluate_cli_stores_points_that_the_chart_shows(trained, capsys):

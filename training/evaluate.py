@@ -36,7 +36,7 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     # the head reads only the positions that predict a response token, from the batch's first one on
     # (a long prompt's logits, (B, T, V) in fp32, would cost memory and work for nothing)
     columns = response_mask[:, 1:].any(0).nonzero()
-    first = int(columns[0]) + 1 if len(columns) else input_ids.shape[1] - 1
+    first = int(columns[0]) + 1 if len(columns) else input_ids.shape[1]  # none: one position, no targets
     # positions count real tokens only, as in generation, so left padding does not shift them
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                    logits_to_keep=input_ids.shape[1] - first + 1).logits[:, :-1]  # (B, T-first, V)
