@@ -31,7 +31,9 @@ against the taste's own preference. Last line: JSON.
 
 `--sweep "learning_rate=5e-5,5e-4 epochs=1,3"` adds DPO variants trained on the dpo arm's labels (the grid);
 groups split by ";" run one after the other ("beta=0.03,0.3; lora_r=4,64; max_pairs=32,64": each
-variant changes one thing), and `max_pairs=N` trains on the first N pairs.
+variant changes one thing), and `max_pairs=N` trains on the first N pairs. Settings named
+`ppo.FIELD` ("ppo.steps=40; ppo.beta=0.01") make PPO variants instead, from the base on the reward
+model the ppo arm trains on the same labels (trained once, for the arm and every variant).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.learning_arms import (arm_autopilot, arm_dpo, arm_iterative, arm_names, arm_rewrites, sweep_variants,  # noqa: E402
-                                  use_workspace)
+                                  use_workspace, variant_config)
 from bench.learning_measure import Measure, report, summarise  # noqa: E402
 from bench.tastes import load_taste  # noqa: E402
 
@@ -82,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", help="base model folder (default: the converted SmolLM2)")
     p.add_argument("--home", help="folder for the workspaces (default: a temporary one)")
     p.add_argument("--sweep", default="", help='DPO variants on the dpo arm\'s labels: "field=v1,v2 field=v1,..." (a grid); '
-                                               'groups split by ";" one after the other; max_pairs=N: the first N pairs')
+                                               'groups split by ";" one after the other; max_pairs=N: the first N pairs; '
+                                               'ppo.FIELD=...: PPO variants on the ppo arm\'s reward model')
     p.add_argument("--set", action="append", default=[], metavar="ROUND.FIELD=VALUE",
                    help="override a round default for every arm, e.g. dpo.learning_rate=1e-4")
     p.add_argument("--plot", help="write a PNG of taste win rate against labels spent")
@@ -252,9 +255,10 @@ def main(argv=None) -> int:
     try:
         for name in tastes:
             load_taste(name)  # a wrong name fails before any work
-        sweep_variants(args.sweep)  # and so does a sweep that cannot be read
+        for variant in sweep_variants(args.sweep):  # and so does a sweep that cannot be read
+            variant_config(args, variant)  # or names a field its round does not have
         check_arms(args.arms, args.sweep)  # or an arm it does not have
-    except ValueError as error:
+    except ValueError as error:  # a ConfigError is one
         print(error, file=sys.stderr)
         return 2
     from training import jobs

@@ -160,24 +160,47 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
         out["kto"] = report("kto", {**summarise(measure("kto", summary["version"]), measure_base, None),
                       "train_seconds": round(time.perf_counter() - t0, 1), "steps": summary["steps"],
                       "labels": labels["judged"]})
-    if "ppo" in arms:
+    variants = sweep_variants(args.sweep)
+    if "ppo" in arms or any(sweep_round(v) == "ppo" for v in variants):  # one reward model for every PPO round
         versions.set_current("v1-base")
         t0 = time.perf_counter()
         rm = reward.run_round(round_config("reward", args), jobs.Reporter(None))
+        rm_seconds, rm_accuracy = round(time.perf_counter() - t0, 1), reward_accuracy_against_taste(rm["version"], measure)
+        out["reward_model"] = {**rm_accuracy, "version": rm["version"], "train_seconds": rm_seconds}
+    if "ppo" in arms:
+        t0 = time.perf_counter()
         summary = ppo.run_round(round_config("ppo", args, reward_version=rm["version"]), jobs.Reporter(None))
         out["ppo"] = report("ppo", {**summarise(measure("ppo", summary["version"]), measure_base, None),
-                      "reward_model": reward_accuracy_against_taste(rm["version"], measure),
-                      "train_seconds": round(time.perf_counter() - t0, 1), "labels": labels["judged"]})
-    for variant in sweep_variants(args.sweep):
+                      "reward_model": rm_accuracy,
+                      "train_seconds": round(rm_seconds + time.perf_counter() - t0, 1), "labels": labels["judged"]})
+    for variant in variants:
         versions.set_current("v1-base")
-        fields = {k: v for k, v in variant.items() if k != "max_pairs"}
-        max_pairs = int(variant["max_pairs"]) if "max_pairs" in variant else None
-        summary = run_dpo(args, round_config("dpo", args, make_current=False, **fields), max_pairs)
         key = "sweep " + " ".join(f"{k}={v}" for k, v in variant.items())
+        if sweep_round(variant) == "ppo":  # PPO on the same reward model, one setting changed
+            t0 = time.perf_counter()
+            config, _ = variant_config(args, variant, reward_version=rm["version"])
+            summary = ppo.run_round(config, jobs.Reporter(None))
+            summary.update(seconds=round(time.perf_counter() - t0, 1), steps=config.total_steps)
+        else:
+            summary = run_dpo(args, *variant_config(args, variant))
         out[key] = report(key, {**summarise(measure(key, summary["version"]), measure_base, None),
                                 "train_seconds": summary["seconds"], "steps": summary["steps"],
                                 "pairs": summary.get("pairs"), "labels": labels["judged"]})
     return out
+
+
+def variant_config(args, variant: dict, **fields) -> tuple:
+    """(config, max_pairs) of a sweep variant: the defaults, --set, the variant's values, then `fields`;
+    never made current. ConfigError, in one sentence, for a field the round does not have or a bad value."""
+    kind = sweep_round(variant)
+    values = {k.removeprefix(f"{kind}."): v for k, v in variant.items() if k != "max_pairs"}
+    max_pairs = int(variant["max_pairs"]) if "max_pairs" in variant else None
+    return round_config(kind, args, make_current=False, **values, **fields), max_pairs
+
+
+def sweep_round(variant: dict) -> str:
+    """The round a sweep variant trains: ppo when its fields are named ppo.FIELD, else dpo."""
+    return "ppo" if all(k.startswith("ppo.") for k in variant) else "dpo"
 
 
 def sweep_variants(text: str) -> list[dict]:
@@ -199,6 +222,9 @@ def sweep_variants(text: str) -> list[dict]:
             if name == "max_pairs" and not all(v.isdigit() and int(v) >= MIN_PAIRS for v in values):
                 raise ValueError(f"--sweep: max_pairs takes whole numbers of at least {MIN_PAIRS}, got '{written}'.")
             axes.append((name, values))
+        if len({name.startswith("ppo.") for name, _ in axes}) > 1:
+            raise ValueError(f"--sweep: '{group.strip()}' mixes PPO settings (ppo.FIELD) with DPO ones in one variant; "
+                             "split them with ';'.")
         if axes:
             variants += [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
     return [v for k, v in enumerate(variants) if v not in variants[:k]]

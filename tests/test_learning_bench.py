@@ -52,6 +52,23 @@ def test_a_taste_is_a_builtin_name_or_a_function_path():
         load_taste("bench.tastes:nothing")
 
 
+def test_the_quick_loop_runs_a_ppo_variant_on_the_ppo_arms_reward_model(tmp_path, monkeypatch, capsys):
+    from bench import learning
+
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "ppo",
+                          "--sweep", "ppo.steps=3", "--set", "ppo.learning_rate=0.01", "--home", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
+    detail = lines[-2]["tests.test_learning_bench:vowels"]
+    arm, variant = detail["ppo"], detail["sweep ppo.steps=3"]
+    assert variant["steps"] == 3 and variant["kl"] > 0 and arm["kl"] > 0
+    assert arm["reward_model"] == {k: v for k, v in detail["reward_model"].items() if k not in ("version", "train_seconds")}
+    from training import versions
+
+    policies = [v for v in versions.list_versions("policy") if v.method == "ppo"]
+    assert len(policies) == 2 and {v.metrics["reward_version"] for v in policies} == {detail["reward_model"]["version"]}
+
+
 def test_a_length_biased_annotator_picks_the_longer_answer_that_share_of_the_time(workspace):
     from bench.learning_arms import label_waiting
     from bench.tastes import concise
@@ -196,6 +213,29 @@ def test_a_sweep_that_cannot_be_read_stops_the_bench_before_any_work(capsys):
 
     assert learning.main(["--taste", "plain", "--sweep", "beta=0.1; max_pairs=2"]) == 2
     assert capsys.readouterr().err.strip() == "--sweep: max_pairs takes whole numbers of at least 8, got '2'."
+    assert learning.main(["--taste", "plain", "--sweep", "beta=0.1; ppo.stepz=40"]) == 2  # PPO has no such field
+    assert capsys.readouterr().err.strip().startswith("--set / --sweep: unknown field 'stepz'; the fields are learning_rate, steps,")
+    assert learning.main(["--taste", "plain", "--sweep", "ppo.steps=forty"]) == 2
+    assert capsys.readouterr().err.strip() == "--set / --sweep: field 'steps' must be int, got 'forty'."
+
+
+def test_a_sweep_variant_of_ppo_settings_is_a_ppo_round_and_may_not_mix_in_dpo_ones():
+    import argparse
+
+    from bench.learning_arms import sweep_round, sweep_variants, variant_config
+
+    variants = sweep_variants("ppo.steps=40; ppo.learning_rate=3e-4 ppo.beta=0.01,0.1; beta=0.3")
+    assert variants == [{"ppo.steps": "40"}, {"ppo.learning_rate": "3e-4", "ppo.beta": "0.01"},
+                        {"ppo.learning_rate": "3e-4", "ppo.beta": "0.1"}, {"beta": "0.3"}]
+    assert [sweep_round(v) for v in variants] == ["ppo", "ppo", "ppo", "dpo"]
+    args = argparse.Namespace(set=["ppo.batch_size=4", "dpo.beta=0.2"])
+    config, max_pairs = variant_config(args, variants[1], reward_version="v2-reward")
+    assert (type(config).__name__, config.learning_rate, config.beta, config.batch_size, config.reward_version,
+            config.make_current, max_pairs) == ("PPOConfig", 3e-4, 0.01, 4, "v2-reward", False, None)
+    config, max_pairs = variant_config(args, {"beta": "0.3", "max_pairs": "32"})
+    assert (type(config).__name__, config.beta, max_pairs) == ("DPORoundConfig", 0.3, 32)  # the variant wins over --set
+    with pytest.raises(ValueError, match="mixes PPO settings"):
+        sweep_variants("ppo.steps=40 beta=0.3")
 
 
 def test_an_arm_the_bench_does_not_have_stops_it_before_any_work(capsys):
