@@ -5,7 +5,8 @@ responses (temperature 0.8, top-p 0.95, at most 64 new tokens) for each of 32 bu
 prefloop batches them (`training.generate.generate_pairs`: prompts sorted by length, both sides of
 a prompt as two rows of one left-padded batch, KV cache, rows stopping at EOS), on the fp32
 transformers model (the reference) and on the same model converted to CTranslate2 int8
-(training/engine.py, what the app's generator uses on a CPU); the baseline calls `model.generate`
+(training/engine.py, what the app's generator uses on a CPU: smoothed first, training/smoothquant.py),
+and on an int8 conversion without SmoothQuant (as the app converted before it); the baseline calls `model.generate`
 once per response. Only real new tokens count: each response's tokens up to and including its
 EOS, never the padding a finished row keeps receiving in a batch. Quality: the fp32 model's mean
 log-prob per token of the answers of each engine (int8 weights must not make answers the model
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,17 +116,23 @@ def main() -> int:
     threads = jobs.set_threads(args.threads)
     model, tokenizer = models.load_policy("base")
     fast, fast_tokenizer, _ = engine.load_generator("base", "ctranslate2", threads)  # converted once, untimed
+    plain_folder = Path(tempfile.mkdtemp(prefix="prefloop-int8-")) / "model"  # without SmoothQuant, as before it
+    engine._convert("base", plain_folder, smooth=False)
+    plain = engine.Sampler(plain_folder, fast_tokenizer, fast.stop, threads)
     prompts = [[{"role": "user", "content": text}] for text in builtin_prompts()[:args.prompts]]
     baseline_run(model, tokenizer, prompts[:1], 4)  # warm-up: first-call costs count for no side
     prefloop_run(fast, fast_tokenizer, prompts[:1], 4, args.batch_size)
+    prefloop_run(plain, fast_tokenizer, prompts[:1], 4, args.batch_size)
 
     # The three take turns on groups of one batch of prompts each, so load from other processes on
     # the machine falls on all alike rather than on whichever happened to run last.
-    arms = {"transformers": [0, 0.0, []], "ctranslate2": [0, 0.0, []], "baseline": [0, 0.0]}
+    arms = {"transformers": [0, 0.0, []], "ctranslate2": [0, 0.0, []], "ctranslate2_plain": [0, 0.0, []],
+            "baseline": [0, 0.0]}
     group = max(1, args.batch_size // 2)
     for start in range(0, len(prompts), group):
         chunk = prompts[start:start + group]
-        for name, (m, tok) in (("transformers", (model, tokenizer)), ("ctranslate2", (fast, fast_tokenizer))):
+        for name, m, tok in (("transformers", model, tokenizer), ("ctranslate2", fast, fast_tokenizer),
+                             ("ctranslate2_plain", plain, fast_tokenizer)):
             n, s, answers = prefloop_run(m, tok, chunk, args.max_new_tokens, args.batch_size)
             arms[name][0] += n
             arms[name][1] += s
@@ -139,13 +148,20 @@ def main() -> int:
 
     reference = logprob_sums(model, tokenizer, arms["transformers"][2])
     fast_sums = logprob_sums(model, tokenizer, arms["ctranslate2"][2])
-    rate, fast_rate, base_rate = (arms[name][0] / arms[name][1] for name in ("transformers", "ctranslate2", "baseline"))
+    plain_sums = logprob_sums(model, tokenizer, arms["ctranslate2_plain"][2])
+    shutil.rmtree(plain_folder.parent, ignore_errors=True)
+    rate, fast_rate, plain_rate, base_rate = (arms[name][0] / arms[name][1]
+                                              for name in ("transformers", "ctranslate2", "ctranslate2_plain", "baseline"))
     print(json.dumps({
         "speedup": round(rate / base_rate, 2), "tokens_per_s": round(rate, 1), "baseline_tokens_per_s": round(base_rate, 1),
         "ctranslate2_tokens_per_s": round(fast_rate, 1), "ctranslate2_speedup": round(fast_rate / rate, 2),
         # the same fp32 model scores both: CTranslate2's int8 weights must not make worse answers
         "logprob_per_token": round(per_token(reference), 3), "ctranslate2_logprob_per_token": round(per_token(fast_sums), 3),
         "logprob_difference": [round(x, 3) for x in logprob_difference(fast_sums, reference)],
+        # int8 without SmoothQuant, as the app converted before it
+        "ctranslate2_plain_tokens_per_s": round(plain_rate, 1), "ctranslate2_plain_speedup": round(plain_rate / rate, 2),
+        "ctranslate2_plain_logprob_per_token": round(per_token(plain_sums), 3),
+        "ctranslate2_plain_logprob_difference": [round(x, 3) for x in logprob_difference(plain_sums, reference)],
         "threads": threads}))
     return 0
 

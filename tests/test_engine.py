@@ -32,6 +32,7 @@ def test_pairs_from_ctranslate2_are_stored_with_their_settings(tiny):
     for g in generations:  # a response that did not stop at EOS used every token it was allowed
         assert g["temperature"] == 0.8 and g["top_p"] == 0.95 and g["seed"] is not None
         assert g["engine"] == "ctranslate2" and g["quantization"] == "int8" and g["top_k"] == 400  # the vocabulary
+        assert g["smoothquant"] == 0.5  # a Llama: smoothed before int8
         assert g["new_tokens"] == 6 if not g["eos"] else 1 <= g["new_tokens"] <= 6
 
 

@@ -104,3 +104,31 @@ def test_the_bench_reads_its_fine_tuning_settings_and_margin_scales():
     args = reward.parse_args(["--finetune", "policy:oasst", "--finetune-set", "learning_rate=5e-4", "--margins", "0.5,2"])
     assert args.specs == [("policy", "oasst", None)] and args.settings == {"learning_rate": "5e-4"}
     assert args.margin_scales == [0.5, 2.0]
+
+
+def test_a_fine_tuned_option_trains_on_its_source_alone_and_is_scored_on_pairs_it_never_saw(workspace, tmp_path,
+                                                                                             monkeypatch):
+    from bench.reward_trained import run_finetune
+    from tests.preference_fixtures import use_tiny_policy
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+
+    def row(k, chosen, rejected):
+        return {"prompt": [{"role": "user", "content": f"Tell me about tea ({k})."}], "conversation": f"c{k}",
+                "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}]}
+
+    polite, curt = "Sure, here is a short answer about tea.", "No."
+    rows = [row(k, polite, curt) for k in range(16)] + [row(k, curt, polite) for k in range(16, 24)]  # OASST: the other way
+    hh = np.arange(24) < 16
+    hh_train, hh_heldout, oasst = hh & (np.arange(24) < 12), hh & (np.arange(24) >= 12), ~hh
+    folds = np.where(np.arange(24) < 20, 0, 1)
+    result = run_finetune(rows, hh_train, hh_heldout, oasst, folds, tmp_path, backbone="policy", source="hh", pairs=8,
+                          max_steps=4, settings={"learning_rate": 1e-2, "batch_size": 4})
+    assert (result["pairs"], result["steps"], result["settings"]) == (8, 4, {"learning_rate": 1e-2, "batch_size": 4})
+    assert result["option"].startswith("policy fine-tuned (LoRA r") and result["option"].endswith("trained on 8 hh pairs")
+    assert set(result) >= {"hh", "hh_to_oasst"} and "oasst_fold0" not in result  # trained on hh: hh held out, then OASST
+    held, across = result["hh"], result["hh_to_oasst"]
+    assert (held["longer_wins"], across["longer_wins"]) == (1.0, 0.0)  # the polite answer is the longer one
+    assert held["accuracy"] == 1.0 and across["accuracy"] == 0.0  # it learned "polite", which OASST here disfavours
+    assert held["low"] <= held["accuracy"] <= held["high"]

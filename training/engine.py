@@ -5,6 +5,8 @@ with it (their log-probs must be the fp32 model's), and so does generation on a 
 `engine: transformers`, or when a model cannot be converted. For pairs to label on a CPU,
 CTranslate2 with int8 weights samples 2-3x more tokens per second on one or two threads
 (bench/generation.py measures both in one run, with each one's mean log-prob under the fp32 model).
+Before the conversion, SmoothQuant (training/smoothquant.py) moves the outlier activations' range
+into the weights, so the int8 copy stays closer to the fp32 model.
 
 A policy version is converted once, on its first use (LoRA adapters of its lineage merged, as
 `load_policy` does), into `$PREFLOOP_HOME/engines/<key>/`, keyed by its lineage's folders and
@@ -34,7 +36,7 @@ from pathlib import Path
 from labeling import atomic
 from labeling.command import run_command
 from labeling.workspace import home
-from training import merged
+from training import merged, smoothquant
 
 ENGINES = ("auto", "ctranslate2", "transformers", "vllm")
 TOP_K = 2000
@@ -42,6 +44,7 @@ QUANTIZATION = "int8"
 VLLM_MEMORY_SHARE = 0.3  # of the card's memory vLLM may take: a round may be training on the same card
 VLLM_MAX_LENGTH = 4096  # prompt + answer, in tokens: a 128k context's KV cache would not fit in that share
 STOP_FILE = "stop_ids.json"  # the token ids that end a response (sampling.stop_ids of the merged model)
+SMOOTH_FILE = "smoothquant.json"  # {"alpha": SmoothQuant's α, or null where the architecture was not smoothed}
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +71,7 @@ def engines_root() -> Path:
 def _folder(version_id: str) -> Path:
     import ctranslate2
 
-    return engines_root() / f"{merged.lineage_key(version_id, ctranslate2.__version__)}-{QUANTIZATION}"
+    return engines_root() / f"{merged.lineage_key(version_id, ctranslate2.__version__)}-{QUANTIZATION}-sq{smoothquant.ALPHA:g}"
 
 
 def converted(version_id: str | None) -> Path:
@@ -78,14 +81,18 @@ def converted(version_id: str | None) -> Path:
                                                 lambda tmp: _convert(version_id, tmp)), merged.KEPT)
 
 
-def _convert(version_id: str | None, out: Path) -> None:
-    """Merge the version (load_policy), save it in fp32 beside `out`, convert that to int8."""
+def _convert(version_id: str | None, out: Path, smooth: bool = True) -> None:
+    """Merge the version (load_policy), smooth it (training/smoothquant.py; `smooth` False: not, as
+    bench/generation.py compares), save it in fp32 beside `out`, convert that to int8."""
     import ctranslate2
 
+    from labeling.store import builtin_prompts  # loads SQLAlchemy
     from training import model as models, sampling
 
     model, tokenizer = models.load_policy(version_id)
     stop = sampling.stop_ids(model, tokenizer)
+    calibration = smoothquant.calibration_sequences(tokenizer, builtin_prompts()[:smoothquant.CALIBRATION_PROMPTS])
+    smoothed = smooth and smoothquant.smooth(model, calibration)
     merged_hf = out.with_name(out.name + "-hf")
     try:
         model.save_pretrained(merged_hf, safe_serialization=True)
@@ -103,6 +110,7 @@ def _convert(version_id: str | None, out: Path) -> None:
     config.update({k: tokenizer.eos_token for k in ("bos_token", "unk_token") if config.get(k) is None})
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / STOP_FILE).write_text(json.dumps(stop))
+    (out / SMOOTH_FILE).write_text(json.dumps({"alpha": smoothquant.ALPHA if smoothed else None}))
 
 
 def prepare(version_id: str | None) -> Path | None:
@@ -127,7 +135,8 @@ def sampler_record(model) -> dict:
     """How pairs from `model` (a `Sampler`, a `VllmSampler` or a transformers model) were sampled,
     stored with each response beside the sampling settings."""
     if isinstance(model, Sampler):
-        return {"engine": "ctranslate2", "quantization": QUANTIZATION, "top_k": model.top_k}
+        return {"engine": "ctranslate2", "quantization": QUANTIZATION, "top_k": model.top_k,
+                "smoothquant": model.smoothquant}
     if isinstance(model, VllmSampler):
         return {"engine": "vllm", "dtype": model.dtype}
     return {"engine": "transformers"}
@@ -149,6 +158,8 @@ class Sampler:
         self.generator = ctranslate2.Generator(str(folder), device=where, compute_type=QUANTIZATION,
                                                intra_threads=threads, inter_threads=1)
         self.tokenizer, self.stop = tokenizer, stop
+        smoothed = folder / SMOOTH_FILE  # absent in a folder converted before smoothing
+        self.smoothquant = json.loads(smoothed.read_text())["alpha"] if smoothed.is_file() else None
         # on a GPU CTranslate2's top-p takes at most 1,024 candidates
         self.top_k = min(TOP_K if where == "cpu" else 1024, len(json.loads((folder / "vocabulary.json").read_text())))
 
@@ -204,6 +215,8 @@ class VllmSampler:
         self.llm = LLM(model=str(folder), tokenizer=str(folder), dtype=str(device.dtype()).removeprefix("torch."),
                        gpu_memory_utilization=VLLM_MEMORY_SHARE, max_model_len=min(context, VLLM_MAX_LENGTH), seed=0)
         self.tokenizer, self.stop = tokenizer, stop
+        smoothed = folder / SMOOTH_FILE  # absent in a folder converted before smoothing
+        self.smoothquant = json.loads(smoothed.read_text())["alpha"] if smoothed.is_file() else None
 
     def __call__(self, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
                  seed: int) -> list[tuple[str, int, bool]]:
