@@ -26,7 +26,7 @@ def supported(model) -> bool:
     return getattr(model.config, "model_type", None) in ARCHITECTURES
 
 
-def input_maxima(model, sequences: list[list[int]]) -> dict[str, "torch.Tensor"]:
+def input_maxima(model, sequences: list[list[int]]) -> dict:
     """Per linear layer (by name), the largest |input| of each input channel over `sequences`."""
     import torch
 
