@@ -84,6 +84,7 @@ def smooth(model, sequences: list[list[int]], alpha: float = ALPHA) -> bool:
 
 def calibration_sequences(tokenizer, prompts: list[str]) -> list[list[int]]:
     """The prompts as the generator reads them: the chat template, ready for the answer."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
+    from training.generate import chat_texts  # generate imports engine, which imports this module
+
+    texts = chat_texts(tokenizer, [[{"role": "user", "content": p}] for p in prompts])
     return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
