@@ -1,6 +1,6 @@
 """Aggregate tokens/s of prefloop's pair generator: transformers, CTranslate2, and naive generation.
 
-All three do the same work on the real default model (SmolLM2-135M-Instruct): two sampled
+All four do the same work on the real default model (SmolLM2-135M-Instruct): two sampled
 responses (temperature 0.8, top-p 0.95, at most 64 new tokens) for each of 32 built-in prompts.
 prefloop batches them (`training.generate.generate_pairs`: prompts sorted by length, both sides of
 a prompt as two rows of one left-padded batch, KV cache, rows stopping at EOS), on the fp32
@@ -14,20 +14,20 @@ itself finds less likely).
 
     python bench/generation.py [--prompts 32] [--max-new-tokens 64] [--batch-size 32] [--threads N]
 
-The three take turns, one batch of prompts at a time, so that other load on the machine weighs on
+The four take turns, one batch of prompts at a time, so that other load on the machine weighs on
 all alike.
 
 The model comes from the workspace (PREFLOOP_HOME, converted from the GGUF on first use) or
 PREFLOOP_MODEL. Last line printed: JSON {"speedup": batched transformers over naive (target >= 4),
 "ctranslate2_speedup": CTranslate2 over batched transformers (target >= 3), tokens/s of each,
 "logprob_per_token" and "ctranslate2_logprob_per_token", and "logprob_difference": CTranslate2's
-minus transformers' with its 95 % interval over prompts (target: the interval holds 0)}.
+minus transformers' with its 95 % interval over prompts (target: the interval holds 0), and the
+same three for int8 without SmoothQuant as "ctranslate2_plain_*"}.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -116,40 +116,40 @@ def main() -> int:
     threads = jobs.set_threads(args.threads)
     model, tokenizer = models.load_policy("base")
     fast, fast_tokenizer, _ = engine.load_generator("base", "ctranslate2", threads)  # converted once, untimed
-    plain_folder = Path(tempfile.mkdtemp(prefix="prefloop-int8-")) / "model"  # without SmoothQuant, as before it
-    engine._convert("base", plain_folder, smooth=False)
-    plain = engine.Sampler(plain_folder, fast_tokenizer, fast.stop, threads)
-    prompts = [[{"role": "user", "content": text}] for text in builtin_prompts()[:args.prompts]]
-    baseline_run(model, tokenizer, prompts[:1], 4)  # warm-up: first-call costs count for no side
-    prefloop_run(fast, fast_tokenizer, prompts[:1], 4, args.batch_size)
-    prefloop_run(plain, fast_tokenizer, prompts[:1], 4, args.batch_size)
+    with tempfile.TemporaryDirectory(prefix="prefloop-int8-") as tmp:  # without SmoothQuant, as before it
+        plain_folder = Path(tmp) / "model"
+        engine.convert("base", plain_folder, smooth=False)
+        plain = engine.Sampler(plain_folder, fast_tokenizer, fast.stop, threads)
+        prompts = [[{"role": "user", "content": text}] for text in builtin_prompts()[:args.prompts]]
+        baseline_run(model, tokenizer, prompts[:1], 4)  # warm-up: first-call costs count for no side
+        prefloop_run(fast, fast_tokenizer, prompts[:1], 4, args.batch_size)
+        prefloop_run(plain, fast_tokenizer, prompts[:1], 4, args.batch_size)
 
-    # The three take turns on groups of one batch of prompts each, so load from other processes on
-    # the machine falls on all alike rather than on whichever happened to run last.
-    arms = {"transformers": [0, 0.0, []], "ctranslate2": [0, 0.0, []], "ctranslate2_plain": [0, 0.0, []],
-            "baseline": [0, 0.0]}
-    group = max(1, args.batch_size // 2)
-    for start in range(0, len(prompts), group):
-        chunk = prompts[start:start + group]
-        for name, m, tok in (("transformers", model, tokenizer), ("ctranslate2", fast, fast_tokenizer),
-                             ("ctranslate2_plain", plain, fast_tokenizer)):
-            n, s, answers = prefloop_run(m, tok, chunk, args.max_new_tokens, args.batch_size)
-            arms[name][0] += n
-            arms[name][1] += s
-            arms[name][2] += answers
-        n, s = baseline_run(model, tokenizer, chunk, args.max_new_tokens)
-        arms["baseline"][0] += n
-        arms["baseline"][1] += s
-        print(f"prompts {start + len(chunk)}/{len(prompts)}: " + ", ".join(
-            f"{name} {arm[0] / arm[1]:.1f}" for name, arm in arms.items()) + " tokens/s so far", file=sys.stderr)
-    for name, arm in arms.items():
-        print(f"{name}: {arm[0]} tokens in {arm[1]:.1f} s (batch {args.batch_size if name != 'baseline' else 1}, "
-              f"{threads} threads)", file=sys.stderr)
+        # The four take turns on groups of one batch of prompts each, so load from other processes on
+        # the machine falls on all alike rather than on whichever happened to run last.
+        arms = {"transformers": [0, 0.0, []], "ctranslate2": [0, 0.0, []], "ctranslate2_plain": [0, 0.0, []],
+                "baseline": [0, 0.0]}
+        group = max(1, args.batch_size // 2)
+        for start in range(0, len(prompts), group):
+            chunk = prompts[start:start + group]
+            for name, m, tok in (("transformers", model, tokenizer), ("ctranslate2", fast, fast_tokenizer),
+                                 ("ctranslate2_plain", plain, fast_tokenizer)):
+                n, s, answers = prefloop_run(m, tok, chunk, args.max_new_tokens, args.batch_size)
+                arms[name][0] += n
+                arms[name][1] += s
+                arms[name][2] += answers
+            n, s = baseline_run(model, tokenizer, chunk, args.max_new_tokens)
+            arms["baseline"][0] += n
+            arms["baseline"][1] += s
+            print(f"prompts {start + len(chunk)}/{len(prompts)}: " + ", ".join(
+                f"{name} {arm[0] / arm[1]:.1f}" for name, arm in arms.items()) + " tokens/s so far", file=sys.stderr)
+        for name, arm in arms.items():
+            print(f"{name}: {arm[0]} tokens in {arm[1]:.1f} s (batch {args.batch_size if name != 'baseline' else 1}, "
+                  f"{threads} threads)", file=sys.stderr)
 
-    reference = logprob_sums(model, tokenizer, arms["transformers"][2])
-    fast_sums = logprob_sums(model, tokenizer, arms["ctranslate2"][2])
-    plain_sums = logprob_sums(model, tokenizer, arms["ctranslate2_plain"][2])
-    shutil.rmtree(plain_folder.parent, ignore_errors=True)
+        reference = logprob_sums(model, tokenizer, arms["transformers"][2])
+        fast_sums = logprob_sums(model, tokenizer, arms["ctranslate2"][2])
+        plain_sums = logprob_sums(model, tokenizer, arms["ctranslate2_plain"][2])
     rate, fast_rate, plain_rate, base_rate = (arms[name][0] / arms[name][1]
                                               for name in ("transformers", "ctranslate2", "ctranslate2_plain", "baseline"))
     print(json.dumps({

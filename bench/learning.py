@@ -29,7 +29,7 @@ the exact KL to the base, mean length, the base model's log-prob per token of th
 (fluency) and the share of empty or looping answers; for the reward model, its held-out accuracy
 against the taste's own preference. Last line: JSON.
 
-`--sweep "learning_rate=5e-5,5e-4 epochs=1,3"` adds DPO variants trained on the dpo arm's labels (the grid);
+`--sweep "learning_rate=5e-5,5e-4 epochs=1,3"` adds variants trained on the dpo arm's labels (the grid), DPO's;
 groups split by ";" run one after the other ("beta=0.03,0.3; lora_r=4,64; max_pairs=32,64": each
 variant changes one thing), and `max_pairs=N` trains on the first N pairs. Settings named
 `ppo.FIELD` ("ppo.steps=40; ppo.beta=0.01") make PPO variants instead, from the base on the reward
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, when labeling and measuring")
     p.add_argument("--model", help="base model folder (default: the converted SmolLM2)")
     p.add_argument("--home", help="folder for the workspaces (default: a temporary one)")
-    p.add_argument("--sweep", default="", help='DPO variants on the dpo arm\'s labels: "field=v1,v2 field=v1,..." (a grid); '
+    p.add_argument("--sweep", default="", help='variants on the dpo arm\'s labels: "field=v1,v2 field=v1,..." (a grid) of DPO; '
                                                'groups split by ";" one after the other; max_pairs=N: the first N pairs; '
                                                'ppo.FIELD=...: PPO variants on the ppo arm\'s reward model')
     p.add_argument("--set", action="append", default=[], metavar="ROUND.FIELD=VALUE",
@@ -226,14 +226,16 @@ def plot(results: dict, path: str) -> None:
         if "vs_base" in result.get("rewrites", {}).get("sft+dpo", {}):
             draw([result["rewrites"]["sft+dpo"]["labels"]["judged"]], [result["rewrites"]["sft+dpo"]],
                  "SFT on rewrites, then DPO", "v")
-        sweeps = [a for a in result if a.startswith("sweep ")]  # DPO variants on the dpo arm's labels
+        sweeps = [a for a in result if a.startswith("sweep ")]  # DPO and PPO variants on the dpo arm's labels
         # the pairs of a round on all the labels: the dpo arm's, else the most any variant had
         every = result.get("dpo", {}).get("pairs") or max((result[a].get("pairs") or 0 for a in sweeps), default=0)
         for k, arm in enumerate(sweeps, 1):  # one on fewer pairs (max_pairs) spent that share of the labels
             judged = result[arm].get("labels") or result.get("dpo", {}).get("labels", 128)
             share = min(1, result[arm]["pairs"] / every) if "max_pairs=" in arm and result[arm].get("pairs") and every else 1
             beside = 1.5 * k if share == 1 else 0  # variants on every label side by side, not on top of each other
-            draw([round(judged * share) + beside], [result[arm]], "DPO " + arm[len("sweep "):], "D")
+            name = arm[len("sweep "):]
+            draw([round(judged * share) + beside], [result[arm]], ("PPO " + name.replace("ppo.", "")
+                                                                   if name.startswith("ppo.") else "DPO " + name), "D")
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")
         ax.set(title=f"taste: {taste}", xlabel="labels spent", ylabel="taste win rate vs base (95% CI)", ylim=(0, 1))
         ax.legend(fontsize=8)

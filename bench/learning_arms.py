@@ -195,7 +195,7 @@ def variant_config(args, variant: dict, **fields) -> tuple:
     kind = sweep_round(variant)
     values = {k.removeprefix(f"{kind}."): v for k, v in variant.items() if k != "max_pairs"}
     max_pairs = int(variant["max_pairs"]) if "max_pairs" in variant else None
-    return round_config(kind, args, make_current=False, **values, **fields), max_pairs
+    return round_config(kind, args, **{"make_current": False, **values, **fields}), max_pairs
 
 
 def sweep_round(variant: dict) -> str:

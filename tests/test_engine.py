@@ -10,7 +10,7 @@ from sqlalchemy import select
 from labeling import db, store
 from labeling.models import Response
 from tests.tiny_models import make_tiny_policy
-from training import engine, generate
+from training import engine, generate, smoothquant
 
 
 @pytest.fixture
@@ -32,8 +32,14 @@ def test_pairs_from_ctranslate2_are_stored_with_their_settings(tiny):
     for g in generations:  # a response that did not stop at EOS used every token it was allowed
         assert g["temperature"] == 0.8 and g["top_p"] == 0.95 and g["seed"] is not None
         assert g["engine"] == "ctranslate2" and g["quantization"] == "int8" and g["top_k"] == 400  # the vocabulary
-        assert g["smoothquant"] == 0.5  # a Llama: smoothed before int8
+        assert g["smoothquant"] == smoothquant.ALPHA  # a Llama: smoothed before int8
         assert g["new_tokens"] == 6 if not g["eos"] else 1 <= g["new_tokens"] <= 6
+
+
+def test_a_conversion_says_whether_it_was_smoothed(tiny, tmp_path):
+    assert json.loads((engine.converted(None) / engine.SMOOTH_FILE).read_text()) == {"alpha": smoothquant.ALPHA}
+    engine.convert(None, tmp_path / "plain", smooth=False)  # as bench/generation.py compares
+    assert json.loads((tmp_path / "plain" / engine.SMOOTH_FILE).read_text()) == {"alpha": None}
 
 
 def test_a_version_is_converted_once_and_again_when_its_weights_change(tiny):

@@ -119,16 +119,20 @@ def test_a_fine_tuned_option_trains_on_its_source_alone_and_is_scored_on_pairs_i
                 "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}]}
 
     polite, curt = "Sure, here is a short answer about tea.", "No."
-    rows = [row(k, polite, curt) for k in range(16)] + [row(k, curt, polite) for k in range(16, 24)]  # OASST: the other way
-    hh = np.arange(24) < 16
-    hh_train, hh_heldout, oasst = hh & (np.arange(24) < 12), hh & (np.arange(24) >= 12), ~hh
-    folds = np.where(np.arange(24) < 20, 0, 1)
-    result = run_finetune(rows, hh_train, hh_heldout, oasst, folds, tmp_path, backbone="policy", source="hh", pairs=8,
-                          max_steps=4, settings={"learning_rate": 1e-2, "batch_size": 4})
-    assert (result["pairs"], result["steps"], result["settings"]) == (8, 4, {"learning_rate": 1e-2, "batch_size": 4})
-    assert result["option"].startswith("policy fine-tuned (LoRA r") and result["option"].endswith("trained on 8 hh pairs")
-    assert set(result) >= {"hh", "hh_to_oasst"} and "oasst_fold0" not in result  # trained on hh: hh held out, then OASST
-    held, across = result["hh"], result["hh_to_oasst"]
-    assert (held["longer_wins"], across["longer_wins"]) == (1.0, 0.0)  # the polite answer is the longer one
-    assert held["accuracy"] == 1.0 and across["accuracy"] == 0.0  # it learned "polite", which OASST here disfavours
-    assert held["low"] <= held["accuracy"] <= held["high"]
+    rows = [row(k, polite, curt) for k in range(16)] + [row(k, curt, polite) for k in range(16, 32)]  # OASST: the other way
+    k = np.arange(32)
+    hh_train, hh_heldout, oasst, folds = k < 12, (k >= 12) & (k < 16), k >= 16, np.where(k < 24, 0, 1)
+    settings = {"learning_rate": 1e-2, "batch_size": 4}
+    on_hh = run_finetune(rows, hh_train, hh_heldout, oasst, folds, tmp_path, backbone="policy", source="hh", pairs=8,
+                         max_steps=4, settings=settings)
+    assert (on_hh["pairs"], on_hh["steps"], on_hh["settings"]) == (8, 4, settings)
+    assert on_hh["option"].startswith("policy fine-tuned (LoRA r") and on_hh["option"].endswith("trained on 8 hh pairs")
+    assert set(on_hh) >= {"hh", "hh_to_oasst"} and "oasst_fold0" not in on_hh  # trained on hh: hh held out, then OASST
+    assert (on_hh["hh"]["longer_wins"], on_hh["hh_to_oasst"]["longer_wins"]) == (1.0, 0.0)  # polite is the longer
+    # trained on the other source, it learns the other way: what it learned came from its own pairs
+    on_oasst = run_finetune(rows, hh_train, hh_heldout, oasst, folds, tmp_path, backbone="policy", source="oasst",
+                            max_steps=4, settings=settings)
+    assert on_oasst["pairs"] == 8 and set(on_oasst) >= {"oasst_fold0", "oasst_to_hh"} and "hh" not in on_oasst
+    assert (on_hh["hh"]["accuracy"], on_hh["hh_to_oasst"]["accuracy"]) == (1.0, 0.0)
+    assert (on_oasst["oasst_fold0"]["accuracy"], on_oasst["oasst_to_hh"]["accuracy"]) == (1.0, 0.0)
+    assert on_hh["hh"]["low"] <= on_hh["hh"]["accuracy"] <= on_hh["hh"]["high"]

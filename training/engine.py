@@ -78,21 +78,22 @@ def converted(version_id: str | None) -> Path:
     """The CTranslate2 folder of a policy version (None = the current one), converted on first use."""
     version_id = merged.resolved(version_id)
     return atomic.keep_recent(atomic.build_once(_folder(version_id), lambda folder: (folder / "model.bin").is_file(),
-                                                lambda tmp: _convert(version_id, tmp)), merged.KEPT)
+                                                lambda tmp: convert(version_id, tmp)), merged.KEPT)
 
 
-def _convert(version_id: str | None, out: Path, smooth: bool = True) -> None:
-    """Merge the version (load_policy), smooth it (training/smoothquant.py; `smooth` False: not, as
-    bench/generation.py compares), save it in fp32 beside `out`, convert that to int8."""
+def convert(version_id: str | None, out: Path, smooth: bool = True) -> None:
+    """Merge the version (load_policy, in fp32), smooth it (training/smoothquant.py; `smooth` False:
+    not, as bench/generation.py compares), save it beside `out`, convert that to int8."""
     import ctranslate2
+    import torch
 
     from labeling.store import builtin_prompts  # loads SQLAlchemy
     from training import model as models, sampling
 
-    model, tokenizer = models.load_policy(version_id)
+    model, tokenizer = models.load_policy(version_id, torch.float32)
     stop = sampling.stop_ids(model, tokenizer)
-    calibration = smoothquant.calibration_sequences(tokenizer, builtin_prompts()[:smoothquant.CALIBRATION_PROMPTS])
-    smoothed = smooth and smoothquant.smooth(model, calibration)
+    smoothed = smooth and smoothquant.smooth(model, smoothquant.calibration_sequences(
+        tokenizer, builtin_prompts()[-smoothquant.CALIBRATION_PROMPTS:]))  # the last ones: benches answer the first
     merged_hf = out.with_name(out.name + "-hf")
     try:
         model.save_pretrained(merged_hf, safe_serialization=True)
@@ -158,8 +159,7 @@ class Sampler:
         self.generator = ctranslate2.Generator(str(folder), device=where, compute_type=QUANTIZATION,
                                                intra_threads=threads, inter_threads=1)
         self.tokenizer, self.stop = tokenizer, stop
-        smoothed = folder / SMOOTH_FILE  # absent in a folder converted before smoothing
-        self.smoothquant = json.loads(smoothed.read_text())["alpha"] if smoothed.is_file() else None
+        self.smoothquant = json.loads((folder / SMOOTH_FILE).read_text())["alpha"]
         # on a GPU CTranslate2's top-p takes at most 1,024 candidates
         self.top_k = min(TOP_K if where == "cpu" else 1024, len(json.loads((folder / "vocabulary.json").read_text())))
 
@@ -215,8 +215,6 @@ class VllmSampler:
         self.llm = LLM(model=str(folder), tokenizer=str(folder), dtype=str(device.dtype()).removeprefix("torch."),
                        gpu_memory_utilization=VLLM_MEMORY_SHARE, max_model_len=min(context, VLLM_MAX_LENGTH), seed=0)
         self.tokenizer, self.stop = tokenizer, stop
-        smoothed = folder / SMOOTH_FILE  # absent in a folder converted before smoothing
-        self.smoothquant = json.loads(smoothed.read_text())["alpha"] if smoothed.is_file() else None
 
     def __call__(self, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
                  seed: int) -> list[tuple[str, int, bool]]:

@@ -23,11 +23,15 @@ CALIBRATION_PROMPTS = 32
 
 
 def supported(model) -> bool:
+    """Whether `smooth` knows `model`'s architecture."""
     return getattr(model.config, "model_type", None) in ARCHITECTURES
 
 
 def input_maxima(model, sequences: list[list[int]]) -> dict:
-    """Per linear layer (by name), the largest |input| of each input channel over `sequences`."""
+    """Per linear layer (by name), the largest |input| of each input channel over `sequences`.
+
+    Shape: -> {name: (in_features,)}
+    """
     import torch
 
     maxima, hooks = {}, []
@@ -52,7 +56,11 @@ def input_maxima(model, sequences: list[list[int]]) -> dict:
 
 
 def channel_scales(x_max, weights: list, alpha: float):
-    """s_j = max|X_j|^α / max|W_j|^(1−α) over the weights that read channel j."""
+    """s_j = max|X_j|^α / max|W_j|^(1−α) (Xiao et al., 2023, eq. 4), W_j over every weight that reads
+    channel j.
+
+    Shape: x_max (in,), weights [(out_k, in)] -> (in,)
+    """
     import torch
 
     w_max = torch.cat([w.detach().abs().float() for w in weights], 0).amax(0)
@@ -78,13 +86,13 @@ def smooth(model, sequences: list[list[int]], alpha: float = ALPHA) -> bool:
                     lin.weight.mul_(s.to(lin.weight.dtype))
             s = channel_scales(maxima[name + "mlp.down_proj"], [mlp.down_proj.weight], alpha)
             mlp.up_proj.weight.div_(s.to(mlp.up_proj.weight.dtype)[:, None])  # down's input is act(gate)·up
+            if mlp.up_proj.bias is not None:  # Llama's mlp_bias
+                mlp.up_proj.bias.div_(s.to(mlp.up_proj.bias.dtype))
             mlp.down_proj.weight.mul_(s.to(mlp.down_proj.weight.dtype))
     return True
 
 
 def calibration_sequences(tokenizer, prompts: list[str]) -> list[list[int]]:
     """The prompts as the generator reads them: the chat template, ready for the answer."""
-    from training.generate import chat_texts  # generate imports engine, which imports this module
-
-    texts = chat_texts(tokenizer, [[{"role": "user", "content": p}] for p in prompts])
-    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True,
+                                          return_dict=False) for p in prompts]
