@@ -11,8 +11,9 @@ from training.config_fields import limit_field
 class PPOConfig:
     """Defaults suit SmolLM2-135M on a CPU: short responses, small batches, a LoRA adapter."""
 
-    learning_rate: float = field(default=1e-4, metadata={"above": 0, "basic": True,
-        "help": "AdamW learning rate of the LoRA adapter and value head."})
+    learning_rate: float = field(default=3e-4, metadata={"above": 0, "basic": True,
+        "help": "AdamW learning rate of the LoRA adapter and value head (1e-4 moved SmolLM2 too little in 20 steps: "
+                "README, Does it learn?)."})
     steps: int = field(default=20, metadata={"min": 1, "basic": True,
         "help": "Number of PPO iterations (each: one rollout batch, then several epochs on it)."})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "Prompts per rollout batch."})
