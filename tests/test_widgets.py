@@ -67,7 +67,7 @@ def test_the_defaults_are_unchanged_by_the_basic_marks():
 
     assert (DPORoundConfig().beta, DPORoundConfig().learning_rate, DPORoundConfig().epochs) == (0.1, 5e-4, None)
     assert (RewardRoundConfig().backbone, RewardRoundConfig().method, RewardRoundConfig().epochs) == ("policy", "heads", 1.5)
-    assert (PPOConfig().steps, PPOConfig().beta, PPOConfig().learning_rate) == (20, 0.05, 1e-4)
+    assert (PPOConfig().steps, PPOConfig().beta, PPOConfig().learning_rate) == (20, 0.05, 3e-4)
 
 
 def test_streamlit_toolbar_shows_no_deploy_button_or_developer_menu():
