@@ -36,6 +36,25 @@ def test_pairs_from_ctranslate2_are_stored_with_their_settings(tiny):
         assert g["new_tokens"] == 6 if not g["eos"] else 1 <= g["new_tokens"] <= 6
 
 
+def test_a_batch_split_over_one_worker_a_thread_answers_each_text_as_one_worker_does(tiny):
+    """On a CPU the sampler runs a worker a thread, each on a share of the batch; with only the most
+    likely token kept, the answers (and their order) are those of one worker on the whole batch."""
+    folder = engine.converted(None)
+    one = engine.Sampler(folder, *engine_parts(folder), threads=1)
+    two = engine.Sampler(folder, *engine_parts(folder), threads=2)
+    assert (one.workers, two.workers) == (1, 2)
+    texts = [f"Question number {i}?" + " and more" * i for i in range(5)]
+    settings = dict(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=0)
+    assert two(texts, **settings) == one(texts, **settings)
+    assert len({text for text, _, _ in one(texts, **settings)}) > 1  # the texts get different answers
+
+
+def engine_parts(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), json.loads((folder / engine.STOP_FILE).read_text())
+
+
 def test_a_conversion_says_whether_it_was_smoothed(tiny, tmp_path):
     assert json.loads((engine.converted(None) / engine.SMOOTH_FILE).read_text()) == {"alpha": smoothquant.ALPHA}
     engine.convert(None, tmp_path / "plain", smooth=False)  # as bench/generation.py compares

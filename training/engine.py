@@ -3,8 +3,9 @@
 transformers stays the reference and the fallback: PPO rollouts, evaluation and the arena sample
 with it (their log-probs must be the fp32 model's), and so does generation on a GPU, with
 `engine: transformers`, or when a model cannot be converted. For pairs to label on a CPU,
-CTranslate2 with int8 weights samples 2-3x more tokens per second on one or two threads
-(bench/generation.py measures both in one run, with each one's mean log-prob under the fp32 model).
+CTranslate2 with int8 weights samples about 5x more tokens per second on two threads, 3-4x on one
+(bench/generation.py measures both in one run, with each one's mean log-prob under the fp32 model);
+on a CPU it runs one worker a thread, each on a share of the batch.
 Before the conversion, SmoothQuant (training/smoothquant.py) moves the outlier activations' range
 into the weights, so the int8 copy stays closer to the fp32 model.
 
@@ -145,7 +146,11 @@ def sampler_record(model) -> dict:
 
 class Sampler:
     """`sample_rows` of training/generate.py on a CTranslate2 generator: one sampled continuation
-    per text, (response, new tokens with the stop token, stopped at a stop token)."""
+    per text, (response, new tokens with the stop token, stopped at a stop token).
+
+    CTranslate2 keeps one random generator per thread, seeded on the thread's first draw, and which
+    worker takes which share of a batch is a race: `seed` fixes a fresh process's first batch only,
+    so the seed stored with these pairs does not reproduce them (transformers' does)."""
 
     def __init__(self, folder: Path, tokenizer, stop: list[int], threads: int):
         import ctranslate2
@@ -156,8 +161,13 @@ class Sampler:
         if where not in ("cpu", "cuda"):
             raise EngineError(f"CTranslate2 runs on a CPU or a CUDA GPU, not on {where}; "
                               "set the generator's engine to transformers.")
+        # On a CPU, one worker a thread, each with a share of the batch: a 135M model's matrices are
+        # too small to split well over threads (bench/generation.py: 1.5x the tokens/s of one worker on
+        # 2 threads). The workers share the weights.
+        self.workers = max(1, threads) if where == "cpu" else 1
         self.generator = ctranslate2.Generator(str(folder), device=where, compute_type=QUANTIZATION,
-                                               intra_threads=threads, inter_threads=1)
+                                               intra_threads=threads if self.workers == 1 else 1,
+                                               inter_threads=self.workers)
         self.tokenizer, self.stop = tokenizer, stop
         self.smoothquant = json.loads((folder / SMOOTH_FILE).read_text())["alpha"]
         # on a GPU CTranslate2's top-p takes at most 1,024 candidates
@@ -173,7 +183,7 @@ class Sampler:
         results = self.generator.generate_batch(
             tokens, max_length=max_new_tokens, sampling_topk=self.top_k, sampling_topp=top_p,
             sampling_temperature=temperature, repetition_penalty=1.0, include_prompt_in_result=False,
-            end_token=self.stop, return_end_token=True)
+            end_token=self.stop, return_end_token=True, max_batch_size=-(-len(tokens) // self.workers))
         rows = []
         for result in results:
             ids = result.sequences_ids[0]

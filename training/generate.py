@@ -4,7 +4,8 @@ Batched the way a CPU likes it: prompts sorted by length (little padding), left 
 cache, each row stopping at EOS. Both sides of a prompt sit in the same batch as two rows, so
 they share the padding. Sampling uses torch's one global generator, seeded per batch: rows of a
 batch draw different random numbers, so the two sides of a prompt are independent samples (two
-different "seeds" in effect), and the batch seed stored with each response reproduces the batch.
+different "seeds" in effect), and the batch seed stored with each response reproduces the batch (on transformers; not on
+CTranslate2, see training/engine.py).
 A pair whose sides came out identical is sampled once more, then dropped.
 
 `python -m training generate --prompts 32` runs it from the shell; the app calls
@@ -52,7 +53,7 @@ class GenerateConfig:
     batch_size: int = field(default=32, metadata={"min": 1, "help": "Sequences per batch (two per prompt)."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampling (default: a new one each run, stored with every response)."})
     engine: str = field(default="auto", metadata={"choices": ENGINES,
-        "help": "auto: CTranslate2 (int8, 2-3x faster) on a CPU when it converts the model, else transformers; "
+        "help": "auto: CTranslate2 (int8, 3-5x faster) on a CPU when it converts the model, else transformers; "
                 "vllm: vLLM on a CUDA card, when installed."})
     until_waiting: int = field(default=0, metadata={"min": 0,
         "help": "Stop early once this many pairs wait to be labeled (0: answer every prompt)."})
