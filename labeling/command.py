@@ -9,14 +9,15 @@ from typing import Any, Callable, Mapping
 
 
 def run_command(work: Callable[[], Any], errors: Mapping[type | tuple[type, ...], int],
-                ensure_ascii: bool = True) -> int:
-    """Run `work` and print what it returns as JSON; return 0. An exception of a kind `errors`
-    names (first match wins) prints its message on stderr and returns that kind's exit code;
-    any other exception propagates."""
+                ensure_ascii: bool = True, echo: bool = True) -> int:
+    """Run `work` and print what it returns as JSON (unless `echo` is false: `work` printed it);
+    return 0. An exception of a kind `errors` names (first match wins) prints its message on stderr
+    and returns that kind's exit code; any other exception propagates."""
     try:
         summary = work()
     except tuple(kind for kinds in errors for kind in (kinds if isinstance(kinds, tuple) else (kinds,))) as exc:
         print(str(exc), file=sys.stderr)
         return next(code for kinds, code in errors.items() if isinstance(exc, kinds))
-    print(json.dumps(summary, ensure_ascii=ensure_ascii))
+    if echo:
+        print(json.dumps(summary, ensure_ascii=ensure_ascii))
     return 0

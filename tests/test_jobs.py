@@ -16,6 +16,19 @@ def _job(status="running", pid=None, kind="dpo"):
         return job.id
 
 
+def test_a_round_prints_its_summary_before_its_job_says_done(workspace, monkeypatch, capsys):
+    """Whoever sees the job done (the Train page, a test) finds the summary line already in its log."""
+    from training import runner
+    from training.dpo_config import DPORoundConfig
+
+    seen = []
+    monkeypatch.setattr(jobs.Reporter, "finish", lambda self, status, result=None, error=None:
+                        seen.append((status, capsys.readouterr().out)))
+    assert runner.run_main([], DPORoundConfig, lambda config, reporter, max_steps, max_pairs: {"pairs": 3},
+                           "python -m training dpo") == 0
+    assert seen == [("done", '{"pairs": 3}\n')] and capsys.readouterr().out == ""  # printed once
+
+
 def test_reporter_persists_progress_and_metrics(workspace):
     job_id = _job(status="queued")
     reporter = jobs.Reporter(job_id)

@@ -108,6 +108,7 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
             if main and (after := versions.current_policy_id()) != before:  # ready for the generator's next pairs
                 engine.prepare(after)
             reporter.result = summary
+            print(json.dumps(summary), flush=True)  # before the job row says done: whoever sees done finds the line
         distributed.finish()
         return summary
 
@@ -115,7 +116,8 @@ def run_main(argv: list[str], config_class: type, run_round: Callable[..., dict]
         sys.stdout = open(os.devnull, "w")  # one summary line in the job's log: the main process's
     try:
         code = run_command(work, {ConfigError: 2,
-                                  (NotReady, ModelPathError, VersionError, DeviceError, *user_errors): 1})  # the user's to fix
+                                  (NotReady, ModelPathError, VersionError, DeviceError, *user_errors): 1},  # the user's to fix
+                           echo=False)
     except jobs.Cancelled:
         print(json.dumps({"cancelled": True}))
         code = 130
