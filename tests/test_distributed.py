@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -61,15 +60,9 @@ def two_processes(workspace, tmp_path, monkeypatch):
     return workspace
 
 
-def summary_lines(job, wait: float = 0.0) -> list[dict]:
-    """The job's summary lines; `wait`: seconds to give a done job's process to print its line, which
-    it does after the job row says done (after the ranks' farewell, so seconds on a loaded machine)."""
-    deadline = time.monotonic() + wait
-    while True:
-        lines = [json.loads(line) for line in Path(job.log_path).read_text().splitlines() if line.startswith('{"version"')]
-        if lines or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.2)
+def summary_lines(job) -> list[dict]:
+    """The job's summary lines, printed before the job row says done."""
+    return [json.loads(line) for line in Path(job.log_path).read_text().splitlines() if line.startswith('{"version"')]
 
 
 @pytest.mark.parametrize("kind, settings", [("dpo", {}), ("kto", {"max_steps": 2}), ("reward", {}),
@@ -86,7 +79,7 @@ def test_a_round_on_two_processes_makes_one_version_from_the_same_judgments(two_
     version = made[0]
     assert version.judgment_ids == sorted(judgments)
     assert version.parent_id == (None if kind == "reward" else versions.ensure_base_version())
-    assert [line["version"] for line in summary_lines(job, wait=30)] == [version.id]  # one summary: the main process's
+    assert [line["version"] for line in summary_lines(job)] == [version.id]  # one summary: the main process's
     assert job.result["version"] == version.id
     if kind == "dpo":  # each process takes half of every step's batch: the steps of a round on one process
         from training.dpo_config import DPORoundConfig
