@@ -137,8 +137,24 @@ def test_heads_round_trip_through_a_folder(tmp_path):
     heads.save(tmp_path)
     loaded = reward_heads.Heads.load(tmp_path)
     np.testing.assert_allclose(loaded.rewards(chosen, chosen_len), heads.rewards(chosen, chosen_len))
-    assert loaded.length == "keep" and loaded.l2 == heads.l2
+    assert loaded.length == "keep" and loaded.l2 == heads.l2 and loaded.layers == reward_heads.LAYERS
     np.testing.assert_array_equal(loaded.length_weight, heads.length_weight)
+
+
+def test_heads_read_the_layers_they_were_fitted_on_also_when_saved_before_layers_were_kept(tmp_path):
+    import dataclasses
+
+    chosen, rejected, chosen_len, rejected_len, groups = planted(20, 0, "content")
+    heads = dataclasses.replace(reward_heads.fit(chosen, rejected, chosen_len, rejected_len, groups, heads=1),
+                                layers=(0.0, 0.25))
+    (tmp_path / "now").mkdir()
+    heads.save(tmp_path / "now")
+    assert reward_heads.Heads.load(tmp_path / "now").layers == (0.0, 0.25)
+    (tmp_path / "before").mkdir()
+    saved = dict(np.load(tmp_path / "now" / reward_heads.HEADS_FILE))
+    del saved["layers"]
+    np.savez(tmp_path / "before" / reward_heads.HEADS_FILE, **saved)
+    assert reward_heads.Heads.load(tmp_path / "before").layers == reward_heads.LAYERS_BEFORE == (0.5, 1.0)
 
 
 def test_unknown_length_mode_is_refused():
@@ -162,7 +178,7 @@ def test_features_pool_the_response_and_do_not_depend_on_the_batch(kind, tmp_pat
     together = reward_heads.features(model, tokenizer, [prompt] * 3, responses, max_length=64, batch_size=3)
     alone = np.stack([reward_heads.features(model, tokenizer, [prompt], [r], max_length=64)[0] for r in responses])
     hidden = model.config.hidden_size
-    assert together.shape == (3, 3 * hidden)
+    assert together.shape == (3, (len(reward_heads.LAYERS) + 1) * hidden)
     np.testing.assert_allclose(together, alone, atol=1e-5)  # padding beside a longer answer changes nothing
     np.testing.assert_array_equal(together[0], together[2])
     assert not np.allclose(together[0], together[1])
@@ -188,9 +204,34 @@ def test_features_are_the_middle_and_last_layer_means_and_the_last_token_and_pic
                          hidden[-1][0, -1]]).numpy()  # the features before every layer was kept
     every = reward_heads.layer_means(model, tokenizer, [prompt], [answer], max_length=64)
     assert every.shape == (1, len(hidden) + 1, model.config.hidden_size)
-    np.testing.assert_allclose(reward_heads.features(model, tokenizer, [prompt], [answer], 64)[0], by_hand, atol=1e-5)
-    np.testing.assert_allclose(reward_heads.pick(every)[0], by_hand, atol=1e-5)
+    middle_and_last = (0.5, 1.0)
+    np.testing.assert_allclose(reward_heads.features(model, tokenizer, [prompt], [answer], 64, layers=middle_and_last)[0],
+                               by_hand, atol=1e-5)
+    np.testing.assert_allclose(reward_heads.pick(every, middle_and_last)[0], by_hand, atol=1e-5)
     np.testing.assert_allclose(reward_heads.pick(every, (0.0,))[0],
                                torch.cat([hidden[0][0, start:].mean(0), hidden[-1][0, -1]]).numpy(), atol=1e-5)
     assert reward_heads.features(model, tokenizer, [], [], 64).shape == (0, 0)
     assert reward_heads.pick(reward_heads.layer_means(model, tokenizer, [], [], 64)).shape == (0, 0)
+
+
+def test_a_heads_model_reads_the_layers_its_heads_were_fitted_on(tmp_path):
+    """A reward version keeps scoring with the hidden states it was fitted on, whatever LAYERS says now."""
+    import dataclasses
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from tests import tiny_models
+
+    folder = tiny_models.make_tiny_policy(tmp_path / "policy")
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(4)]
+    responses = ["Yes.", "No, not at all.", "Maybe so.", "It depends on the day."]
+    layers = (0.0,) if reward_heads.LAYERS != (0.0,) else (1.0,)
+    x = reward_heads.features(model, tokenizer, prompts, responses, 64, layers=layers)
+    ell = reward_heads.response_length(responses)
+    heads = dataclasses.replace(reward_heads.fit(x[::2], x[1::2], ell[::2], ell[1::2], ["a", "b"], heads=2, l2=1.0),
+                                layers=layers)
+    scored = reward_heads.HeadsModel(model, tokenizer, heads, 64).rewards(prompts, responses)
+    np.testing.assert_allclose(scored, heads.rewards(x, ell), atol=1e-6)
