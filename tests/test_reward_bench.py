@@ -136,3 +136,27 @@ def test_a_fine_tuned_option_trains_on_its_source_alone_and_is_scored_on_pairs_i
     assert (on_hh["hh"]["accuracy"], on_hh["hh_to_oasst"]["accuracy"]) == (1.0, 0.0)
     assert (on_oasst["oasst_fold0"]["accuracy"], on_oasst["oasst_to_hh"]["accuracy"]) == (1.0, 0.0)
     assert on_hh["hh"]["low"] <= on_hh["hh"]["accuracy"] <= on_hh["hh"]["high"]
+
+
+def test_taste_layers_labels_every_pair_again_by_each_taste_and_scores_each_choice_of_layers(workspace, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """bench/taste_layers.py on the tiny policy: the stored pairs read once, each taste's decided
+    pairs counted by hand, an accuracy in [0, 1] for every choice of layers; a missing database is
+    one sentence."""
+    import json
+
+    from bench import taste_layers
+    from tests.preference_fixtures import import_pairs, use_tiny_policy
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    use_tiny_policy(tmp_path, monkeypatch)
+    import_pairs(tmp_path, 16)  # "Sure, here is a short answer about X." against "No."
+    db = str(workspace / "prefloop.db")
+    assert taste_layers.main(["--db", db, "--db", db, "--taste", "concise", "--taste", "digits",
+                              "--layer-sets", "0.5,1", "0,0.5,1"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["concise"]["decided"] == 16  # every pair once, though the database was named twice
+    assert result["digits"] == {"decided": 0, "0.5,1": None, "0,0.5,1": None}  # neither answer has a digit
+    assert 0 <= result["concise"]["0.5,1"] <= 1 and 0 <= result["concise"]["0,0.5,1"] <= 1
+    with pytest.raises(SystemExit, match="no such database"):
+        taste_layers.main(["--db", str(tmp_path / "none.db")])
