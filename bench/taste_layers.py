@@ -81,15 +81,15 @@ TASTES = ("plain", "structured", "concise", *CHECK_TASTES)
 
 def read_pairs(paths: list[Path]) -> list[tuple[list[dict], str, str]]:
     """(prompt messages, answer A, answer B) of every pair in the workspaces' databases, each two
-    answers once."""
+    answers to a prompt once (in either order)."""
     pairs, seen = [], set()
     for path in paths:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             rows = db.execute("SELECT pr.messages, a.text, b.text FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id "
                               "JOIN responses a ON a.id = p.response_a_id JOIN responses b ON b.id = p.response_b_id")
             for messages, a, b in rows:
-                if (a, b) not in seen:
-                    seen.add((a, b))
+                if (key := (messages, frozenset((a, b)))) not in seen:
+                    seen.add(key)
                     pairs.append((json.loads(messages) if isinstance(messages, str) else messages, a, b))
     return pairs
 
@@ -130,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     if missing := [p for p in args.db if not Path(p).is_file()]:
         sys.exit(f"--db {missing[0]}: no such database.")
     layer_sets = {s: tuple(float(f) for f in s.split(",")) for s in args.layer_sets}
-    tastes = {name: CHECK_TASTES.get(name) or load_taste(name) for name in args.taste or TASTES}
-    jobs.set_threads()
+    try:
+        tastes = {name: CHECK_TASTES.get(name) or load_taste(name) for name in args.taste or TASTES}
+    except (ValueError, ImportError) as error:
+        sys.exit(str(error))
     pairs = read_pairs([Path(p) for p in args.db])
+    if not pairs:
+        sys.exit(f"{', '.join(args.db)}: no pairs stored; run bench/learning.py with --home first.")
+    jobs.set_threads()
     print(f"{len(pairs)} pairs on {len({json.dumps(p) for p, _, _ in pairs})} prompts", file=sys.stderr)
     config = RewardRoundConfig()
     model, tokenizer, _ = reward.load_backbone(config)

@@ -49,6 +49,18 @@ def test_a_batch_split_over_one_worker_a_thread_answers_each_text_as_one_worker_
     assert len({text for text, _, _ in one(texts, **settings)}) > 1  # the texts get different answers
 
 
+def test_the_two_sides_of_a_prompt_are_sampled_by_one_worker(tiny):
+    """Fresh workers draw the same random numbers: one prompt's two sides split over two of them
+    would come out the same."""
+    folder = engine.converted(None)
+    settings = dict(max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0)
+    for prompts in (1, 3):
+        sampler = engine.Sampler(folder, *engine_parts(folder), threads=2)  # fresh workers
+        rows = sampler([f"Question number {i}?" for i in range(prompts) for _ in (0, 1)], **settings)
+        assert len(rows) == 2 * prompts and all(rows[2 * k] != rows[2 * k + 1] for k in range(prompts))
+    assert sampler([], **settings) == []
+
+
 def engine_parts(folder):
     from transformers import AutoTokenizer
 

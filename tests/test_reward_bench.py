@@ -148,15 +148,23 @@ def test_taste_layers_labels_every_pair_again_by_each_taste_and_scores_each_choi
     from bench import taste_layers
     from tests.preference_fixtures import import_pairs, use_tiny_policy
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PREFLOOP_THREADS", "1")
     use_tiny_policy(tmp_path, monkeypatch)
-    import_pairs(tmp_path, 16)  # "Sure, here is a short answer about X." against "No."
+    from labeling import store
+
+    store.add_prompts(["A prompt with no pairs yet?"], "test")
     db = str(workspace / "prefloop.db")
+    with pytest.raises(SystemExit, match="no pairs stored"):
+        taste_layers.main(["--db", db])
+    import_pairs(tmp_path, 16)  # "Sure, here is a short answer about X." against "No."
     assert taste_layers.main(["--db", db, "--db", db, "--taste", "concise", "--taste", "digits",
                               "--layer-sets", "0.5,1", "0,0.5,1"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["concise"]["decided"] == 16  # every pair once, though the database was named twice
     assert result["digits"] == {"decided": 0, "0.5,1": None, "0,0.5,1": None}  # neither answer has a digit
-    assert 0 <= result["concise"]["0.5,1"] <= 1 and 0 <= result["concise"]["0,0.5,1"] <= 1
+    # "No." is always the shorter answer: a head that reads any layer finds it on prompts it never saw
+    assert result["concise"]["0.5,1"] == result["concise"]["0,0.5,1"] == 1.0
     with pytest.raises(SystemExit, match="no such database"):
         taste_layers.main(["--db", str(tmp_path / "none.db")])
+    with pytest.raises(SystemExit, match="nosuch"):
+        taste_layers.main(["--db", db, "--taste", "nosuch"])

@@ -148,9 +148,16 @@ class Sampler:
     """`sample_rows` of training/generate.py on a CTranslate2 generator: one sampled continuation
     per text, (response, new tokens with the stop token, stopped at a stop token).
 
-    CTranslate2 keeps one random generator per thread, seeded on the thread's first draw, and which
-    worker takes which share of a batch is a race: `seed` fixes a fresh process's first batch only,
-    so the seed stored with these pairs does not reproduce them (transformers' does)."""
+    On a CPU it runs one worker a thread, each on a share of the texts: SmolLM2's matrices are too
+    small to split well over threads (an ad hoc check on 2 threads: 455-469 tokens/s for two workers
+    against 298-308 for one; bench/generation.py measures the result against transformers). The
+    workers share the weights. Shares are contiguous and even in size, so the two sides of a prompt
+    (rows 2k and 2k+1) are sampled by one worker: CTranslate2 keeps a random generator per thread,
+    seeded on its first draw from the seed set then, so two fresh workers draw the same numbers, and
+    one prompt's two sides split over them would come out the same. Rows at the same place in two
+    shares (other prompts) draw alike until the workers' streams part. Which worker takes which
+    share is a race, and a worker's generator is seeded once: the seed stored with these pairs does
+    not reproduce them (transformers' does)."""
 
     def __init__(self, folder: Path, tokenizer, stop: list[int], threads: int):
         import ctranslate2
@@ -161,9 +168,6 @@ class Sampler:
         if where not in ("cpu", "cuda"):
             raise EngineError(f"CTranslate2 runs on a CPU or a CUDA GPU, not on {where}; "
                               "set the generator's engine to transformers.")
-        # On a CPU, one worker a thread, each with a share of the batch: a 135M model's matrices are
-        # too small to split well over threads (bench/generation.py: 1.5x the tokens/s of one worker on
-        # 2 threads). The workers share the weights.
         self.workers = max(1, threads) if where == "cpu" else 1
         self.generator = ctranslate2.Generator(str(folder), device=where, compute_type=QUANTIZATION,
                                                intra_threads=threads if self.workers == 1 else 1,
@@ -180,12 +184,13 @@ class Sampler:
         ctranslate2.set_random_seed(seed)
         tokens = [self.tokenizer.convert_ids_to_tokens(self.tokenizer(t, add_special_tokens=False)["input_ids"])
                   for t in texts]
-        results = self.generator.generate_batch(
-            tokens, max_length=max_new_tokens, sampling_topk=self.top_k, sampling_topp=top_p,
+        share = max(2, 2 * -(-len(tokens) // (2 * self.workers)))  # even: rows 2k and 2k+1 on one worker
+        jobs = [self.generator.generate_batch(
+            tokens[start:start + share], max_length=max_new_tokens, sampling_topk=self.top_k, sampling_topp=top_p,
             sampling_temperature=temperature, repetition_penalty=1.0, include_prompt_in_result=False,
-            end_token=self.stop, return_end_token=True, max_batch_size=-(-len(tokens) // self.workers))
+            end_token=self.stop, return_end_token=True, asynchronous=True) for start in range(0, len(tokens), share)]
         rows = []
-        for result in results:
+        for result in (job.result() for shares in jobs for job in shares):
             ids = result.sequences_ids[0]
             eos = bool(ids) and ids[-1] in self.stop
             text = self.tokenizer.decode(ids[:-1] if eos else ids, skip_special_tokens=True).strip()

@@ -337,13 +337,13 @@ def train(model, tokenizer, rows: list[dict], config, reporter) -> tuple[HeadsMo
     prompts = [r["prompt"] for r in rows]
     chosen_text, rejected_text = [r["chosen"][-1]["content"] for r in rows], [r["rejected"][-1]["content"] for r in rows]
     reporter.start(2)
-    chosen = features(model, tokenizer, prompts, chosen_text, config.max_length, config.batch_size)
+    chosen = features(model, tokenizer, prompts, chosen_text, config.max_length, config.batch_size, LAYERS)
     reporter.step(1, {})
-    rejected = features(model, tokenizer, prompts, rejected_text, config.max_length, config.batch_size)
+    rejected = features(model, tokenizer, prompts, rejected_text, config.max_length, config.batch_size, LAYERS)
     read = time.perf_counter() - started
     groups = [preferences.conversation(r) for r in rows]
-    heads = fit(chosen, rejected, response_length(chosen_text), response_length(rejected_text), groups,
-                heads=config.heads, length=config.length, seed=config.seed)
+    heads = dataclasses.replace(fit(chosen, rejected, response_length(chosen_text), response_length(rejected_text),
+                                    groups, heads=config.heads, length=config.length, seed=config.seed), layers=LAYERS)
     trained = HeadsModel(model, tokenizer, heads, config.max_length)
     accuracy = metrics.preference_accuracy(heads.rewards(chosen, response_length(chosen_text)).mean(0),
                                            heads.rewards(rejected, response_length(rejected_text)).mean(0))
