@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.reward import fold_of  # noqa: E402
 from bench.tastes import load_taste  # noqa: E402
 from training import jobs, reward, reward_heads  # noqa: E402
 from training.reward_config import RewardRoundConfig  # noqa: E402
@@ -104,9 +105,7 @@ def accuracy(features: np.ndarray, lengths: np.ndarray, scores: np.ndarray, grou
     chosen = np.where(first[:, None], features[:, 0], features[:, 1])
     rejected = np.where(first[:, None], features[:, 1], features[:, 0])
     chosen_len, rejected_len = np.where(first, lengths[:, 0], lengths[:, 1]), np.where(first, lengths[:, 1], lengths[:, 0])
-    keys = sorted(set(groups))
-    fold_of = {k: i % folds for i, k in enumerate(np.random.default_rng(0).permutation(keys))}
-    fold = np.array([fold_of[g] for g in groups])
+    fold = fold_of([{"conversation": g} for g in groups], folds)
     right = []
     for f in range(folds):
         train, test = decided & (fold != f), decided & (fold == f)
@@ -146,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                                      config.max_length, config.batch_size)
     lengths = reward_heads.response_length(texts).reshape(-1, 2)
     groups = np.array([json.dumps(p) for p, _, _ in pairs])
+    features = {label: reward_heads.pick(means, layers).reshape(len(pairs), 2, -1) for label, layers in layer_sets.items()}
     result = {}
     for name, taste in tastes.items():
         scores = np.array([taste(t) for t in texts], dtype=float).reshape(-1, 2)
         result[name] = {"decided": int((scores[:, 0] != scores[:, 1]).sum())}
-        for label, layers in layer_sets.items():
-            features = reward_heads.pick(means, layers).reshape(len(pairs), 2, -1)
-            result[name][label] = accuracy(features, lengths, scores, groups, args.folds)
+        for label, picked in features.items():
+            result[name][label] = accuracy(picked, lengths, scores, groups, args.folds)
         print(name, result[name], file=sys.stderr)
     print(json.dumps(result))
     return 0

@@ -39,9 +39,8 @@ def test_pairs_from_ctranslate2_are_stored_with_their_settings(tiny):
 def test_a_batch_split_over_one_worker_a_thread_answers_each_text_as_one_worker_does(tiny):
     """On a CPU the sampler runs a worker a thread, each on a share of the batch; with only the most
     likely token kept, the answers (and their order) are those of one worker on the whole batch."""
-    folder = engine.converted(None)
-    one = engine.Sampler(folder, *engine_parts(folder), threads=1)
-    two = engine.Sampler(folder, *engine_parts(folder), threads=2)
+    one = engine.load_generator(None, "ctranslate2", threads=1)[0]
+    two = engine.load_generator(None, "ctranslate2", threads=2)[0]
     assert (one.workers, two.workers) == (1, 2)
     texts = [f"Question number {i}?" + " and more" * i for i in range(5)]
     settings = dict(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=0)
@@ -52,19 +51,12 @@ def test_a_batch_split_over_one_worker_a_thread_answers_each_text_as_one_worker_
 def test_the_two_sides_of_a_prompt_are_sampled_by_one_worker(tiny):
     """Fresh workers draw the same random numbers: one prompt's two sides split over two of them
     would come out the same."""
-    folder = engine.converted(None)
     settings = dict(max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0)
     for prompts in (1, 3):
-        sampler = engine.Sampler(folder, *engine_parts(folder), threads=2)  # fresh workers
+        sampler = engine.load_generator(None, "ctranslate2", threads=2)[0]  # fresh workers
         rows = sampler([f"Question number {i}?" for i in range(prompts) for _ in (0, 1)], **settings)
         assert len(rows) == 2 * prompts and all(rows[2 * k] != rows[2 * k + 1] for k in range(prompts))
     assert sampler([], **settings) == []
-
-
-def engine_parts(folder):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder), json.loads((folder / engine.STOP_FILE).read_text())
 
 
 def test_a_conversion_says_whether_it_was_smoothed(tiny, tmp_path):
