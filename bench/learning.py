@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.learning_arms import (arm_autopilot, arm_dpo, arm_iterative, arm_names, arm_rewrites, sweep_variants,  # noqa: E402
-                                  use_workspace, variant_config)
+                                  use_workspace, variant_config, variant_reward_config)
 from bench.learning_measure import Measure, report, summarise  # noqa: E402
 from bench.tastes import load_taste  # noqa: E402
 
@@ -85,7 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--home", help="folder for the workspaces (default: a temporary one)")
     p.add_argument("--sweep", default="", help='variants on the dpo arm\'s labels: "field=v1,v2 field=v1,..." (a grid) of DPO; '
                                                'groups split by ";" one after the other; max_pairs=N: the first N pairs; '
-                                               'ppo.FIELD=...: PPO variants on the ppo arm\'s reward model')
+                                               'ppo.FIELD=...: PPO variants on the ppo arm\'s reward model; reward.FIELD=...: a reward '
+                                               'model of its own on the same labels, then PPO on it')
     p.add_argument("--set", action="append", default=[], metavar="ROUND.FIELD=VALUE",
                    help="override a round default for every arm, e.g. dpo.learning_rate=1e-4")
     p.add_argument("--plot", help="write a PNG of taste win rate against labels spent")
@@ -259,6 +260,7 @@ def main(argv=None) -> int:
             load_taste(name)  # a wrong name fails before any work
         for variant in sweep_variants(args.sweep):  # and so does a sweep that cannot be read
             variant_config(args, variant)  # or names a field its round does not have
+            variant_reward_config(args, variant)
         check_arms(args.arms, args.sweep)  # or an arm it does not have
     except ValueError as error:  # a ConfigError is one
         print(error, file=sys.stderr)

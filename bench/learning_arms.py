@@ -176,31 +176,48 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     for variant in variants:
         versions.set_current("v1-base")
         key = "sweep " + " ".join(f"{k}={v}" for k, v in variant.items())
-        if sweep_round(variant) == "ppo":  # PPO on the same reward model, one setting changed
+        extra = {}
+        if sweep_round(variant) == "ppo":  # PPO on the arm's reward model, or on one trained with reward.FIELD set
             t0 = time.perf_counter()
-            config, _ = variant_config(args, variant, reward_version=rm["version"])
+            reward_id = rm["version"]
+            if (reward_config := variant_reward_config(args, variant)) is not None:  # the same labels
+                reward_id = reward.run_round(reward_config, jobs.Reporter(None))["version"]
+                extra["reward_model"] = {**reward_accuracy_against_taste(reward_id, measure), "version": reward_id}
+            config, _ = variant_config(args, variant, reward_version=reward_id)
             summary = ppo.run_round(config, jobs.Reporter(None))
             summary.update(seconds=round(time.perf_counter() - t0, 1), steps=config.total_steps)
         else:
             summary = run_dpo(args, *variant_config(args, variant))
-        out[key] = report(key, {**summarise(measure(key, summary["version"]), measure_base, None),
+        out[key] = report(key, {**summarise(measure(key, summary["version"]), measure_base, None), **extra,
                                 "train_seconds": summary["seconds"], "steps": summary["steps"],
                                 "pairs": summary.get("pairs"), "labels": labels["judged"]})
     return out
 
 
 def variant_config(args, variant: dict, **fields) -> tuple:
-    """(config, max_pairs) of a sweep variant: the defaults, --set, the variant's values, then `fields`;
-    never made current. ConfigError, in one sentence, for a field the round does not have or a bad value."""
+    """(config, max_pairs) of a sweep variant's policy round: the defaults, --set, the variant's values,
+    then `fields`; never made current. ConfigError, in one sentence, for a field the round does not have
+    or a bad value."""
     kind = sweep_round(variant)
-    values = {k.removeprefix(f"{kind}."): v for k, v in variant.items() if k != "max_pairs"}
+    if kind == "ppo":
+        values = {k.removeprefix("ppo."): v for k, v in variant.items() if k.startswith("ppo.")}
+    else:
+        values = {k: v for k, v in variant.items() if k != "max_pairs"}
     max_pairs = int(variant["max_pairs"]) if "max_pairs" in variant else None
     return round_config(kind, args, **{"make_current": False, **values, **fields}), max_pairs
 
 
+def variant_reward_config(args, variant: dict):
+    """The reward round a variant with reward.FIELD settings trains on the arm's labels before its PPO
+    round (the defaults, --set, then the variant's values); None when it names none."""
+    values = {k.removeprefix("reward."): v for k, v in variant.items() if k.startswith("reward.")}
+    return round_config("reward", args, **values) if values else None
+
+
 def sweep_round(variant: dict) -> str:
-    """The round a sweep variant trains: ppo when its fields are named ppo.FIELD, else dpo."""
-    return "ppo" if all(k.startswith("ppo.") for k in variant) else "dpo"
+    """The policy round a sweep variant trains: ppo when its fields are named ppo.FIELD or reward.FIELD
+    (a reward model of its own, then PPO on it), else dpo."""
+    return "ppo" if all(k.startswith(("ppo.", "reward.")) for k in variant) else "dpo"
 
 
 def sweep_variants(text: str) -> list[dict]:
@@ -222,9 +239,9 @@ def sweep_variants(text: str) -> list[dict]:
             if name == "max_pairs" and not all(v.isdigit() and int(v) >= MIN_PAIRS for v in values):
                 raise ValueError(f"--sweep: max_pairs takes whole numbers of at least {MIN_PAIRS}, got '{written}'.")
             axes.append((name, values))
-        if len({name.startswith("ppo.") for name, _ in axes}) > 1:
-            raise ValueError(f"--sweep: '{group.strip()}' mixes PPO settings (ppo.FIELD) with DPO ones in one variant; "
-                             "split them with ';'.")
+        if len({name.startswith(("ppo.", "reward.")) for name, _ in axes}) > 1:
+            raise ValueError(f"--sweep: '{group.strip()}' mixes PPO or reward settings (ppo.FIELD, reward.FIELD) with "
+                             "DPO ones in one variant; split them with ';'.")
         if axes:
             variants += [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
     return [v for k, v in enumerate(variants) if v not in variants[:k]]

@@ -56,19 +56,24 @@ def test_the_quick_loop_runs_a_ppo_variant_on_the_ppo_arms_reward_model(tmp_path
     from bench import learning
 
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
-    assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "ppo",
-                          "--sweep", "ppo.steps=3", "--set", "ppo.learning_rate=0.01", "--home", str(tmp_path)]) == 0
+    assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "ppo", "--sweep",
+                          "ppo.steps=3; reward.layers=hidden", "--set", "ppo.learning_rate=0.01", "--home", str(tmp_path)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
     detail = lines[-2]["tests.test_learning_bench:vowels"]
-    arm, variant = detail["ppo"], detail["sweep ppo.steps=3"]
-    assert variant["kl"] > 0 and arm["kl"] > 0
+    arm, variant, other = detail["ppo"], detail["sweep ppo.steps=3"], detail["sweep reward.layers=hidden"]
+    assert variant["kl"] > 0 and arm["kl"] > 0 and other["kl"] > 0
     from training import versions
 
-    rewards, policies = versions.list_versions("reward"), [v for v in versions.list_versions("policy") if v.method == "ppo"]
-    assert [v.id for v in rewards] == [detail["reward_model"]["version"]]  # one reward model, for the arm and the variant
-    assert {v.metrics["reward_version"] for v in policies} == {rewards[0].id}
-    assert sorted(v.config["steps"] for v in policies) == [2, 3]  # the arm's (--quick), the variant's
-    assert {v.parent_id for v in policies} == {"v1-base"} and versions.current_policy_id() == "v1-base"  # never current
+    rewards = {v.id: v for v in versions.list_versions("reward")}
+    arms_rm, own_rm = detail["reward_model"]["version"], other["reward_model"]["version"]
+    assert sorted(rewards) == sorted([arms_rm, own_rm]) and arms_rm != own_rm  # the arm's, and the variant's own
+    assert (rewards[arms_rm].config["layers"], rewards[own_rm].config["layers"]) == ("embeddings+hidden", "hidden")
+    assert rewards[own_rm].judgment_ids == rewards[arms_rm].judgment_ids  # trained on the same labels
+    assert 0 <= other["reward_model"]["accuracy_vs_taste"] <= 1
+    ppo_rounds = [v for v in versions.list_versions("policy") if v.method == "ppo"]
+    assert sorted((v.config["reward_version"] == own_rm, v.config["steps"]) for v in ppo_rounds) == [
+        (False, 2), (False, 3), (True, 2)]  # the arm and ppo.steps=3 on the arm's reward model; the variant on its own
+    assert {v.parent_id for v in ppo_rounds} == {"v1-base"} and versions.current_policy_id() == "v1-base"  # never current
 
 
 def test_a_length_biased_annotator_picks_the_longer_answer_that_share_of_the_time(workspace):
@@ -219,12 +224,15 @@ def test_a_sweep_that_cannot_be_read_stops_the_bench_before_any_work(capsys):
     assert capsys.readouterr().err.strip().startswith("--set / --sweep: unknown field 'stepz'; the fields are learning_rate, steps,")
     assert learning.main(["--taste", "plain", "--sweep", "ppo.steps=forty"]) == 2
     assert capsys.readouterr().err.strip() == "--set / --sweep: field 'steps' must be int, got 'forty'."
+    assert learning.main(["--taste", "plain", "--sweep", "reward.layers=middle"]) == 2
+    assert capsys.readouterr().err.strip() == ("--set / --sweep: field 'layers' must be one of embeddings+hidden, hidden; "
+                                               "got 'middle'.")
 
 
 def test_a_sweep_variant_of_ppo_settings_is_a_ppo_round_and_may_not_mix_in_dpo_ones():
     import argparse
 
-    from bench.learning_arms import sweep_round, sweep_variants, variant_config
+    from bench.learning_arms import sweep_round, sweep_variants, variant_config, variant_reward_config
 
     variants = sweep_variants("ppo.steps=40; ppo.learning_rate=3e-4 ppo.beta=0.01,0.1; beta=0.3")
     assert variants == [{"ppo.steps": "40"}, {"ppo.learning_rate": "3e-4", "ppo.beta": "0.01"},
@@ -236,8 +244,17 @@ def test_a_sweep_variant_of_ppo_settings_is_a_ppo_round_and_may_not_mix_in_dpo_o
             config.make_current, max_pairs) == ("PPOConfig", 3e-4, 0.01, 4, "v2-reward", False, None)
     config, max_pairs = variant_config(args, {"beta": "0.3", "max_pairs": "32"})
     assert (type(config).__name__, config.beta, max_pairs) == ("DPORoundConfig", 0.3, 32)  # the variant wins over --set
-    with pytest.raises(ValueError, match="mixes PPO settings"):
+    with pytest.raises(ValueError, match="mixes PPO or reward settings"):
         sweep_variants("ppo.steps=40 beta=0.3")
+    with pytest.raises(ValueError, match="mixes PPO or reward settings"):
+        sweep_variants("reward.layers=hidden beta=0.3")
+    # reward.FIELD: a reward model of its own on the arm's labels, then PPO (with any ppo.FIELD) on it
+    variant = sweep_variants("reward.layers=hidden ppo.steps=40")[0]
+    assert sweep_round(variant) == "ppo" and variant_reward_config(args, {"beta": "0.3"}) is None
+    config, _ = variant_config(args, variant, reward_version="v3-reward")
+    assert (config.steps, config.batch_size, config.reward_version) == (40, 4, "v3-reward")
+    reward_config = variant_reward_config(args, variant)
+    assert (type(reward_config).__name__, reward_config.layers) == ("RewardRoundConfig", "hidden")
 
 
 def test_an_arm_the_bench_does_not_have_stops_it_before_any_work(capsys):

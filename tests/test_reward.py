@@ -225,6 +225,23 @@ def test_heads_reward_round_keeps_the_backbone_frozen_and_scores_from_its_versio
     assert "train it again" in caplog.text
 
 
+def test_the_reward_rounds_layers_setting_picks_the_hidden_states_its_heads_read(tiny, tmp_path, capsys):
+    from training import reward_heads
+    from training.config_fields import settings_problem
+
+    import_pairs(tmp_path, 12)
+    summary = reward.run_round(RewardRoundConfig(method="heads", heads=2, max_length=64, layers="hidden"),
+                               jobs.Reporter(None))
+    model, _, _ = reward.load_model(summary["version"])
+    assert model.heads.layers == (0.5, 1.0) == reward_heads.LAYERS_BEFORE and summary["layers"] == [0.5, 1.0]
+    assert model.heads.theta.shape[1] == 3 * model.backbone.config.hidden_size  # two layers' means and the last token
+    assert RewardRoundConfig().layers == "embeddings+hidden" and reward_heads.LAYERS == (0.0, 0.5, 1.0)
+    assert settings_problem(RewardRoundConfig(method="fine-tune", layers="hidden")) == (
+        "layers is read only with method heads; set it back to embeddings+hidden or set method to heads.")
+    assert reward.main(["--layers", "middle"]) == 2
+    assert "field 'layers' must be one of embeddings+hidden, hidden; got 'middle'." in capsys.readouterr().err
+
+
 def test_reward_round_not_ready_and_missing_reward_model(tiny, tmp_path, capsys):
     import_pairs(tmp_path, 2)
     assert registry.get("reward").problem() == ("The reward round needs at least 8 labeled pairs; you have 2. "

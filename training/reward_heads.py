@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from training import preferences
+from training.reward_config import LAYER_SETS
 
 LENGTHS = ("remove", "keep", "free")
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # λ per pair-average loss, on standardised features
@@ -50,8 +51,9 @@ HEADS_FILE = "heads.npz"
 # the heads' held-out accuracy on nine (plain 0.62 -> 0.68, commas 0.61 -> 0.82; bench/taste_layers.py),
 # and on hh and OASST they changed nothing measurable (0.650 and 0.659 against 0.646 and 0.657;
 # README, "A reward model worth trusting?").
-LAYERS = (0.0, 0.5, 1.0)
-LAYERS_BEFORE = (0.5, 1.0)  # what heads saved before 2026-12-07 read (their file names no layers)
+# The reward round's `layers` setting picks another set (RewardRoundConfig).
+LAYERS = LAYER_SETS["embeddings+hidden"]
+LAYERS_BEFORE = LAYER_SETS["hidden"]  # what heads saved before 2026-12-07 read (their file names no layers)
 
 
 def response_length(texts: Sequence[str]) -> np.ndarray:
@@ -337,14 +339,15 @@ def train(model, tokenizer, rows: list[dict], config, reporter) -> tuple[HeadsMo
     started = time.perf_counter()
     prompts = [r["prompt"] for r in rows]
     chosen_text, rejected_text = [r["chosen"][-1]["content"] for r in rows], [r["rejected"][-1]["content"] for r in rows]
+    layers = LAYER_SETS[config.layers]
     reporter.start(2)
-    chosen = features(model, tokenizer, prompts, chosen_text, config.max_length, config.batch_size, LAYERS)
+    chosen = features(model, tokenizer, prompts, chosen_text, config.max_length, config.batch_size, layers)
     reporter.step(1, {})
-    rejected = features(model, tokenizer, prompts, rejected_text, config.max_length, config.batch_size, LAYERS)
+    rejected = features(model, tokenizer, prompts, rejected_text, config.max_length, config.batch_size, layers)
     read = time.perf_counter() - started
     groups = [preferences.conversation(r) for r in rows]
     heads = dataclasses.replace(fit(chosen, rejected, response_length(chosen_text), response_length(rejected_text),
-                                    groups, heads=config.heads, length=config.length, seed=config.seed), layers=LAYERS)
+                                    groups, heads=config.heads, length=config.length, seed=config.seed), layers=layers)
     trained = HeadsModel(model, tokenizer, heads, config.max_length)
     accuracy = metrics.preference_accuracy(heads.rewards(chosen, response_length(chosen_text)).mean(0),
                                            heads.rewards(rejected, response_length(rejected_text)).mean(0))
