@@ -33,7 +33,11 @@ against the taste's own preference. Last line: JSON.
 groups split by ";" run one after the other ("beta=0.03,0.3; lora_r=4,64; max_pairs=32,64": each
 variant changes one thing), and `max_pairs=N` trains on the first N pairs. Settings named
 `ppo.FIELD` ("ppo.steps=40; ppo.beta=0.01") make PPO variants instead, from the base on the reward
-model the ppo arm trains on the same labels (trained once, for the arm and every variant).
+model the ppo arm trains on the same labels (trained once, for the arm and every variant). Settings
+named `reward.FIELD` ("reward.layers=hidden", with any `ppo.FIELD` beside them) train a reward model of
+their own on the same labels first (once per choice), then PPO on it; such a variant is also compared
+with the ppo arm, paired (`vs_ppo_arm`), and its reward model with the arm's on the same held-out pairs
+(`vs_arm`). The arm's reward model is trained for any PPO variant, with or without the ppo arm.
 """
 from __future__ import annotations
 
@@ -49,8 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.learning_arms import (arm_autopilot, arm_dpo, arm_iterative, arm_names, arm_rewrites, sweep_variants,  # noqa: E402
-                                  use_workspace, variant_config, variant_reward_config)
+from bench.learning_arms import (arm_autopilot, arm_dpo, arm_iterative, arm_names, arm_rewrites, sweep_round,  # noqa: E402
+                                  sweep_variants, use_workspace, variant_config, variant_reward_config)
 from bench.learning_measure import Measure, report, summarise  # noqa: E402
 from bench.tastes import load_taste  # noqa: E402
 
@@ -234,15 +238,21 @@ def plot(results: dict, path: str) -> None:
             judged = result[arm].get("labels") or result.get("dpo", {}).get("labels", 128)
             share = min(1, result[arm]["pairs"] / every) if "max_pairs=" in arm and result[arm].get("pairs") and every else 1
             beside = 1.5 * k if share == 1 else 0  # variants on every label side by side, not on top of each other
-            name = arm[len("sweep "):]
-            draw([round(judged * share) + beside], [result[arm]], ("PPO " + name.replace("ppo.", "")
-                                                                   if name.startswith("ppo.") else "DPO " + name), "D")
+            draw([round(judged * share) + beside], [result[arm]], variant_label(arm), "D")
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")
         ax.set(title=f"taste: {taste}", xlabel="labels spent", ylabel="taste win rate vs base (95% CI)", ylim=(0, 1))
         ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+
+
+def variant_label(arm: str) -> str:
+    """The plot's name of a sweep variant's line: "sweep ppo.beta=0.01" -> "PPO beta=0.01"."""
+    name = arm.removeprefix("sweep ")
+    if sweep_round(dict(part.partition("=")[::2] for part in name.split())) == "ppo":
+        return "PPO " + name.replace("ppo.", "")
+    return "DPO " + name
 
 
 def main(argv=None) -> int:

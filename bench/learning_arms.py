@@ -2,6 +2,7 @@
 app's own queue, and each arm's rounds run through the same entry points as the Train button."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -9,11 +10,13 @@ import re
 import time
 from pathlib import Path
 
-from bench.learning_measure import Measure, implicit_reward_accuracy, report, reward_accuracy_against_taste, summarise
+from bench.learning_measure import (Measure, implicit_reward_accuracy, report, reward_accuracy_against_taste,
+                                    reward_agreement_difference, summarise)
 from bench.tastes import rewrite
 
 ROOT = Path(__file__).resolve().parent.parent
 ANNOTATOR = "scripted"
+PPO_SETTINGS = ("ppo.", "reward.")  # a sweep variant naming only these is a PPO round (on a reward model of its own)
 
 
 # ---------------------------------------------------------------- workspaces and prompts
@@ -137,7 +140,7 @@ def arm_names(text: str) -> list[str]:
 
 def arm_dpo(args, taste, root: Path, measure_base) -> dict:
     """One DPO round on `--labels` pairs from the base; then reward + PPO on the same labels; then sweeps."""
-    from training import jobs, kto, ppo, reward, versions
+    from training import jobs, kto, ppo, versions
 
     use_workspace(root, "dpo")
     measure = Measure(args, taste)
@@ -161,37 +164,69 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
                       "train_seconds": round(time.perf_counter() - t0, 1), "steps": summary["steps"],
                       "labels": labels["judged"]})
     variants = sweep_variants(args.sweep)
-    if "ppo" in arms or any(sweep_round(v) == "ppo" for v in variants):  # one reward model for every PPO round
+    reward_models, rm = RewardModels(measure), None  # one reward model per choice of reward settings
+    if "ppo" in arms or any(sweep_round(v) == "ppo" for v in variants):
         versions.set_current("v1-base")
-        t0 = time.perf_counter()
-        rm = reward.run_round(round_config("reward", args), jobs.Reporter(None))
-        rm_seconds, rm_accuracy = round(time.perf_counter() - t0, 1), reward_accuracy_against_taste(rm["version"], measure)
-        out["reward_model"] = {**rm_accuracy, "version": rm["version"], "train_seconds": rm_seconds}
+        rm = reward_models.get(round_config("reward", args))
+        out["reward_model"] = rm
     if "ppo" in arms:
         t0 = time.perf_counter()
         summary = ppo.run_round(round_config("ppo", args, reward_version=rm["version"]), jobs.Reporter(None))
         out["ppo"] = report("ppo", {**summarise(measure("ppo", summary["version"]), measure_base, None),
-                      "reward_model": rm_accuracy,
-                      "train_seconds": round(rm_seconds + time.perf_counter() - t0, 1), "labels": labels["judged"]})
+                      "reward_model": rm, "train_seconds": round(rm["train_seconds"] + time.perf_counter() - t0, 1),
+                      "labels": labels["judged"]})
     for variant in variants:
-        versions.set_current("v1-base")
         key = "sweep " + " ".join(f"{k}={v}" for k, v in variant.items())
-        extra = {}
-        if sweep_round(variant) == "ppo":  # PPO on the arm's reward model, or on one trained with reward.FIELD set
-            t0 = time.perf_counter()
-            reward_id = rm["version"]
-            if (reward_config := variant_reward_config(args, variant)) is not None:  # the same labels
-                reward_id = reward.run_round(reward_config, jobs.Reporter(None))["version"]
-                extra["reward_model"] = {**reward_accuracy_against_taste(reward_id, measure), "version": reward_id}
-            config, _ = variant_config(args, variant, reward_version=reward_id)
-            summary = ppo.run_round(config, jobs.Reporter(None))
-            summary.update(seconds=round(time.perf_counter() - t0, 1), steps=config.total_steps)
-        else:
-            summary = run_dpo(args, *variant_config(args, variant))
-        out[key] = report(key, {**summarise(measure(key, summary["version"]), measure_base, None), **extra,
-                                "train_seconds": summary["seconds"], "steps": summary["steps"],
-                                "pairs": summary.get("pairs"), "labels": labels["judged"]})
+        out[key] = report(key, run_variant(args, key, variant, measure, reward_models, rm) | {"labels": labels["judged"]})
     return out
+
+
+class RewardModels:
+    """The reward rounds of an arm's PPO rounds on its labels, one per choice of reward settings,
+    each checked against the taste on the held-out base answers."""
+
+    def __init__(self, measure: Measure):
+        self.measure, self.trained = measure, {}
+
+    def get(self, config) -> dict:
+        """{"version", "train_seconds" (the reward round alone), "accuracy_vs_taste", ...} of `config`'s reward model."""
+        from training import jobs, reward
+
+        key = json.dumps(dataclasses.asdict(config), sort_keys=True)
+        if key not in self.trained:
+            t0 = time.perf_counter()
+            version = reward.run_round(config, jobs.Reporter(None))["version"]
+            seconds = round(time.perf_counter() - t0, 1)
+            self.trained[key] = {**reward_accuracy_against_taste(version, self.measure), "version": version,
+                                 "train_seconds": seconds}
+        return self.trained[key]
+
+
+def run_variant(args, key: str, variant: dict, measure: Measure, reward_models: RewardModels, rm: dict | None) -> dict:
+    """One sweep variant from the base on the arm's labels: a DPO round, or a PPO round on the arm's reward
+    model `rm` or, with reward.FIELD settings, on one of its own (then also compared with the ppo arm,
+    paired, and its reward model with the arm's on the same held-out pairs)."""
+    from training import jobs, ppo, versions
+
+    versions.set_current("v1-base")
+    measure_base, extra, previous = measure.rows["base"], {}, None
+    if sweep_round(variant) == "ppo":
+        reward_id, reward_seconds = rm["version"], 0.0
+        if (reward_config := variant_reward_config(args, variant)) is not None:  # a reward model of its own
+            own = reward_models.get(reward_config)
+            reward_id, reward_seconds, previous = own["version"], own["train_seconds"], measure.rows.get("ppo")
+            extra["reward_model"] = {**own, "vs_arm": reward_agreement_difference(reward_id, rm["version"], measure)}
+        t0 = time.perf_counter()
+        config, _ = variant_config(args, variant, reward_version=reward_id)
+        summary = ppo.run_round(config, jobs.Reporter(None))
+        summary.update(seconds=round(reward_seconds + time.perf_counter() - t0, 1), steps=config.total_steps)
+    else:
+        summary = run_dpo(args, *variant_config(args, variant))
+    figures = summarise(measure(key, summary["version"]), measure_base, previous)
+    if "vs_previous" in figures:  # paired with the ppo arm, which differs only in the reward settings
+        figures["vs_ppo_arm"] = figures.pop("vs_previous")
+    return {**figures, **extra, "train_seconds": summary["seconds"], "steps": summary["steps"],
+            "pairs": summary.get("pairs")}
 
 
 def variant_config(args, variant: dict, **fields) -> tuple:
@@ -217,7 +252,7 @@ def variant_reward_config(args, variant: dict):
 def sweep_round(variant: dict) -> str:
     """The policy round a sweep variant trains: ppo when its fields are named ppo.FIELD or reward.FIELD
     (a reward model of its own, then PPO on it), else dpo."""
-    return "ppo" if all(k.startswith(("ppo.", "reward.")) for k in variant) else "dpo"
+    return "ppo" if all(k.startswith(PPO_SETTINGS) for k in variant) else "dpo"
 
 
 def sweep_variants(text: str) -> list[dict]:
@@ -239,7 +274,7 @@ def sweep_variants(text: str) -> list[dict]:
             if name == "max_pairs" and not all(v.isdigit() and int(v) >= MIN_PAIRS for v in values):
                 raise ValueError(f"--sweep: max_pairs takes whole numbers of at least {MIN_PAIRS}, got '{written}'.")
             axes.append((name, values))
-        if len({name.startswith(("ppo.", "reward.")) for name, _ in axes}) > 1:
+        if len({name.startswith(PPO_SETTINGS) for name, _ in axes}) > 1:
             raise ValueError(f"--sweep: '{group.strip()}' mixes PPO or reward settings (ppo.FIELD, reward.FIELD) with "
                              "DPO ones in one variant; split them with ';'.")
         if axes:

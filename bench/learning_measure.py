@@ -75,11 +75,30 @@ def reward_accuracy_against_taste(reward_id: str, measure: Measure) -> dict:
     """How often the reward model prefers the answer the taste prefers, over every two base answers
     to the same held-out prompt that the taste tells apart (ties of the model count half), with a
     95% interval from a bootstrap over prompts."""
+    return accuracy_against_taste(reward_scores(reward_id, measure), measure.rows["base"])
+
+
+def reward_scores(reward_id: str, measure: Measure) -> list[float]:
+    """The reward model's score of each base answer to the held-out prompts."""
     from training import reward
 
     rows = measure.rows["base"]
-    scores = reward.load_scorer(reward_id)([measure.prompts[i] for i in rows["prompt"]], rows["texts"]).float().tolist()
-    return accuracy_against_taste(scores, rows)
+    return reward.load_scorer(reward_id)([measure.prompts[i] for i in rows["prompt"]], rows["texts"]).float().tolist()
+
+
+def reward_agreement_difference(reward_id: str, other_id: str, measure: Measure) -> dict:
+    """How much more often one reward model agrees with the taste than another on the same pairs of
+    held-out base answers (`accuracy_against_taste`'s), paired pair by pair, 95 % interval over prompts."""
+    from labeling.paired import cluster_bootstrap_ci
+
+    rows = measure.rows["base"]
+    agree, clusters = taste_agreement(reward_scores(reward_id, measure), rows)
+    other, _ = taste_agreement(reward_scores(other_id, measure), rows)
+    if not clusters:
+        return {"difference": None, "pairs": 0}
+    low, high = cluster_bootstrap_ci(agree - other, clusters)
+    return {"difference": round(float((agree - other).mean()), 3), "low": round(low, 3), "high": round(high, 3),
+            "pairs": len(clusters)}
 
 
 def implicit_reward_accuracy(version_id: str, beta: float, measure: Measure) -> dict:
@@ -112,6 +131,20 @@ def accuracy_against_taste(scores: list[float], rows: dict) -> dict:
     """Agreement of `scores` (one per base answer in `rows`) with the taste over every two answers to
     the same prompt that the taste tells apart: ties of the scores count half, 95 % interval over prompts."""
     from labeling.paired import cluster_bootstrap_ci
+
+    agree, clusters = taste_agreement(scores, rows)
+    if not clusters:
+        return {"accuracy_vs_taste": None, "pairs": 0}
+    low, high = cluster_bootstrap_ci(agree, clusters)
+    return {"accuracy_vs_taste": round(float(agree.mean()), 3), "low": round(low, 3), "high": round(high, 3),
+            "pairs": len(clusters)}
+
+
+def taste_agreement(scores: list[float], rows: dict) -> tuple:
+    """(1, ½ or 0 per pair: the scores agree with the taste, tie or not; the pair's prompt) over every two
+    answers to the same prompt that the taste tells apart, in a fixed order."""
+    import numpy as np
+
     from training.metrics import pair_outcomes
 
     chosen, rejected, clusters = [], [], []
@@ -122,8 +155,5 @@ def accuracy_against_taste(scores: list[float], rows: dict) -> dict:
             rejected.append(scores[r])
             clusters.append(rows["prompt"][i])
     if not chosen:
-        return {"accuracy_vs_taste": None, "pairs": 0}
-    agree = pair_outcomes(chosen, rejected)  # the one preference accuracy: ties count half
-    low, high = cluster_bootstrap_ci(agree, clusters)
-    return {"accuracy_vs_taste": round(float(agree.mean()), 3), "low": round(low, 3), "high": round(high, 3),
-            "pairs": len(chosen)}
+        return np.zeros(0), []
+    return pair_outcomes(chosen, rejected), clusters  # the one preference accuracy: ties count half

@@ -57,7 +57,8 @@ def test_the_quick_loop_runs_a_ppo_variant_on_the_ppo_arms_reward_model(tmp_path
 
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
     assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "ppo", "--sweep",
-                          "ppo.steps=3; reward.layers=hidden", "--set", "ppo.learning_rate=0.01", "--home", str(tmp_path)]) == 0
+                          "ppo.steps=3; reward.layers=hidden; reward.layers=hidden ppo.steps=3",
+                          "--set", "ppo.learning_rate=0.01", "--home", str(tmp_path)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
     detail = lines[-2]["tests.test_learning_bench:vowels"]
     arm, variant, other = detail["ppo"], detail["sweep ppo.steps=3"], detail["sweep reward.layers=hidden"]
@@ -65,14 +66,22 @@ def test_the_quick_loop_runs_a_ppo_variant_on_the_ppo_arms_reward_model(tmp_path
     from training import versions
 
     rewards = {v.id: v for v in versions.list_versions("reward")}
-    arms_rm, own_rm = detail["reward_model"]["version"], other["reward_model"]["version"]
-    assert sorted(rewards) == sorted([arms_rm, own_rm]) and arms_rm != own_rm  # the arm's, and the variant's own
-    assert (rewards[arms_rm].config["layers"], rewards[own_rm].config["layers"]) == ("embeddings+hidden", "hidden")
-    assert rewards[own_rm].judgment_ids == rewards[arms_rm].judgment_ids  # trained on the same labels
-    assert 0 <= other["reward_model"]["accuracy_vs_taste"] <= 1
+    arms_rm, own_rm = detail["reward_model"], other["reward_model"]
+    assert sorted(rewards) == sorted([arms_rm["version"], own_rm["version"]])  # the arm's, and one for both variants
+    assert own_rm["version"] == detail["sweep reward.layers=hidden ppo.steps=3"]["reward_model"]["version"]
+    assert [rewards[rm["version"]].config["layers"] for rm in (arms_rm, own_rm)] == ["embeddings+hidden", "hidden"]
+    assert rewards[own_rm["version"]].judgment_ids == rewards[arms_rm["version"]].judgment_ids  # the same labels
+    # the two reward models on the same held-out pairs: the paired difference is the difference of their accuracies
+    assert own_rm["vs_arm"]["pairs"] == own_rm["pairs"] == arms_rm["pairs"] > 0
+    assert own_rm["vs_arm"]["difference"] == pytest.approx(own_rm["accuracy_vs_taste"] - arms_rm["accuracy_vs_taste"],
+                                                            abs=0.002)
+    assert "vs_ppo_arm" in other and "vs_ppo_arm" not in variant  # paired with the arm when only the reward differs
     ppo_rounds = [v for v in versions.list_versions("policy") if v.method == "ppo"]
-    assert sorted((v.config["reward_version"] == own_rm, v.config["steps"]) for v in ppo_rounds) == [
-        (False, 2), (False, 3), (True, 2)]  # the arm and ppo.steps=3 on the arm's reward model; the variant on its own
+    assert sorted((v.config["reward_version"] == own_rm["version"], v.config["steps"]) for v in ppo_rounds) == [
+        (False, 2), (False, 3), (True, 2), (True, 3)]  # the arm and ppo.steps=3 on the arm's reward model
+    assert [learning.variant_label(a) for a in detail if a.startswith("sweep ")] == [
+        "PPO steps=3", "PPO reward.layers=hidden", "PPO reward.layers=hidden steps=3"]
+    assert learning.variant_label("sweep beta=0.3 max_pairs=48") == "DPO beta=0.3 max_pairs=48"
     assert {v.parent_id for v in ppo_rounds} == {"v1-base"} and versions.current_policy_id() == "v1-base"  # never current
 
 

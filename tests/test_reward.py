@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.preference_fixtures import import_pairs, snapshot_trainable, use_tiny_policy
-from training import jobs, registry, reward, versions
+from training import jobs, preferences, registry, reward, versions
 from training.reward_config import RewardRoundConfig
 
 
@@ -235,9 +235,10 @@ def test_the_reward_rounds_layers_setting_picks_the_hidden_states_its_heads_read
     model, _, _ = reward.load_model(summary["version"])
     assert model.heads.layers == (0.5, 1.0) == reward_heads.LAYERS_BEFORE and summary["layers"] == [0.5, 1.0]
     assert model.heads.theta.shape[1] == 3 * model.backbone.config.hidden_size  # two layers' means and the last token
-    assert RewardRoundConfig().layers == "embeddings+hidden" and reward_heads.LAYERS == (0.0, 0.5, 1.0)
     assert settings_problem(RewardRoundConfig(method="fine-tune", layers="hidden")) == (
         "layers is read only with method heads; set it back to embeddings+hidden or set method to heads.")
+    with pytest.raises(preferences.NotReady, match="layers is read only with method heads"):
+        reward.run_round(RewardRoundConfig(method="fine-tune", layers="hidden"), jobs.Reporter(None))
     assert reward.main(["--layers", "middle"]) == 2
     assert "field 'layers' must be one of embeddings+hidden, hidden; got 'middle'." in capsys.readouterr().err
 

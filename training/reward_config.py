@@ -9,6 +9,7 @@ LENGTHS = ("free", "remove", "keep")  # training/reward_heads.py
 # The hidden states whose mean over the response the heads read, as fractions of the depth (0: the
 # token embeddings, 1: the last layer); training/reward_heads.py says why the embeddings are in.
 LAYER_SETS = {"embeddings+hidden": (0.0, 0.5, 1.0), "hidden": (0.5, 1.0)}
+DEFAULT_LAYERS = "embeddings+hidden"
 # LoRA on the policy; full fine-tune of MiniLM or of an encoder of one's own
 DEFAULT_LEARNING_RATE = {"policy": 1e-4, "minilm": 6e-5, "encoder": 6e-5}
 
@@ -37,7 +38,7 @@ class RewardRoundConfig:
                 "content head, so the reward weighs length exactly as your labels did; remove drops that length "
                 "head when scoring, so the reward ignores length (for annotators who favour long answers without "
                 "meaning to, and for PPO that should not learn to pad)."})
-    layers: str = field(default="embeddings+hidden", metadata={"choices": tuple(LAYER_SETS),
+    layers: str = field(default=DEFAULT_LAYERS, metadata={"choices": tuple(LAYER_SETS),
         "help": "Method heads: what the heads read of each answer. embeddings+hidden: the mean of its token "
                 "embeddings (which words it uses) and of the middle and last layers' hidden states; hidden: the "
                 "hidden states alone (the default before 2026-12-07)."})
@@ -63,8 +64,8 @@ class RewardRoundConfig:
             return "backbone encoder needs backbone_path: a folder with the encoder's config.json and safetensors."
         if self.backbone != "encoder" and self.backbone_path.strip():
             return "backbone_path is read only with backbone encoder; clear it or set backbone to encoder."
-        if self.method != "heads" and self.layers != "embeddings+hidden":
-            return "layers is read only with method heads; set it back to embeddings+hidden or set method to heads."
+        if self.method != "heads" and self.layers != DEFAULT_LAYERS:
+            return f"layers is read only with method heads; set it back to {DEFAULT_LAYERS} or set method to heads."
         return None
 
     @property

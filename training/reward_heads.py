@@ -10,9 +10,9 @@ uncertainty (Lakshminarayanan et al. 2017; Coste et al. 2024, "Reward model ense
 mitigate overoptimization").
 
 Features of one response (`features`), from the backbone's hidden states:
-    [mean over the response's tokens at each layer of `LAYERS` (fractions of the depth: the
-     embeddings, the middle and the last),
-     the last token at the last layer]                                Shape: (4 · hidden,)
+    [mean over the response's tokens at each of the layers (fractions of the depth; by default
+     `LAYERS`: the embeddings, the middle and the last; the reward round's `layers` setting),
+     the last token at the last layer]                    Shape: ((len(layers) + 1) · hidden,)
 and its length ℓ = log(1 + characters). `layer_means` keeps every layer's mean, so
 `bench/reward.py` can compare other choices of layers from one reading.
 
@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from training import preferences
-from training.reward_config import LAYER_SETS
+from training.reward_config import DEFAULT_LAYERS, LAYER_SETS
 
 LENGTHS = ("remove", "keep", "free")
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # λ per pair-average loss, on standardised features
@@ -52,7 +52,7 @@ HEADS_FILE = "heads.npz"
 # and on hh and OASST they changed nothing measurable (0.650 and 0.659 against 0.646 and 0.657;
 # README, "A reward model worth trusting?").
 # The reward round's `layers` setting picks another set (RewardRoundConfig).
-LAYERS = LAYER_SETS["embeddings+hidden"]
+LAYERS = LAYER_SETS[DEFAULT_LAYERS]
 LAYERS_BEFORE = LAYER_SETS["hidden"]  # what heads saved before 2026-12-07 read (their file names no layers)
 
 
