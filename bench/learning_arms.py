@@ -237,7 +237,7 @@ def variant_config(args, variant: dict, **fields) -> tuple:
     if kind == "ppo":
         values = {k.removeprefix("ppo."): v for k, v in variant.items() if k.startswith("ppo.")}
     else:
-        values = {k: v for k, v in variant.items() if k != "max_pairs"}
+        values = {k.removeprefix("dpo."): v for k, v in variant.items() if k != "max_pairs"}
     max_pairs = int(variant["max_pairs"]) if "max_pairs" in variant else None
     return round_config(kind, args, **{"make_current": False, **values, **fields}), max_pairs
 

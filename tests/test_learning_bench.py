@@ -253,6 +253,7 @@ def test_a_sweep_variant_of_ppo_settings_is_a_ppo_round_and_may_not_mix_in_dpo_o
             config.make_current, max_pairs) == ("PPOConfig", 3e-4, 0.01, 4, "v2-reward", False, None)
     config, max_pairs = variant_config(args, {"beta": "0.3", "max_pairs": "32"})
     assert (type(config).__name__, config.beta, max_pairs) == ("DPORoundConfig", 0.3, 32)  # the variant wins over --set
+    assert variant_config(args, {"dpo.beta": "0.3"})[0].beta == 0.3  # a DPO setting may name its round too
     with pytest.raises(ValueError, match="mixes PPO or reward settings"):
         sweep_variants("ppo.steps=40 beta=0.3")
     with pytest.raises(ValueError, match="mixes PPO or reward settings"):
