@@ -10,8 +10,8 @@ import re
 import time
 from pathlib import Path
 
-from bench.learning_measure import (Measure, implicit_reward_accuracy, report, reward_accuracy_against_taste,
-                                    reward_agreement_difference, summarise)
+from bench.learning_measure import (Measure, accuracy_against_taste, agreement_difference, implicit_reward_accuracy,
+                                    report, reward_accuracy_against_taste, reward_scores, summarise)
 from bench.tastes import rewrite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +186,7 @@ class RewardModels:
     each checked against the taste on the held-out base answers."""
 
     def __init__(self, measure: Measure):
-        self.measure, self.trained = measure, {}
+        self.measure, self.trained, self.scores = measure, {}, {}
 
     def get(self, config) -> dict:
         """{"version", "train_seconds" (the reward round alone), "accuracy_vs_taste", ...} of `config`'s reward model."""
@@ -197,9 +197,14 @@ class RewardModels:
             t0 = time.perf_counter()
             version = reward.run_round(config, jobs.Reporter(None))["version"]
             seconds = round(time.perf_counter() - t0, 1)
-            self.trained[key] = {**reward_accuracy_against_taste(version, self.measure), "version": version,
-                                 "train_seconds": seconds}
+            self.scores[version] = reward_scores(version, self.measure)  # scored once: accuracy and comparisons
+            self.trained[key] = {**accuracy_against_taste(self.scores[version], self.measure.rows["base"]),
+                                 "version": version, "train_seconds": seconds}
         return self.trained[key]
+
+    def difference(self, version: str, other: str) -> dict:
+        """`agreement_difference` of two of these reward models on the same held-out pairs."""
+        return agreement_difference(self.scores[version], self.scores[other], self.measure.rows["base"])
 
 
 def run_variant(args, key: str, variant: dict, measure: Measure, reward_models: RewardModels, rm: dict | None) -> dict:
@@ -215,7 +220,7 @@ def run_variant(args, key: str, variant: dict, measure: Measure, reward_models: 
         if (reward_config := variant_reward_config(args, variant)) is not None:  # a reward model of its own
             own = reward_models.get(reward_config)
             reward_id, reward_seconds, previous = own["version"], own["train_seconds"], measure.rows.get("ppo")
-            extra["reward_model"] = {**own, "vs_arm": reward_agreement_difference(reward_id, rm["version"], measure)}
+            extra["reward_model"] = {**own, "vs_arm": reward_models.difference(reward_id, rm["version"])}
         t0 = time.perf_counter()
         config, _ = variant_config(args, variant, reward_version=reward_id)
         summary = ppo.run_round(config, jobs.Reporter(None))

@@ -86,14 +86,14 @@ def reward_scores(reward_id: str, measure: Measure) -> list[float]:
     return reward.load_scorer(reward_id)([measure.prompts[i] for i in rows["prompt"]], rows["texts"]).float().tolist()
 
 
-def reward_agreement_difference(reward_id: str, other_id: str, measure: Measure) -> dict:
-    """How much more often one reward model agrees with the taste than another on the same pairs of
-    held-out base answers (`accuracy_against_taste`'s), paired pair by pair, 95 % interval over prompts."""
+def agreement_difference(scores: list[float], other_scores: list[float], rows: dict) -> dict:
+    """How much more often one scorer (`scores`, one per base answer in `rows`) agrees with the taste
+    than another on the same pairs (`accuracy_against_taste`'s), paired pair by pair, 95 % interval
+    over prompts."""
     from labeling.paired import cluster_bootstrap_ci
 
-    rows = measure.rows["base"]
-    agree, clusters = taste_agreement(reward_scores(reward_id, measure), rows)
-    other, _ = taste_agreement(reward_scores(other_id, measure), rows)
+    agree, clusters = taste_agreement(scores, rows)
+    other, _ = taste_agreement(other_scores, rows)
     if not clusters:
         return {"difference": None, "pairs": 0}
     low, high = cluster_bootstrap_ci(agree - other, clusters)
