@@ -70,6 +70,8 @@ def round_section() -> None:
         return
     if not reason and (plan := chosen.plan_sentence()):
         st.caption(plan)
+    if not reason and (caution := chosen.caution_sentence()):
+        st.warning(caution)
     limits = quick_limits(chosen)
     config = config_form(chosen.config_class(), key=f"form-{chosen.name}", submit_label="Train")
     if config is not None:

@@ -9,7 +9,7 @@ import pytest
 from tests.preference_fixtures import import_pairs
 from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
 from tests.test_audit import voted  # noqa: F401  (a fixture)
-from training import config_fields, jobs, versions
+from training import config_fields, jobs, preferences, versions
 from training.dpo_config import DPORoundConfig
 from labeling import db
 from labeling.models import Job, JobMetric
@@ -71,7 +71,7 @@ def test_not_ready_sentences_and_no_job(workspace, generator, started, monkeypat
 def test_train_button_starts_a_job_with_the_form_values(workspace, generator, started, tmp_path):  # noqa: F811
     import_pairs(tmp_path, 9)
     at = pick_round(open_train(), "DPO")
-    assert not at.warning
+    assert [w.value[:27] for w in at.warning] == ["Only 9 labeled pairs have a"]  # ready; only the few-pairs caution
     next(w for w in at.number_input if w.label == "beta").set_value(0.25)
     next(w for w in at.selectbox if w.label == "loss type").select("ipo")
     next(w for w in at.number_input if w.label == "max steps (0 = all)").set_value(5)
@@ -265,3 +265,36 @@ def test_the_train_page_says_where_a_round_runs_and_warns_when_it_may_not_fit(wo
     assert "Starts under `accelerate launch --config_file docs/accelerate/multi_gpu.yaml` (PREFLOOP_ACCELERATE_CONFIG)." in captions
     captions = [c.value for c in pick_round(open_train(), "PPO").caption]
     assert "PPO runs in one process, without accelerate launch." in captions
+
+
+def test_the_dpo_form_warns_when_ties_leave_few_pairs_to_learn_from(workspace, generator):  # noqa: F811
+    from labeling import queue
+    from tests.test_queue import seed_pairs
+
+    ids = seed_pairs(20)
+    for pid in ids[:12]:
+        queue.submit_judgment("ana", pid, "a", "a")
+    for pid in ids[12:18]:
+        queue.submit_judgment("ana", pid, "tie", "a")
+    for pid in ids[18:]:
+        queue.submit_judgment("ana", pid, "both_bad", "a")
+    at = pick_round(open_train(), "DPO")
+    warning = next(w.value for w in at.warning if w.value.startswith("Only"))
+    assert warning.startswith("Only 12 labeled pairs have a winner (6 ties, 2 both bad decided nothing): "
+                              "a DPO round on fewer than about 70")
+    assert not any(w.value.startswith("Only") for w in pick_round(at, "Reward model").warning)  # DPO's alone
+
+    for pid in seed_pairs([(f"More {i}?", f"Yes {i}.", f"No {i}.") for i in range(60)]):  # enough pairs: no caution, and none on the command line either
+        queue.submit_judgment("ana", pid, "b", "a")
+    at = pick_round(open_train(), "DPO")
+    assert not any(w.value.startswith("Only") for w in at.warning)
+    assert preferences.few_pairs_caution() is None
+
+
+def test_a_round_run_on_few_pairs_says_so_in_its_log(workspace, tmp_path, capsys, monkeypatch):
+    from training import registry
+
+    import_pairs(tmp_path, 10)
+    monkeypatch.setattr("training.dpo.run_round", lambda config, reporter, **limits: {"version": "v"})
+    assert registry.run("dpo", DPORoundConfig(), reporter=None) == {"version": "v"}
+    assert "Only 10 labeled pairs have a winner: a DPO round" in capsys.readouterr().err

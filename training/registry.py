@@ -3,9 +3,10 @@
 A round has a name (its command `python -m training <name>`, its job kind, and the method of the
 versions it makes), a label on the Train page, its settings dataclass and its run function (both
 "module:name", imported only when used, so reading the registry never loads torch), what it makes
-(a policy or a reward model), the check that says why it cannot run yet, the curves the Train page
-draws, which quick-run limits the page offers beside its form, how a β sweep sets it up, and whether
-it may run on several processes under `accelerate launch`.
+(a policy or a reward model), the check that says why it cannot run yet, a caution when it can run
+but may teach little, the curves the Train page draws, which quick-run limits the page offers beside
+its form, how a β sweep sets it up, and whether it may run on several processes under `accelerate
+launch`.
 
 The CLI, the job runner, the Train page, the versions table, the β sweep and the reward-vs-KL chart
 read ROUNDS. Adding a round is one module (a config dataclass and `run_round(config, reporter,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,6 +37,7 @@ class Round:
     # β-sweep setting -> the config field it sets (the config needs `make_current`); None: cannot be swept
     sweep: dict[str, str] | None = field(default=None, hash=False)
     plan: str | None = None  # "module:function" plan() -> what a round would do now, shown above its form
+    caution: str | None = None  # "module:function" caution() -> a warning the round may run but teach little, or None
     distributed: bool = True  # may run on several processes under `accelerate launch` (training/distributed.py)
 
     def config_class(self) -> type:
@@ -46,6 +49,10 @@ class Round:
     def plan_sentence(self) -> str | None:
         """What a round with the default settings would do on the data there is now, or None."""
         return _load(self.plan)() if self.plan else None
+
+    def caution_sentence(self) -> str | None:
+        """A warning that the round can run on the data there is now but may teach little, or None."""
+        return _load(self.caution)() if self.caution else None
 
     def problem(self, config: Any = None) -> str | None:
         """Why the round cannot run with `config` (default: its defaults) now, as one sentence, or
@@ -65,6 +72,7 @@ ROUNDS: dict[str, Round] = {r.name: r for r in (
           produces="reward", ready=preferences.needs_pairs("The reward round"), curves=("loss", "accuracy", "margin")),
     Round("dpo", "DPO", "training.dpo_config:DPORoundConfig", "training.dpo:run_round", produces="policy",
           ready=preferences.needs_pairs("DPO"), curves=("loss", "accuracy", "margin"), plan="training.dpo:plan_sentence",
+          caution="training.preferences:few_pairs_caution",
           sweep={"beta": "beta", "learning_rate": "learning_rate", "max_length": "max_length"}),
     Round("ppo", "PPO", "training.ppo_config:PPOConfig", "training.ppo:run_round", produces="policy",
           ready=preferences.needs_reward_model("PPO"), curves=("reward", "kl", "policy_loss", "value_loss", "entropy"),
@@ -107,6 +115,8 @@ def run(name: str, config: Any, reporter, max_steps: int | None = None,
     problem = distributed.from_main(lambda: ROUNDS[name].problem(config))
     if problem:
         raise preferences.NotReady(problem)
+    if distributed.is_main() and (caution := ROUNDS[name].caution_sentence()):
+        print(caution, file=sys.stderr, flush=True)  # the job's log; the Train page showed it above the form
     return ROUNDS[name].run_function()(config, reporter, max_steps=max_steps, max_pairs=max_pairs)
 
 
