@@ -100,3 +100,16 @@ def test_the_calibration_prompts_are_read_through_the_chat_template_ready_for_th
     ids = smoothquant.calibration_sequences(tokenizer, ["Name a colour.", "Say hi."])
     texts = chat_texts(tokenizer, [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]])
     assert ids == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]  # as the generator reads them
+
+
+def test_only_the_layers_smooth_scales_are_watched_and_each_has_its_channels(tmp_path):
+    model = tiny(tmp_path)
+    maxima = smoothquant.input_maxima(model, SEQUENCES, smoothquant.READ)
+    layers = len(model.model.layers)
+    assert sorted(maxima) == sorted(f"model.layers.{i}.{r}" for i in range(layers) for r in smoothquant.READ)
+    every = smoothquant.input_maxima(model, SEQUENCES)  # no suffixes: every linear layer, the LM head too
+    assert len(every) == 7 * layers + 1
+    for name, x in maxima.items():
+        assert torch.equal(x, every[name])
+    down = maxima["model.layers.0.mlp.down_proj"]
+    assert down.shape == (model.config.intermediate_size,)

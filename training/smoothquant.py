@@ -27,8 +27,12 @@ def supported(model) -> bool:
     return getattr(model.config, "model_type", None) in ARCHITECTURES
 
 
-def input_maxima(model, sequences: list[list[int]]) -> dict:
-    """Per linear layer (by name), the largest |input| of each input channel over `sequences`.
+READ = ("self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj")  # the layers whose inputs `smooth` scales
+
+
+def input_maxima(model, sequences: list[list[int]], suffixes: tuple[str, ...] | None = None) -> dict:
+    """Per linear layer (by name; only those whose name ends with one of `suffixes`, when given),
+    the largest |input| of each input channel over `sequences`.
 
     Shape: -> {name: (in_features,)}
     """
@@ -43,7 +47,7 @@ def input_maxima(model, sequences: list[list[int]]) -> dict:
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear) and (suffixes is None or name.endswith(suffixes)):
             hooks.append(module.register_forward_hook(record(name)))
     try:
         with torch.no_grad():
@@ -74,17 +78,17 @@ def smooth(model, sequences: list[list[int]], alpha: float = ALPHA) -> bool:
 
     if not supported(model):
         return False
-    maxima = input_maxima(model, sequences)
+    maxima = input_maxima(model, sequences, READ)
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
             attn, mlp, name = layer.self_attn, layer.mlp, f"model.layers.{i}."
-            for norm, linears, reads in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj), "self_attn.q_proj"),
-                                         (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj), "mlp.gate_proj")):
+            for norm, linears, reads in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj), READ[0]),
+                                         (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj), READ[1])):
                 s = channel_scales(maxima[name + reads], [lin.weight for lin in linears], alpha)
                 norm.weight.div_(s.to(norm.weight.dtype))
                 for lin in linears:
                     lin.weight.mul_(s.to(lin.weight.dtype))
-            s = channel_scales(maxima[name + "mlp.down_proj"], [mlp.down_proj.weight], alpha)
+            s = channel_scales(maxima[name + READ[2]], [mlp.down_proj.weight], alpha)
             mlp.up_proj.weight.div_(s.to(mlp.up_proj.weight.dtype)[:, None])  # down's input is act(gate)·up
             if mlp.up_proj.bias is not None:  # Llama's mlp_bias
                 mlp.up_proj.bias.div_(s.to(mlp.up_proj.bias.dtype))
