@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import time
@@ -74,8 +75,6 @@ def per_token(sums: dict) -> float:
 def logprob_difference(ours: dict, reference: dict, resamples: int = 2000) -> tuple[float, float, float]:
     """Mean log-prob per token of `ours` minus `reference`, with a 95 % interval from resampling
     the prompts both answered (their answers differ by chance too: the interval says how much)."""
-    import random
-
     shared = sorted(set(ours) & set(reference))
 
     def diff(keys):

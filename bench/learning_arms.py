@@ -6,7 +6,9 @@ import dataclasses
 import itertools
 import json
 import os
+import random
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -59,8 +61,6 @@ def label_waiting(taste, length_bias: float = 0.0, seed: int = 0, bad_at: float 
     longer answer (in words) whatever the taste says, as a person who favours long answers would.
     With `bad_at`, a pair whose two answers both score at or below it is Both bad, and the annotator
     writes the answer it wanted (`rewrite` of the better one) when it can make one."""
-    import random
-
     from labeling import demonstrations, queue
 
     rng = random.Random(seed)
@@ -317,8 +317,6 @@ def arm_rewrites(args, taste, root: Path, measure_base) -> dict:
     """The dpo arm's pairs (same prompts and seed), labeled with Both bad → rewrite at or below the base's
     median taste; an SFT round on the rewrites, then a DPO round on the pairs and the rewrites'
     pairs (reference: the base), each measured."""
-    import statistics
-
     from training import jobs, sft
     from training.preferences import NotReady
 

@@ -19,6 +19,7 @@ import os
 import random
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,8 +57,6 @@ def next_pair(page, previous: int | None, timeout: float) -> tuple[int, bool]:
 
 def job_rows(home: Path) -> list[dict]:
     """The workspace's generation jobs (kind, status, pid), read in a child process."""
-    import subprocess
-
     code = ("import json; from labeling import runs; "
             "print(json.dumps([{'id': j.id, 'kind': j.kind, 'status': j.status, 'pid': j.pid} "
             "for j in runs.list_jobs(500)]))")

@@ -9,6 +9,8 @@ the database module training needs, is `labeling.workspace.home()`, which has no
 Imports inside a function are for start-up time alone: of a package that takes a tenth of a second
 or more to load (torch, transformers, pandas, SQLAlchemy...), of our module that loads one, or to
 break an import cycle; any other says why in a comment. Everything else is imported at the top.
+`bench/` is held to that for the standard library only: a benchmark imports prefloop's modules after
+it has set the workspace (`PREFLOOP_HOME`) and the threads, inside the function that sets them.
 """
 from __future__ import annotations
 
@@ -126,19 +128,26 @@ def import_graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str, 
     top, inner = {}, {}
     files = [p for name in OURS for p in ((ROOT / name).rglob("*.py") if (ROOT / name).is_dir() else [ROOT / name])]
     for path in files:
-        module, lines = _module_name(path), path.read_text(encoding="utf-8").splitlines()
-        tree = ast.parse("\n".join(lines), filename=str(path))
-        in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                       for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
-        top[module], inner[module] = set(), []
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)) or getattr(node, "module", None) == "__future__":
-                continue
-            if id(node) in in_function:
-                commented = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
-                inner[module] += [(node.lineno, name, commented) for name in _imported(node, module)]
-            else:
-                top[module].update(_imported(node, module))
+        module = _module_name(path)
+        top[module], inner[module] = file_imports(path)
+    return top, inner
+
+
+def file_imports(path: Path) -> tuple[set[str], list[tuple[int, str, bool]]]:
+    """(modules the file imports at load time, [(line, module, has a comment)] of those imported inside functions)."""
+    module, lines = _module_name(path), path.read_text(encoding="utf-8").splitlines()
+    tree = ast.parse("\n".join(lines), filename=str(path))
+    in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    top, inner = set(), []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or getattr(node, "module", None) == "__future__":
+            continue
+        if id(node) in in_function:
+            commented = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+            inner += [(node.lineno, name, commented) for name in _imported(node, module)]
+        else:
+            top.update(_imported(node, module))
     return top, inner
 
 
@@ -162,6 +171,13 @@ def needless_function_imports() -> list[str]:
     return [f"{module.replace('.', '/')}.py:{line} imports {name}" for module, found in inner.items()
             for line, name, commented in found
             if not commented and not _reaches(top, name, heavy) and not _reaches(top, name, lambda m: m == module)]
+
+
+def test_benchmarks_import_the_standard_library_at_the_top():
+    stdlib = sys.stdlib_module_names
+    problems = [f"{path.relative_to(ROOT)}:{line} imports {name}" for path in sorted((ROOT / "bench").rglob("*.py"))
+                for line, name, commented in file_imports(path)[1] if name.split(".")[0] in stdlib and not commented]
+    assert problems == [], "Import these at the top of the benchmark:\n" + "\n".join(problems)
 
 
 def test_imports_inside_functions_buy_start_up_time_or_say_why():
