@@ -66,9 +66,8 @@ def run_finetune(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
         answers = [texts(chosen_rows, side) for side in ("chosen", "rejected")]
         rewards = [scorer(prompts, side).numpy() for side in answers]
         won = metrics.pair_outcomes(*rewards)
-        lengths = [len(t) for side in answers for t in side]  # characters, in the order of the rewards
         result[name] = {**accuracy(won, [r["conversation"] for r in chosen_rows]),
-                        "length_r": round(metrics.pearson(np.concatenate(rewards), lengths), 3),
+                        "length_r": round(metrics.length_correlation(np.concatenate(rewards), answers[0] + answers[1]), 3),
                         "longer_wins": round(float(metrics.longer_wins(*answers).mean()), 3)}
     result["total_s"] = round(time.perf_counter() - started, 1)
     return result
@@ -98,12 +97,12 @@ def run_implicit(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
         sides = {side: implicit_rewards(policy, tokenizer, [r["prompt"] for r in scored], texts(scored, side),
                                         max_length, config.beta) for side in ("chosen", "rejected")}
         conversations = [r["conversation"] for r in scored]
-        lengths = np.concatenate([sides[s][2] for s in ("chosen", "rejected")])
+        answers = texts(scored, "chosen") + texts(scored, "rejected")  # in the order of the rewards
         for scoring, k in (("sum", 0), ("per_token", 1)):
             won = metrics.pair_outcomes(sides["chosen"][k], sides["rejected"][k])
             rewards = np.concatenate([sides[s][k] for s in ("chosen", "rejected")])
             result[f"{name}_{scoring}"] = {**accuracy(won, conversations),
-                                           "length_r": round(metrics.pearson(rewards, lengths), 3)}
+                                           "length_r": round(metrics.length_correlation(rewards, answers), 3)}
     result["total_s"] = round(time.perf_counter() - started, 1)
     return result
 

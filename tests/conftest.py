@@ -14,6 +14,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+@pytest.fixture
+def tiny(workspace, tmp_path, monkeypatch) -> Path:
+    """The folder of a 2-layer policy built in code, PREFLOOP_MODEL pointing at it, in the test's
+    workspace; jobs and torch on one thread, and the device, dtype and quantization the defaults."""
+    from tests.preference_fixtures import single_thread_tiny_policy
+
+    return single_thread_tiny_policy(tmp_path, monkeypatch)
+
+
 @pytest.fixture(autouse=True)
 def fresh_sign_in_throttle(monkeypatch):
     """Failed sign-ins are counted process-wide: each test starts with none."""

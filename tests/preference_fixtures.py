@@ -55,9 +55,17 @@ def snapshot_trainable(monkeypatch, store: dict) -> None:
     monkeypatch.setattr(runner, "progress_callback", wrapped)
 
 
-def tiny_single_thread(workspace: Path, tmp_path: Path, monkeypatch) -> Path:
-    """A workspace whose base policy is the tiny model, with jobs on one thread."""
+def single_thread_tiny_policy(tmp_path: Path, monkeypatch) -> Path:
+    """The tiny policy's folder (`use_tiny_policy`), with jobs and torch on one thread and the
+    device, dtype and quantization left to their defaults. The `tiny` fixture (conftest.py)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
-    use_tiny_policy(tmp_path, monkeypatch)
+    for name in ("PREFLOOP_DEVICE", "PREFLOOP_DTYPE", "PREFLOOP_QUANT"):
+        monkeypatch.delenv(name, raising=False)
+    return use_tiny_policy(tmp_path, monkeypatch)
+
+
+def tiny_single_thread(workspace: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A workspace whose base policy is the tiny model, with jobs on one thread."""
+    single_thread_tiny_policy(tmp_path, monkeypatch)
     return workspace

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from labeling import db, queue, store
 from labeling.models import Annotator, Judgment, ModelVersion, Pair, Prompt, Response
 from tests.conftest import ROOT
-from tests.preference_fixtures import import_pairs, tiny_single_thread
+from tests.preference_fixtures import import_pairs
 from training import jobs, versions
 
 
@@ -46,11 +46,6 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
             return value
         time.sleep(poll)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def tiny(workspace, tmp_path, monkeypatch):
-    return tiny_single_thread(workspace, tmp_path, monkeypatch)
 
 
 def test_kill_9_mid_training_leaves_no_version_and_the_next_job_runs(tiny, tmp_path):

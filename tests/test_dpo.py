@@ -5,14 +5,9 @@ import math
 
 import pytest
 
-from tests.preference_fixtures import import_pairs, snapshot_trainable, tiny_single_thread
+from tests.preference_fixtures import import_pairs, snapshot_trainable
 from training import dpo, jobs, preferences, registry, versions
 from training.dpo_config import DPORoundConfig
-
-
-@pytest.fixture
-def tiny(workspace, tmp_path, monkeypatch):
-    return tiny_single_thread(workspace, tmp_path, monkeypatch)
 
 
 def _exported_judgment_ids():
@@ -148,7 +143,7 @@ def test_dpo_on_smollm2_with_real_pairs(workspace, shared_data, model_cache_home
     assert row.parent_id == versions.ensure_base_version() and len(row.judgment_ids) == 16
 
 
-def test_cancelled_dpo_job_stops_and_writes_no_version(tiny, tmp_path):
+def test_cancelled_dpo_job_stops_and_writes_no_version(tiny, workspace, tmp_path):
     import time
 
     import_pairs(tmp_path, 12)
@@ -161,7 +156,7 @@ def test_cancelled_dpo_job_stops_and_writes_no_version(tiny, tmp_path):
     job = jobs.wait(job_id, timeout=120)
     assert job.status == "cancelled" and job.step < job.total_steps
     assert [v.method for v in versions.list_versions()] in ([], ["base"])
-    assert not [p for p in (tiny / "versions").iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in (workspace / "versions").iterdir() if p.name.startswith(".tmp")]
 
 
 def test_bad_config_fails_the_job_with_one_sentence(workspace, tmp_path, capsys):

@@ -14,12 +14,9 @@ from training import engine, generate, smoothquant
 
 
 @pytest.fixture
-def tiny(workspace, tmp_path, monkeypatch):
-    folder = make_tiny_policy(tmp_path / "tiny")
-    monkeypatch.setenv("PREFLOOP_MODEL", str(folder))
-    monkeypatch.setenv("PREFLOOP_THREADS", "1")
+def tiny(tiny):  # the shared tiny policy (conftest.py), with six prompts to answer
     store.add_prompts([f"Question number {i}?" for i in range(6)], "test")
-    return folder
+    return tiny
 
 
 def test_pairs_from_ctranslate2_are_stored_with_their_settings(tiny):

@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 
 from labeling import db, store
 from labeling.models import Job, Pair, Response, utcnow
-from tests.tiny_models import make_tiny_policy
 from training import engine, generate, jobs
 from training import model as models
 
@@ -28,14 +27,6 @@ PROMPTS = [
     [{"role": "user", "content": "How do I sort a list in Python? Explain photosynthesis simply, too."}],
     [{"role": "user", "content": "Give me three tips for sleeping better."}],
 ]
-
-
-@pytest.fixture
-def tiny(workspace, tmp_path, monkeypatch):
-    folder = make_tiny_policy(tmp_path / "tiny")
-    monkeypatch.setenv("PREFLOOP_MODEL", str(folder))
-    monkeypatch.setenv("PREFLOOP_THREADS", "1")
-    return folder
 
 
 def test_module_does_not_import_torch():

@@ -70,6 +70,14 @@ def test_preference_probability_is_the_bradley_terry_sigmoid():
     assert p == pytest.approx([1 / (1 + math.exp(-1)), 0.5])
 
 
+def test_length_correlation_reads_the_log_of_one_plus_the_characters():
+    texts = ["", "xx", "xxxxxx"]  # 0, 2 and 6 characters
+    logs = [0.0, math.log(3), math.log(7)]
+    assert metrics.length_correlation([0, 1, 2], texts) == pytest.approx(metrics.pearson([0, 1, 2], logs))
+    assert metrics.length_correlation(logs, texts) == pytest.approx(1.0)
+    assert metrics.length_correlation([0, 1, 2], texts) != pytest.approx(metrics.pearson([0, 1, 2], [0, 2, 6]))
+
+
 def test_pearson_by_hand():
     # dx = (-1, 0, 1), dy = (-7/3, -1/3, 8/3): Σ dx·dy = 5, Σ dx² = 2, Σ dy² = 114/9
     assert metrics.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(2 * 114 / 9))

@@ -11,13 +11,6 @@ from tests.tiny_models import make_tiny_policy
 from training import model as models
 
 
-@pytest.fixture
-def tiny(workspace, tmp_path, monkeypatch):
-    folder = make_tiny_policy(tmp_path / "tiny")
-    monkeypatch.setenv("PREFLOOP_MODEL", str(folder))
-    return folder
-
-
 def _logits(model, tokenizer, text="What is the capital of France?"):
     enc = tokenizer([text], return_tensors="pt")
     with torch.no_grad():

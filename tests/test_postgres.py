@@ -33,7 +33,7 @@ from tests.test_queue import (  # noqa: F401
     test_skip_hides_the_pair_from_me_but_not_from_others, test_submit_twice_updates_one_row,
     test_undo_and_progress_on_the_label_page_leave_arena_votes_alone, test_undo_last_removes_only_my_latest_judgment,
     test_workspace_summary)
-from tests.test_dpo import test_dpo_background_job_end_to_end, tiny  # noqa: F401  (a worker process on PostgreSQL)
+from tests.test_dpo import test_dpo_background_job_end_to_end  # noqa: F401  (a worker process on PostgreSQL)
 from tests.test_jobs import (  # noqa: F401
     test_a_dead_worker_is_shown_as_failed, test_a_failing_round_is_recorded_with_its_reason,
     test_cancel_stops_the_round_at_its_next_step, test_clicks_at_the_same_moment_start_one_heavy_job,

@@ -19,16 +19,6 @@ from training import device, engine, generate, merged
 from training import model as models
 
 
-@pytest.fixture
-def tiny(workspace, tmp_path, monkeypatch):
-    folder = make_tiny_policy(tmp_path / "tiny")
-    monkeypatch.setenv("PREFLOOP_MODEL", str(folder))
-    monkeypatch.setenv("PREFLOOP_THREADS", "1")
-    for name in ("PREFLOOP_DEVICE", "PREFLOOP_DTYPE", "PREFLOOP_QUANT"):
-        monkeypatch.delenv(name, raising=False)
-    return folder
-
-
 def _fake_cuda(monkeypatch, bitsandbytes: bool):
     """torch sees a bf16 card; bitsandbytes is installed or not."""
     import importlib.util

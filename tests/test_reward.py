@@ -6,16 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.preference_fixtures import import_pairs, snapshot_trainable, use_tiny_policy
+from tests.preference_fixtures import import_pairs, snapshot_trainable
 from training import jobs, preferences, registry, reward, versions
 from training.reward_config import RewardRoundConfig
-
-
-@pytest.fixture
-def tiny(workspace, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    use_tiny_policy(tmp_path, monkeypatch)
-    return workspace
 
 
 def test_encoder_input_keeps_the_latest_turn_and_the_start_of_the_response(workspace):

@@ -11,7 +11,7 @@ import pytest
 
 from labeling.importers import InputError
 from tests.preference_fixtures import import_pairs, snapshot_trainable, use_tiny_policy
-from training import jobs, reward, reward_eval, reward_report, versions
+from training import jobs, metrics, reward, reward_eval, reward_report, versions
 from training.reward_config import RewardRoundConfig
 from training.reward_report import EvalSet
 
@@ -33,8 +33,9 @@ def test_card_figures_by_hand():
     # margins 1, 1, 0, −1: three picks at confidence σ(1), two of them right; the tie at 0.5, half right
     assert summary["ece"] == pytest.approx(3 / 4 * (1 / (1 + math.exp(-1)) - 2 / 3))
     assert [b["count"] for b in summary["reliability"]] == [1, 0, 0, 0, 3, 0, 0, 0, 0, 0]
-    # scores (2, 1, .5, 0, 1, 0, .5, 1) vs characters (16, 2, 4, 10, 2, 12, 4, 4): Σdxdy 3.5, Σdx² 3, Σdy² 191.5
-    assert summary["length_correlation"] == pytest.approx(3.5 / math.sqrt(3 * 191.5))
+    # scores (2, 1, .5, 0, 1, 0, .5, 1) vs log(1 + characters (16, 2, 4, 10, 2, 12, 4, 4))
+    assert summary["length_correlation"] == pytest.approx(
+        metrics.pearson([2, 1, .5, 0, 1, 0, .5, 1], [math.log(1 + n) for n in (16, 2, 4, 10, 2, 12, 4, 4)]))
 
 
 def test_verdict_says_where_the_model_does_not_beat_longer_wins():

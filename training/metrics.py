@@ -97,6 +97,13 @@ def calibration(probability_chosen: ArrayLike, bins: int = 10) -> tuple[float, l
     return (ece if len(p) else float("nan")), table
 
 
+def length_correlation(rewards: ArrayLike, texts: Sequence[str]) -> float:
+    """The reward–length correlation every report gives: Pearson's r between each answer's reward and
+    log(1 + its characters), the length the reward heads' length head reads (a log, so a few very long
+    answers do not decide it). Shape: (n,), n texts -> ()."""
+    return pearson(rewards, np.log1p(np.array([len(t) for t in texts], dtype=float)))
+
+
 def pearson(x: ArrayLike, y: ArrayLike) -> float:
     """Pearson's correlation coefficient r = Σ dx·dy / sqrt(Σ dx² · Σ dy²); nan when either side
     is constant or has fewer than two values. Shape: (n,), (n,) -> ()."""

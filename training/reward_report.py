@@ -85,10 +85,9 @@ def summarise(pairs: EvalSet, model: Scores, untrained: Scores) -> dict[str, Any
         low, high = metrics.cluster_bootstrap_ci(won, conversations)
         accuracy[system] = {"accuracy": float(won.mean()), "low": low, "high": high}
     ece, reliability = metrics.calibration(metrics.preference_probability(*model))
-    lengths = [len(t) for t in pairs.chosen + pairs.rejected]
     return {"name": pairs.name, "pairs": len(pairs.chosen), "conversations": len(set(conversations)),
             "accuracy": accuracy, "ece": ece, "reliability": reliability,
-            "length_correlation": metrics.pearson(np.concatenate(model), lengths)}
+            "length_correlation": metrics.length_correlation(np.concatenate(model), pairs.chosen + pairs.rejected)}
 
 
 def _merged(sets: list[EvalSet], scores: list[Scores]) -> tuple[EvalSet, Scores]:
