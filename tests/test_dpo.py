@@ -279,3 +279,46 @@ def test_length_regularised_dpo_learns_less_from_longer_winners_and_more_from_sh
     # held out, the length term is left out: one step from a zero adapter leaves the margin near 0 both ways
     # (with the term, α × about 25 tokens would put it near ±1.25)
     assert all(abs(margin) < 0.2 for margin in held_out), held_out
+
+
+def sampled_pairs(version: str, n: int, start: int = 0) -> list[int]:
+    """n pairs whose two answers `version` sampled (as the generator stores them), each judged "a"."""
+    from sqlalchemy import select, update
+
+    from labeling import db, queue
+    from labeling.models import Pair, Response
+    from tests.test_queue import seed_pairs
+
+    ids = seed_pairs([(f"On-policy question {i}?", f"Answer {i}, the first.", f"Answer {i}, the second.")
+                      for i in range(start, start + n)])
+    with db.session() as s:
+        answers = [a for p in s.scalars(select(Pair).where(Pair.id.in_(ids))) for a in (p.response_a_id, p.response_b_id)]
+        s.execute(update(Response).where(Response.id.in_(answers)).values(model_version=version))
+    for pair_id in ids:
+        queue.submit_judgment("ana", pair_id, "a", "a")
+    return ids
+
+
+def test_an_on_policy_round_trains_only_on_the_pairs_the_current_policy_sampled(tiny, tmp_path):
+    from labeling import pairs
+
+    import_pairs(tmp_path, 10)  # a user's file: no policy sampled these
+    base = versions.ensure_base_version()
+    config = DPORoundConfig(pairs="on-policy", learning_rate=1e-2, batch_size=2)
+    assert registry.get("dpo").problem(config) == (
+        f"DPO on on-policy pairs needs at least 8 labeled pairs that the current policy ({base}) sampled; 0 of your "
+        "10 labeled pairs are. Label the pairs the generator makes from it, or set pairs to all.")
+    assert registry.get("dpo").problem() is None  # all pairs: ready
+
+    on_policy = sampled_pairs("base", 4) + sampled_pairs(base, 5, start=4)  # "base": its name before v1 existed
+    assert registry.get("dpo").problem(config) is None
+    summary = dpo.run_round(config, jobs.Reporter(None), max_steps=1)
+    row = versions.get_version(summary["version"])
+    assert pairs.judged_pairs(set(row.judgment_ids)) == set(on_policy) and row.config["pairs"] == "on-policy"
+
+    # the next round starts from the new version, which has sampled nothing yet
+    assert versions.current_policy_id() == row.id
+    assert f"that the current policy ({row.id}) sampled; 0 of your 19" in registry.get("dpo").problem(config)
+    later = sampled_pairs(row.id, 8, start=9)
+    summary = dpo.run_round(config, jobs.Reporter(None), max_steps=1)
+    assert pairs.judged_pairs(set(versions.get_version(summary["version"]).judgment_ids)) == set(later)

@@ -206,7 +206,8 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
     if problem := config.problem():  # a config built in code (the CLI and the form check it as they read it)
         raise preferences.NotReady(problem)
     reporter.start(None)
-    data = preferences.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS, config.auto_pairs)
+    data = preferences.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS, config.auto_pairs,
+                                       on_policy=config.pairs == "on-policy")
     base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
     model, tokenizer = load_policy(parent_id, quantize=True)

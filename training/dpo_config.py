@@ -69,6 +69,10 @@ class DPORoundConfig:
     heldout_fraction: float = field(default=0.1, metadata={"min": 0, "below": 1,
         "help": "Share of prompts held out for evaluation when the workspace has no held-out prompts yet."})
     seed: int = field(default=0, metadata={"help": "Random seed of data order and the adapter's initialisation."})
+    pairs: str = field(default="all", metadata={"choices": ("all", "on-policy"), "help": (
+        "Which labeled pairs to train on: all, or on-policy: only those whose two answers the current policy "
+        "sampled (iterative DPO: each round learns the labels made on its starting policy's own answers, and "
+        "its time does not grow with every label made before).")})
     auto_pairs: bool = field(default=False, metadata={
         "help": "Also train on the autopilot's automatic pairs (best against worst of the policy's answers by "
                 "the reward model) that nobody judged; the autopilot turns this on for its rounds."})

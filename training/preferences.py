@@ -96,17 +96,48 @@ def training_rows(include_auto: bool = False, audit_exclusions: bool = True, ai:
     return result
 
 
-def count_pairs() -> int:
-    """How many labeled pairs a round would train on now."""
-    return len(training_rows().rows)
+def count_pairs(on_policy: bool = False) -> int:
+    """How many labeled pairs a round would train on now (`on_policy`: only those the current policy sampled)."""
+    rows = training_rows().rows
+    return len(on_policy_rows(rows) if on_policy else rows)
 
 
-def check_pairs(what: str, min_pairs: int = MIN_PAIRS) -> str | None:
-    """None when there are enough labeled pairs, else the sentence to show."""
-    have = count_pairs()
-    if have < min_pairs:
-        return f"{what} needs at least {min_pairs} labeled pairs; you have {have}. Label more pairs or import labels."
-    return None
+def policy_answers() -> tuple[str, set[str]]:
+    """(the current policy's id, the names its sampled answers are stored under): its id, and "base"
+    too when it is the base (the generator's name for it before any version existed)."""
+    from training import versions  # versions imports the registry, which imports this module
+
+    current = versions.current_policy_id()
+    if current is None:
+        return "base", {"base"}
+    return current, ({current, "base"} if versions.get_version(current).method == "base" else {current})
+
+
+def on_policy_rows(rows: list[dict]) -> list[dict]:
+    """The rows whose pair the current policy sampled, both answers (`pairs: on-policy`): the labels
+    of an iterative round, made on the answers of the policy the round starts from."""
+    from labeling import pairs
+
+    sampled = pairs.sampled_by(policy_answers()[1])
+    return [r for r in rows if r["pair_id"] in sampled]
+
+
+def on_policy_shortage(what: str, min_pairs: int, have: int, labeled: int) -> str:
+    """The sentence for too few on-policy pairs: `have` of the `labeled` pairs the current policy sampled."""
+    return (f"{what} on on-policy pairs needs at least {min_pairs} labeled pairs that the current policy "
+            f"({policy_answers()[0]}) sampled; {have} of your {labeled} labeled pairs are. Label the pairs the "
+            f"generator makes from it, or set pairs to all.")
+
+
+def check_pairs(what: str, min_pairs: int = MIN_PAIRS, on_policy: bool = False) -> str | None:
+    """None when there are enough labeled pairs (`on_policy`: that the current policy sampled), else the sentence to show."""
+    rows = training_rows().rows
+    have = len(on_policy_rows(rows) if on_policy else rows)
+    if have >= min_pairs:
+        return None
+    if on_policy:
+        return on_policy_shortage(what, min_pairs, have, len(rows))
+    return f"{what} needs at least {min_pairs} labeled pairs; you have {have}. Label more pairs or import labels."
 
 
 def few_pairs_caution() -> str | None:
@@ -125,8 +156,9 @@ def few_pairs_caution() -> str | None:
 
 
 def needs_pairs(what: str, min_pairs: int = MIN_PAIRS) -> Callable[[Any], str | None]:
-    """A round's readiness check: `what` needs at least `min_pairs` labeled pairs."""
-    return lambda config: check_pairs(what, min_pairs)
+    """A round's readiness check: `what` needs at least `min_pairs` labeled pairs (that the current
+    policy sampled, when the config's `pairs` is on-policy)."""
+    return lambda config: check_pairs(what, min_pairs, getattr(config, "pairs", "all") == "on-policy")
 
 
 def needs_reward_model(what: str) -> Callable[[Any], str | None]:
@@ -165,23 +197,25 @@ def _judgments_of(pair_ids: set[int], allowed: list[int]) -> list[int]:
 
 
 def preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int,
-                    min_pairs: int = MIN_PAIRS, include_auto: bool = False) -> PreferenceData:
-    """The exported labeled pairs (at most `max_pairs`), split by prompt. Raises NotReady. In a
-    distributed round the main process reads them and hands them to the others."""
+                    min_pairs: int = MIN_PAIRS, include_auto: bool = False, on_policy: bool = False) -> PreferenceData:
+    """The exported labeled pairs (`on_policy`: only those the current policy sampled; at most
+    `max_pairs`), split by prompt. Raises NotReady. In a distributed round the main process reads
+    them and hands them to the others."""
     return distributed.from_main(lambda: _read_preference_data(what, max_pairs, heldout_fraction, seed, min_pairs,
-                                                               include_auto))
+                                                               include_auto, on_policy))
 
 
 def _read_preference_data(what: str, max_pairs: int | None, heldout_fraction: float, seed: int, min_pairs: int,
-                          include_auto: bool) -> PreferenceData:
+                          include_auto: bool, on_policy: bool = False) -> PreferenceData:
     export = training_rows(include_auto)
     ai = export.ai
-    rows = list(export.rows)
-    if max_pairs:
-        rows = rows[:max_pairs]
-    if len(rows) < min_pairs <= len(export.rows):
+    available = on_policy_rows(export.rows) if on_policy else list(export.rows)
+    rows = available[:max_pairs] if max_pairs else available
+    if len(rows) < min_pairs <= len(available):
         raise NotReady(f"max_pairs = {max_pairs} is below the {what} round's minimum of {min_pairs} labeled pairs "
-                       f"(you have {len(export.rows)}); raise it, or use all pairs (no --max-pairs, or 0 on the Train page).")
+                       f"(you have {len(available)}); raise it, or use all pairs (no --max-pairs, or 0 on the Train page).")
+    if len(rows) < min_pairs and on_policy:
+        raise NotReady(on_policy_shortage(f"The {what} round", min_pairs, len(rows), len(export.rows)))
     if len(rows) < min_pairs:
         raise NotReady(f"The {what} round needs at least {min_pairs} labeled pairs; you have {len(rows)}. "
                        f"Label more pairs or import labels.")
