@@ -301,7 +301,8 @@ def arm_iterative(args, taste, root: Path, measure_base) -> dict:
                                     args.length_bias, args.length_ratio)
         spent += budget
         try:
-            summary = run_dpo(args)  # a fresh adapter on the current policy, all labels so far, reference = base
+            summary = run_dpo(args)  # a fresh adapter on the current policy, all labels so far (or, with
+            # --set dpo.pairs=on-policy, the labels on its own answers), reference = base
         except NotReady as exc:  # the taste tied too often: label more before the next round
             out[f"round {r}"] = {"labels": spent, "judged": labels, "skipped": str(exc)}
             continue
