@@ -298,3 +298,14 @@ def test_a_round_run_on_few_pairs_says_so_in_its_log(workspace, tmp_path, capsys
     monkeypatch.setattr("training.dpo.run_round", lambda config, reporter, **limits: {"version": "v"})
     assert registry.run("dpo", DPORoundConfig(), reporter=None) == {"version": "v"}
     assert "Only 10 labeled pairs have a winner: a DPO round" in capsys.readouterr().err
+
+
+def test_an_on_policy_dpo_round_is_refused_on_the_page_until_the_current_policy_sampled_enough_pairs(
+        workspace, generator, started, tmp_path):  # noqa: F811
+    import_pairs(tmp_path, 12)  # a user's file: no policy sampled these
+    at = pick_round(open_train(), "DPO")
+    next(w for w in at.selectbox if w.label == "pairs").select("on-policy")
+    at = press_train(at)
+    assert started == []
+    assert at.error[0].value.startswith("DPO on on-policy pairs needs at least 8 labeled pairs that the current "
+                                        "policy (") and "0 of your 12 labeled pairs are" in at.error[0].value
