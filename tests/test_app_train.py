@@ -71,7 +71,7 @@ def test_not_ready_sentences_and_no_job(workspace, generator, started, monkeypat
 def test_train_button_starts_a_job_with_the_form_values(workspace, generator, started, tmp_path):  # noqa: F811
     import_pairs(tmp_path, 9)
     at = pick_round(open_train(), "DPO")
-    assert [w.value[:27] for w in at.warning] == ["Only 9 labeled pairs have a"]  # ready; only the few-pairs caution
+    assert [w.value[:39] for w in at.warning] == ["Only 8 training pairs (1 more held out)"]  # ready; the caution alone
     next(w for w in at.number_input if w.label == "beta").set_value(0.25)
     next(w for w in at.selectbox if w.label == "loss type").select("ipo")
     next(w for w in at.number_input if w.label == "max steps (0 = all)").set_value(5)
@@ -280,15 +280,20 @@ def test_the_dpo_form_warns_when_ties_leave_few_pairs_to_learn_from(workspace, g
         queue.submit_judgment("ana", pid, "both_bad", "a")
     at = pick_round(open_train(), "DPO")
     warning = next(w.value for w in at.warning if w.value.startswith("Only"))
-    assert warning.startswith("Only 12 labeled pairs have a winner (6 ties, 2 both bad decided nothing): "
+    assert warning.startswith("Only 10 training pairs (2 more held out; of the other labeled pairs 6 tied, 2 both bad): "
                               "a DPO round on fewer than about 70")
     assert not any(w.value.startswith("Only") for w in pick_round(at, "Reward model").warning)  # DPO's alone
 
-    for pid in seed_pairs([(f"More {i}?", f"Yes {i}.", f"No {i}.") for i in range(60)]):  # enough pairs: no caution, and none on the command line either
+    for pid in seed_pairs([(f"More {i}?", f"Yes {i}.", f"No {i}.") for i in range(58)]):  # 70 pairs, 63 to train on
+        queue.submit_judgment("ana", pid, "b", "a")
+    assert preferences.few_pairs_caution().startswith("Only 63 training pairs (7 more held out;")
+    assert preferences.few_pairs_caution(DPORoundConfig(pairs="on-policy")) is None  # one of several small rounds
+    for pid in seed_pairs([(f"Yet more {i}?", f"Yes {i}.", f"No {i}.") for i in range(10)]):  # 80 pairs, 72 to train on
         queue.submit_judgment("ana", pid, "b", "a")
     at = pick_round(open_train(), "DPO")
     assert not any(w.value.startswith("Only") for w in at.warning)
     assert preferences.few_pairs_caution() is None
+    assert preferences.few_pairs_caution(max_pairs=40).startswith("Only 36 training pairs (4 more held out;")
 
 
 def test_a_round_run_on_few_pairs_says_so_in_its_log(workspace, tmp_path, capsys, monkeypatch):
@@ -297,7 +302,7 @@ def test_a_round_run_on_few_pairs_says_so_in_its_log(workspace, tmp_path, capsys
     import_pairs(tmp_path, 10)
     monkeypatch.setattr("training.dpo.run_round", lambda config, reporter, **limits: {"version": "v"})
     assert registry.run("dpo", DPORoundConfig(), reporter=None) == {"version": "v"}
-    assert "Only 10 labeled pairs have a winner: a DPO round" in capsys.readouterr().err
+    assert "Only 9 training pairs (1 more held out): a DPO round" in capsys.readouterr().err
 
 
 def test_an_on_policy_dpo_round_is_refused_on_the_page_until_the_current_policy_sampled_enough_pairs(

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from training import distributed
+from training.dpo_config import DPORoundConfig
 
 MIN_PAIRS = 8  # fewer labeled pairs than this teach a model nothing measurable
-# Fewer decided pairs than this may teach too little to measure: in bench/learning.py one DPO round on
-# 41 training pairs left a taste ("you") where it was, and 71 pairs of the same taste won 0.93 (README,
-# "Does it learn?"); 43 pairs did teach `plain`, so it is a caution, not a limit. It counts every
-# decided pair, the held-out ones too (46 and 79 in those two runs).
+# Fewer training pairs than this may teach too little to measure: in bench/learning.py one DPO round on
+# 41 training pairs (after the held-out split) left a taste ("you") where it was, and 71 pairs of the
+# same taste won 0.93 (README, "Does it learn?"); 43 pairs did teach `plain`, so it is a caution, not a limit.
 FEW_PAIRS = 70
-LEFT_OUT = {"tie": "ties", "both_bad": "both bad", "unresolved": "unresolved"}  # export's kinds, as the caution names them
+LEFT_OUT = {"tie": "tied", "both_bad": "both bad", "unresolved": "unresolved"}  # export's kinds, as the caution names them
 
 
 class NotReady(RuntimeError):
@@ -140,19 +140,27 @@ def check_pairs(what: str, min_pairs: int = MIN_PAIRS, on_policy: bool = False) 
     return f"{what} needs at least {min_pairs} labeled pairs; you have {have}. Label more pairs or import labels."
 
 
-def few_pairs_caution() -> str | None:
-    """One sentence when a DPO round would train on fewer than FEW_PAIRS decided pairs (but enough to
-    run), naming the votes that decided nothing; None otherwise. Ties and "both bad" teach DPO
-    nothing, and on a taste the model rarely shows most votes are ties."""
-    result = training_rows()
-    have = len(result.rows)
-    if have < MIN_PAIRS or have >= FEW_PAIRS:
+def few_pairs_caution(config: Any = None, max_pairs: int | None = None) -> str | None:
+    """One sentence when a DPO round with `config` (default: the defaults) would train on fewer than
+    FEW_PAIRS pairs after the held-out split (but enough to run), naming the pairs that tied, were
+    both bad or are unresolved; None otherwise. Ties and "both bad" teach DPO nothing, and on a taste
+    the model rarely shows most votes are ties. An on-policy round is one of several and small by
+    design (three rounds of about 40 pairs taught `plain`), so it gets none."""
+    config = config or DPORoundConfig()
+    if getattr(config, "pairs", "all") == "on-policy":
+        return None
+    result = training_rows(getattr(config, "auto_pairs", False))
+    rows = result.rows[:max_pairs] if max_pairs else result.rows
+    if len(rows) < MIN_PAIRS:
+        return None
+    train, _, _ = split_by_conversation(rows, config.heldout_fraction, config.seed)
+    if len(train) >= FEW_PAIRS:
         return None
     left = [f"{n} {LEFT_OUT[kind]}" for kind, n in result.excluded.items() if n and kind in LEFT_OUT]
-    why = f" ({', '.join(left)} decided nothing)" if left else ""
-    return (f"Only {have} labeled pairs have a winner{why}: a DPO round on fewer than about {FEW_PAIRS} may move the "
-            f"model too little to measure (in prefloop's learning benchmark 41 pairs left a taste where it was and "
-            f"71 taught it), so label more pairs first if you can.")
+    why = f"; of the other labeled pairs {', '.join(left)}" if left else ""
+    return (f"Only {len(train)} training pairs ({len(rows) - len(train)} more held out{why}): a DPO round on fewer than "
+            f"about {FEW_PAIRS} may move the model too little to measure (in prefloop's learning benchmark 41 training "
+            f"pairs left a taste where it was and 71 taught it), so label more pairs first if you can.")
 
 
 def needs_pairs(what: str, min_pairs: int = MIN_PAIRS) -> Callable[[Any], str | None]:

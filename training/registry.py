@@ -37,7 +37,8 @@ class Round:
     # β-sweep setting -> the config field it sets (the config needs `make_current`); None: cannot be swept
     sweep: dict[str, str] | None = field(default=None, hash=False)
     plan: str | None = None  # "module:function" plan() -> what a round would do now, shown above its form
-    caution: str | None = None  # "module:function" caution() -> a warning the round may run but teach little, or None
+    # "module:function" caution(config, max_pairs) -> a warning the round may run but teach little, or None
+    caution: str | None = None
     distributed: bool = True  # may run on several processes under `accelerate launch` (training/distributed.py)
 
     def config_class(self) -> type:
@@ -50,9 +51,10 @@ class Round:
         """What a round with the default settings would do on the data there is now, or None."""
         return _load(self.plan)() if self.plan else None
 
-    def caution_sentence(self) -> str | None:
-        """A warning that the round can run on the data there is now but may teach little, or None."""
-        return _load(self.caution)() if self.caution else None
+    def caution_sentence(self, config: Any = None, max_pairs: int | None = None) -> str | None:
+        """A warning that the round with `config` (default: its defaults) can run on the data there is
+        now but may teach little, or None."""
+        return _load(self.caution)(config, max_pairs) if self.caution else None
 
     def problem(self, config: Any = None) -> str | None:
         """Why the round cannot run with `config` (default: its defaults) now, as one sentence, or
@@ -115,8 +117,8 @@ def run(name: str, config: Any, reporter, max_steps: int | None = None,
     problem = distributed.from_main(lambda: ROUNDS[name].problem(config))
     if problem:
         raise preferences.NotReady(problem)
-    if distributed.is_main() and (caution := ROUNDS[name].caution_sentence()):
-        print(caution, file=sys.stderr, flush=True)  # the job's log; the Train page showed it above the form
+    if distributed.is_main() and (caution := ROUNDS[name].caution_sentence(config, max_pairs)):
+        print(caution, file=sys.stderr, flush=True)  # the job's log (the Train page shows it above the form)
     return ROUNDS[name].run_function()(config, reporter, max_steps=max_steps, max_pairs=max_pairs)
 
 
