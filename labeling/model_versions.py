@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from labeling import db
 from labeling.models import ModelVersion
@@ -91,6 +92,21 @@ def current_policy_id() -> str | None:
     """The id of the current policy version, or None when none is current."""
     with db.session() as s:
         return s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current))
+
+
+def answer_names(s: Session, version_id: str | None) -> set[str]:
+    """The names under which the answers `version_id` sampled are stored (`Response.model_version`):
+    its id, and "base" too when it is the base version (the generator's name for the base before any
+    version existed); {"base"} for None."""
+    if version_id is None:
+        return {"base"}
+    method = s.scalar(select(ModelVersion.method).where(ModelVersion.id == version_id))
+    return {version_id, "base"} if method == "base" else {version_id}
+
+
+def current_answer_names(s: Session) -> set[str]:
+    """`answer_names` of the current policy."""
+    return answer_names(s, s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current)))
 
 
 def make_current(version_id: str, if_current: str | None = None) -> tuple[Version | None, bool]:

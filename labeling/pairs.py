@@ -2,10 +2,9 @@
 each pair came from, and which pairs a set of judgments judged. Plain ids and names come back."""
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import aliased
+from sqlalchemy import and_, select
 
-from labeling import db
+from labeling import db, model_versions
 from labeling.models import Judgment, Pair, Response
 
 
@@ -15,13 +14,20 @@ def pair_sources() -> dict[int, str]:
         return dict(s.execute(select(Pair.id, Pair.source)).all())
 
 
-def sampled_by(model_versions: set[str]) -> set[int]:
-    """Ids of the pairs both of whose answers one of `model_versions` sampled (the generator stores the
-    version id with each answer; an imported pair's answers are "imported:<source>", so never one)."""
-    a, b = aliased(Response), aliased(Response)
+def sampled_condition(names: set[str]):
+    """SQL condition on Pair: both answers were sampled by a model stored under one of `names` (the
+    generator stores the version id with each answer; an imported pair's answers are
+    "imported:<source>", so never one)."""
+    def sampler(side):
+        return select(Response.model_version).where(Response.id == side).scalar_subquery()
+    return and_(sampler(Pair.response_a_id).in_(names), sampler(Pair.response_b_id).in_(names))
+
+
+def sampled_by(version_id: str | None) -> set[int]:
+    """Ids of the pairs both of whose answers the policy version `version_id` sampled (None: the base
+    before any version existed)."""
     with db.session() as s:
-        return set(s.scalars(select(Pair.id).join(a, Pair.response_a_id == a.id).join(b, Pair.response_b_id == b.id)
-                             .where(a.model_version.in_(model_versions), b.model_version.in_(model_versions))))
+        return set(s.scalars(select(Pair.id).where(sampled_condition(model_versions.answer_names(s, version_id)))))
 
 
 def judged_pairs(judgment_ids: set[int]) -> set[int]:

@@ -7,7 +7,8 @@ annotator by a hash (`left_side`), so a reload shows the same layout and positio
 measured later (Judgment.left).
 
 The order of the queue lives in one function, `queue_order`: oldest first, or (an admin's setting)
-the pairs the reward model is least sure of first, with a share of random draws.
+the pairs the reward model is least sure of first, with a share of random draws, or the current
+policy's own pairs first.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from sqlalchemy import Select, and_, case, delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from labeling import db, settings
+from labeling import db, model_versions, pairs, settings
 from labeling.models import (OUTCOMES, Annotator, Job, Judgment, Meta, ModelVersion, Pair, PairLease, Prompt, Suggestion,
                              utcnow)
 from labeling.reasons import ReasonError, check_reasons
@@ -114,13 +115,18 @@ def stored_outcome(choice: str, left: str) -> str:
 
 
 def queue_order(stmt: Select, s: Session | None = None, draw: float | None = None) -> Select:
-    """The one place that orders the queue: oldest pair first (ties broken by id); or, when an admin
-    set the order "uncertain" (labeling/settings.py) and a reward model has scored pairs, those it is
-    least sure of first (probability nearest 0.5; pairs it has not scored after them), except that
-    a RANDOM_SHARE of draws (`draw` < RANDOM_SHARE, random when None) takes a random waiting pair,
-    so the labels stay a fair sample too and every pair is served in the end."""
+    """The one place that orders the queue: oldest pair first (ties broken by id); when an admin set
+    the order "current" (labeling/settings.py), the pairs whose two answers the current policy sampled
+    first, so an on-policy DPO round (`pairs: on-policy`) gets its labels before the older policies'
+    backlog; or, with "uncertain" and a reward model that has scored pairs, those it is least sure of
+    first (probability nearest 0.5; pairs it has not scored after them), except that a RANDOM_SHARE
+    of draws (`draw` < RANDOM_SHARE, random when None) takes a random waiting pair, so the labels
+    stay a fair sample too and every pair is served in the end."""
     oldest = stmt.order_by(Pair.created_at, Pair.id)
     order = s.get(Meta, settings.QUEUE_ORDER_KEY) if s is not None else None
+    if order is not None and order.value == "current":
+        current = pairs.sampled_condition(model_versions.current_answer_names(s))
+        return stmt.order_by(case((current, 0), else_=1), Pair.created_at, Pair.id)
     if order is None or order.value != "uncertain":
         return oldest
     reward = s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "reward")

@@ -3,7 +3,8 @@ table), so every annotator's session and every server on that database reads the
 
     overlap()        # how many annotators judge each pair: as saved, else PREFLOOP_OVERLAP, else 1
     set_overlap(2)   # two people judge each pair, so the Data page can report their agreement
-    queue_order()    # "oldest" first, or "uncertain": the reward model's least sure pairs first
+    queue_order()    # "oldest" first; "uncertain": the reward model's least sure pairs first; "current":
+                     # the current policy's own pairs first (for on-policy DPO rounds)
 
 The labeling guidelines, another such setting, live beside the queue (`queue.guidelines`).
 """
@@ -72,12 +73,13 @@ def set_overlap(value: int) -> int:
 
 
 QUEUE_ORDER_KEY = "queue_order"
-QUEUE_ORDERS = ("oldest", "uncertain")  # oldest pair first; or the reward model's least sure first
+QUEUE_ORDERS = ("oldest", "uncertain", "current")  # oldest pair first; the reward model's least sure; the current policy's
 
 
 def queue_order() -> str:
-    """Which pair the queue serves next: "oldest" (the default) or "uncertain" (the pairs whose
-    reward-model probability is nearest 0.5 first, with a share drawn at random; labeling/queue.py)."""
+    """Which pair the queue serves next: "oldest" (the default), "uncertain" (the pairs whose
+    reward-model probability is nearest 0.5 first, with a share drawn at random) or "current" (the
+    pairs whose two answers the current policy sampled first, oldest first among each; labeling/queue.py)."""
     stored = read_value(QUEUE_ORDER_KEY)
     return stored if stored in QUEUE_ORDERS else "oldest"
 

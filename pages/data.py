@@ -149,13 +149,16 @@ def render_settings() -> None:
             settings.set_overlap(int(overlap))
             st.success(f"Each pair now waits for {int(overlap)} annotator(s) before it leaves the queue.")
     st.caption("Until an admin saves it here, the overlap is PREFLOOP_OVERLAP (1 when unset).")
-    names = {"oldest": "Oldest pair first", "uncertain": "Pairs the reward model is least sure of first"}
+    names = {"oldest": "Oldest pair first", "uncertain": "Pairs the reward model is least sure of first",
+             "current": "The current policy's pairs first"}
     st.radio("Queue order", settings.QUEUE_ORDERS, index=settings.QUEUE_ORDERS.index(settings.queue_order()),
              format_func=names.get, key="queue-order",
              on_change=lambda: settings.set_queue_order(st.session_state["queue-order"]),  # only when a person picks
              help=f"Least sure first: the pairs whose reward-model probability is nearest 0.5, except "
                   f"{queue.RANDOM_SHARE:.0%} of draws at random, so the labels stay a fair sample. The "
-                  f"latest reward model scores pairs as they are generated and when it is trained.")
+                  f"latest reward model scores pairs as they are generated and when it is trained. The current "
+                  f"policy's pairs first: the pairs whose two answers it sampled, before older policies' backlog, "
+                  f"for DPO rounds on on-policy pairs.")
     st.caption(f"The queue serves: {names[settings.queue_order()].lower()}.")
     with st.form("length-form"):
         ratio = st.number_input("Match answer lengths (0 = off)", min_value=0.0, max_value=settings.MAX_LENGTH_RATIO,

@@ -307,7 +307,8 @@ def test_an_on_policy_round_trains_only_on_the_pairs_the_current_policy_sampled(
     config = DPORoundConfig(pairs="on-policy", learning_rate=1e-2, batch_size=2)
     assert registry.get("dpo").problem(config) == (
         f"DPO on on-policy pairs needs at least 8 labeled pairs that the current policy ({base}) sampled; 0 of your "
-        "10 labeled pairs are. Label the pairs the generator makes from it, or set pairs to all.")
+        "10 labeled pairs are. Label its pairs first (Data page: queue order \"the current policy's pairs first\"), or "
+        "set pairs to all.")
     assert registry.get("dpo").problem() is None  # all pairs: ready
 
     on_policy = sampled_pairs("base", 4) + sampled_pairs(base, 5, start=4)  # "base": its name before v1 existed

@@ -238,3 +238,45 @@ def test_workspace_summary(workspace):
     store.import_file(FIXTURES / "pairs.jsonl")  # a dataset's 3 labels: neither people nor their judgments
     after = queue.workspace_summary()
     assert (after.annotators, after.judgments, after.imported_labels) == (2, 1, 3)
+
+
+def sampled(rows, versions: tuple[str, str]) -> list[int]:
+    """`seed_pairs(rows)` with answer A stored as sampled by versions[0] and B by versions[1]."""
+    ids = seed_pairs(rows)
+    with db.session() as s:
+        for pair in s.scalars(select(Pair).where(Pair.id.in_(ids))):
+            for response_id, version in zip((pair.response_a_id, pair.response_b_id), versions):
+                s.get(Response, response_id).model_version = version
+    return ids
+
+
+def test_the_pairs_a_policy_sampled_are_those_with_both_answers_from_it_and_the_queue_can_serve_them_first(workspace):
+    from labeling import model_versions, pairs, settings
+
+    imported = seed_pairs([("Q imported?", "one", "two")])
+    base_named = sampled([("Q base?", "one", "two")], ("base", "base"))  # stored before any version existed
+    mixed = sampled([("Q mixed?", "one", "two")], ("v1-base", "imported:test"))
+    model_versions.add_version("v1-base", "policy", "base", None, "/models/base", None, [], None)
+    from_base = sampled([("Q v1?", "one", "two")], ("v1-base", "v1-base"))
+    model_versions.add_version("v2-dpo", "policy", "dpo", "v1-base", "/versions/v2-dpo", None, [], None)
+    arena = sampled([("Q arena?", "one", "two")], ("v2-dpo", "v1-base"))  # a vote between versions
+    newest = sampled([("Q v2?", "one", "two")], ("v2-dpo", "v2-dpo"))
+    later = seed_pairs([("Q later?", "one", "two")])
+
+    assert pairs.sampled_by(None) == set(base_named)  # no version yet: the generator's name for the base
+    assert pairs.sampled_by("v1-base") == set(base_named + from_base)  # the base version: both its names
+    assert pairs.sampled_by("v2-dpo") == set(newest)  # not the mixed pair, not the one across versions
+    assert imported and mixed and arena and later
+
+    settings.set_queue_order("current")
+    model_versions.make_current("v1-base")
+    served = []
+    while (view := queue.next_pair("ana", overlap=3)) is not None:  # 3: others may judge them after her
+        served.append(view.pair_id)
+        queue.submit_judgment("ana", view.pair_id, "a", "a")
+    assert served == base_named + from_base + imported + mixed + arena + newest + later  # the rest oldest first
+    model_versions.make_current("v2-dpo")
+    settings.set_queue_order("oldest")
+    assert queue.next_pair("ben", overlap=3).pair_id == imported[0]
+    settings.set_queue_order("current")
+    assert queue.next_pair("cy", overlap=3).pair_id == newest[0]

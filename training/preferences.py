@@ -96,42 +96,37 @@ def training_rows(include_auto: bool = False, audit_exclusions: bool = True, ai:
     return result
 
 
-def count_pairs(on_policy: bool = False) -> int:
-    """How many labeled pairs a round would train on now (`on_policy`: only those the current policy sampled)."""
-    rows = training_rows().rows
-    return len(on_policy_rows(rows) if on_policy else rows)
+def count_pairs() -> int:
+    """How many labeled pairs a round would train on now."""
+    return len(training_rows().rows)
 
 
-def policy_answers() -> tuple[str, set[str]]:
-    """(the current policy's id, the names its sampled answers are stored under): its id, and "base"
-    too when it is the base (the generator's name for it before any version existed)."""
+def current_policy() -> str | None:
     from training import versions  # versions imports the registry, which imports this module
 
-    current = versions.current_policy_id()
-    if current is None:
-        return "base", {"base"}
-    return current, ({current, "base"} if versions.get_version(current).method == "base" else {current})
+    return versions.current_policy_id()
 
 
 def on_policy_rows(rows: list[dict]) -> list[dict]:
     """The rows whose pair the current policy sampled, both answers (`pairs: on-policy`): the labels
-    of an iterative round, made on the answers of the policy the round starts from."""
+    of an iterative round, made on the answers of the policy the round starts from. A rewrite's or an
+    AI judge's row on such a pair is kept as well."""
     from labeling import pairs
 
-    sampled = pairs.sampled_by(policy_answers()[1])
+    sampled = pairs.sampled_by(current_policy())
     return [r for r in rows if r["pair_id"] in sampled]
 
 
 def on_policy_shortage(what: str, min_pairs: int, have: int, labeled: int) -> str:
-    """The sentence for too few on-policy pairs: `have` of the `labeled` pairs the current policy sampled."""
+    """The sentence for too few on-policy pairs: `have` of the `labeled` rows the current policy sampled."""
     return (f"{what} on on-policy pairs needs at least {min_pairs} labeled pairs that the current policy "
-            f"({policy_answers()[0]}) sampled; {have} of your {labeled} labeled pairs are. Label the pairs the "
-            f"generator makes from it, or set pairs to all.")
+            f"({current_policy() or 'base'}) sampled; {have} of your {labeled} labeled pairs are. Label its pairs "
+            f"first (Data page: queue order \"the current policy's pairs first\"), or set pairs to all.")
 
 
 def check_pairs(what: str, min_pairs: int = MIN_PAIRS, on_policy: bool = False) -> str | None:
     """None when there are enough labeled pairs (`on_policy`: that the current policy sampled), else the sentence to show."""
-    rows = training_rows().rows
+    rows = training_rows().rows  # one export for both counts
     have = len(on_policy_rows(rows) if on_policy else rows)
     if have >= min_pairs:
         return None
