@@ -13,7 +13,9 @@ For each taste, in fresh workspaces that share one converted base model:
   * ppo: on those same labels, a reward round and a PPO round from the base, with the defaults;
   * iterative: `--rounds` rounds on the same total budget, each generating its pairs from the
     policy the previous round made (on-policy), labeling them, and running a DPO round on all
-    labels so far (`--set dpo.pairs=on-policy`: on that round's labels alone);
+    labels so far (`--arms dpo,iterative --set dpo.pairs=on-policy`: on that round's labels alone; the
+    setting reaches every arm's DPO round, and the rewrites arm's DPO starts from its SFT version,
+    which sampled nothing, so leave that arm out);
   * rewrites: the dpo arm's pairs again, but when both answers score at or below the base's median the
     annotator presses Both bad and writes the answer it wanted (bench/tastes.py `rewrite`: the
     better answer edited toward the taste), as the Label page stores it; then an SFT round on the

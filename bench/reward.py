@@ -216,7 +216,7 @@ def run_heads(pool: Pool, hh_train: np.ndarray, hh_heldout: np.ndarray, oasst: n
             "cross_source": {"hh_to_oasst": accuracy(won_to_oasst, list(conversations[oasst])),
                              "oasst_to_hh": accuracy(won_to_hh, list(conversations[hh_heldout]))},
             "length_r": {"oasst": round(metrics.pearson(np.concatenate(rewards), np.concatenate(lengths)), 3),
-                         "hh": round(metrics.pearson(reward_hh, hh_lengths), 3)},  # log(1 + characters), as length_correlation
+                         "hh": round(metrics.pearson(reward_hh, hh_lengths), 3)},  # the lengths are log_length's: length_correlation
             "spread": {"oasst": round(float(np.concatenate(spreads).mean()), 3), "hh": round(float(spread_hh.mean()), 3)},
             "l2": hh_heads.l2, "fit_s": round(time.perf_counter() - started, 1)}
 

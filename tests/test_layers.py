@@ -9,8 +9,8 @@ the database module training needs, is `labeling.workspace.home()`, which has no
 Imports inside a function are for start-up time alone: of a package that takes a tenth of a second
 or more to load (torch, transformers, pandas, SQLAlchemy...), of our module that loads one, or to
 break an import cycle; any other says why in a comment. Everything else is imported at the top.
-`bench/` is held to that for the standard library only: a benchmark imports prefloop's modules after
-it has set the workspace (`PREFLOOP_HOME`) and the threads, inside the function that sets them.
+`bench/` is held to that for the standard library only: a benchmark often imports prefloop's modules
+inside its functions, after it has set the workspace (`PREFLOOP_HOME`) and the threads.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def llama_with_biases(folder):
 ARCHITECTURES = {"llama": make_tiny_policy, "llama with biases": llama_with_biases, "qwen2": make_tiny_qwen2}
 
 
-def tiny(tmp_path, make=make_tiny_policy, outlier: float = 1.0):
+def tiny_model(tmp_path, make=make_tiny_policy, outlier: float = 1.0):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(make(tmp_path / "tiny")).eval()
@@ -66,7 +66,7 @@ def q_proj_int8_error(model) -> float:
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_a_smoothed_model_computes_what_it_did_in_fp32(tmp_path, architecture):
-    model = tiny(tmp_path, ARCHITECTURES[architecture], outlier=30)
+    model = tiny_model(tmp_path, ARCHITECTURES[architecture], outlier=30)
     before, weight = logits(model), model.model.layers[1].mlp.down_proj.weight.clone()
     assert smoothquant.smooth(model, SEQUENCES)
     assert not torch.equal(weight, model.model.layers[1].mlp.down_proj.weight)  # it did change the weights
@@ -75,7 +75,7 @@ def test_a_smoothed_model_computes_what_it_did_in_fp32(tmp_path, architecture):
 
 
 def test_an_outlier_channel_costs_int8_far_less_precision_once_smoothed(tmp_path):
-    model = tiny(tmp_path, outlier=30)
+    model = tiny_model(tmp_path, outlier=30)
     plain = q_proj_int8_error(model)
     smoothquant.smooth(model, SEQUENCES)
     smoothed = q_proj_int8_error(model)
@@ -103,10 +103,10 @@ def test_the_calibration_prompts_are_read_through_the_chat_template_ready_for_th
 
 
 def test_only_the_layers_smooth_scales_are_watched_and_each_has_its_channels(tmp_path):
-    model = tiny(tmp_path)
-    maxima = smoothquant.input_maxima(model, SEQUENCES, smoothquant.READ)
+    model = tiny_model(tmp_path)
+    maxima = smoothquant.input_maxima(model, SEQUENCES, smoothquant.SCALED_INPUTS)
     layers = len(model.model.layers)
-    assert sorted(maxima) == sorted(f"model.layers.{i}.{r}" for i in range(layers) for r in smoothquant.READ)
+    assert sorted(maxima) == sorted(f"model.layers.{i}.{r}" for i in range(layers) for r in smoothquant.SCALED_INPUTS)
     every = smoothquant.input_maxima(model, SEQUENCES)  # no suffixes: every linear layer, the LM head too
     assert len(every) == 7 * layers + 1
     for name, x in maxima.items():

@@ -207,7 +207,7 @@ def run_round(config: DPORoundConfig, reporter, max_steps: int | None = None,
         raise preferences.NotReady(problem)
     reporter.start(None)
     data = preferences.preference_data("DPO", max_pairs, config.heldout_fraction, config.seed, MIN_PAIRS, config.auto_pairs,
-                                       on_policy=config.pairs == "on-policy")
+                                       on_policy=config.on_policy)
     base_id = versions.ensure_base_version()
     parent_id = versions.current_policy_id()
     model, tokenizer = load_policy(parent_id, quantize=True)

@@ -71,13 +71,19 @@ class DPORoundConfig:
     seed: int = field(default=0, metadata={"help": "Random seed of data order and the adapter's initialisation."})
     pairs: str = field(default="all", metadata={"choices": ("all", "on-policy"), "help": (
         "Which labeled pairs to train on: all, or on-policy: only those whose two answers the current policy "
-        "sampled (iterative DPO: each round learns the labels made on its starting policy's own answers, and "
-        "its time does not grow with every label made before).")})
+        "sampled, with any rewrite or AI verdict on them (iterative DPO: each round learns the labels made on its "
+        "starting policy's own answers, and its time does not grow with every label made before; the Data page's "
+        "queue order \"the current policy's pairs first\" serves them first).")})
     auto_pairs: bool = field(default=False, metadata={
         "help": "Also train on the autopilot's automatic pairs (best against worst of the policy's answers by "
                 "the reward model) that nobody judged; the autopilot turns this on for its rounds."})
     make_current: bool = field(default=True, metadata={
         "help": "Make the new version the current policy that generation uses."})
+
+    @property
+    def on_policy(self) -> bool:
+        """Whether the round trains on the current policy's own pairs alone (`pairs: on-policy`)."""
+        return self.pairs == "on-policy"
 
     def epochs_for(self, pairs: int) -> float:
         """The passes a round on `pairs` training pairs makes: `epochs`, or chosen from the pairs."""

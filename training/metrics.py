@@ -97,11 +97,16 @@ def calibration(probability_chosen: ArrayLike, bins: int = 10) -> tuple[float, l
     return (ece if len(p) else float("nan")), table
 
 
+def log_length(texts: Sequence[str]) -> np.ndarray:
+    """log(1 + characters) per text: the length the reward heads' length head reads and the reward–length
+    correlation is taken against (a log, so a few very long answers do not decide it). Shape: (n,)."""
+    return np.log1p(np.array([len(t) for t in texts], dtype=float))
+
+
 def length_correlation(rewards: ArrayLike, texts: Sequence[str]) -> float:
     """The reward–length correlation every report gives: Pearson's r between each answer's reward and
-    log(1 + its characters), the length the reward heads' length head reads (a log, so a few very long
-    answers do not decide it). Shape: (n,), n texts -> ()."""
-    return pearson(rewards, np.log1p(np.array([len(t) for t in texts], dtype=float)))
+    its `log_length`. Shape: (n,), n texts -> ()."""
+    return pearson(rewards, log_length(texts))
 
 
 def pearson(x: ArrayLike, y: ArrayLike) -> float:

@@ -142,7 +142,7 @@ def few_pairs_caution(config: Any = None, max_pairs: int | None = None) -> str |
     the model rarely shows most votes are ties. An on-policy round is one of several and small by
     design (three rounds of about 40 pairs taught `plain`), so it gets none."""
     config = config or DPORoundConfig()
-    if getattr(config, "pairs", "all") == "on-policy":
+    if getattr(config, "on_policy", False):
         return None
     result = training_rows(getattr(config, "auto_pairs", False))
     rows = result.rows[:max_pairs] if max_pairs else result.rows
@@ -161,7 +161,7 @@ def few_pairs_caution(config: Any = None, max_pairs: int | None = None) -> str |
 def needs_pairs(what: str, min_pairs: int = MIN_PAIRS) -> Callable[[Any], str | None]:
     """A round's readiness check: `what` needs at least `min_pairs` labeled pairs (that the current
     policy sampled, when the config's `pairs` is on-policy)."""
-    return lambda config: check_pairs(what, min_pairs, getattr(config, "pairs", "all") == "on-policy")
+    return lambda config: check_pairs(what, min_pairs, getattr(config, "on_policy", False))
 
 
 def needs_reward_model(what: str) -> Callable[[Any], str | None]:

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from training import preferences
+from training import metrics, preferences
 from training.reward_config import DEFAULT_LAYERS, LAYER_SETS
 
 LENGTHS = ("remove", "keep", "free")
@@ -57,8 +57,8 @@ LAYERS_BEFORE = LAYER_SETS["hidden"]  # what heads saved before 2026-12-07 read 
 
 
 def response_length(texts: Sequence[str]) -> np.ndarray:
-    """ℓ = log(1 + characters) per text. Shape: (n,)."""
-    return np.log1p(np.array([len(t) for t in texts], dtype=float))
+    """ℓ = log(1 + characters) per text, the length the length head reads (`metrics.log_length`). Shape: (n,)."""
+    return metrics.log_length(texts)
 
 
 # ---------------------------------------------------------------- features
@@ -334,8 +334,6 @@ def train(model, tokenizer, rows: list[dict], config, reporter) -> tuple[HeadsMo
     """Read the labeled pairs' responses once with the frozen `model`, then fit the heads.
     `rows`: export rows (`labeling.export.preference_rows`); grouped by conversation (first
     message) for the choice of λ and the bootstrap."""
-    from training import metrics
-
     started = time.perf_counter()
     prompts = [r["prompt"] for r in rows]
     chosen_text, rejected_text = [r["chosen"][-1]["content"] for r in rows], [r["rejected"][-1]["content"] for r in rows]

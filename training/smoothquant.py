@@ -27,7 +27,9 @@ def supported(model) -> bool:
     return getattr(model.config, "model_type", None) in ARCHITECTURES
 
 
-READ = ("self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj")  # the layers whose inputs `smooth` scales
+# the layers whose input maxima `smooth` reads: one per activation it scales (q/k/v share theirs, as gate/up do)
+ATTENTION_INPUT, MLP_INPUT, DOWN_INPUT = "self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"
+SCALED_INPUTS = (ATTENTION_INPUT, MLP_INPUT, DOWN_INPUT)
 
 
 def input_maxima(model, sequences: list[list[int]], suffixes: tuple[str, ...] | None = None) -> dict:
@@ -78,17 +80,17 @@ def smooth(model, sequences: list[list[int]], alpha: float = ALPHA) -> bool:
 
     if not supported(model):
         return False
-    maxima = input_maxima(model, sequences, READ)
+    maxima = input_maxima(model, sequences, SCALED_INPUTS)
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
             attn, mlp, name = layer.self_attn, layer.mlp, f"model.layers.{i}."
-            for norm, linears, reads in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj), READ[0]),
-                                         (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj), READ[1])):
+            for norm, linears, reads in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj), ATTENTION_INPUT),
+                                         (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj), MLP_INPUT)):
                 s = channel_scales(maxima[name + reads], [lin.weight for lin in linears], alpha)
                 norm.weight.div_(s.to(norm.weight.dtype))
                 for lin in linears:
                     lin.weight.mul_(s.to(lin.weight.dtype))
-            s = channel_scales(maxima[name + READ[2]], [mlp.down_proj.weight], alpha)
+            s = channel_scales(maxima[name + DOWN_INPUT], [mlp.down_proj.weight], alpha)
             mlp.up_proj.weight.div_(s.to(mlp.up_proj.weight.dtype)[:, None])  # down's input is act(gate)·up
             if mlp.up_proj.bias is not None:  # Llama's mlp_bias
                 mlp.up_proj.bias.div_(s.to(mlp.up_proj.bias.dtype))
