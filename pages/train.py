@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.widgets import admin_only, config_form, is_admin, job_panel, require_router, start
-from training import distributed, env, jobs, registry, reward_report, versions
+from training import distributed, env, jobs, preferences, registry, reward_report, versions
 from training.config_fields import RoundLimits, form_fields
 
 
@@ -63,14 +63,17 @@ def last_job_id(kind: str) -> int | None:
 def round_section() -> None:
     by_label = {r.label: r for r in registry.ROUNDS.values()}
     chosen = by_label[st.radio("Round", list(by_label), horizontal=True, key="round")]
-    reason = chosen.problem()  # the round's defaults: can it run at all now?
+    with preferences.one_export():  # the three reads share one export of the labels
+        reason = chosen.problem()  # the round's defaults: can it run at all now?
+        plan = None if reason else chosen.plan_sentence()
+        caution = None if reason else chosen.caution_sentence()
     if reason:
         st.warning(reason)
     if not admin_only("start training rounds"):
         return
-    if not reason and (plan := chosen.plan_sentence()):
+    if plan:
         st.caption(plan)
-    if not reason and (caution := chosen.caution_sentence()):
+    if caution:
         st.warning(caution)
     limits = quick_limits(chosen)
     config = config_form(chosen.config_class(), key=f"form-{chosen.name}", submit_label="Train")

@@ -314,3 +314,19 @@ def test_an_on_policy_dpo_round_is_refused_on_the_page_until_the_current_policy_
     assert started == []
     assert at.error[0].value.startswith("DPO on on-policy pairs needs at least 8 labeled pairs that the current "
                                         "policy (") and "0 of your 12 labeled pairs are" in at.error[0].value
+
+
+def test_a_rerun_of_the_train_page_exports_the_labels_once(workspace, generator, tmp_path, monkeypatch):  # noqa: F811
+    from labeling import export
+
+    import_pairs(tmp_path, 12)
+    calls = []
+    real = export.preference_rows
+    monkeypatch.setattr(export, "preference_rows", lambda **kw: calls.append(kw) or real(**kw))
+    at = pick_round(open_train(), "DPO")  # readiness, plan and caution: three reads of the labels
+    assert any(c.value.startswith("With these settings") for c in at.caption)
+    assert any(w.value.startswith("Only") for w in at.warning)
+    calls.clear()
+    at.run()
+    assert len(calls) == 1
+    assert preferences.training_rows() is not preferences.training_rows()  # outside a rerun: no sharing

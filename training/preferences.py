@@ -7,6 +7,8 @@ Light to import (no torch): the Train page asks a round's readiness before a job
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import math
@@ -69,6 +71,19 @@ def split_by_conversation(rows: list[dict], heldout_fraction: float, seed: int =
 
 
 IN_USE = "in use"  # training_rows' `ai` default: the AI judge whose labels are gated in now, if any
+_ONE_EXPORT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("one_export", default=None)
+
+
+@contextlib.contextmanager
+def one_export():
+    """Inside the block, `training_rows` with the same arguments exports the labels once and hands
+    every later caller the same result (read it, do not change it): the Train page asks a round's
+    readiness, plan and caution in one rerun, and at 100,000 pairs an export takes seconds."""
+    token = _ONE_EXPORT.set({})
+    try:
+        yield
+    finally:
+        _ONE_EXPORT.reset(token)
 
 
 def training_rows(include_auto: bool = False, audit_exclusions: bool = True, ai: dict | None | str = IN_USE):
@@ -84,6 +99,10 @@ def training_rows(include_auto: bool = False, audit_exclusions: bool = True, ai:
     from labeling import agreement, demonstrations, settings
     from labeling.export import preference_rows
 
+    shared = _ONE_EXPORT.get()
+    key = (include_auto, audit_exclusions, json.dumps(ai, sort_keys=True, default=str))
+    if shared is not None and key in shared:
+        return shared[key]
     ai = agreement.ai_labels_in_use() if ai == IN_USE else ai
     exclude = settings.training_exclusions() if audit_exclusions else ()  # an admin's pair-audit choice
     result = preference_rows(ai=ai, exclude=exclude)
@@ -93,6 +112,8 @@ def training_rows(include_auto: bool = False, audit_exclusions: bool = True, ai:
 
         result.rows.extend(auto_pairs.auto_rows())
     result.ai = ai
+    if shared is not None:
+        shared[key] = result
     return result
 
 
