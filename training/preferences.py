@@ -123,6 +123,7 @@ def count_pairs() -> int:
 
 
 def current_policy() -> str | None:
+    """The current policy's id (the one the main process read, in a distributed round), or None."""
     from training import versions  # versions imports the registry, which imports this module
 
     return versions.current_policy_id()
