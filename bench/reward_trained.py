@@ -94,15 +94,15 @@ def run_implicit(rows: list[dict], hh_train: np.ndarray, hh_heldout: np.ndarray,
               "steps": trained["steps"], "train_s": round(train_seconds, 1)}
     for name, mask in (("hh", hh_heldout), ("hh_to_oasst", oasst)):
         scored = [r for r, m in zip(rows, mask) if m]
-        sides = {side: implicit_rewards(policy, tokenizer, [r["prompt"] for r in scored], texts(scored, side),
+        answers = {side: texts(scored, side) for side in ("chosen", "rejected")}
+        sides = {side: implicit_rewards(policy, tokenizer, [r["prompt"] for r in scored], answers[side],
                                         max_length, config.beta) for side in ("chosen", "rejected")}
         conversations = [r["conversation"] for r in scored]
-        answers = texts(scored, "chosen") + texts(scored, "rejected")  # in the order of the rewards
         for scoring, k in (("sum", 0), ("per_token", 1)):
             won = metrics.pair_outcomes(sides["chosen"][k], sides["rejected"][k])
             rewards = np.concatenate([sides[s][k] for s in ("chosen", "rejected")])
             result[f"{name}_{scoring}"] = {**accuracy(won, conversations),
-                                           "length_r": round(metrics.length_correlation(rewards, answers), 3)}
+                                           "length_r": round(metrics.length_correlation(rewards, answers["chosen"] + answers["rejected"]), 3)}
     result["total_s"] = round(time.perf_counter() - started, 1)
     return result
 

@@ -91,7 +91,11 @@ def policy_ids_newest_first() -> list[str]:
 def current_policy_id() -> str | None:
     """The id of the current policy version, or None when none is current."""
     with db.session() as s:
-        return s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current))
+        return _current_policy_id(s)
+
+
+def _current_policy_id(s: Session) -> str | None:
+    return s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current))
 
 
 def answer_names(s: Session, version_id: str | None) -> set[str]:
@@ -106,7 +110,7 @@ def answer_names(s: Session, version_id: str | None) -> set[str]:
 
 def current_answer_names(s: Session) -> set[str]:
     """`answer_names` of the current policy."""
-    return answer_names(s, s.scalar(select(ModelVersion.id).where(ModelVersion.kind == "policy", ModelVersion.is_current)))
+    return answer_names(s, _current_policy_id(s))
 
 
 def make_current(version_id: str, if_current: str | None = None) -> tuple[Version | None, bool]:

@@ -283,17 +283,11 @@ def test_length_regularised_dpo_learns_less_from_longer_winners_and_more_from_sh
 
 def sampled_pairs(version: str, n: int, start: int = 0) -> list[int]:
     """n pairs whose two answers `version` sampled (as the generator stores them), each judged "a"."""
-    from sqlalchemy import select, update
+    from labeling import queue
+    from tests.test_queue import sampled
 
-    from labeling import db, queue
-    from labeling.models import Pair, Response
-    from tests.test_queue import seed_pairs
-
-    ids = seed_pairs([(f"On-policy question {i}?", f"Answer {i}, the first.", f"Answer {i}, the second.")
-                      for i in range(start, start + n)])
-    with db.session() as s:
-        answers = [a for p in s.scalars(select(Pair).where(Pair.id.in_(ids))) for a in (p.response_a_id, p.response_b_id)]
-        s.execute(update(Response).where(Response.id.in_(answers)).values(model_version=version))
+    ids = sampled([(f"On-policy question {i}?", f"Answer {i}, the first.", f"Answer {i}, the second.")
+                   for i in range(start, start + n)], (version, version))
     for pair_id in ids:
         queue.submit_judgment("ana", pair_id, "a", "a")
     return ids

@@ -33,10 +33,9 @@ def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
     """What a round with these settings (default: the defaults) will do on the labels there are now,
     with a time from the last DPO round's pace; None when there are too few pairs."""
     config = config or DPORoundConfig()
-    rows = list(preferences.training_rows().rows)
+    _, rows, train, heldout = preferences.planned_split(config)
     if len(rows) < MIN_PAIRS:
         return None
-    train, heldout, _ = preferences.split_by_conversation(rows, config.heldout_fraction, config.seed)
     plan = config.plan(len(train))
     sentence = (f"With these settings: {plan['pairs']} training pairs ({len(heldout)} held out), "
                 f"{plan['epochs']:g} epochs, {plan['steps']} steps")

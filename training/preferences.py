@@ -157,6 +157,15 @@ def check_pairs(what: str, min_pairs: int = MIN_PAIRS, on_policy: bool = False) 
     return f"{what} needs at least {min_pairs} labeled pairs; you have {have}. Label more pairs or import labels."
 
 
+def planned_split(config: Any, max_pairs: int | None = None) -> tuple[Any, list[dict], list[dict], list[dict]]:
+    """What a round with `config` would read now, before it runs: (the export, its rows (the
+    automatic pairs too with `auto_pairs`; at most `max_pairs`), their training side, their held-out side)."""
+    export = training_rows(getattr(config, "auto_pairs", False))
+    rows = export.rows[:max_pairs] if max_pairs else export.rows
+    train, heldout, _ = split_by_conversation(rows, config.heldout_fraction, config.seed)
+    return export, rows, train, heldout
+
+
 def few_pairs_caution(config: Any = None, max_pairs: int | None = None) -> str | None:
     """One sentence when a DPO round with `config` (default: the defaults) would train on fewer than
     FEW_PAIRS pairs after the held-out split (but enough to run), naming the pairs that tied, were
@@ -166,12 +175,8 @@ def few_pairs_caution(config: Any = None, max_pairs: int | None = None) -> str |
     config = config or DPORoundConfig()
     if getattr(config, "on_policy", False):
         return None
-    result = training_rows(getattr(config, "auto_pairs", False))
-    rows = result.rows[:max_pairs] if max_pairs else result.rows
-    if len(rows) < MIN_PAIRS:
-        return None
-    train, _, _ = split_by_conversation(rows, config.heldout_fraction, config.seed)
-    if len(train) >= FEW_PAIRS:
+    result, rows, train, _ = planned_split(config, max_pairs)
+    if len(rows) < MIN_PAIRS or len(train) >= FEW_PAIRS:
         return None
     left = [f"{n} {LEFT_OUT[kind]}" for kind, n in result.excluded.items() if n and kind in LEFT_OUT]
     why = f"; of the other labeled pairs {', '.join(left)}" if left else ""
