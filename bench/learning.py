@@ -40,6 +40,9 @@ named `reward.FIELD` ("reward.layers=hidden", with any `ppo.FIELD` beside them) 
 their own on the same labels first (once per choice), then PPO on it; such a variant is also compared
 with the ppo arm, paired (`vs_ppo_arm`), and its reward model with the arm's on the same held-out pairs
 (`vs_arm`). The arm's reward model is trained for any PPO variant, with or without the ppo arm.
+`precision=bf16` (DPO) and `ppo.precision=bf16` (PPO) train the arm's round again on the same labels
+with PREFLOOP_DTYPE=bf16, paired with the arm (`vs_dpo_arm`, `vs_ppo_arm`); every version is measured
+in the bench's own precision.
 """
 from __future__ import annotations
 
@@ -92,7 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sweep", default="", help='variants on the dpo arm\'s labels: "field=v1,v2 field=v1,..." (a grid) of DPO; '
                                                'groups split by ";" one after the other; max_pairs=N: the first N pairs; '
                                                'ppo.FIELD=...: PPO variants on the ppo arm\'s reward model; reward.FIELD=...: a reward '
-                                               'model of its own on the same labels, then PPO on it')
+                                               'model of its own on the same labels, then PPO on it; precision=bf16, ppo.precision=bf16: '
+                                               'the arm\'s round in that PREFLOOP_DTYPE')
     p.add_argument("--set", action="append", default=[], metavar="ROUND.FIELD=VALUE",
                    help="override a round default for every arm, e.g. dpo.learning_rate=1e-4")
     p.add_argument("--plot", help="write a PNG of taste win rate against labels spent")

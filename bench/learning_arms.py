@@ -2,6 +2,7 @@
 app's own queue, and each arm's rounds run through the same entry points as the Train button."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -19,6 +20,7 @@ from bench.tastes import rewrite
 ROOT = Path(__file__).resolve().parent.parent
 ANNOTATOR = "scripted"
 PPO_SETTINGS = ("ppo.", "reward.")  # a sweep variant naming only these is a PPO round (on a reward model of its own)
+PRECISIONS = ("precision", "ppo.precision")  # sweep keys that train a variant's round in another PREFLOOP_DTYPE
 
 
 # ---------------------------------------------------------------- workspaces and prompts
@@ -215,21 +217,25 @@ def run_variant(args, key: str, variant: dict, measure: Measure, reward_models: 
 
     versions.set_current("v1-base")
     measure_base, extra, previous = measure.rows["base"], {}, None
-    if sweep_round(variant) == "ppo":
-        reward_id, reward_seconds = rm["version"], 0.0
-        if (reward_config := variant_reward_config(args, variant)) is not None:  # a reward model of its own
-            own = reward_models.get(reward_config)
-            reward_id, reward_seconds, previous = own["version"], own["train_seconds"], measure.rows.get("ppo")
-            extra["reward_model"] = {**own, "vs_arm": reward_models.difference(reward_id, rm["version"])}
-        t0 = time.perf_counter()
-        config, _ = variant_config(args, variant, reward_version=reward_id)
-        summary = ppo.run_round(config, jobs.Reporter(None))
-        summary.update(seconds=round(reward_seconds + time.perf_counter() - t0, 1), steps=config.total_steps)
-    else:
-        summary = run_dpo(args, *variant_config(args, variant))
+    kind, dtype = sweep_round(variant), next((variant[k] for k in PRECISIONS if k in variant), None)
+    if dtype:  # the arm's own round on the same labels, in the bench's precision: paired with it
+        previous = measure.rows.get(kind)
+    with precision(dtype):
+        if kind == "ppo":
+            reward_id, reward_seconds = rm["version"], 0.0
+            if (reward_config := variant_reward_config(args, variant)) is not None:  # a reward model of its own
+                own = reward_models.get(reward_config)
+                reward_id, reward_seconds, previous = own["version"], own["train_seconds"], measure.rows.get("ppo")
+                extra["reward_model"] = {**own, "vs_arm": reward_models.difference(reward_id, rm["version"])}
+            t0 = time.perf_counter()
+            config, _ = variant_config(args, variant, reward_version=reward_id)
+            summary = ppo.run_round(config, jobs.Reporter(None))
+            summary.update(seconds=round(reward_seconds + time.perf_counter() - t0, 1), steps=config.total_steps)
+        else:
+            summary = run_dpo(args, *variant_config(args, variant))
     figures = summarise(measure(key, summary["version"]), measure_base, previous)
-    if "vs_previous" in figures:  # paired with the ppo arm, which differs only in the reward settings
-        figures["vs_ppo_arm"] = figures.pop("vs_previous")
+    if "vs_previous" in figures:  # paired with the arm, which differs only in the reward settings or the precision
+        figures[f"vs_{kind}_arm"] = figures.pop("vs_previous")
     return {**figures, **extra, "train_seconds": summary["seconds"], "steps": summary["steps"],
             "pairs": summary.get("pairs")}
 
@@ -240,9 +246,9 @@ def variant_config(args, variant: dict, **fields) -> tuple:
     or a bad value."""
     kind = sweep_round(variant)
     if kind == "ppo":
-        values = {k.removeprefix("ppo."): v for k, v in variant.items() if k.startswith("ppo.")}
+        values = {k.removeprefix("ppo."): v for k, v in variant.items() if k.startswith("ppo.") and k not in PRECISIONS}
     else:
-        values = {k.removeprefix("dpo."): v for k, v in variant.items() if k != "max_pairs"}
+        values = {k.removeprefix("dpo."): v for k, v in variant.items() if k not in ("max_pairs", *PRECISIONS)}
     max_pairs = int(variant["max_pairs"]) if "max_pairs" in variant else None
     return round_config(kind, args, **{"make_current": False, **values, **fields}), max_pairs
 
@@ -257,14 +263,33 @@ def variant_reward_config(args, variant: dict):
 def sweep_round(variant: dict) -> str:
     """The policy round a sweep variant trains: ppo when its fields are named ppo.FIELD or reward.FIELD
     (a reward model of its own, then PPO on it), else dpo."""
-    return "ppo" if all(k.startswith(PPO_SETTINGS) for k in variant) else "dpo"
+    named = [k for k in variant if k != "precision"]  # precision alone: the DPO round's
+    return "ppo" if named and all(k.startswith(PPO_SETTINGS) for k in named) else "dpo"
+
+
+@contextlib.contextmanager
+def precision(name: str | None):
+    """PREFLOOP_DTYPE=`name` while a variant's round trains (None: unchanged); the version is then
+    measured in the bench's own precision, as every other."""
+    before = os.environ.get("PREFLOOP_DTYPE")
+    if name:
+        os.environ["PREFLOOP_DTYPE"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PREFLOOP_DTYPE", None)
+        else:
+            os.environ["PREFLOOP_DTYPE"] = before
 
 
 def sweep_variants(text: str) -> list[dict]:
     """ "learning_rate=5e-5,5e-4 epochs=1,3" -> the 4 combinations, values as written (checked by the
     config); groups split by ";" are swept one after the other, so "beta=0.03,0.3; lora_r=4,64" is 4
-    variants, each changing one field. `max_pairs` (not a config field) trains on the first N pairs.
+    variants, each changing one field. `max_pairs` (not a config field) trains on the first N pairs;
+    `precision` and `ppo.precision` (nor are they) train the DPO or PPO round in that PREFLOOP_DTYPE.
     A variant named twice runs once; ValueError, in one sentence, for a part that is no field=values."""
+    from training.device import DTYPES
     from training.preferences import MIN_PAIRS
 
     variants = []
@@ -278,6 +303,8 @@ def sweep_variants(text: str) -> list[dict]:
                 raise ValueError(f"--sweep: '{part}' is not field=value[,value...].")
             if name == "max_pairs" and not all(v.isdigit() and int(v) >= MIN_PAIRS for v in values):
                 raise ValueError(f"--sweep: max_pairs takes whole numbers of at least {MIN_PAIRS}, got '{written}'.")
+            if name in PRECISIONS and not set(values) <= set(DTYPES):
+                raise ValueError(f"--sweep: {name} takes {', '.join(DTYPES)}, got '{written}'.")
             axes.append((name, values))
         if len({name.startswith(PPO_SETTINGS) for name, _ in axes}) > 1:
             raise ValueError(f"--sweep: '{group.strip()}' mixes PPO or reward settings (ppo.FIELD, reward.FIELD) with "

@@ -160,7 +160,8 @@ def versions_frame() -> pd.DataFrame:
         rows.append({
             "version": v.id, "kind": v.kind, "method": v.method, "current": v.is_current,
             "lineage": " → ".join(x.id for x in versions.lineage(v.id)), "judgments": len(v.judgment_ids or []),
-            "held-out accuracy": metrics.get("heldout_accuracy"), "created": v.created_at.strftime("%Y-%m-%d %H:%M"),
+            "held-out accuracy": metrics.get("heldout_accuracy"), "trained on": metrics.get("trained_on"),
+            "created": v.created_at.strftime("%Y-%m-%d %H:%M"),
         })
     return pd.DataFrame(rows)
 

@@ -105,7 +105,7 @@ def test_progress_panel_and_versions_table(workspace, generator):  # noqa: F811
     assert at.get("progress")[0].proto.value == 100  # 2 of 2 steps
     table = at.dataframe[0].value
     assert list(table.version) == ["v1-reward"] and table["held-out accuracy"].iloc[0] == 0.8
-    assert table.lineage.iloc[0] == "v1-reward"
+    assert table.lineage.iloc[0] == "v1-reward" and table["trained on"].iloc[0] == "cpu fp32"
 
 
 def test_make_current_from_the_versions_table(workspace, generator):  # noqa: F811

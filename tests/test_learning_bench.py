@@ -3,6 +3,7 @@ rounds run through their entry points, and a synthetic taste rises over a handfu
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -18,7 +19,8 @@ def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
     # the tiny model needs a far larger step than SmolLM2's defaults
     assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "dpo,kto,iterative",
-                          "--set", "dpo.learning_rate=0.005", "--set", "dpo.epochs=8", "--home", str(tmp_path)]) == 0
+                          "--set", "dpo.learning_rate=0.005", "--set", "dpo.epochs=8", "--sweep", "precision=bf16",
+                          "--home", str(tmp_path)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
     detail, summary = lines[-2]["tests.test_learning_bench:vowels"], lines[-1]
     assert detail["labels"]["judged"] == 48
@@ -33,6 +35,14 @@ def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
     # [0.71, 0.92]), so the taste's rise is asserted on the two rounds, and one round only has to move the policy
     assert last["vs_base"]["win_rate"] > 0.6 and last["vs_base"]["low"] > 0.5
     assert summary["tastes"]["tests.test_learning_bench:vowels"]["dpo"] == dpo["vs_base"]
+    # the same round on the same labels in bf16, paired with the arm's (fp32) round sample by sample
+    in_bf16 = detail["sweep precision=bf16"]
+    assert in_bf16["steps"] == dpo["steps"] and in_bf16["pairs"] == dpo["pairs"] and "vs_dpo_arm" in in_bf16
+    from training import versions
+
+    monkeypatch.setenv("PREFLOOP_HOME", str(tmp_path / "tests-test_learning_bench-vowels" / "dpo"))  # the dpo arm's workspace
+    assert sorted(v.metrics["trained_on"] for v in versions.list_versions("policy") if v.method == "dpo") == [
+        "cpu bf16", "cpu fp32"]
     for scoring in ("sum", "per_token"):  # the DPO version's implicit reward, checked against the taste
         implicit = dpo["implicit_reward"][scoring]
         assert implicit["pairs"] > 0 and implicit["low"] <= implicit["accuracy_vs_taste"] <= implicit["high"]
@@ -57,7 +67,7 @@ def test_the_quick_loop_runs_a_ppo_variant_on_the_ppo_arms_reward_model(tmp_path
 
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
     assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "ppo", "--sweep",
-                          "ppo.steps=3; reward.layers=hidden; reward.layers=hidden ppo.steps=3",
+                          "ppo.steps=3; reward.layers=hidden; reward.layers=hidden ppo.steps=3; ppo.precision=bf16",
                           "--set", "ppo.learning_rate=0.01", "--home", str(tmp_path)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
     detail = lines[-2]["tests.test_learning_bench:vowels"]
@@ -76,11 +86,13 @@ def test_the_quick_loop_runs_a_ppo_variant_on_the_ppo_arms_reward_model(tmp_path
     assert own_rm["vs_arm"]["difference"] == pytest.approx(own_rm["accuracy_vs_taste"] - arms_rm["accuracy_vs_taste"],
                                                             abs=0.002)
     assert "vs_ppo_arm" in other and "vs_ppo_arm" not in variant  # paired with the arm when only the reward differs
+    assert "vs_ppo_arm" in detail["sweep ppo.precision=bf16"]  # ... or only the precision
     ppo_rounds = [v for v in versions.list_versions("policy") if v.method == "ppo"]
-    assert sorted((v.config["reward_version"] == own_rm["version"], v.config["steps"]) for v in ppo_rounds) == [
-        (False, 2), (False, 3), (True, 2), (True, 3)]  # the arm and ppo.steps=3 on the arm's reward model
+    assert sorted((v.config["reward_version"] == own_rm["version"], v.config["steps"], v.metrics["trained_on"])
+                  for v in ppo_rounds) == [(False, 2, "cpu bf16"), (False, 2, "cpu fp32"), (False, 3, "cpu fp32"),
+                                           (True, 2, "cpu fp32"), (True, 3, "cpu fp32")]  # the arm, in fp32 too
     assert [learning.variant_label(a) for a in detail if a.startswith("sweep ")] == [
-        "PPO steps=3", "PPO reward.layers=hidden", "PPO reward.layers=hidden steps=3"]
+        "PPO steps=3", "PPO reward.layers=hidden", "PPO reward.layers=hidden steps=3", "PPO precision=bf16"]
     assert learning.variant_label("sweep beta=0.3 max_pairs=48") == "DPO beta=0.3 max_pairs=48"
     assert {v.parent_id for v in ppo_rounds} == {"v1-base"} and versions.current_policy_id() == "v1-base"  # never current
 
@@ -208,6 +220,21 @@ def test_an_answer_splits_into_sentences_and_line_breaks_that_add_up_to_it():
     assert units("About 2.5 billion. Yes") == ["About 2.5 billion. ", "Yes"]
 
 
+def test_a_precision_variant_trains_in_that_dtype_and_leaves_the_benchs_own_as_it_was(monkeypatch):
+    from bench.learning_arms import precision
+
+    monkeypatch.delenv("PREFLOOP_DTYPE", raising=False)
+    with precision("bf16"):
+        assert os.environ["PREFLOOP_DTYPE"] == "bf16"
+    assert "PREFLOOP_DTYPE" not in os.environ
+    monkeypatch.setenv("PREFLOOP_DTYPE", "fp32")
+    with pytest.raises(RuntimeError), precision("bf16"):
+        raise RuntimeError("a round that fails")
+    assert os.environ["PREFLOOP_DTYPE"] == "fp32"
+    with precision(None):
+        assert os.environ["PREFLOOP_DTYPE"] == "fp32"
+
+
 def test_sweep_groups_run_one_after_the_other_and_each_group_is_a_grid():
     from bench.learning_arms import sweep_variants
 
@@ -254,6 +281,15 @@ def test_a_sweep_variant_of_ppo_settings_is_a_ppo_round_and_may_not_mix_in_dpo_o
     config, max_pairs = variant_config(args, {"beta": "0.3", "max_pairs": "32"})
     assert (type(config).__name__, config.beta, max_pairs) == ("DPORoundConfig", 0.3, 32)  # the variant wins over --set
     assert variant_config(args, {"dpo.beta": "0.3"})[0].beta == 0.3  # a DPO setting may name its round too
+    # precision (DPO) and ppo.precision (PPO) train the arm's round in another PREFLOOP_DTYPE; no round setting
+    variants = sweep_variants("precision=fp32,bf16; ppo.precision=bf16")
+    assert [sweep_round(v) for v in variants] == ["dpo", "dpo", "ppo"]
+    assert variant_config(args, variants[1])[0] == variant_config(args, {})[0]
+    assert variant_config(args, variants[2], reward_version="v2-reward")[0].batch_size == 4
+    with pytest.raises(ValueError, match="--sweep: precision takes fp32, bf16, fp16, got 'half'."):
+        sweep_variants("precision=half")
+    with pytest.raises(ValueError, match="mixes PPO or reward settings"):
+        sweep_variants("precision=bf16 ppo.steps=40")  # a PPO round in bf16 is ppo.precision=bf16
     with pytest.raises(ValueError, match="mixes PPO or reward settings"):
         sweep_variants("ppo.steps=40 beta=0.3")
     with pytest.raises(ValueError, match="mixes PPO or reward settings"):

@@ -25,6 +25,15 @@ def test_create_version_renames_complete_folder_and_records_lineage(workspace):
     assert [p.name for p in (workspace / "versions").iterdir() if p.name.startswith(".tmp")] == []
 
 
+def test_a_trained_version_records_the_device_and_precision_it_was_made_in(workspace, monkeypatch):
+    first = versions.create_version("reward", "reward", None, {}, [1], {"acc": 0.7}, _write_text)
+    monkeypatch.setenv("PREFLOOP_DTYPE", "bf16")
+    second = versions.create_version("reward", "reward", first, {}, [1], None, _write_text)
+    assert versions.get_version(first).metrics == {"acc": 0.7, "trained_on": "cpu fp32"}
+    assert versions.get_version(second).metrics == {"trained_on": "cpu bf16"}
+    assert "trained_on" not in (versions.get_version(versions.ensure_base_version()).metrics or {})  # nothing trained it
+
+
 def test_failed_write_leaves_no_folder_and_no_row(workspace):
     def broken(folder):
         (folder / "half.bin").write_bytes(b"x" * 10)
@@ -145,7 +154,8 @@ def test_versions_cli_prints_json(workspace, capsys):
     assert out.endswith("\n") and out.count("\n") == 1  # one line of JSON, last
     rows = json.loads(out.splitlines()[-1])
     assert [(r["id"], r["kind"], r["parent_id"], r["judgments"], r["metrics"]) for r in rows] == [
-        ("v1-reward", "reward", None, 1, {"acc": 0.5}), ("v2-reward", "reward", "v1-reward", 2, None)]
+        ("v1-reward", "reward", None, 1, {"acc": 0.5, "trained_on": "cpu fp32"}),
+        ("v2-reward", "reward", "v1-reward", 2, {"trained_on": "cpu fp32"})]
     assert versions.main(["--set-current", "v1-reward"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "only a policy can be current" in err

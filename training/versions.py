@@ -61,6 +61,10 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
         raise VersionError(f"A '{method}' version must be of kind '{registry.version_kind(method)}', not '{kind}'.")
     if parent_id is not None and get_version(parent_id) is None:
         raise VersionError(f"The parent version '{parent_id}' does not exist.")
+    if method != "base":  # what trained it (the Train page's versions table shows it)
+        from training import device
+
+        metrics = {**(metrics or {}), "trained_on": f"{device.device().type} {device.DTYPE_NAMES[device.dtype()]}"}
     version_id = _next_id(model_versions.version_ids(), method)
     tmp, final = versions_root() / f".tmp-{version_id}", versions_root() / version_id
     tmp.mkdir()  # named for the id, so the next id skips it and a dead worker's is found (jobs.py)
