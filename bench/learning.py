@@ -58,8 +58,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.learning_arms import (arm_autopilot, arm_dpo, arm_iterative, arm_names, arm_rewrites, sweep_round,  # noqa: E402
-                                  sweep_variants, use_workspace, variant_config, variant_reward_config)
+from bench.learning_arms import (arm_autopilot, arm_dpo, arm_iterative, arm_names, arm_rewrites, check_precision,  # noqa: E402
+                                 sweep_round, sweep_variants, use_workspace, variant_config, variant_reward_config)
 from bench.learning_measure import Measure, report, summarise  # noqa: E402
 from bench.tastes import load_taste  # noqa: E402
 
@@ -271,14 +271,17 @@ def main(argv=None) -> int:
         args.max_new_tokens = min(args.max_new_tokens, 16)
         args.set = ["ppo.steps=2", "reward.epochs=1"] + args.set
     tastes = args.taste or ["concise", "plain"]
+    from training.device import DeviceError
+
     try:
         for name in tastes:
             load_taste(name)  # a wrong name fails before any work
         for variant in sweep_variants(args.sweep):  # and so does a sweep that cannot be read
             variant_config(args, variant)  # or names a field its round does not have
             variant_reward_config(args, variant)
+            check_precision(variant)  # or a precision this machine cannot train in
         check_arms(args.arms, args.sweep)  # or an arm it does not have
-    except ValueError as error:  # a ConfigError is one
+    except (ValueError, DeviceError) as error:  # a ConfigError is a ValueError
         print(error, file=sys.stderr)
         return 2
     from training import jobs

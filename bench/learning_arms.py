@@ -20,7 +20,7 @@ from bench.tastes import rewrite
 ROOT = Path(__file__).resolve().parent.parent
 ANNOTATOR = "scripted"
 PPO_SETTINGS = ("ppo.", "reward.")  # a sweep variant naming only these is a PPO round (on a reward model of its own)
-PRECISIONS = ("precision", "ppo.precision")  # sweep keys that train a variant's round in another PREFLOOP_DTYPE
+PRECISIONS = ("precision", "dpo.precision", "ppo.precision")  # sweep keys: the round in another PREFLOOP_DTYPE
 
 
 # ---------------------------------------------------------------- workspaces and prompts
@@ -212,26 +212,29 @@ class RewardModels:
 def run_variant(args, key: str, variant: dict, measure: Measure, reward_models: RewardModels, rm: dict | None) -> dict:
     """One sweep variant from the base on the arm's labels: a DPO round, or a PPO round on the arm's reward
     model `rm` or, with reward.FIELD settings, on one of its own (then also compared with the ppo arm,
-    paired, and its reward model with the arm's on the same held-out pairs)."""
+    paired, and its reward model with the arm's on the same held-out pairs). A precision trains the
+    variant's policy round in that PREFLOOP_DTYPE (any reward model of its own in the bench's); one
+    that changes nothing else is paired with the arm's round."""
     from training import jobs, ppo, versions
 
     versions.set_current("v1-base")
     measure_base, extra, previous = measure.rows["base"], {}, None
-    kind, dtype = sweep_round(variant), next((variant[k] for k in PRECISIONS if k in variant), None)
-    if dtype:  # the arm's own round on the same labels, in the bench's precision: paired with it
+    kind, dtype = sweep_round(variant), variant_precision(variant)
+    if set(variant) <= set(PRECISIONS):  # the arm's own round on the same labels in another precision
         previous = measure.rows.get(kind)
-    with precision(dtype):
-        if kind == "ppo":
-            reward_id, reward_seconds = rm["version"], 0.0
-            if (reward_config := variant_reward_config(args, variant)) is not None:  # a reward model of its own
-                own = reward_models.get(reward_config)
-                reward_id, reward_seconds, previous = own["version"], own["train_seconds"], measure.rows.get("ppo")
-                extra["reward_model"] = {**own, "vs_arm": reward_models.difference(reward_id, rm["version"])}
-            t0 = time.perf_counter()
-            config, _ = variant_config(args, variant, reward_version=reward_id)
+    if kind == "ppo":
+        reward_id, reward_seconds = rm["version"], 0.0
+        if (reward_config := variant_reward_config(args, variant)) is not None:  # a reward model of its own
+            own = reward_models.get(reward_config)  # in the bench's precision, as the arm's
+            reward_id, reward_seconds, previous = own["version"], own["train_seconds"], measure.rows.get("ppo")
+            extra["reward_model"] = {**own, "vs_arm": reward_models.difference(reward_id, rm["version"])}
+        t0 = time.perf_counter()
+        config, _ = variant_config(args, variant, reward_version=reward_id)
+        with precision(dtype):
             summary = ppo.run_round(config, jobs.Reporter(None))
-            summary.update(seconds=round(reward_seconds + time.perf_counter() - t0, 1), steps=config.total_steps)
-        else:
+        summary.update(seconds=round(reward_seconds + time.perf_counter() - t0, 1), steps=config.total_steps)
+    else:
+        with precision(dtype):
             summary = run_dpo(args, *variant_config(args, variant))
     figures = summarise(measure(key, summary["version"]), measure_base, previous)
     if "vs_previous" in figures:  # paired with the arm, which differs only in the reward settings or the precision
@@ -263,8 +266,22 @@ def variant_reward_config(args, variant: dict):
 def sweep_round(variant: dict) -> str:
     """The policy round a sweep variant trains: ppo when its fields are named ppo.FIELD or reward.FIELD
     (a reward model of its own, then PPO on it), else dpo."""
-    named = [k for k in variant if k != "precision"]  # precision alone: the DPO round's
+    named = [k for k in variant if k not in ("precision", "dpo.precision")]  # precision alone: the DPO round's
     return "ppo" if named and all(k.startswith(PPO_SETTINGS) for k in named) else "dpo"
+
+
+def variant_precision(variant: dict) -> str | None:
+    """The PREFLOOP_DTYPE a variant's round trains in (precision, dpo.precision or ppo.precision), or None."""
+    return next((variant[k] for k in PRECISIONS if k in variant), None)
+
+
+def check_precision(variant: dict) -> None:
+    """DeviceError, in one sentence, when this machine cannot train in the variant's precision (fp16 on
+    a CPU, bf16 on an old card): said before any work, not after the arms' rounds."""
+    from training import device
+
+    with precision(variant_precision(variant)):
+        device.dtype()
 
 
 @contextlib.contextmanager
@@ -287,7 +304,8 @@ def sweep_variants(text: str) -> list[dict]:
     """ "learning_rate=5e-5,5e-4 epochs=1,3" -> the 4 combinations, values as written (checked by the
     config); groups split by ";" are swept one after the other, so "beta=0.03,0.3; lora_r=4,64" is 4
     variants, each changing one field. `max_pairs` (not a config field) trains on the first N pairs;
-    `precision` and `ppo.precision` (nor are they) train the DPO or PPO round in that PREFLOOP_DTYPE.
+    `precision` (or `dpo.precision`) and `ppo.precision` (nor are they) train the DPO or PPO round in
+    that PREFLOOP_DTYPE.
     A variant named twice runs once; ValueError, in one sentence, for a part that is no field=values."""
     from training.device import DTYPES
     from training.preferences import MIN_PAIRS

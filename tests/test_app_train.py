@@ -92,7 +92,9 @@ def test_the_dpo_form_says_what_the_settings_will_do(workspace, generator, tmp_p
                         r"the time is known after a first round\.", plan)
 
 
-def test_progress_panel_and_versions_table(workspace, generator):  # noqa: F811
+def test_progress_panel_and_versions_table(workspace, generator, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")  # the version records what trained it
+    monkeypatch.delenv("PREFLOOP_DTYPE", raising=False)
     with db.session() as s:  # a finished job as the worker leaves it
         job = Job(kind="reward", status="done", step=2, total_steps=2, result={"version": "v1-reward"})
         s.add(job)

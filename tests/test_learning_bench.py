@@ -13,13 +13,20 @@ def vowels(text: str) -> float:
     return sum(c in "aeiou" for c in text) / max(len(text), 1)
 
 
+def on_the_cpu_in_fp32(monkeypatch):
+    """The arms train in fp32 on the CPU, so a bf16 variant is told apart by what its version records."""
+    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
+    monkeypatch.delenv("PREFLOOP_DTYPE", raising=False)
+
+
 def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
     from bench import learning
 
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    on_the_cpu_in_fp32(monkeypatch)
     # the tiny model needs a far larger step than SmolLM2's defaults
     assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "dpo,kto,iterative",
-                          "--set", "dpo.learning_rate=0.005", "--set", "dpo.epochs=8", "--sweep", "precision=bf16",
+                          "--set", "dpo.learning_rate=0.005", "--set", "dpo.epochs=8", "--sweep", "precision=bf16; dpo.precision=bf16 beta=0.2",
                           "--home", str(tmp_path)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"")]
     detail, summary = lines[-2]["tests.test_learning_bench:vowels"], lines[-1]
@@ -36,13 +43,13 @@ def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
     assert last["vs_base"]["win_rate"] > 0.6 and last["vs_base"]["low"] > 0.5
     assert summary["tastes"]["tests.test_learning_bench:vowels"]["dpo"] == dpo["vs_base"]
     # the same round on the same labels in bf16, paired with the arm's (fp32) round sample by sample
-    in_bf16 = detail["sweep precision=bf16"]
-    assert in_bf16["steps"] == dpo["steps"] and in_bf16["pairs"] == dpo["pairs"] and "vs_dpo_arm" in in_bf16
+    assert "vs_dpo_arm" in detail["sweep precision=bf16"]
+    assert "vs_dpo_arm" not in detail["sweep dpo.precision=bf16 beta=0.2"]  # it differs in β as well
     from training import versions
 
     monkeypatch.setenv("PREFLOOP_HOME", str(tmp_path / "tests-test_learning_bench-vowels" / "dpo"))  # the dpo arm's workspace
-    assert sorted(v.metrics["trained_on"] for v in versions.list_versions("policy") if v.method == "dpo") == [
-        "cpu bf16", "cpu fp32"]
+    assert sorted((v.metrics["trained_on"], v.config["beta"]) for v in versions.list_versions("policy")
+                  if v.method == "dpo") == [("cpu bf16", 0.1), ("cpu bf16", 0.2), ("cpu fp32", 0.1)]
     for scoring in ("sum", "per_token"):  # the DPO version's implicit reward, checked against the taste
         implicit = dpo["implicit_reward"][scoring]
         assert implicit["pairs"] > 0 and implicit["low"] <= implicit["accuracy_vs_taste"] <= implicit["high"]
@@ -66,6 +73,7 @@ def test_the_quick_loop_runs_a_ppo_variant_on_the_ppo_arms_reward_model(tmp_path
     from bench import learning
 
     monkeypatch.setenv("PREFLOOP_THREADS", "1")
+    on_the_cpu_in_fp32(monkeypatch)
     assert learning.main(["--quick", "--taste", "tests.test_learning_bench:vowels", "--arms", "ppo", "--sweep",
                           "ppo.steps=3; reward.layers=hidden; reward.layers=hidden ppo.steps=3; ppo.precision=bf16",
                           "--set", "ppo.learning_rate=0.01", "--home", str(tmp_path)]) == 0
@@ -251,7 +259,7 @@ def test_sweep_groups_run_one_after_the_other_and_each_group_is_a_grid():
             sweep_variants(bad)
 
 
-def test_a_sweep_that_cannot_be_read_stops_the_bench_before_any_work(capsys):
+def test_a_sweep_that_cannot_be_read_stops_the_bench_before_any_work(capsys, monkeypatch):
     from bench import learning
 
     assert learning.main(["--taste", "plain", "--sweep", "beta=0.1; max_pairs=2"]) == 2
@@ -260,6 +268,9 @@ def test_a_sweep_that_cannot_be_read_stops_the_bench_before_any_work(capsys):
     assert capsys.readouterr().err.strip().startswith("--set / --sweep: unknown field 'stepz'; the fields are learning_rate, steps,")
     assert learning.main(["--taste", "plain", "--sweep", "ppo.steps=forty"]) == 2
     assert capsys.readouterr().err.strip() == "--set / --sweep: field 'steps' must be int, got 'forty'."
+    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
+    assert learning.main(["--taste", "plain", "--sweep", "beta=0.3; precision=fp16"]) == 2  # not after the arms' rounds
+    assert capsys.readouterr().err.strip().startswith("PREFLOOP_DTYPE=fp16 needs a GPU (CUDA or MPS)")
     assert learning.main(["--taste", "plain", "--sweep", "reward.layers=middle"]) == 2
     assert capsys.readouterr().err.strip() == ("--set / --sweep: field 'layers' must be one of embeddings+hidden, hidden; "
                                                "got 'middle'.")
@@ -282,8 +293,9 @@ def test_a_sweep_variant_of_ppo_settings_is_a_ppo_round_and_may_not_mix_in_dpo_o
     assert (type(config).__name__, config.beta, max_pairs) == ("DPORoundConfig", 0.3, 32)  # the variant wins over --set
     assert variant_config(args, {"dpo.beta": "0.3"})[0].beta == 0.3  # a DPO setting may name its round too
     # precision (DPO) and ppo.precision (PPO) train the arm's round in another PREFLOOP_DTYPE; no round setting
-    variants = sweep_variants("precision=fp32,bf16; ppo.precision=bf16")
-    assert [sweep_round(v) for v in variants] == ["dpo", "dpo", "ppo"]
+    variants = sweep_variants("precision=fp32,bf16; ppo.precision=bf16; dpo.precision=bf16")
+    assert [sweep_round(v) for v in variants] == ["dpo", "dpo", "ppo", "dpo"]
+    assert variant_config(args, variants[3])[0] == variant_config(args, {})[0]
     assert variant_config(args, variants[1])[0] == variant_config(args, {})[0]
     assert variant_config(args, variants[2], reward_version="v2-reward")[0].batch_size == 4
     with pytest.raises(ValueError, match="--sweep: precision takes fp32, bf16, fp16, got 'half'."):

@@ -25,13 +25,21 @@ def test_create_version_renames_complete_folder_and_records_lineage(workspace):
     assert [p.name for p in (workspace / "versions").iterdir() if p.name.startswith(".tmp")] == []
 
 
+def on_the_cpu_in_fp32(monkeypatch):
+    for name in ("PREFLOOP_DTYPE", "PREFLOOP_QUANT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
+
+
 def test_a_trained_version_records_the_device_and_precision_it_was_made_in(workspace, monkeypatch):
+    on_the_cpu_in_fp32(monkeypatch)
     first = versions.create_version("reward", "reward", None, {}, [1], {"acc": 0.7}, _write_text)
     monkeypatch.setenv("PREFLOOP_DTYPE", "bf16")
     second = versions.create_version("reward", "reward", first, {}, [1], None, _write_text)
+    base = versions.create_version("policy", "base", None, None, [], None, _write_text)
     assert versions.get_version(first).metrics == {"acc": 0.7, "trained_on": "cpu fp32"}
     assert versions.get_version(second).metrics == {"trained_on": "cpu bf16"}
-    assert "trained_on" not in (versions.get_version(versions.ensure_base_version()).metrics or {})  # nothing trained it
+    assert versions.get_version(base).metrics is None  # nothing trained it
 
 
 def test_failed_write_leaves_no_folder_and_no_row(workspace):
@@ -146,7 +154,8 @@ def test_set_current_refuses_reward_and_unknown_ids(workspace):
         versions.set_current("v7-dpo")
 
 
-def test_versions_cli_prints_json(workspace, capsys):
+def test_versions_cli_prints_json(workspace, capsys, monkeypatch):
+    on_the_cpu_in_fp32(monkeypatch)
     versions.create_version("reward", "reward", None, {"b": 2}, [5], {"acc": 0.5}, _write_text)
     versions.create_version("reward", "reward", "v1-reward", {"b": 3}, [5, 6], None, _write_text)
     assert versions.main([]) == 0

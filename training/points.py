@@ -27,9 +27,9 @@ def latest_points(reward_version: str | None = None) -> list[dict]:
     for point, version in eval_points.points_with_versions(reward_version):
         config = version.config or {}
         # PPO optimised this very reward model: its score here is in-sample, not a held-out measure
-        trained_on = (version.metrics or {}).get("reward_version") if version.method == "ppo" else None
+        optimised_against = (version.metrics or {}).get("reward_version") if version.method == "ppo" else None
         newest[point.version_id] = {
-            "in_sample": trained_on is not None and trained_on == point.reward_version_id,
+            "in_sample": optimised_against is not None and optimised_against == point.reward_version_id,
             "version": point.version_id, "method": version.method, "parent": version.parent_id,
             "beta": config.get("beta"), "sweep": config.get("sweep"),
             "reward": point.reward, "reward_se": point.reward_se or 0.0,
