@@ -12,7 +12,7 @@ fp16 on an older card, fp32 on the CPU and on MPS. Explicit values:
 - fp32 works everywhere;
 - bf16 on a CUDA card with bf16 (Ampere and newer), on MPS where torch supports it, and on the CPU:
   torch computes bf16 on any CPU (natively only with AVX512-BF16 or AMX, slower than fp32 elsewhere;
-  on 2 AVX512-BF16 cores a DPO round took about as long as in fp32 and PPO a quarter less, README),
+  on 2 AVX512-BF16 cores a DPO round took about as long as in fp32 and PPO a fifth less, README),
   so it is allowed there to halve the memory of a model, never chosen by auto;
 - fp16 on CUDA and MPS; refused on the CPU, where the trainers have no fp16 path worth taking.
 
