@@ -26,7 +26,8 @@ For each taste, in fresh workspaces that share one converted base model:
     the autopilot sent to its queue, so the labels a version cost include the audits.
 Every version answers the same held-out prompts with the same seeds (K samples each, temperature
 1). Reported per version: the taste's mean, its win rate against the base and against the
-previous round (paired sample by sample, ties half, 95% interval from a bootstrap over prompts),
+previous round (paired sample by sample, ties half, 95% interval from a bootstrap over prompts; the
+iterative arm's last round also against the dpo arm's single round, `vs_dpo_arm`, when both ran),
 the exact KL to the base, mean length, the base model's log-prob per token of the answers
 (fluency) and the share of empty or looping answers; for the reward model, its held-out accuracy
 against the taste's own preference. Last line: JSON.
@@ -152,11 +153,11 @@ def run_taste(args, name: str, root: Path) -> dict:
     measure = Measure(args, taste)
     base = measure("base", "v1-base")
     result = {"base": report(f"base ({name})", summarise(base, base, None))}
-    arms = arm_names(args.arms)
+    arms, measured = arm_names(args.arms), {}
     if {"dpo", "kto", "ppo"} & set(arms) or args.sweep:
-        result.update(arm_dpo(args, taste, root, base))
-    if "iterative" in arms:
-        result["iterative"] = arm_iterative(args, taste, root, base)
+        result.update(arm_dpo(args, taste, root, base, measured))
+    if "iterative" in arms:  # its last round paired with the single round too, when that ran
+        result["iterative"] = arm_iterative(args, taste, root, base, measured.get("dpo"))
     if "rewrites" in arms:
         result["rewrites"] = arm_rewrites(args, taste, root, base)
     if "autopilot" in arms:

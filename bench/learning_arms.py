@@ -140,8 +140,9 @@ def arm_names(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
 
-def arm_dpo(args, taste, root: Path, measure_base) -> dict:
-    """One DPO round on `--labels` pairs from the base; then reward + PPO on the same labels; then sweeps."""
+def arm_dpo(args, taste, root: Path, measure_base, measured: dict | None = None) -> dict:
+    """One DPO round on `--labels` pairs from the base; then reward + PPO on the same labels; then sweeps.
+    `measured`, when given, receives the single round's answers ({"dpo": rows})."""
     from training import jobs, kto, ppo, versions
 
     use_workspace(root, "dpo")
@@ -158,6 +159,8 @@ def arm_dpo(args, taste, root: Path, measure_base) -> dict:
                       "train_seconds": summary["seconds"], "steps": summary["steps"], "pairs": summary.get("pairs"),
                       "heldout_accuracy": summary.get("heldout_accuracy"), "labels": labels["judged"],
                       "implicit_reward": implicit_reward_accuracy(summary["version"], config.beta, measure)})
+        if measured is not None:
+            measured["dpo"] = measure.rows["dpo"]
     if "kto" in arms:  # the same labels taken apart into desirable and undesirable answers
         versions.set_current("v1-base")
         t0 = time.perf_counter()
@@ -332,8 +335,9 @@ def sweep_variants(text: str) -> list[dict]:
     return [v for k, v in enumerate(variants) if v not in variants[:k]]
 
 
-def arm_iterative(args, taste, root: Path, measure_base) -> dict:
-    """`--rounds` on-policy DPO rounds on the same total budget."""
+def arm_iterative(args, taste, root: Path, measure_base, single: dict | None = None) -> dict:
+    """`--rounds` on-policy DPO rounds on the same total budget; the last is also paired with the dpo
+    arm's single round (`vs_dpo_arm`) when its answers (`single`) are given: same prompts and seeds."""
     from training.preferences import NotReady
 
     use_workspace(root, "iterative")
@@ -352,8 +356,10 @@ def arm_iterative(args, taste, root: Path, measure_base) -> dict:
             out[f"round {r}"] = {"labels": spent, "judged": labels, "skipped": str(exc)}
             continue
         rows = measure(f"round {r}", summary["version"])
+        against_single = {"vs_dpo_arm": summarise(rows, measure_base, single)["vs_previous"]} \
+            if single is not None and r == args.rounds else {}
         out[f"round {r}"] = report(f"iterative round {r}", {
-            **summarise(rows, measure_base, previous), "labels": spent, "judged": labels,
+            **summarise(rows, measure_base, previous), **against_single, "labels": spent, "judged": labels,
             "train_seconds": summary["seconds"], "steps": summary["steps"]})
         previous = rows
     return out

@@ -33,6 +33,7 @@ def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):
     assert detail["labels"]["judged"] == 48
     assert [r["labels"] for r in detail["iterative"].values()] == [24, 48]  # the budget split over the rounds
     dpo, last = detail["dpo"], detail["iterative"]["round 2"]
+    assert "vs_dpo_arm" in last and "vs_dpo_arm" not in detail["iterative"]["round 1"]  # the last round, paired
     assert detail["kto"]["kl"] > 0 and summary["tastes"]["tests.test_learning_bench:vowels"]["kto"] == detail["kto"]["vs_base"]
     for row in (dpo, last):
         assert row["kl"] > 0 and row["vs_base"]["low"] <= row["vs_base"]["win_rate"] <= row["vs_base"]["high"]
