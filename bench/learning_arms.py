@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench.learning_measure import (Measure, accuracy_against_taste, agreement_difference, implicit_reward_accuracy,
-                                    report, reward_accuracy_against_taste, reward_scores, summarise)
+                                    paired, report, reward_accuracy_against_taste, reward_scores, summarise)
 from bench.tastes import rewrite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -356,8 +356,7 @@ def arm_iterative(args, taste, root: Path, measure_base, single: dict | None = N
             out[f"round {r}"] = {"labels": spent, "judged": labels, "skipped": str(exc)}
             continue
         rows = measure(f"round {r}", summary["version"])
-        against_single = {"vs_dpo_arm": summarise(rows, measure_base, single)["vs_previous"]} \
-            if single is not None and r == args.rounds else {}
+        against_single = {"vs_dpo_arm": paired(rows, single)} if single is not None and r == args.rounds else {}
         out[f"round {r}"] = report(f"iterative round {r}", {
             **summarise(rows, measure_base, previous), **against_single, "labels": spent, "judged": labels,
             "train_seconds": summary["seconds"], "steps": summary["steps"]})

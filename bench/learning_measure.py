@@ -46,7 +46,7 @@ def report(arm: str, figures: dict) -> dict:
 
 
 def summarise(rows: dict, base: dict, previous: dict | None) -> dict:
-    from labeling.paired import clustered_mean_se, win_rate
+    from labeling.paired import clustered_mean_se
 
     taste, taste_se = clustered_mean_se(rows["taste"], rows["prompt"])
     kl, kl_se = clustered_mean_se(rows["kl"], rows["prompt"])
@@ -59,9 +59,16 @@ def summarise(rows: dict, base: dict, previous: dict | None) -> dict:
         out["cut_at_cap"] = round(sum(not e for e in rows["ended"]) / len(rows["ended"]), 3)
     for name, other in (("vs_base", base), ("vs_previous", previous)):
         if other is not None and other is not rows:
-            w = win_rate(rows["taste"], other["taste"], rows["prompt"])
-            out[name] = {"win_rate": round(w.rate, 3), "low": round(w.low, 3), "high": round(w.high, 3)}
+            out[name] = paired(rows, other)
     return out
+
+
+def paired(rows: dict, other: dict) -> dict:
+    """The taste's win rate of `rows` against `other`'s answers to the same prompts and seeds, with its interval."""
+    from labeling.paired import win_rate
+
+    w = win_rate(rows["taste"], other["taste"], rows["prompt"])
+    return {"win_rate": round(w.rate, 3), "low": round(w.low, 3), "high": round(w.high, 3)}
 
 
 def looping(text: str) -> bool:

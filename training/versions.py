@@ -64,9 +64,9 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
     if method != "base":  # what trained it (the Train page's versions table shows it)
         from training import device
 
-        quantized = f" {device.quantization()}" if device.quantization() else ""  # QLoRA: "cuda bf16 4bit"
-        made_in = f"{device.device().type} {device.DTYPE_NAMES[device.dtype()]}{quantized}"
-        metrics = {**(metrics or {}), "trained_on": made_in}
+        # "cpu fp32", or with QLoRA "cuda bf16 4bit"
+        made_in = [device.device().type, device.DTYPE_NAMES[device.dtype()], device.quantization()]
+        metrics = {**(metrics or {}), "trained_on": " ".join(filter(None, made_in))}
     version_id = _next_id(model_versions.version_ids(), method)
     tmp, final = versions_root() / f".tmp-{version_id}", versions_root() / version_id
     tmp.mkdir()  # named for the id, so the next id skips it and a dead worker's is found (jobs.py)
