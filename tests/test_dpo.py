@@ -52,6 +52,30 @@ def test_max_pairs_below_the_minimum_says_so_not_that_pairs_are_missing(tiny, tm
     assert versions.list_versions() == []
 
 
+def test_the_plan_times_a_round_by_the_last_one_trained_on_the_same_device_and_precision(workspace, tmp_path, monkeypatch):
+    def dpo_version(pace: float, dtype: str) -> str:
+        monkeypatch.setenv("PREFLOOP_DTYPE", dtype)
+        return versions.create_version("policy", "dpo", None, {}, [], {"pairs_per_second": pace},
+                                       lambda folder: (folder / "adapter.txt").write_text("a"))
+
+    for name in ("PREFLOOP_QUANT", "PREFLOOP_DTYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
+    import_pairs(tmp_path, 40)
+    assert dpo.plan_sentence().endswith("; the time is known after a first round.")
+    plan = DPORoundConfig().plan(len(preferences.planned_split(DPORoundConfig())[2]))
+    minutes = lambda pace: max(1, round(plan["pairs"] * plan["epochs"] / pace / 60))  # noqa: E731
+
+    first = dpo_version(0.1, "bf16")  # the only pace there is: used, and said to be another precision's
+    monkeypatch.setenv("PREFLOOP_DTYPE", "fp32")
+    assert dpo.plan_sentence().endswith(f", about {minutes(0.1)} minutes at the pace of {first}, "
+                                        "trained on cpu bf16; this round trains on cpu fp32.")
+    second = dpo_version(0.05, "fp32")
+    dpo_version(0.2, "bf16")  # newer, but another precision than this round's
+    monkeypatch.setenv("PREFLOOP_DTYPE", "fp32")
+    assert dpo.plan_sentence().endswith(f", about {minutes(0.05)} minutes at the pace of {second}.")
+
+
 def test_not_enough_pairs_is_one_sentence_and_writes_nothing(tiny, tmp_path, capsys):
     import_pairs(tmp_path, 3)
     sentence = "DPO needs at least 8 labeled pairs; you have 3. Label more pairs or import labels."

@@ -31,7 +31,8 @@ LOGGED = {  # TRL's log key -> our metric name (the curves on the Train page)
 
 def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
     """What a round with these settings (default: the defaults) will do on the labels there are now,
-    with a time from the last DPO round's pace; None when there are too few pairs."""
+    with a time from the pace of the last DPO round trained on the same device and precision (else
+    the last one, saying where it trained); None when there are too few pairs."""
     config = config or DPORoundConfig()
     _, rows, train, heldout = preferences.planned_split(config)
     if len(rows) < MIN_PAIRS:
@@ -39,12 +40,15 @@ def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
     plan = config.plan(len(train))
     sentence = (f"With these settings: {plan['pairs']} training pairs ({len(heldout)} held out), "
                 f"{plan['epochs']:g} epochs, {plan['steps']} steps")
-    last = next((v for v in reversed(versions.list_versions("policy")) if v.method == "dpo"
-                 and (v.metrics or {}).get("pairs_per_second")), None)
-    if last is None:
+    paced = [v for v in versions.list_versions("policy") if v.method == "dpo" and (v.metrics or {}).get("pairs_per_second")]
+    if not paced:
         return sentence + "; the time is known after a first round."
+    here = versions.trained_on()  # a round trained on another device or precision keeps another pace
+    last = next((v for v in reversed(paced) if v.metrics.get("trained_on") == here), paced[-1])
     minutes = plan["pairs"] * plan["epochs"] / last.metrics["pairs_per_second"] / 60
-    return sentence + f", about {max(1, round(minutes))} minutes at the pace of {last.id}."
+    there = last.metrics.get("trained_on")
+    elsewhere = f", trained on {there}; this round trains on {here}" if there and there != here else ""
+    return sentence + f", about {max(1, round(minutes))} minutes at the pace of {last.id}{elsewhere}."
 
 
 def to_dataset(rows: list[dict], tokenizer, max_prompt_length: int):

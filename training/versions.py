@@ -45,6 +45,14 @@ def _next_id(ids: list[str], method: str) -> str:
     return f"v{max(numbers, default=0) + 1}-{method}"
 
 
+def trained_on() -> str:
+    """What a round started now trains on: "cpu fp32", or with QLoRA "cuda bf16 4bit"."""
+    from training import device
+
+    made_in = [device.device().type, device.DTYPE_NAMES[device.dtype()], device.quantization()]
+    return " ".join(filter(None, made_in))
+
+
 def create_version(kind: str, method: str, parent_id: str | None, config: dict[str, Any] | None,
                    judgment_ids: list[int] | None, metrics: dict[str, Any] | None,
                    write: Callable[[Path], None], make_current: bool = False) -> str | None:
@@ -62,11 +70,7 @@ def create_version(kind: str, method: str, parent_id: str | None, config: dict[s
     if parent_id is not None and get_version(parent_id) is None:
         raise VersionError(f"The parent version '{parent_id}' does not exist.")
     if method != "base":  # what trained it (the Train page's versions table shows it)
-        from training import device
-
-        # "cpu fp32", or with QLoRA "cuda bf16 4bit"
-        made_in = [device.device().type, device.DTYPE_NAMES[device.dtype()], device.quantization()]
-        metrics = {**(metrics or {}), "trained_on": " ".join(filter(None, made_in))}
+        metrics = {**(metrics or {}), "trained_on": trained_on()}
     version_id = _next_id(model_versions.version_ids(), method)
     tmp, final = versions_root() / f".tmp-{version_id}", versions_root() / version_id
     tmp.mkdir()  # named for the id, so the next id skips it and a dead worker's is found (jobs.py)
