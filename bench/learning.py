@@ -12,10 +12,10 @@ For each taste, in fresh workspaces that share one converted base model:
     (β·log π/π_base) is checked against the taste as a reward model is;
   * ppo: on those same labels, a reward round and a PPO round from the base, with the defaults;
   * iterative: `--rounds` rounds on the same total budget, each generating its pairs from the
-    policy the previous round made (on-policy), labeling them, and running a DPO round on all
-    labels so far (`--arms dpo,iterative --set dpo.pairs=on-policy`: on that round's labels alone; the
-    setting reaches every arm's DPO round, and the rewrites arm's DPO starts from its SFT version,
-    which sampled nothing, so leave that arm out);
+    policy the previous round made (on-policy), labeling them, and running a DPO round on that
+    round's labels alone, held to the policy it starts from (`pairs: on-policy`, `reference: parent`,
+    the Train page's Advanced settings; `--set dpo.pairs=all --set dpo.reference=base` trains each
+    round on all labels so far, held to the base, as the arm did until 2026-12-08);
   * rewrites: the dpo arm's pairs again, but when both answers score at or below the base's median the
     annotator presses Both bad and writes the answer it wanted (bench/tastes.py `rewrite`: the
     better answer edited toward the taste), as the Label page stores it; then an SFT round on the

@@ -335,9 +335,16 @@ def sweep_variants(text: str) -> list[dict]:
     return [v for k, v in enumerate(variants) if v not in variants[:k]]
 
 
+# Iterative DPO's two settings: each round learns the labels made on its own starting policy's answers
+# and is held to that policy. Measured against all the labels so far with the base as reference
+# (README, "Does it learn?"); --set dpo.pairs=all --set dpo.reference=base runs that instead.
+ITERATIVE = {"pairs": "on-policy", "reference": "parent"}
+
+
 def arm_iterative(args, taste, root: Path, measure_base, single: dict | None = None) -> dict:
-    """`--rounds` on-policy DPO rounds on the same total budget; the last is also paired with the dpo
-    arm's single round (`vs_dpo_arm`) when its answers (`single`) are given: same prompts and seeds."""
+    """`--rounds` on-policy DPO rounds (ITERATIVE, then --set) on the same total budget; the last is
+    also paired with the dpo arm's single round (`vs_dpo_arm`) when its answers (`single`) are given:
+    same prompts and seeds."""
     from training.preferences import NotReady
 
     use_workspace(root, "iterative")
@@ -350,8 +357,7 @@ def arm_iterative(args, taste, root: Path, measure_base, single: dict | None = N
                                     args.length_bias, args.length_ratio)
         spent += budget
         try:
-            summary = run_dpo(args)  # a fresh adapter on the current policy, all labels so far (or, with
-            # --set dpo.pairs=on-policy, the labels on its own answers), reference = base
+            summary = run_dpo(args, round_config("dpo", args, defaults=ITERATIVE))  # a fresh adapter on the current policy
         except NotReady as exc:  # the taste tied too often: label more before the next round
             out[f"round {r}"] = {"labels": spent, "judged": labels, "skipped": str(exc)}
             continue

@@ -86,9 +86,9 @@ def test_train_button_starts_a_job_with_the_form_values(workspace, generator, st
 def test_the_dpo_form_says_what_the_settings_will_do(workspace, generator, tmp_path):  # noqa: F811
     import_pairs(tmp_path, 12)
     at = pick_round(open_train(), "DPO")
-    plan = next(c.value for c in at.caption if c.value.startswith("With these settings"))
+    plan = next(c.value for c in at.caption if c.value.startswith("With the defaults"))
     # 12 pairs: at most 3 steps a pass, so the most passes the default allows
-    assert re.fullmatch(r"With these settings: (\d+) training pairs \((\d+) held out\), 4 epochs, (\d+) steps; "
+    assert re.fullmatch(r"With the defaults: (\d+) training pairs \((\d+) held out\), 4 epochs, (\d+) steps; "
                         r"the time is known after a first round\.", plan)
 
 
@@ -326,7 +326,7 @@ def test_a_rerun_of_the_train_page_exports_the_labels_once(workspace, generator,
     real = export.preference_rows
     monkeypatch.setattr(export, "preference_rows", lambda **kw: calls.append(kw) or real(**kw))
     at = pick_round(open_train(), "DPO")  # readiness, plan and caution: three reads of the labels
-    assert any(c.value.startswith("With these settings") for c in at.caption)
+    assert any(c.value.startswith("With the defaults") for c in at.caption)
     assert any(w.value.startswith("Only") for w in at.warning)
     calls.clear()
     at.run()

@@ -331,6 +331,7 @@ def test_an_on_policy_round_trains_only_on_the_pairs_the_current_policy_sampled(
 
     on_policy = sampled_pairs("base", 4) + sampled_pairs(base, 5, start=4)  # "base": its name before v1 existed
     assert registry.get("dpo").problem(config) is None
+    assert "own answers" not in registry.get("dpo").plan_sentence()  # the base's pairs: a first round, no iterative hint
     summary = dpo.run_round(config, jobs.Reporter(None), max_steps=1)
     row = versions.get_version(summary["version"])
     assert pairs.judged_pairs(set(row.judgment_ids)) == set(on_policy) and row.config["pairs"] == "on-policy"
@@ -339,5 +340,11 @@ def test_an_on_policy_round_trains_only_on_the_pairs_the_current_policy_sampled(
     assert versions.current_policy_id() == row.id
     assert f"that the current policy ({row.id}) sampled; 0 of your 19" in registry.get("dpo").problem(config)
     later = sampled_pairs(row.id, 8, start=9)
+    # the plan of a round on all the labels names iterative DPO's settings; one already on-policy does not
+    assert registry.get("dpo").plan_sentence().endswith(
+        f" 8 of the labeled pairs are {row.id}'s own answers: with pairs on-policy and reference parent (Advanced) the "
+        f"round learns from those alone, held to {row.id}, as iterative DPO does (in prefloop's learning benchmark three "
+        "such rounds did at least as well as one round on all the labels, each in less time).")
+    assert "own answers" not in dpo.plan_sentence(config)
     summary = dpo.run_round(config, jobs.Reporter(None), max_steps=1)
     assert pairs.judged_pairs(set(versions.get_version(summary["version"]).judgment_ids)) == set(later)

@@ -33,22 +33,39 @@ def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
     """What a round with these settings (default: the defaults) will do on the labels there are now,
     with a time from the pace of the last DPO round trained on the same device and precision (else
     the last one, saying where it trained); None when there are too few pairs."""
+    settings = "these settings" if config else "the defaults"  # the Train page's form is read only when submitted
     config = config or DPORoundConfig()
     _, rows, train, heldout = preferences.planned_split(config)
     if len(rows) < MIN_PAIRS:
         return None
     plan = config.plan(len(train))
-    sentence = (f"With these settings: {plan['pairs']} training pairs ({len(heldout)} held out), "
+    sentence = (f"With {settings}: {plan['pairs']} training pairs ({len(heldout)} held out), "
                 f"{plan['epochs']:g} epochs, {plan['steps']} steps")
+    hint = iterative_hint(config, rows)
     paced = [v for v in versions.list_versions("policy") if v.method == "dpo" and (v.metrics or {}).get("pairs_per_second")]
     if not paced:
-        return sentence + "; the time is known after a first round."
+        return sentence + "; the time is known after a first round." + hint
     here = versions.trained_on()  # a round trained on another device or precision keeps another pace
     last = next((v for v in reversed(paced) if v.metrics.get("trained_on") == here), paced[-1])
     minutes = plan["pairs"] * plan["epochs"] / last.metrics["pairs_per_second"] / 60
     there = last.metrics.get("trained_on")
     elsewhere = f", trained on {there}; this round trains on {here}" if there and there != here else ""
-    return sentence + f", about {max(1, round(minutes))} minutes at the pace of {last.id}{elsewhere}."
+    return sentence + f", about {max(1, round(minutes))} minutes at the pace of {last.id}{elsewhere}." + hint
+
+
+def iterative_hint(config: DPORoundConfig, rows: list[dict]) -> str:
+    """A sentence when the current policy was trained and at least MIN_PAIRS labeled pairs are its own
+    answers, but the round would train on all the labels: iterative DPO's settings, else ""."""
+    current = versions.current_policy_id()
+    row = versions.get_version(current) if current else None
+    if config.on_policy or row is None or row.method == "base":
+        return ""
+    own = len(preferences.on_policy_rows(rows))
+    if own < MIN_PAIRS or own == len(rows):
+        return ""
+    return (f" {own} of the labeled pairs are {current}'s own answers: with pairs on-policy and reference parent "
+            f"(Advanced) the round learns from those alone, held to {current}, as iterative DPO does (in prefloop's "
+            "learning benchmark three such rounds did at least as well as one round on all the labels, each in less time).")
 
 
 def to_dataset(rows: list[dict], tokenizer, max_prompt_length: int):
