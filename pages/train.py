@@ -65,7 +65,7 @@ def round_section() -> None:
     chosen = by_label[st.radio("Round", list(by_label), horizontal=True, key="round")]
     with preferences.one_export():  # the three reads share one export of the labels
         reason = chosen.problem()  # the round's defaults: can it run at all now?
-        plan = None if reason else chosen.plan_sentence()
+        plan = None if reason else chosen.plan_sentence(machine().get("trained_on"))  # None until the child answers
         caution = None if reason else chosen.caution_sentence()
     if reason:
         st.warning(reason)

@@ -237,6 +237,7 @@ def test_the_train_page_says_where_a_round_runs_and_warns_when_it_may_not_fit(wo
     monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
     info = env.report_in_child()  # the child process the page asks, for real
     assert (info["device"], info["dtype"]) == ("cpu", "fp32") and info["dpo_peak_bytes"] > 0
+    assert info["trained_on"] == "cpu fp32"  # what the DPO plan's pace is matched with
     assert env.sentence(info).startswith("Runs on cpu in fp32") and "peaks near" in env.sentence(info)
     assert env.sentence({"error": "boom."}) == "Device and memory unknown: boom."
 

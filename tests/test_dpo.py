@@ -67,13 +67,14 @@ def test_the_plan_times_a_round_by_the_last_one_trained_on_the_same_device_and_p
     minutes = lambda pace: max(1, round(plan["pairs"] * plan["epochs"] / pace / 60))  # noqa: E731
 
     first = dpo_version(0.1, "bf16")  # the only pace there is: used, and said to be another precision's
-    monkeypatch.setenv("PREFLOOP_DTYPE", "fp32")
-    assert dpo.plan_sentence().endswith(f", about {minutes(0.1)} minutes at the pace of {first}, "
-                                        "trained on cpu bf16; this round trains on cpu fp32.")
+    assert dpo.plan_sentence(here="cpu fp32").endswith(f", about {minutes(0.1)} minutes at the pace of {first}, "
+                                                       "trained on cpu bf16; this round trains on cpu fp32.")
     second = dpo_version(0.05, "fp32")
-    dpo_version(0.2, "bf16")  # newer, but another precision than this round's
-    monkeypatch.setenv("PREFLOOP_DTYPE", "fp32")
-    assert dpo.plan_sentence().endswith(f", about {minutes(0.05)} minutes at the pace of {second}.")
+    third = dpo_version(0.2, "bf16")  # newer, but another precision than this round's
+    assert dpo.plan_sentence(here="cpu fp32").endswith(f", about {minutes(0.05)} minutes at the pace of {second}.")
+    # until the Train page's child process says what this machine trains on: the last round's pace, as it was
+    assert dpo.plan_sentence().endswith(f", about {minutes(0.2)} minutes at the pace of {third}.")
+    assert versions.trained_on() == "cpu bf16"  # what dpo_version left set, as a version records it
 
 
 def test_not_enough_pairs_is_one_sentence_and_writes_nothing(tiny, tmp_path, capsys):

@@ -142,13 +142,21 @@ def test_every_round_declares_a_loadable_config_and_run_function():
             assert name in {f.name for f in fields}, (chosen.name, setting)
 
 
-def test_reading_the_registry_and_asking_readiness_loads_no_torch(workspace):
-    # the registry and what the pages import, as the Train page uses them
+def test_reading_the_registry_and_asking_readiness_loads_no_torch(workspace, tmp_path):
+    # the registry and what the pages import, as the Train page uses them; with pairs and a DPO round's
+    # pace, so the plan reads the versions (the page passes what the machine trains on, from a child)
+    from tests.preference_fixtures import import_pairs
+    from training import versions
+
+    import_pairs(tmp_path, 12)
+    versions.create_version("policy", "dpo", None, {}, [], {"pairs_per_second": 0.1},
+                            lambda folder: (folder / "adapter.txt").write_text("a"))
     code = ("import sys\n"
             "from training import arena_answers, jobs, loop, points, registry, reward_report, sweep, verdict, versions\n"
             "from training.config_fields import form_fields\n"
             "for r in registry.ROUNDS.values():\n"
-            "    form_fields(r.config_class()); r.problem(); r.plan_sentence()\n"
+            "    form_fields(r.config_class()); r.problem(); r.plan_sentence(); r.plan_sentence('cpu fp32')\n"
+            "assert 'minutes at the pace of' in registry.get('dpo').plan_sentence('cpu fp32')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl', 'peft')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)), env=dict(os.environ))

@@ -29,10 +29,12 @@ LOGGED = {  # TRL's log key -> our metric name (the curves on the Train page)
 }
 
 
-def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
+def plan_sentence(config: DPORoundConfig | None = None, here: str | None = None) -> str | None:
     """What a round with these settings (default: the defaults) will do on the labels there are now,
-    with a time from the pace of the last DPO round trained on the same device and precision (else
-    the last one, saying where it trained); None when there are too few pairs."""
+    with a time from the pace of the last DPO round; given what this machine trains on (`here`, as
+    `versions.trained_on()` says it: the Train page asks a child process, so it never loads torch),
+    the last one trained on the same device and precision, else the last, saying where it trained.
+    None when there are too few pairs."""
     settings = "these settings" if config else "the defaults"  # the Train page's form is read only when submitted
     config = config or DPORoundConfig()
     _, rows, train, heldout = preferences.planned_split(config)
@@ -45,11 +47,11 @@ def plan_sentence(config: DPORoundConfig | None = None) -> str | None:
     paced = [v for v in versions.list_versions("policy") if v.method == "dpo" and (v.metrics or {}).get("pairs_per_second")]
     if not paced:
         return sentence + "; the time is known after a first round." + hint
-    here = versions.trained_on()  # a round trained on another device or precision keeps another pace
-    last = next((v for v in reversed(paced) if v.metrics.get("trained_on") == here), paced[-1])
+    # a round trained on another device or precision keeps another pace
+    last = next((v for v in reversed(paced) if here and v.metrics.get("trained_on") == here), paced[-1])
     minutes = plan["pairs"] * plan["epochs"] / last.metrics["pairs_per_second"] / 60
-    there = last.metrics.get("trained_on")
-    elsewhere = f", trained on {there}; this round trains on {here}" if there and there != here else ""
+    there = last.metrics.get("trained_on") or "a machine it did not record"
+    elsewhere = f", trained on {there}; this round trains on {here}" if here and there != here else ""
     return sentence + f", about {max(1, round(minutes))} minutes at the pace of {last.id}{elsewhere}." + hint
 
 

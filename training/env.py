@@ -58,7 +58,9 @@ def report() -> dict[str, Any]:
     from training import device
     from training.model import ModelPathError, base_model_path, default_model_converted
 
-    out = device.describe()
+    from training.versions import trained_on
+
+    out = {**device.describe(), "trained_on": trained_on()}  # what a round started now records
     bytes_per = QUANT_BYTES.get(out["quantization"]) or torch.empty(0, dtype=device.dtype()).element_size()
     if not os.environ.get("PREFLOOP_MODEL", "").strip() and not default_model_converted():
         return {**out, "base_model": None, "parameters": None, "dpo_peak_bytes": None,  # asking must not convert it

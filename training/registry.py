@@ -47,9 +47,10 @@ class Round:
     def run_function(self) -> Callable[..., dict[str, Any]]:
         return _load(self.run)
 
-    def plan_sentence(self) -> str | None:
-        """What a round with the default settings would do on the data there is now, or None."""
-        return _load(self.plan)() if self.plan else None
+    def plan_sentence(self, here: str | None = None) -> str | None:
+        """What a round with the default settings would do on the data there is now, or None; `here`:
+        what this machine trains on ("cpu fp32", `versions.trained_on()`), when known."""
+        return _load(self.plan)(None, here) if self.plan else None
 
     def caution_sentence(self, config: Any = None, max_pairs: int | None = None) -> str | None:
         """A warning that the round with `config` (default: its defaults) can run on the data there is
