@@ -55,6 +55,14 @@ def snapshot_trainable(monkeypatch, store: dict) -> None:
     monkeypatch.setattr(runner, "progress_callback", wrapped)
 
 
+def on_the_cpu_in_fp32(monkeypatch) -> None:
+    """Rounds train on the CPU in fp32 without quantization whatever the environment says, so what a
+    version records ("cpu fp32", versions.trained_on) is known."""
+    for name in ("PREFLOOP_DTYPE", "PREFLOOP_QUANT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
+
+
 def single_thread_tiny_policy(tmp_path: Path, monkeypatch) -> Path:
     """The tiny policy's folder (`use_tiny_policy`), with jobs and torch on one thread and the
     device, dtype and quantization left to their defaults. The `tiny` fixture (conftest.py)."""

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.preference_fixtures import import_pairs
+from tests.preference_fixtures import import_pairs, on_the_cpu_in_fp32
 from tests.test_app_label import generator, open_app  # noqa: F401  (generator is a fixture)
 from tests.test_audit import voted  # noqa: F401  (a fixture)
 from training import config_fields, jobs, preferences, versions
@@ -93,8 +93,7 @@ def test_the_dpo_form_says_what_the_settings_will_do(workspace, generator, tmp_p
 
 
 def test_progress_panel_and_versions_table(workspace, generator, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")  # the version records what trained it
-    monkeypatch.delenv("PREFLOOP_DTYPE", raising=False)
+    on_the_cpu_in_fp32(monkeypatch)  # the version records what trained it
     with db.session() as s:  # a finished job as the worker leaves it
         job = Job(kind="reward", status="done", step=2, total_steps=2, result={"version": "v1-reward"})
         s.add(job)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tests.preference_fixtures import import_pairs, snapshot_trainable
+from tests.preference_fixtures import import_pairs, on_the_cpu_in_fp32, snapshot_trainable
 from training import dpo, jobs, preferences, registry, versions
 from training.dpo_config import DPORoundConfig
 
@@ -58,9 +58,7 @@ def test_the_plan_times_a_round_by_the_last_one_trained_on_the_same_device_and_p
         return versions.create_version("policy", "dpo", None, {}, [], {"pairs_per_second": pace},
                                        lambda folder: (folder / "adapter.txt").write_text("a"))
 
-    for name in ("PREFLOOP_QUANT", "PREFLOOP_DTYPE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
+    on_the_cpu_in_fp32(monkeypatch)
     import_pairs(tmp_path, 40)
     assert dpo.plan_sentence().endswith("; the time is known after a first round.")
     plan = DPORoundConfig().plan(len(preferences.planned_split(DPORoundConfig())[2]))

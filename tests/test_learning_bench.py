@@ -7,18 +7,13 @@ import os
 
 import pytest
 
+from tests.preference_fixtures import on_the_cpu_in_fp32
 from training.dpo_config import DPORoundConfig
 
 
 def vowels(text: str) -> float:
     """A taste a 2-layer model can learn from 48 labels: the share of vowels in the answer."""
     return sum(c in "aeiou" for c in text) / max(len(text), 1)
-
-
-def on_the_cpu_in_fp32(monkeypatch):
-    """The arms train in fp32 on the CPU, so a bf16 variant is told apart by what its version records."""
-    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
-    monkeypatch.delenv("PREFLOOP_DTYPE", raising=False)
 
 
 def test_the_quick_loop_learns_a_synthetic_taste(tmp_path, monkeypatch, capsys):

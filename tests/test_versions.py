@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.preference_fixtures import use_tiny_policy
+from tests.preference_fixtures import on_the_cpu_in_fp32, use_tiny_policy
 from training import config_fields, versions
 from training.dpo_config import DPORoundConfig
 from training.reward_config import RewardRoundConfig
@@ -23,12 +23,6 @@ def test_create_version_renames_complete_folder_and_records_lineage(workspace):
     assert (workspace / "versions" / first / "weights.txt").read_text() == "w"
     assert versions.latest_reward_id() == second
     assert [p.name for p in (workspace / "versions").iterdir() if p.name.startswith(".tmp")] == []
-
-
-def on_the_cpu_in_fp32(monkeypatch):
-    for name in ("PREFLOOP_DTYPE", "PREFLOOP_QUANT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PREFLOOP_DEVICE", "cpu")
 
 
 def test_a_trained_version_records_the_device_and_precision_it_was_made_in(workspace, monkeypatch):
